@@ -76,7 +76,18 @@ mod tests {
     fn parses_both_cases_and_rejects_garbage() {
         assert_eq!("16/b374d848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn::INVALID);
-        for bad in ["", "/", "1/", "/1", "1", "1/2/3", "g/0", "+1/0", "1/123456789", " 1/0"] {
+        for bad in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "1",
+            "1/2/3",
+            "g/0",
+            "+1/0",
+            "1/123456789",
+            " 1/0",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
     }

@@ -23,7 +23,11 @@ fn put_tuple(b: &mut BytesMut, t: &Tuple) {
             Datum::Null => b.put_u8(DATUM_NULL),
             Datum::UnchangedToast => b.put_u8(DATUM_UNCHANGED_TOAST),
             Datum::Text(v) | Datum::Binary(v) => {
-                b.put_u8(if matches!(d, Datum::Text(_)) { DATUM_TEXT } else { DATUM_BINARY });
+                b.put_u8(if matches!(d, Datum::Text(_)) {
+                    DATUM_TEXT
+                } else {
+                    DATUM_BINARY
+                });
                 b.put_i32(v.len() as i32);
                 b.put_slice(v);
             }
@@ -128,7 +132,10 @@ pub(crate) fn encode(msg: &LogicalMessage) -> Bytes {
             b.put_u8(TRUNCATE_TAG);
             put_xid(&mut b, m.xid);
             b.put_i32(m.relation_ids.len() as i32);
-            b.put_u8((m.cascade as u8) * TRUNCATE_CASCADE | (m.restart_identity as u8) * TRUNCATE_RESTART_IDENTITY);
+            b.put_u8(
+                (m.cascade as u8) * TRUNCATE_CASCADE
+                    | (m.restart_identity as u8) * TRUNCATE_RESTART_IDENTITY,
+            );
             for id in &m.relation_ids {
                 b.put_u32(*id);
             }

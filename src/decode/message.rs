@@ -18,7 +18,8 @@ impl PgTimestamp {
 
     /// The same instant as a `SystemTime`.
     pub fn to_system_time(self) -> std::time::SystemTime {
-        let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(Self::POSTGRES_EPOCH_UNIX_SECS);
+        let epoch =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(Self::POSTGRES_EPOCH_UNIX_SECS);
         let delta = std::time::Duration::from_micros(self.0.unsigned_abs());
         if self.0 >= 0 {
             epoch + delta
@@ -29,7 +30,8 @@ impl PgTimestamp {
 
     /// The Postgres timestamp of a `SystemTime` (used for standby status updates).
     pub fn from_system_time(t: std::time::SystemTime) -> Self {
-        let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(Self::POSTGRES_EPOCH_UNIX_SECS);
+        let epoch =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(Self::POSTGRES_EPOCH_UNIX_SECS);
         match t.duration_since(epoch) {
             Ok(d) => PgTimestamp(d.as_micros() as i64),
             Err(e) => PgTimestamp(-(e.duration().as_micros() as i64)),

@@ -112,7 +112,10 @@ impl PgOutputDecoder {
         let tag = r.u8("message tag").map_err(|_| DecodeError::Empty)?;
         let msg = self.decode_body(tag, &mut r)?;
         if r.remaining() != 0 {
-            return Err(DecodeError::TrailingBytes { tag: tag as char, count: r.remaining() });
+            return Err(DecodeError::TrailingBytes {
+                tag: tag as char,
+                count: r.remaining(),
+            });
         }
         // State changes only once the whole message is known to be valid.
         match &msg {
@@ -158,7 +161,11 @@ impl PgOutputDecoder {
                 let xid = streamed_xid(r)?;
                 let relation_id = r.u32("relation id")?;
                 expect_marker(r, TUPLE_NEW_TAG, "N")?;
-                LogicalMessage::Insert(Insert { xid, relation_id, new: decode_tuple(r)? })
+                LogicalMessage::Insert(Insert {
+                    xid,
+                    relation_id,
+                    new: decode_tuple(r)?,
+                })
             }
             UPDATE_TAG => {
                 let xid = streamed_xid(r)?;
@@ -168,13 +175,21 @@ impl PgOutputDecoder {
                     TUPLE_KEY_TAG => Some(OldTuple::Key(decode_tuple(r)?)),
                     TUPLE_OLD_TAG => Some(OldTuple::Full(decode_tuple(r)?)),
                     other => {
-                        return Err(DecodeError::UnexpectedTupleMarker { expected: "K, O or N", found: other as char })
+                        return Err(DecodeError::UnexpectedTupleMarker {
+                            expected: "K, O or N",
+                            found: other as char,
+                        })
                     }
                 };
                 if old.is_some() {
                     expect_marker(r, TUPLE_NEW_TAG, "N")?;
                 }
-                LogicalMessage::Update(Update { xid, relation_id, old, new: decode_tuple(r)? })
+                LogicalMessage::Update(Update {
+                    xid,
+                    relation_id,
+                    old,
+                    new: decode_tuple(r)?,
+                })
             }
             DELETE_TAG => {
                 let xid = streamed_xid(r)?;
@@ -182,15 +197,26 @@ impl PgOutputDecoder {
                 let old = match r.u8("tuple marker")? {
                     TUPLE_KEY_TAG => OldTuple::Key(decode_tuple(r)?),
                     TUPLE_OLD_TAG => OldTuple::Full(decode_tuple(r)?),
-                    other => return Err(DecodeError::UnexpectedTupleMarker { expected: "K or O", found: other as char }),
+                    other => {
+                        return Err(DecodeError::UnexpectedTupleMarker {
+                            expected: "K or O",
+                            found: other as char,
+                        })
+                    }
                 };
-                LogicalMessage::Delete(Delete { xid, relation_id, old })
+                LogicalMessage::Delete(Delete {
+                    xid,
+                    relation_id,
+                    old,
+                })
             }
             TRUNCATE_TAG => {
                 let xid = streamed_xid(r)?;
                 let count = r.i32("relation count")?;
-                let count = usize::try_from(count)
-                    .map_err(|_| DecodeError::NegativeLength { what: "relation count", len: count })?;
+                let count = usize::try_from(count).map_err(|_| DecodeError::NegativeLength {
+                    what: "relation count",
+                    len: count,
+                })?;
                 let options = r.u8("truncate options")?;
                 // Never trust a count for an allocation: at most what the bytes can hold.
                 let mut relation_ids = Vec::with_capacity(count.min(r.remaining() / 4));
@@ -216,7 +242,10 @@ impl PgOutputDecoder {
                 if let Some(open) = self.open_stream {
                     return Err(DecodeError::NestedStreamStart { xid, open });
                 }
-                LogicalMessage::StreamStart(StreamStart { xid, first_segment: r.u8("first segment flag")? == 1 })
+                LogicalMessage::StreamStart(StreamStart {
+                    xid,
+                    first_segment: r.u8("first segment flag")? == 1,
+                })
             }
             STREAM_STOP_TAG => {
                 if self.open_stream.is_none() {
@@ -277,7 +306,10 @@ impl PgOutputDecoder {
 fn expect_marker(r: &mut Reader, marker: u8, expected: &'static str) -> Result<(), DecodeError> {
     let found = r.u8("tuple marker")?;
     if found != marker {
-        return Err(DecodeError::UnexpectedTupleMarker { expected, found: found as char });
+        return Err(DecodeError::UnexpectedTupleMarker {
+            expected,
+            found: found as char,
+        });
     }
     Ok(())
 }
@@ -294,7 +326,10 @@ fn decode_relation(xid: Option<u32>, r: &mut Reader) -> Result<Relation, DecodeE
         other => return Err(DecodeError::UnknownReplicaIdentity(other as char)),
     };
     let ncols = r.i16("column count")?;
-    let ncols = usize::try_from(ncols).map_err(|_| DecodeError::NegativeLength { what: "column count", len: ncols.into() })?;
+    let ncols = usize::try_from(ncols).map_err(|_| DecodeError::NegativeLength {
+        what: "column count",
+        len: ncols.into(),
+    })?;
     let mut columns = Vec::with_capacity(ncols.min(r.remaining() / 10));
     for _ in 0..ncols {
         columns.push(Column {
@@ -304,13 +339,22 @@ fn decode_relation(xid: Option<u32>, r: &mut Reader) -> Result<Relation, DecodeE
             type_modifier: r.i32("column type modifier")?,
         });
     }
-    Ok(Relation { xid, id, namespace, name, replica_identity, columns })
+    Ok(Relation {
+        xid,
+        id,
+        namespace,
+        name,
+        replica_identity,
+        columns,
+    })
 }
 
 fn decode_tuple(r: &mut Reader) -> Result<Tuple, DecodeError> {
     let ncols = r.i16("tuple column count")?;
-    let ncols =
-        usize::try_from(ncols).map_err(|_| DecodeError::NegativeLength { what: "tuple column count", len: ncols.into() })?;
+    let ncols = usize::try_from(ncols).map_err(|_| DecodeError::NegativeLength {
+        what: "tuple column count",
+        len: ncols.into(),
+    })?;
     let mut datums = Vec::with_capacity(ncols.min(r.remaining()));
     for _ in 0..ncols {
         datums.push(match r.u8("tuple column kind")? {

@@ -36,7 +36,11 @@ fn begin_layout_matches_the_documentation() {
     let msg = PgOutputDecoder::new().decode(Bytes::from(raw)).unwrap();
     assert_eq!(
         msg,
-        LogicalMessage::Begin(Begin { final_lsn: "1/28".parse().unwrap(), commit_time: PgTimestamp(777), xid: 42 })
+        LogicalMessage::Begin(Begin {
+            final_lsn: "1/28".parse().unwrap(),
+            commit_time: PgTimestamp(777),
+            xid: 42
+        })
     );
 }
 
@@ -73,14 +77,20 @@ fn insert_with_every_datum_kind() {
 #[test]
 fn data_messages_inside_a_stream_block_carry_an_xid() {
     let mut d = PgOutputDecoder::new();
-    d.decode(Bytes::from_static(&[b'S', 0, 0, 2, 0, 1])).unwrap();
+    d.decode(Bytes::from_static(&[b'S', 0, 0, 2, 0, 1]))
+        .unwrap();
     assert_eq!(d.open_stream(), Some(512));
     // Truncate with the xid prefix: xid 512, 1 relation, cascade, relid 7.
     let raw = [b'T', 0, 0, 2, 0, 0, 0, 0, 1, 1, 0, 0, 0, 7];
     let msg = d.decode(Bytes::copy_from_slice(&raw)).unwrap();
     assert_eq!(
         msg,
-        LogicalMessage::Truncate(Truncate { xid: Some(512), cascade: true, restart_identity: false, relation_ids: vec![7] })
+        LogicalMessage::Truncate(Truncate {
+            xid: Some(512),
+            cascade: true,
+            restart_identity: false,
+            relation_ids: vec![7]
+        })
     );
     d.decode(Bytes::from_static(b"E")).unwrap();
     assert_eq!(d.open_stream(), None);
@@ -91,14 +101,21 @@ fn data_messages_inside_a_stream_block_carry_an_xid() {
 #[test]
 fn protocol_rules_are_named_errors() {
     let mut d = PgOutputDecoder::new();
-    assert_eq!(d.decode(Bytes::from_static(b"E")), Err(DecodeError::StreamStopWithoutStart));
-    d.decode(Bytes::from_static(&[b'S', 0, 0, 0, 9, 1])).unwrap();
+    assert_eq!(
+        d.decode(Bytes::from_static(b"E")),
+        Err(DecodeError::StreamStopWithoutStart)
+    );
+    d.decode(Bytes::from_static(&[b'S', 0, 0, 0, 9, 1]))
+        .unwrap();
     assert_eq!(
         d.decode(Bytes::from_static(&[b'S', 0, 0, 0, 10, 0])),
         Err(DecodeError::NestedStreamStart { xid: 10, open: 9 })
     );
     assert_eq!(d.decode(Bytes::new()), Err(DecodeError::Empty));
-    assert_eq!(d.decode(Bytes::from_static(b"Z")), Err(DecodeError::UnknownTag('Z')));
+    assert_eq!(
+        d.decode(Bytes::from_static(b"Z")),
+        Err(DecodeError::UnknownTag('Z'))
+    );
 }
 
 #[test]
@@ -113,26 +130,47 @@ fn trailing_bytes_and_bad_markers_are_rejected() {
     let raw = [b'D', 0, 0, 0, 1, b'N', 0, 0];
     assert_eq!(
         d.decode(Bytes::copy_from_slice(&raw)),
-        Err(DecodeError::UnexpectedTupleMarker { expected: "K or O", found: 'N' })
+        Err(DecodeError::UnexpectedTupleMarker {
+            expected: "K or O",
+            found: 'N'
+        })
     );
     let raw = [b'I', 0, 0, 0, 1, b'N', 0, 1, b't', 0xff, 0xff, 0xff, 0xff];
     assert_eq!(
         d.decode(Bytes::copy_from_slice(&raw)),
-        Err(DecodeError::NegativeLength { what: "text column value", len: -1 })
+        Err(DecodeError::NegativeLength {
+            what: "text column value",
+            len: -1
+        })
     );
 }
 
 #[test]
 fn stream_abort_with_and_without_protocol_4_fields() {
     let mut raw = vec![b'A', 0, 0, 0, 5, 0, 0, 0, 6];
-    let short = PgOutputDecoder::new().decode(Bytes::from(raw.clone())).unwrap();
-    assert_eq!(short, LogicalMessage::StreamAbort(StreamAbort { xid: 5, subxid: 6, abort: None }));
+    let short = PgOutputDecoder::new()
+        .decode(Bytes::from(raw.clone()))
+        .unwrap();
+    assert_eq!(
+        short,
+        LogicalMessage::StreamAbort(StreamAbort {
+            xid: 5,
+            subxid: 6,
+            abort: None
+        })
+    );
     raw.extend_from_slice(&0x10u64.to_be_bytes());
     raw.extend_from_slice(&99i64.to_be_bytes());
-    let long = PgOutputDecoder::new().decode(Bytes::from(raw.clone())).unwrap();
+    let long = PgOutputDecoder::new()
+        .decode(Bytes::from(raw.clone()))
+        .unwrap();
     assert_eq!(
         long,
-        LogicalMessage::StreamAbort(StreamAbort { xid: 5, subxid: 6, abort: Some((Lsn(0x10), PgTimestamp(99))) })
+        LogicalMessage::StreamAbort(StreamAbort {
+            xid: 5,
+            subxid: 6,
+            abort: Some((Lsn(0x10), PgTimestamp(99)))
+        })
     );
     raw.pop();
     assert!(PgOutputDecoder::new().decode(Bytes::from(raw)).is_err());
@@ -141,9 +179,15 @@ fn stream_abort_with_and_without_protocol_4_fields() {
 #[test]
 fn timestamps_convert_around_the_postgres_epoch() {
     let t = PgTimestamp(0).to_system_time();
-    assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 946_684_800);
+    assert_eq!(
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+        946_684_800
+    );
     for us in [-1_000_000i64, 0, 1, 1_700_000_000_000_000] {
-        assert_eq!(PgTimestamp::from_system_time(PgTimestamp(us).to_system_time()), PgTimestamp(us));
+        assert_eq!(
+            PgTimestamp::from_system_time(PgTimestamp(us).to_system_time()),
+            PgTimestamp(us)
+        );
     }
 }
 
@@ -168,7 +212,10 @@ fn tuple() -> impl Strategy<Value = Tuple> {
 }
 
 fn old_tuple() -> impl Strategy<Value = OldTuple> {
-    prop_oneof![tuple().prop_map(OldTuple::Key), tuple().prop_map(OldTuple::Full)]
+    prop_oneof![
+        tuple().prop_map(OldTuple::Key),
+        tuple().prop_map(OldTuple::Full)
+    ]
 }
 
 fn lsn() -> impl Strategy<Value = Lsn> {
@@ -184,14 +231,27 @@ fn xid() -> impl Strategy<Value = Option<u32>> {
 }
 
 fn prepare() -> impl Strategy<Value = Prepare> {
-    (any::<u8>(), lsn(), lsn(), ts(), any::<u32>(), text()).prop_map(|(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| {
-        Prepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }
-    })
+    (any::<u8>(), lsn(), lsn(), ts(), any::<u32>(), text()).prop_map(
+        |(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)| Prepare {
+            flags,
+            prepare_lsn,
+            end_lsn,
+            prepare_time,
+            xid,
+            gid,
+        },
+    )
 }
 
 fn message() -> impl Strategy<Value = LogicalMessage> {
-    let column = (any::<bool>(), text(), any::<u32>(), any::<i32>())
-        .prop_map(|(is_key, name, type_oid, type_modifier)| Column { is_key, name, type_oid, type_modifier });
+    let column = (any::<bool>(), text(), any::<u32>(), any::<i32>()).prop_map(
+        |(is_key, name, type_oid, type_modifier)| Column {
+            is_key,
+            name,
+            type_oid,
+            type_modifier,
+        },
+    );
     let identity = prop_oneof![
         Just(ReplicaIdentity::Default),
         Just(ReplicaIdentity::Nothing),
@@ -199,51 +259,157 @@ fn message() -> impl Strategy<Value = LogicalMessage> {
         Just(ReplicaIdentity::Index)
     ];
     prop_oneof![
-        (lsn(), ts(), any::<u32>())
-            .prop_map(|(final_lsn, commit_time, xid)| LogicalMessage::Begin(Begin { final_lsn, commit_time, xid })),
+        (lsn(), ts(), any::<u32>()).prop_map(
+            |(final_lsn, commit_time, xid)| LogicalMessage::Begin(Begin {
+                final_lsn,
+                commit_time,
+                xid
+            })
+        ),
         (any::<u8>(), lsn(), lsn(), ts()).prop_map(|(flags, commit_lsn, end_lsn, commit_time)| {
-            LogicalMessage::Commit(Commit { flags, commit_lsn, end_lsn, commit_time })
+            LogicalMessage::Commit(Commit {
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            })
         }),
-        (lsn(), text()).prop_map(|(commit_lsn, name)| LogicalMessage::Origin(Origin { commit_lsn, name })),
-        (xid(), any::<u32>(), text(), text(), identity, proptest::collection::vec(column, 0..6)).prop_map(
-            |(xid, id, namespace, name, replica_identity, columns)| {
-                LogicalMessage::Relation(Relation { xid, id, namespace, name, replica_identity, columns })
+        (lsn(), text())
+            .prop_map(|(commit_lsn, name)| LogicalMessage::Origin(Origin { commit_lsn, name })),
+        (
+            xid(),
+            any::<u32>(),
+            text(),
+            text(),
+            identity,
+            proptest::collection::vec(column, 0..6)
+        )
+            .prop_map(|(xid, id, namespace, name, replica_identity, columns)| {
+                LogicalMessage::Relation(Relation {
+                    xid,
+                    id,
+                    namespace,
+                    name,
+                    replica_identity,
+                    columns,
+                })
+            }),
+        (xid(), any::<u32>(), text(), text()).prop_map(|(xid, oid, namespace, name)| {
+            LogicalMessage::Type(Type {
+                xid,
+                oid,
+                namespace,
+                name,
+            })
+        }),
+        (xid(), any::<u32>(), tuple()).prop_map(|(xid, relation_id, new)| LogicalMessage::Insert(
+            Insert {
+                xid,
+                relation_id,
+                new
             }
-        ),
-        (xid(), any::<u32>(), text(), text())
-            .prop_map(|(xid, oid, namespace, name)| LogicalMessage::Type(Type { xid, oid, namespace, name })),
-        (xid(), any::<u32>(), tuple())
-            .prop_map(|(xid, relation_id, new)| LogicalMessage::Insert(Insert { xid, relation_id, new })),
-        (xid(), any::<u32>(), proptest::option::of(old_tuple()), tuple())
-            .prop_map(|(xid, relation_id, old, new)| LogicalMessage::Update(Update { xid, relation_id, old, new })),
-        (xid(), any::<u32>(), old_tuple())
-            .prop_map(|(xid, relation_id, old)| LogicalMessage::Delete(Delete { xid, relation_id, old })),
-        (xid(), any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
-            |(xid, cascade, restart_identity, relation_ids)| {
-                LogicalMessage::Truncate(Truncate { xid, cascade, restart_identity, relation_ids })
-            }
-        ),
-        (xid(), any::<bool>(), lsn(), text(), proptest::collection::vec(any::<u8>(), 0..30)).prop_map(
-            |(xid, transactional, lsn, prefix, content)| {
-                LogicalMessage::Message(Message { xid, transactional, lsn, prefix, content: Bytes::from(content) })
-            }
-        ),
-        (any::<u32>(), any::<bool>())
-            .prop_map(|(xid, first_segment)| LogicalMessage::StreamStart(StreamStart { xid, first_segment })),
+        )),
+        (
+            xid(),
+            any::<u32>(),
+            proptest::option::of(old_tuple()),
+            tuple()
+        )
+            .prop_map(
+                |(xid, relation_id, old, new)| LogicalMessage::Update(Update {
+                    xid,
+                    relation_id,
+                    old,
+                    new
+                })
+            ),
+        (xid(), any::<u32>(), old_tuple()).prop_map(|(xid, relation_id, old)| {
+            LogicalMessage::Delete(Delete {
+                xid,
+                relation_id,
+                old,
+            })
+        }),
+        (
+            xid(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u32>(), 0..5)
+        )
+            .prop_map(|(xid, cascade, restart_identity, relation_ids)| {
+                LogicalMessage::Truncate(Truncate {
+                    xid,
+                    cascade,
+                    restart_identity,
+                    relation_ids,
+                })
+            }),
+        (
+            xid(),
+            any::<bool>(),
+            lsn(),
+            text(),
+            proptest::collection::vec(any::<u8>(), 0..30)
+        )
+            .prop_map(|(xid, transactional, lsn, prefix, content)| {
+                LogicalMessage::Message(Message {
+                    xid,
+                    transactional,
+                    lsn,
+                    prefix,
+                    content: Bytes::from(content),
+                })
+            }),
+        (any::<u32>(), any::<bool>()).prop_map(|(xid, first_segment)| LogicalMessage::StreamStart(
+            StreamStart { xid, first_segment }
+        )),
         Just(LogicalMessage::StreamStop),
-        (any::<u32>(), any::<u8>(), lsn(), lsn(), ts()).prop_map(|(xid, flags, commit_lsn, end_lsn, commit_time)| {
-            LogicalMessage::StreamCommit(StreamCommit { xid, flags, commit_lsn, end_lsn, commit_time })
-        }),
-        (any::<u32>(), any::<u32>(), proptest::option::of((lsn(), ts())))
-            .prop_map(|(xid, subxid, abort)| LogicalMessage::StreamAbort(StreamAbort { xid, subxid, abort })),
-        (lsn(), lsn(), ts(), any::<u32>(), text()).prop_map(|(prepare_lsn, end_lsn, prepare_time, xid, gid)| {
-            LogicalMessage::BeginPrepare(BeginPrepare { prepare_lsn, end_lsn, prepare_time, xid, gid })
-        }),
+        (any::<u32>(), any::<u8>(), lsn(), lsn(), ts()).prop_map(
+            |(xid, flags, commit_lsn, end_lsn, commit_time)| {
+                LogicalMessage::StreamCommit(StreamCommit {
+                    xid,
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                })
+            }
+        ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            proptest::option::of((lsn(), ts()))
+        )
+            .prop_map(
+                |(xid, subxid, abort)| LogicalMessage::StreamAbort(StreamAbort {
+                    xid,
+                    subxid,
+                    abort
+                })
+            ),
+        (lsn(), lsn(), ts(), any::<u32>(), text()).prop_map(
+            |(prepare_lsn, end_lsn, prepare_time, xid, gid)| {
+                LogicalMessage::BeginPrepare(BeginPrepare {
+                    prepare_lsn,
+                    end_lsn,
+                    prepare_time,
+                    xid,
+                    gid,
+                })
+            }
+        ),
         prepare().prop_map(LogicalMessage::Prepare),
         prepare().prop_map(LogicalMessage::StreamPrepare),
         (any::<u8>(), lsn(), lsn(), ts(), any::<u32>(), text()).prop_map(
             |(flags, commit_lsn, end_lsn, commit_time, xid, gid)| {
-                LogicalMessage::CommitPrepared(CommitPrepared { flags, commit_lsn, end_lsn, commit_time, xid, gid })
+                LogicalMessage::CommitPrepared(CommitPrepared {
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                    xid,
+                    gid,
+                })
             }
         ),
         (any::<u8>(), lsn(), lsn(), ts(), ts(), any::<u32>(), text()).prop_map(

@@ -1,0 +1,180 @@
+//! The library's error type, and the one place that decides what is worth retrying.
+//!
+//! Errors are **transient** (connection lost, server shutting down, serialization failure: retry
+//! with backoff and resume from the stored position) or **definite** (configuration, permission,
+//! malformed data: a human must act, and the message says what to do). [`Error::is_transient`]
+//! is that decision; nothing else in the crate makes it.
+
+use std::fmt;
+use std::io;
+
+use crate::conninfo::ConnInfoError;
+use crate::decode::DecodeError;
+use crate::tls::TlsError;
+
+/// An error reported by a Postgres server (an ErrorResponse), with its SQLSTATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbError {
+    pub severity: String,
+    /// Five-character SQLSTATE, e.g. `42704`.
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
+        if let Some(d) = &self.detail {
+            write!(f, "; detail: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DbError {}
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid connection string for {side}")]
+    ConnInfo {
+        side: &'static str,
+        #[source]
+        source: ConnInfoError,
+    },
+    #[error("TLS setup failed")]
+    Tls(#[from] TlsError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("timed out after {seconds}s while {what}")]
+    Timeout { what: String, seconds: u64 },
+    #[error("server refused {context}")]
+    Db {
+        context: String,
+        #[source]
+        source: DbError,
+    },
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("server requires TLS policy mismatch: {0}")]
+    TlsRefused(String),
+    #[error("unexpected message from server while {context}: {detail}")]
+    Protocol { context: String, detail: String },
+    #[error("cannot decode replication message at {lsn}")]
+    Decode {
+        lsn: crate::lsn::Lsn,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("{context}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("`cdc {0}` is not implemented yet")]
+    NotImplemented(&'static str),
+    #[error("{0}")]
+    Definite(String),
+}
+
+/// SQLSTATE classes and codes after which a retry can succeed.
+fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08")          // connection exception
+        || code.starts_with("53")   // insufficient resources (too many connections, disk full)
+        || code.starts_with("57P")  // admin/crash shutdown, cannot connect now
+        || code == "40001"          // serialization failure
+        || code == "40P01"          // deadlock detected
+        || code == "55006" // object in use: a replication slot still held by a dying walsender
+}
+
+impl Error {
+    /// Whether retrying (after a backoff) may succeed without a human changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Io { .. } | Error::Timeout { .. } => true,
+            Error::Db { source, .. } => sqlstate_is_transient(&source.code),
+            Error::Postgres { source, .. } => match source.code() {
+                Some(code) => sqlstate_is_transient(code.code()),
+                // No SQLSTATE: the connection itself failed or closed.
+                None => {
+                    source.is_closed()
+                        || std::error::Error::source(source).is_some_and(|s| s.is::<io::Error>())
+                }
+            },
+            _ => false,
+        }
+    }
+
+    /// The server's SQLSTATE, when the server reported this error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Db { source, .. } => Some(&source.code),
+            Error::Postgres { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Postgres { context, source }
+    }
+}
+
+/// Shorthand used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(code: &str) -> Error {
+        Error::Db {
+            context: "x".into(),
+            source: DbError {
+                severity: "ERROR".into(),
+                code: code.into(),
+                message: "m".into(),
+                detail: None,
+                hint: None,
+            },
+        }
+    }
+
+    #[test]
+    fn retries_only_what_can_heal_by_itself() {
+        assert!(db("57P01").is_transient(), "admin shutdown");
+        assert!(db("08006").is_transient(), "connection failure");
+        assert!(
+            db("55006").is_transient(),
+            "slot in use by a dying walsender"
+        );
+        assert!(!db("42501").is_transient(), "insufficient privilege");
+        assert!(
+            !db("42704").is_transient(),
+            "undefined object, e.g. slot dropped"
+        );
+        assert!(
+            Error::io("reading")(io::Error::from(io::ErrorKind::ConnectionReset)).is_transient()
+        );
+        assert!(!Error::Auth("bad password".into()).is_transient());
+    }
+}

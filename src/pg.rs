@@ -1,0 +1,46 @@
+//! Ordinary SQL connections (catalog queries, snapshot COPY, destination writes) on stock
+//! tokio-postgres, with our TLS policy.
+
+use tokio_postgres::Client;
+
+use crate::conninfo::ConnInfo;
+use crate::error::{Error, Result};
+use crate::tls::{client_config, MakeRustls};
+
+/// Connect and spawn the connection's I/O task. The task ends when the `Client` is dropped.
+pub async fn connect(info: &ConnInfo) -> Result<Client> {
+    let config = info.to_tokio_postgres();
+    let ctx = format!("cannot connect to {info}");
+    let client = match client_config(info)? {
+        Some(tls) => {
+            let (client, conn) = config
+                .connect(MakeRustls::new(tls))
+                .await
+                .map_err(Error::pg(ctx))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "sql connection ended");
+                }
+            });
+            client
+        }
+        None => {
+            let (client, conn) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(Error::pg(ctx))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "sql connection ended");
+                }
+            });
+            client
+        }
+    };
+    // The same text conventions as the replication session, so both sides print values alike.
+    client
+        .batch_execute("SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET TimeZone = 'UTC'")
+        .await
+        .map_err(Error::pg("setting session parameters"))?;
+    Ok(client)
+}

@@ -1,0 +1,363 @@
+//! Frontend/backend framing over one socket: connect (TCP or Unix), optional TLS, startup,
+//! authentication, and reading whole frames.
+//!
+//! Reading is **cancel-safe**: bytes are accumulated in `PgWire::buf` by `read_buf`, so a
+//! `select!` that drops a pending read loses nothing, which the replication stream relies on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::conninfo::{ConnInfo, SslMode};
+use crate::error::{DbError, Error, Result};
+
+/// Anything we can speak the protocol over.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Refuse frames above this size: a corrupt length must not make us allocate gigabytes.
+/// Postgres limits a single value to 1 GiB, and an XLogData adds a small header.
+const MAX_FRAME_LEN: usize = (1 << 30) + (1 << 20);
+
+/// A frame as read: tag and the whole message bytes including the 5-byte header, which is what
+/// `postgres_protocol::message::backend::Message::parse` expects.
+pub(crate) struct Frame {
+    pub(crate) tag: u8,
+    pub(crate) raw: BytesMut,
+}
+
+impl Frame {
+    /// The message body, after tag and length.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+
+    pub(crate) fn parse(mut self) -> Result<backend::Message> {
+        match backend::Message::parse(&mut self.raw) {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(protocol("parsing a message", "incomplete frame")),
+            Err(e) => Err(protocol("parsing a message", e)),
+        }
+    }
+}
+
+pub(crate) fn protocol(context: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Protocol {
+        context: context.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// An ErrorResponse (or NoticeResponse) body as a `DbError`.
+pub(crate) fn db_error(body: &backend::ErrorResponseBody) -> DbError {
+    let mut e = DbError {
+        severity: "ERROR".into(),
+        code: "XX000".into(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'V' => e.severity = v,
+            b'C' => e.code = v,
+            b'M' => e.message = v,
+            b'D' => e.detail = Some(v),
+            b'H' => e.hint = Some(v),
+            _ => {}
+        }
+    }
+    e
+}
+
+pub(crate) struct PgWire {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    out: BytesMut,
+    /// ParameterStatus values reported by the server (server_version, ...).
+    pub(crate) params: HashMap<String, String>,
+    /// Whether the session is encrypted, for status output and tests.
+    pub(crate) tls: bool,
+}
+
+impl PgWire {
+    /// Open a socket, negotiate TLS per `sslmode`, start up with `startup_params`, authenticate,
+    /// and wait for the server to be ready for a query.
+    pub(crate) async fn connect(info: &ConnInfo, startup_params: &[(&str, &str)]) -> Result<Self> {
+        let timeout = info.connect_timeout.unwrap_or(Duration::from_secs(30));
+        let what = format!("connecting to {info}");
+        match tokio::time::timeout(timeout, Self::connect_inner(info, startup_params)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what,
+                seconds: timeout.as_secs(),
+            }),
+        }
+    }
+
+    async fn connect_inner(info: &ConnInfo, startup_params: &[(&str, &str)]) -> Result<Self> {
+        let ctx = || format!("cannot connect to {info}");
+        let (io, tls): (Box<dyn Io>, bool) = if info.is_unix_socket() {
+            // As libpq: no TLS over a Unix socket.
+            let path = format!("{}/.s.PGSQL.{}", info.host, info.port);
+            (
+                Box::new(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(Error::io(ctx()))?,
+                ),
+                false,
+            )
+        } else {
+            let tcp = TcpStream::connect((info.host.as_str(), info.port))
+                .await
+                .map_err(Error::io(ctx()))?;
+            let _ = tcp.set_nodelay(true);
+            Self::negotiate_tls(info, tcp).await?
+        };
+        let mut wire = PgWire {
+            io,
+            buf: BytesMut::with_capacity(64 * 1024),
+            out: BytesMut::new(),
+            params: HashMap::new(),
+            tls,
+        };
+        let mut params: Vec<(&str, &str)> = vec![("user", &info.user), ("database", &info.dbname)];
+        params.extend_from_slice(startup_params);
+        frontend::startup_message(params.iter().copied(), &mut wire.out)
+            .map_err(Error::io("encoding startup"))?;
+        wire.flush().await?;
+        wire.authenticate(info).await?;
+        wire.read_until_ready("starting up").await?;
+        Ok(wire)
+    }
+
+    async fn negotiate_tls(info: &ConnInfo, mut tcp: TcpStream) -> Result<(Box<dyn Io>, bool)> {
+        let Some(config) = crate::tls::client_config(info)? else {
+            return Ok((Box::new(tcp), false));
+        };
+        let mut req = BytesMut::new();
+        frontend::ssl_request(&mut req);
+        tcp.write_all(&req)
+            .await
+            .map_err(Error::io("sending SSLRequest"))?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(Error::io("reading SSLRequest answer"))?;
+        match answer[0] {
+            b'S' => {
+                let name =
+                    crate::tls::server_name(&info.host).map_err(Error::io("TLS server name"))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(Error::io(format!("TLS handshake with {info} failed")))?;
+                Ok((Box::new(stream), true))
+            }
+            b'N' if info.sslmode == SslMode::Prefer => Ok((Box::new(tcp), false)),
+            b'N' => Err(Error::TlsRefused(format!(
+                "{info} does not accept TLS; enable ssl on the server or use sslmode=prefer/disable"
+            ))),
+            other => Err(protocol(
+                "negotiating TLS",
+                format!("unexpected answer byte {other:#x}"),
+            )),
+        }
+    }
+
+    async fn authenticate(&mut self, info: &ConnInfo) -> Result<()> {
+        let password = || {
+            info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
+                Error::Auth(format!(
+                    "{info} asks for a password but none is configured: add it to the URL, or set the \
+                     CDC_*_PASSWORD variable or the password_file option"
+                ))
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.parse()? {
+                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?, &mut self.out)
+                        .map_err(Error::io("encoding password"))?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(info.user.as_bytes(), password()?, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.out)
+                        .map_err(Error::io("encoding password"))?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Ok(Some(m)) = mechanisms.next() {
+                        has_scram |= m == sasl::SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(Error::Auth(
+                            "server offers no SASL mechanism we support (need SCRAM-SHA-256)"
+                                .into(),
+                        ));
+                    }
+                    // Channel binding is not offered ("n"), which is valid with or without TLS.
+                    let s =
+                        sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        s.message(),
+                        &mut self.out,
+                    )
+                    .map_err(Error::io("encoding SASL"))?;
+                    scram = Some(s);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("authenticating", "SASL continue before start"))?;
+                    s.update(body.data())
+                        .map_err(|e| Error::Auth(format!("SCRAM exchange failed: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.out)
+                        .map_err(Error::io("encoding SASL"))?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| protocol("authenticating", "SASL final before start"))?;
+                    s.finish(body.data()).map_err(|e| {
+                        Error::Auth(format!("server's SCRAM signature is invalid: {e}"))
+                    })?;
+                    continue;
+                }
+                backend::Message::ErrorResponse(body) => {
+                    return Err(Error::Db {
+                        context: format!("login to {info}"),
+                        source: db_error(&body),
+                    })
+                }
+                _ => {
+                    return Err(Error::Auth(
+                        "server asks for an authentication method we do not support".into(),
+                    ))
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Read until ReadyForQuery, remembering parameters and failing on ErrorResponse.
+    async fn read_until_ready(&mut self, context: &str) -> Result<()> {
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.parse()? {
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ParameterStatus(p) => {
+                    if let (Ok(k), Ok(v)) = (p.name(), p.value()) {
+                        self.params.insert(k.to_owned(), v.to_owned());
+                    }
+                }
+                backend::Message::ErrorResponse(body) => {
+                    return Err(Error::Db {
+                        context: context.to_owned(),
+                        source: db_error(&body),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Write everything queued in `out`.
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        self.io
+            .write_all(&self.out)
+            .await
+            .map_err(Error::io("writing to server"))?;
+        self.io
+            .flush()
+            .await
+            .map_err(Error::io("writing to server"))?;
+        self.out.clear();
+        Ok(())
+    }
+
+    pub(crate) fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Read one whole frame. Cancel-safe.
+    pub(crate) async fn read_frame(&mut self) -> Result<Frame> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = (&self.buf[1..5]).get_u32() as usize;
+                if !(4..=MAX_FRAME_LEN).contains(&len) {
+                    return Err(protocol("reading", format!("invalid message length {len}")));
+                }
+                if self.buf.len() > len {
+                    let raw = self.buf.split_to(len + 1);
+                    return Ok(Frame { tag: raw[0], raw });
+                }
+                self.buf.reserve(len + 1 - self.buf.len());
+            }
+            let n = self
+                .io
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(Error::io("reading from server"))?;
+            if n == 0 {
+                return Err(Error::Io {
+                    context: "server closed the connection".into(),
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+        }
+    }
+
+    /// Run one simple-protocol query and return its rows as text.
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        frontend::query(sql, &mut self.out).map_err(Error::io("encoding query"))?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.parse()? {
+                backend::Message::DataRow(row) => {
+                    let buf = row.buffer();
+                    let mut ranges = row.ranges();
+                    let mut values = Vec::new();
+                    while let Ok(Some(r)) = ranges.next() {
+                        values.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                    }
+                    rows.push(values);
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(db_error(&body)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some(source) => Err(Error::Db {
+                context: sql.to_owned(),
+                source,
+            }),
+            None => Ok(rows),
+        }
+    }
+
+    /// Tell the server we are leaving, best effort.
+    pub(crate) async fn terminate(mut self) {
+        frontend::terminate(&mut self.out);
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+}

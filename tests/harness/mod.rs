@@ -1,0 +1,131 @@
+//! Shared real servers for the whole test binary, and a fresh database per test.
+//!
+//! One source (`wal_level = logical`, TLS on, an `md5` login rule) and one destination are
+//! started on first use and shared by every test in the process; each test works in its own
+//! database with its own slot and publication names, so tests run in parallel without
+//! interfering. The servers' watchdogs remove them when the test process exits.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cdc::conninfo::ConnInfo;
+use cdc::local_pg::{LocalPostgres, Options};
+
+pub struct Servers {
+    pub source: LocalPostgres,
+    pub destination: LocalPostgres,
+    /// PEM file of the CA that signed the source's certificate (issued for "localhost" only).
+    pub ca_file: PathBuf,
+    /// PEM file of an unrelated CA, for negative TLS tests.
+    pub other_ca_file: PathBuf,
+}
+
+/// Role that may log in only with MD5 (pg_hba rule on the source).
+pub const MD5_USER: &str = "cdc_md5_user";
+pub const MD5_PASSWORD: &str = "md5-secret";
+
+/// A new CA: the issuer that signs with it, and its certificate as PEM.
+fn make_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+fn start() -> Servers {
+    let ca = make_ca("cdc test CA");
+    let other_ca = make_ca("unrelated CA");
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&server_key, &*ca).unwrap();
+    let dir = std::env::temp_dir().join(format!("cdc-test-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    let other_ca_file = dir.join("other-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&other_ca_file, other_ca.pem()).unwrap();
+
+    let source_opts = Options {
+        logical: true,
+        tls: Some((cert.pem(), server_key.serialize_pem())),
+        hba_first: vec![
+            format!("host all {MD5_USER} 127.0.0.1/32 md5"),
+            format!("host replication {MD5_USER} 127.0.0.1/32 md5"),
+        ],
+        settings: vec![
+            // Small, so that a few thousand rows make the server stream a transaction.
+            "logical_decoding_work_mem = '64kB'".into(),
+            "max_prepared_transactions = 10".into(),
+            "wal_sender_timeout = '60s'".into(),
+        ],
+    };
+    // Start both servers at once: initdb dominates the harness's start-up time.
+    let src = std::thread::spawn(move || LocalPostgres::start(&source_opts));
+    let destination =
+        LocalPostgres::start(&Options::default()).expect("start destination postgres");
+    let source = src.join().unwrap().expect("start source postgres");
+    Servers {
+        source,
+        destination,
+        ca_file,
+        other_ca_file,
+    }
+}
+
+pub fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(start)
+}
+
+/// A unique, valid identifier for this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Create a new empty database on `server` and return a superuser connection string for it.
+pub async fn fresh_db(server: &LocalPostgres, prefix: &str) -> ConnInfo {
+    let name = unique(prefix);
+    let admin = cdc::pg::connect(&server.conninfo("postgres"))
+        .await
+        .expect("connect to postgres db");
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create database");
+    server.conninfo(&name)
+}
+
+/// A new database on the shared source server.
+pub async fn source_db(prefix: &str) -> ConnInfo {
+    fresh_db(&servers().source, prefix).await
+}
+
+/// Poll `cond` until it returns true, or fail after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
