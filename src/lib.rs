@@ -1,3 +1,4 @@
+pub mod config;
 pub mod conninfo;
 pub mod decode;
 pub mod error;

@@ -1,0 +1,380 @@
+//! The configuration contract: `config.toml`, overridden by `CDC_*` environment variables.
+//!
+//! ```text
+//!  config.toml ──toml/serde──► Config ──env overrides──► Config ──validate──► ready to use
+//!      │ syntax/type error: one error with line:column          │ every problem at once,
+//!      │ (serde stops at the first)                              │ each with its line or
+//!      └─────────────────────────────────────────────────────────┘ environment variable
+//! ```
+//!
+//! **Secrets never print**: connection strings are kept in [`ConnString`], whose `Debug` shows
+//! the URL without its password, and passwords from env or files become
+//! [`crate::conninfo::Secret`]s.
+
+mod locate;
+mod table_name;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::conninfo::{ConnInfo, Secret};
+pub use table_name::TableName;
+pub use validate::{Origin, Problem};
+
+/// The example configuration shipped with the project (tested to parse).
+pub const EXAMPLE: &str = include_str!("../../config.toml");
+
+/// A libpq connection string (URL or key=value). May contain a password, so `Debug` redacts it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ConnString(pub String);
+
+impl fmt::Debug for ConnString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match ConnInfo::parse(&self.0) {
+            Ok(info) => write!(f, "{info}"),
+            Err(_) => f.write_str("<unparsable connection string>"),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The database to replicate from.
+    pub source: SourceConfig,
+    /// The database to replicate into.
+    pub destination: DestinationConfig,
+    /// The tables to replicate.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
+}
+
+/// `[source]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connection string of the source; the role needs REPLICATION (or superuser).
+    pub url: ConnString,
+    /// File whose content is the password, so that it stays out of the config file.
+    pub password_file: Option<PathBuf>,
+    /// Replication slot name: lower-case letters, digits and underscores.
+    #[serde(default = "default_cdc")]
+    pub slot: String,
+    /// Publication name; created by `cdc snapshot` for exactly the configured tables.
+    #[serde(default = "default_cdc")]
+    pub publication: String,
+    /// Silence from the server longer than this means the connection is dead.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Password set by environment (`CDC_SOURCE_PASSWORD`); never read from the file.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+}
+
+/// `[destination]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Connection string of the destination database.
+    pub url: ConnString,
+    /// File whose content is the password.
+    pub password_file: Option<PathBuf>,
+    /// Schema in the destination where cdc keeps its position and snapshot state.
+    #[serde(default = "default_cdc")]
+    pub state_schema: String,
+    /// Password set by environment (`CDC_DESTINATION_PASSWORD`).
+    #[serde(skip)]
+    pub password: Option<Secret>,
+}
+
+/// One `[[tables]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Schema-qualified source table, e.g. `public.orders` (quote mixed case: `"Sales"."Q1"`).
+    pub source: String,
+    /// Destination table; defaults to the source's name.
+    pub destination: Option<String>,
+    /// SQL condition applied to the snapshot copy only (see the README on filters).
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+}
+
+/// `[snapshot]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Tables (and table ranges) copied in parallel; 0 means the number of CPU cores.
+    pub jobs: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { jobs: 0 }
+    }
+}
+
+/// `[apply]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyConfig {
+    /// A destination transaction holds at most this many changed rows...
+    pub batch_max_rows: usize,
+    /// ...and at most this many bytes of row data...
+    pub batch_max_bytes: usize,
+    /// ...and waits at most this long for more source transactions (the latency bound).
+    pub batch_max_wait_ms: u64,
+    /// In-progress streamed transactions spill to disk beyond this much memory.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            batch_max_rows: 10_000,
+            batch_max_bytes: 64 << 20,
+            batch_max_wait_ms: 500,
+            max_memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// `[status]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// Address of the `/healthz` and `/metrics` endpoint of `cdc run`.
+    pub listen: String,
+    /// `cdc status` exits 1 when the slot is further behind than this many bytes of WAL...
+    pub max_lag_bytes: u64,
+    /// ...or the last applied transaction is older than this.
+    pub max_lag_seconds: u64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: "127.0.0.1:9187".into(),
+            max_lag_bytes: 1 << 30,
+            max_lag_seconds: 300,
+        }
+    }
+}
+
+fn default_cdc() -> String {
+    "cdc".into()
+}
+
+fn default_read_timeout_ms() -> u64 {
+    60_000
+}
+
+/// Why the configuration cannot be used. The message lists every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no config file at {path}: pass --config PATH, set CDC_CONFIG, or set CDC_SOURCE_URL and CDC_DESTINATION_URL")]
+    Missing { path: PathBuf },
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid configuration in {path}:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Where configuration values come from besides the file (the process environment in
+/// production, a map in tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// Environment variables that override file settings, and the field each sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("CDC_SOURCE_URL", "source.url"),
+    ("CDC_SOURCE_PASSWORD", "source.password"),
+    ("CDC_SOURCE_PASSWORD_FILE", "source.password_file"),
+    ("CDC_SOURCE_SLOT", "source.slot"),
+    ("CDC_SOURCE_PUBLICATION", "source.publication"),
+    ("CDC_DESTINATION_URL", "destination.url"),
+    ("CDC_DESTINATION_PASSWORD", "destination.password"),
+    ("CDC_DESTINATION_PASSWORD_FILE", "destination.password_file"),
+];
+
+impl Config {
+    /// Load `path`, apply the environment, and validate. A missing file is fine when the
+    /// environment provides both URLs (a container configured only by variables).
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if env.var("CDC_SOURCE_URL").is_none() || env.var("CDC_DESTINATION_URL").is_none() {
+                    return Err(ConfigError::Missing {
+                        path: path.to_owned(),
+                    });
+                }
+                String::from("[source]\nurl = \"\"\n[destination]\nurl = \"\"\n")
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Self::from_toml(&text, path, env)
+    }
+
+    /// Parse, override and validate configuration text; `path` is used in messages.
+    pub fn from_toml(text: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| locate::line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let overridden = config.apply_env(env);
+        let mut problems = validate::validate(&config, &overridden);
+        // Point every problem about a file value at its line.
+        for p in &mut problems {
+            if let Origin::File { line } = &mut p.origin {
+                *line = locate::line_of(text, &p.field);
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Apply `CDC_*` variables; returns `(field, variable)` for each override applied.
+    fn apply_env(&mut self, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
+        let mut applied = Vec::new();
+        for &(var, field) in ENV_OVERRIDES {
+            let Some(value) = env.var(var) else { continue };
+            match field {
+                "source.url" => self.source.url = ConnString(value),
+                "source.password" => self.source.password = Some(Secret::new(value)),
+                "source.password_file" => self.source.password_file = Some(value.into()),
+                "source.slot" => self.source.slot = value,
+                "source.publication" => self.source.publication = value,
+                "destination.url" => self.destination.url = ConnString(value),
+                "destination.password" => self.destination.password = Some(Secret::new(value)),
+                "destination.password_file" => self.destination.password_file = Some(value.into()),
+                _ => unreachable!("every ENV_OVERRIDES field is handled"),
+            }
+            applied.push((field, var));
+        }
+        applied
+    }
+
+    /// Connection settings of the source, with the password resolved.
+    pub fn source_conninfo(&self) -> Result<ConnInfo, Problem> {
+        resolve(
+            "source",
+            &self.source.url,
+            self.source.password.as_ref(),
+            self.source.password_file.as_deref(),
+        )
+    }
+
+    /// Connection settings of the destination, with the password resolved.
+    pub fn destination_conninfo(&self) -> Result<ConnInfo, Problem> {
+        resolve(
+            "destination",
+            &self.destination.url,
+            self.destination.password.as_ref(),
+            self.destination.password_file.as_deref(),
+        )
+    }
+
+    /// Parsed table names, in config order (valid after `validate`).
+    pub fn table_pairs(&self) -> Vec<(TableName, TableName)> {
+        self.tables
+            .iter()
+            .filter_map(|t| {
+                let src = TableName::parse(&t.source).ok()?;
+                let dst = match &t.destination {
+                    Some(d) => TableName::parse(d).ok()?,
+                    None => src.clone(),
+                };
+                Some((src, dst))
+            })
+            .collect()
+    }
+}
+
+/// Password precedence: the environment's, then the password file, then the URL's own.
+fn resolve(
+    side: &'static str,
+    url: &ConnString,
+    env_pw: Option<&Secret>,
+    file: Option<&Path>,
+) -> Result<ConnInfo, Problem> {
+    let mut info =
+        ConnInfo::parse(&url.0).map_err(|e| Problem::file(format!("{side}.url"), e.to_string()))?;
+    if let Some(pw) = env_pw {
+        info.password = Some(pw.clone());
+    } else if let Some(f) = file {
+        let pw = std::fs::read_to_string(f).map_err(|e| {
+            Problem::file(
+                format!("{side}.password_file"),
+                format!("cannot read {}: {e}", f.display()),
+            )
+        })?;
+        info.password = Some(Secret::new(pw.trim_end_matches(['\n', '\r'])));
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests;
