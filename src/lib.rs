@@ -1,6 +1,31 @@
+//! # cdc: Postgres change-data-capture
+//!
+//! Keeps destination tables identical to source tables: a snapshot under an exported slot
+//! snapshot, then a stream of pgoutput changes applied in batched destination transactions.
+//!
+//! ## Layout
+//!
+//! The modules follow the data flow (see ARCHITECTURE.md for the full map):
+//!
+//! ```text
+//!  source::replication ──► decode ──► (batch ──► apply ──► destination: upcoming)
+//!   our replication         pgoutput
+//!   protocol client         decoder
+//! ```
+//!
+//! - [`config`], [`cli`]: the user-facing contract (config file, environment, flags, exit codes).
+//! - [`conninfo`], [`tls`], [`pg`]: connection strings, TLS policy, ordinary SQL connections.
+//! - [`source`]: the replication connection and WAL stream.
+//! - [`decode`]: bytes of pgoutput to typed messages; pure, no I/O.
+//! - [`lsn`]: WAL positions.
+//! - [`local_pg`]: throwaway servers for tests and the demo; [`demo`]: `cdc demo`.
+//! - [`error`]: the library error and the transient/definite decision.
+
+pub mod cli;
 pub mod config;
 pub mod conninfo;
 pub mod decode;
+pub mod demo;
 pub mod error;
 pub mod local_pg;
 pub mod lsn;

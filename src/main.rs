@@ -1,1 +1,100 @@
-fn main() {}
+//! The `cdc` binary: parse the command line, set up logging, run a command, map the outcome to
+//! an exit code. Everything else lives in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cdc::cli::{exit, Cli, Command, LogFormat};
+use cdc::config::{Config, ConfigError, ProcessEnv};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap uses 2 for usage errors; 2 means "slot problem" for `cdc status`.
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            return ExitCode::from(code as u8);
+        }
+    };
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e) as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Demo { seconds } => {
+            cdc::demo::run(std::time::Duration::from_secs(seconds)).await?;
+            Ok(exit::OK)
+        }
+        Command::Snapshot { .. } => {
+            let _config = load_config(&cli)?;
+            Err(cdc::error::Error::NotImplemented("snapshot").into())
+        }
+        Command::Run => {
+            let _config = load_config(&cli)?;
+            Err(cdc::error::Error::NotImplemented("run").into())
+        }
+        Command::Status { .. } => {
+            let _config = load_config(&cli)?;
+            Err(cdc::error::Error::NotImplemented("status").into())
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let config = Config::load(&cli.config, &ProcessEnv).context("cannot use the configuration")?;
+    tracing::debug!(config = ?config, "configuration loaded");
+    Ok(config)
+}
+
+/// The documented exit code for an error (see `cdc::cli::exit`).
+fn exit_code(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        if cause.is::<ConfigError>() {
+            return exit::CONFIG;
+        }
+        if let Some(err) = cause.downcast_ref::<cdc::error::Error>() {
+            return match err {
+                cdc::error::Error::NotImplemented(_) => exit::INTERNAL,
+                e if e.is_transient() => exit::TRANSIENT,
+                _ => exit::DEFINITE,
+            };
+        }
+    }
+    exit::INTERNAL
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CDC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

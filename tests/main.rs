@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod cli;
 mod decoder_fixtures;
 mod replication;
 mod tls;

@@ -1,0 +1,131 @@
+//! The `cdc` binary as users and scripts see it: help, exit codes, config errors, the demo.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn cdc(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc"));
+    cmd.args(args)
+        .env_remove("CDC_CONFIG")
+        .env_remove("CDC_SOURCE_URL")
+        .env_remove("CDC_DESTINATION_URL");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run cdc")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cdc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const VALID: &str = r#"
+[source]
+url = "postgresql://u:hunter2@127.0.0.1:1/src"
+[destination]
+url = "postgresql://u@127.0.0.1:1/dst"
+[[tables]]
+source = "public.orders"
+"#;
+
+#[test]
+fn help_shows_the_commands() {
+    let out = cdc(&["--help"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for c in [
+        "snapshot",
+        "run",
+        "status",
+        "demo",
+        "--config",
+        "--log-format",
+    ] {
+        assert!(text.contains(c), "{c} not in help:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error() {
+    let out = cdc(&["run", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
+
+#[test]
+fn a_malformed_config_names_the_line_and_field() {
+    let path = write_config(
+        "bad.toml",
+        &VALID.replace("[[tables]]", "batch = 3\n[[tables]]"),
+    );
+    let out = cdc(&["--config", path.to_str().unwrap(), "run"], &[]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml:6:1") && err.contains("unknown field `batch`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_config_says_how_to_provide_one() {
+    let out = cdc(&["--config", "/nonexistent/cdc.toml", "snapshot"], &[]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("pass --config PATH, set CDC_CONFIG"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_path_comes_from_cdc_config() {
+    let path = write_config("env.toml", &VALID.replace("public.orders", "orders"));
+    let out = cdc(&["status"], &[("CDC_CONFIG", path.to_str().unwrap())]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("tables[0].source"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unfinished_commands_say_so_and_never_log_the_password() {
+    let path = write_config("valid.toml", VALID);
+    let out = cdc(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "run",
+        ],
+        &[("CDC_LOG", "debug")],
+    );
+    assert_eq!(out.status.code(), Some(70));
+    let err = stderr(&out);
+    assert!(err.contains("`cdc run` is not implemented yet"), "{err}");
+    assert!(
+        err.contains("configuration loaded"),
+        "the debug log shows the config: {err}"
+    );
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+}
+
+#[test]
+fn the_demo_streams_decoded_changes_from_a_throwaway_server() {
+    let out = cdc(&["demo", "--seconds", "1"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("INSERT public.orders(id=1,"), "{text}");
+    assert!(text.contains("COMMIT "), "{text}");
+    assert!(text.contains("every commit was confirmed"), "{text}");
+}
