@@ -17,11 +17,7 @@ pub async fn connect(info: &ConnInfo) -> Result<Client> {
                 .connect(MakeRustls::new(tls))
                 .await
                 .map_err(Error::pg(ctx))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "sql connection ended");
-                }
-            });
+            tokio::spawn(drive(conn));
             client
         }
         None => {
@@ -29,11 +25,7 @@ pub async fn connect(info: &ConnInfo) -> Result<Client> {
                 .connect(tokio_postgres::NoTls)
                 .await
                 .map_err(Error::pg(ctx))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "sql connection ended");
-                }
-            });
+            tokio::spawn(drive(conn));
             client
         }
     };
@@ -43,4 +35,11 @@ pub async fn connect(info: &ConnInfo) -> Result<Client> {
         .await
         .map_err(Error::pg("setting session parameters"))?;
     Ok(client)
+}
+
+/// Run a connection's I/O until the client goes away; its errors surface on the client too.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "sql connection ended");
+    }
 }

@@ -12,7 +12,7 @@ use cdc::source::replication::{
 };
 
 use crate::decoder_fixtures as fixtures;
-use crate::harness::{self, servers, source_db, wait_for};
+use crate::harness::{self, servers, source_db, source_with, wait_for};
 
 /// Read XLogData payloads until `stop` says the last one ends the capture.
 pub async fn capture(
@@ -68,9 +68,7 @@ fn is_commit(m: &LogicalMessage) -> bool {
 
 #[tokio::test]
 async fn scram_login_streams_every_basic_change_kind() {
-    let db = source_db("basic").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute(fixtures::BASIC_SETUP).await.unwrap();
+    let (db, sql) = source_with("basic", fixtures::BASIC_SETUP).await;
     let mut stream = start_stream(
         &db,
         "basic",
@@ -85,11 +83,11 @@ async fn scram_login_streams_every_basic_change_kind() {
 
 #[tokio::test]
 async fn origin_messages_are_decoded() {
-    let db = source_db("origin").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;")
-        .await
-        .unwrap();
+    let (db, sql) = source_with(
+        "origin",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
+    )
+    .await;
     let mut stream = start_stream(&db, "origin", &PgOutputOptions::for_server(150000, "p")).await;
     run_all(&sql, fixtures::ORIGIN_CHANGES).await;
     let raw = capture(&mut stream, is_commit).await;
@@ -99,13 +97,11 @@ async fn origin_messages_are_decoded() {
 
 #[tokio::test]
 async fn protocol_2_streams_large_transactions_and_messages() {
-    let db = source_db("streamed").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute(
+    let (db, sql) = source_with(
+        "streamed",
         "CREATE TABLE big (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE big;",
     )
-    .await
-    .unwrap();
+    .await;
     let mut options = PgOutputOptions::for_server(150000, "p");
     options.proto_version = 2;
     options.messages = true;
@@ -121,13 +117,11 @@ async fn protocol_2_streams_large_transactions_and_messages() {
 
 #[tokio::test]
 async fn two_phase_transactions_are_decoded() {
-    let db = source_db("twophase").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute(
+    let (db, sql) = source_with(
+        "twophase",
         "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t;",
     )
-    .await
-    .unwrap();
+    .await;
     let mut repl = ReplicationClient::connect(&db).await.unwrap();
     repl.simple_query(
         "CREATE_REPLICATION_SLOT \"tp\" LOGICAL pgoutput (TWO_PHASE true, SNAPSHOT 'nothing')",
@@ -153,11 +147,11 @@ async fn two_phase_transactions_are_decoded() {
 
 #[tokio::test]
 async fn confirmed_flush_follows_the_status_we_send() {
-    let db = source_db("confirm").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;")
-        .await
-        .unwrap();
+    let (db, sql) = source_with(
+        "confirm",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
+    )
+    .await;
     let mut stream = start_stream(&db, "confirm", &PgOutputOptions::for_server(150000, "p")).await;
     sql.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
     let raw = capture(&mut stream, is_commit).await;
@@ -194,11 +188,11 @@ async fn confirmed_flush_follows_the_status_we_send() {
 
 #[tokio::test]
 async fn an_idle_stream_stays_alive_past_its_read_timeout() {
-    let db = source_db("idle").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;")
-        .await
-        .unwrap();
+    let (db, _sql) = source_with(
+        "idle",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
+    )
+    .await;
     let mut repl = ReplicationClient::connect(&db).await.unwrap();
     repl.create_logical_slot("idle", false).await.unwrap();
     let mut stream = repl
@@ -232,11 +226,11 @@ async fn an_idle_stream_stays_alive_past_its_read_timeout() {
 
 #[tokio::test]
 async fn exported_snapshot_sees_exactly_the_data_before_the_consistent_point() {
-    let db = source_db("snap").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
-        .await
-        .unwrap();
+    let (db, sql) = source_with(
+        "snap",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+    )
+    .await;
     let mut repl = ReplicationClient::connect(&db).await.unwrap();
     let slot = repl.create_logical_slot("snap", true).await.unwrap();
     assert_eq!(slot.slot_name, "snap");
@@ -380,14 +374,12 @@ async fn connecting_to_a_closed_port_is_transient() {
 
 #[tokio::test]
 async fn replica_identity_full_sends_the_old_row() {
-    let db = source_db("full").await;
-    let sql = cdc::pg::connect(&db).await.unwrap();
-    sql.batch_execute(
+    let (db, sql) = source_with(
+        "full",
         "CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL; \
          CREATE PUBLICATION p FOR TABLE nokey; INSERT INTO nokey VALUES (1, 'x');",
     )
-    .await
-    .unwrap();
+    .await;
     let mut stream = start_stream(&db, "full", &PgOutputOptions::for_server(150000, "p")).await;
     sql.batch_execute("UPDATE nokey SET b = 'y'").await.unwrap();
     let msgs = fixtures::decode_all(&capture(&mut stream, is_commit).await);

@@ -114,6 +114,18 @@ pub async fn source_db(prefix: &str) -> ConnInfo {
     fresh_db(&servers().source, prefix).await
 }
 
+/// A new source database prepared with `ddl`, and an SQL connection to it.
+pub async fn source_with(prefix: &str, ddl: &str) -> (ConnInfo, tokio_postgres::Client) {
+    let db = source_db(prefix).await;
+    let sql = cdc::pg::connect(&db)
+        .await
+        .expect("connect to test database");
+    sql.batch_execute(ddl)
+        .await
+        .unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    (db, sql)
+}
+
 /// Poll `cond` until it returns true, or fail after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
