@@ -85,6 +85,8 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("prerequisites not met, nothing was changed:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Prerequisites(Vec<String>),
     #[error("`cdc {0}` is not implemented yet")]
     NotImplemented(&'static str),
     #[error("{0}")]

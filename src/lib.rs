@@ -30,5 +30,6 @@ pub mod error;
 pub mod local_pg;
 pub mod lsn;
 pub mod pg;
+pub mod snapshot;
 pub mod source;
 pub mod tls;

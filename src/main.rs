@@ -43,9 +43,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cdc::demo::run(std::time::Duration::from_secs(seconds)).await?;
             Ok(exit::OK)
         }
-        Command::Snapshot { .. } => {
-            let _config = load_config(&cli)?;
-            Err(cdc::error::Error::NotImplemented("snapshot").into())
+        Command::Snapshot { force } => {
+            let config = load_config(&cli)?;
+            let report = cdc::snapshot::run(&config, force)
+                .await
+                .context("snapshot failed")?;
+            print_snapshot_report(&report);
+            Ok(exit::OK)
         }
         Command::Run => {
             let _config = load_config(&cli)?;
@@ -55,6 +59,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let _config = load_config(&cli)?;
             Err(cdc::error::Error::NotImplemented("status").into())
         }
+    }
+}
+
+fn print_snapshot_report(r: &cdc::snapshot::SnapshotReport) {
+    if r.already_complete {
+        println!("Snapshot already complete (consistent point {}); nothing to do. Use --force to redo it.", r.consistent_lsn);
+    } else {
+        println!(
+            "Snapshot complete in {:.1}s; streaming will start at {}.",
+            r.elapsed.as_secs_f64(),
+            r.consistent_lsn
+        );
+    }
+    for t in &r.tables {
+        print!("  {} -> {}: {} rows", t.source, t.destination, t.rows);
+        if t.bytes > 0 {
+            print!(", {:.1} MiB", t.bytes as f64 / (1 << 20) as f64);
+        }
+        if !t.skipped_indexes.is_empty() {
+            print!(
+                " (indexes not portable, skipped: {})",
+                t.skipped_indexes.join(", ")
+            );
+        }
+        println!();
     }
 }
 

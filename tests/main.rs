@@ -5,4 +5,5 @@ mod harness;
 mod cli;
 mod decoder_fixtures;
 mod replication;
+mod snapshot;
 mod tls;

@@ -429,7 +429,10 @@ fn message() -> impl Strategy<Value = LogicalMessage> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
+    // 4096 cases per run by default; `PROPTEST_CASES=N` runs longer fuzzing sessions.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4096)
+    ))]
 
     #[test]
     fn every_message_round_trips(msg in message()) {

@@ -126,6 +126,93 @@ pub async fn source_with(prefix: &str, ddl: &str) -> (ConnInfo, tokio_postgres::
     (db, sql)
 }
 
+/// A source database prepared with `ddl`, an empty destination database, and a config
+/// replicating `tables` (TOML `[[tables]]` entries appended verbatim) between them.
+pub struct Pipeline {
+    pub src: ConnInfo,
+    pub dst: ConnInfo,
+    pub src_sql: tokio_postgres::Client,
+    pub dst_sql: tokio_postgres::Client,
+    pub slot: String,
+    pub config_text: String,
+}
+
+impl Pipeline {
+    pub async fn new(prefix: &str, ddl: &str, tables: &str) -> Pipeline {
+        let (src, src_sql) = source_with(prefix, ddl).await;
+        let dst = fresh_db(&servers().destination, prefix).await;
+        let dst_sql = cdc::pg::connect(&dst)
+            .await
+            .expect("connect to destination");
+        let slot = unique(prefix);
+        let config_text = format!(
+            "[source]\nurl = {:?}\nslot = {slot:?}\npublication = {slot:?}\n[destination]\nurl = {:?}\n{tables}\n",
+            servers().source.url(&src.dbname),
+            servers().destination.url(&dst.dbname),
+        );
+        Pipeline {
+            src,
+            dst,
+            src_sql,
+            dst_sql,
+            slot,
+            config_text,
+        }
+    }
+
+    pub fn config(&self) -> cdc::config::Config {
+        cdc::config::Config::from_toml(
+            &self.config_text,
+            std::path::Path::new("test.toml"),
+            &NO_ENV,
+        )
+        .expect("test config is valid")
+    }
+
+    /// Write the config to a file, for tests that run the binary.
+    pub fn config_file(&self) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("{}.toml", self.slot));
+        std::fs::write(&path, &self.config_text).unwrap();
+        path
+    }
+
+    /// Slots of this pipeline's name on the source.
+    pub async fn slot_count(&self) -> i64 {
+        self.src_sql
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn publication_count(&self) -> i64 {
+        self.src_sql
+            .query_one("SELECT count(*) FROM pg_publication", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+pub const NO_ENV: [(&str, &str); 0] = [];
+
+/// Rows of `query` on a connection, each row as its `::text` form, in order.
+pub async fn rows_text(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
+    client
+        .query(query, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e:?}"))
+        .into_iter()
+        .map(|r| {
+            r.get::<_, Option<String>>(0)
+                .unwrap_or_else(|| "<null>".into())
+        })
+        .collect()
+}
+
 /// Poll `cond` until it returns true, or fail after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where

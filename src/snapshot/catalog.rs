@@ -1,0 +1,312 @@
+//! What the source's catalog says about a table: columns and exact types, keys, indexes, and
+//! the user-defined types the destination must create first.
+//!
+//! Every query runs with `search_path = ''`, so `format_type` and `pg_get_indexdef` qualify
+//! every non-`pg_catalog` name: the SQL we derive from them means the same thing on the
+//! destination whatever its search path.
+
+use std::collections::HashSet;
+
+use tokio_postgres::Client;
+
+use crate::config::TableName;
+use crate::error::{Error, Result};
+
+/// One column as the destination must declare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDef {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`, e.g. `numeric(10,2)`, `public.mood[]`.
+    pub type_sql: String,
+    pub type_oid: u32,
+    pub not_null: bool,
+    /// Expression of a `GENERATED ALWAYS AS (...) STORED` column: never copied, recomputed.
+    pub generated: Option<String>,
+}
+
+/// A secondary index (the primary key is kept apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDef {
+    pub name: String,
+    /// `pg_get_indexdef` after `ON <table>`: ` USING btree (a DESC) WHERE ...`.
+    pub definition_tail: String,
+    pub unique: bool,
+}
+
+/// A source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub name: TableName,
+    pub oid: u32,
+    pub columns: Vec<ColumnDef>,
+    /// Primary-key columns in key order; empty when the table has none.
+    pub primary_key: Vec<String>,
+    /// `relreplident`: d (default: the key), f (full), i (index), n (nothing).
+    pub replica_identity: char,
+    pub indexes: Vec<IndexDef>,
+    /// Planner estimate, for progress display.
+    pub estimated_rows: i64,
+    /// Size of the heap in 8 kB pages, for splitting the copy into ctid ranges.
+    pub pages: i64,
+}
+
+impl TableSchema {
+    /// Columns that COPY moves (generated columns are recomputed by the destination).
+    pub fn copied_columns(&self) -> impl Iterator<Item = &ColumnDef> {
+        self.columns.iter().filter(|c| c.generated.is_none())
+    }
+
+    /// Whether every column type is built into Postgres, so binary COPY works across servers
+    /// (binary arrays and records embed type OIDs, which differ for user-defined types).
+    pub fn binary_copy_safe(&self) -> bool {
+        self.columns.iter().all(|c| c.type_oid < FIRST_NORMAL_OID)
+    }
+}
+
+/// OIDs below this are assigned by initdb: the same built-in types on every server.
+pub const FIRST_NORMAL_OID: u32 = 16384;
+
+/// A user-defined type a table needs, in the order they must be created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserType {
+    Enum {
+        name: String,
+        labels: Vec<String>,
+    },
+    Domain {
+        name: String,
+        base: String,
+        not_null: bool,
+        checks: Vec<String>,
+    },
+    Composite {
+        name: String,
+        attributes: Vec<(String, String)>,
+    },
+    /// A type we cannot create (from an extension, a range, a base type in C): it must exist.
+    External {
+        name: String,
+        kind: String,
+    },
+}
+
+impl UserType {
+    /// The qualified, quoted name as `format_type` prints it.
+    pub fn name(&self) -> &str {
+        match self {
+            UserType::Enum { name, .. }
+            | UserType::Domain { name, .. }
+            | UserType::Composite { name, .. }
+            | UserType::External { name, .. } => name,
+        }
+    }
+}
+
+/// A SQL session for catalog reads (`search_path` emptied for the reasons above).
+pub async fn prepare_session(client: &Client) -> Result<()> {
+    client
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(Error::pg("preparing catalog session"))
+}
+
+/// Read one table; `None` when it does not exist.
+pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<TableSchema>> {
+    let ctx = || format!("reading the catalog for {name}");
+    let Some(row) = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, c.reltuples::int8, c.relpages::int8
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&name.schema, &name.name],
+        )
+        .await
+        .map_err(Error::pg(ctx()))?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let replica_identity = row.get::<_, String>(1).chars().next().unwrap_or('d');
+    let columns = client
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
+                    CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END
+               FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(Error::pg(ctx()))?
+        .into_iter()
+        .map(|r| ColumnDef {
+            name: r.get(0),
+            type_sql: r.get(1),
+            type_oid: r.get(2),
+            not_null: r.get(3),
+            generated: r.get(4),
+        })
+        .collect();
+    let primary_key = client
+        .query(
+            "SELECT a.attname
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = $1 AND i.indisprimary
+              ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(Error::pg(ctx()))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut indexes = Vec::new();
+    for r in client
+        .query(
+            "SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisunique,
+                    format('%s.%s', quote_ident(n.nspname), quote_ident(c.relname))
+               FROM pg_index i
+               JOIN pg_class ic ON ic.oid = i.indexrelid
+               JOIN pg_class c ON c.oid = i.indrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE i.indrelid = $1 AND NOT i.indisprimary AND i.indisvalid
+              ORDER BY ic.relname",
+            &[&oid],
+        )
+        .await
+        .map_err(Error::pg(ctx()))?
+    {
+        let (index_name, def, unique, table): (String, String, bool, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        // "CREATE [UNIQUE] INDEX name ON [ONLY] schema.table USING ..." → " USING ...".
+        let tail = def
+            .find(&format!(" ON {table} "))
+            .map(|at| &def[at + 4 + table.len()..])
+            .or_else(|| {
+                def.find(&format!(" ON ONLY {table} "))
+                    .map(|at| &def[at + 9 + table.len()..])
+            });
+        match tail {
+            Some(tail) => indexes.push(IndexDef {
+                name: index_name,
+                definition_tail: tail.to_owned(),
+                unique,
+            }),
+            None => {
+                tracing::warn!(index = %index_name, definition = %def, "index definition not understood; not copied")
+            }
+        }
+    }
+    Ok(Some(TableSchema {
+        name: name.clone(),
+        oid,
+        columns,
+        primary_key,
+        replica_identity,
+        indexes,
+        estimated_rows: row.get::<_, i64>(2).max(0),
+        pages: row.get(3),
+    }))
+}
+
+/// The user-defined types behind `type_oids`, dependencies first, each once.
+pub async fn user_types(client: &Client, type_oids: &[u32]) -> Result<Vec<UserType>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for &oid in type_oids {
+        visit(client, oid, &mut seen, &mut out).await?;
+    }
+    Ok(out)
+}
+
+/// Depth-first: a type's dependencies are pushed before the type itself.
+fn visit<'a>(
+    client: &'a Client,
+    oid: u32,
+    seen: &'a mut HashSet<u32>,
+    out: &'a mut Vec<UserType>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+    Box::pin(async move {
+        if oid < FIRST_NORMAL_OID || !seen.insert(oid) {
+            return Ok(());
+        }
+        let ctx = || format!("reading type {oid}");
+        let t = client
+            .query_one(
+                "SELECT t.typtype::text, t.typelem, t.typbasetype, t.typtypmod, t.typnotnull, t.typrelid,
+                        format_type(t.oid, NULL), t.typcategory::text,
+                        format_type(t.typbasetype, t.typtypmod)
+                   FROM pg_type t WHERE t.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(Error::pg(ctx()))?;
+        let (typtype, elem, base): (String, u32, u32) = (t.get(0), t.get(1), t.get(2));
+        let name: String = t.get(6);
+        let category: String = t.get(7);
+        if category == "A" && elem != 0 {
+            return visit(client, elem, seen, out).await;
+        }
+        let user_type = match typtype.as_str() {
+            "e" => {
+                let labels = client
+                    .query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", &[&oid])
+                    .await
+                    .map_err(Error::pg(ctx()))?
+                    .into_iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                UserType::Enum { name, labels }
+            }
+            "d" => {
+                visit(client, base, seen, out).await?;
+                let checks = client
+                    .query(
+                        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = $1 ORDER BY conname",
+                        &[&oid],
+                    )
+                    .await
+                    .map_err(Error::pg(ctx()))?
+                    .into_iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                UserType::Domain {
+                    name,
+                    base: t.get(8),
+                    not_null: t.get(4),
+                    checks,
+                }
+            }
+            "c" => {
+                let relid: u32 = t.get(5);
+                let rows = client
+                    .query(
+                        "SELECT attname::text, format_type(atttypid, atttypmod), atttypid FROM pg_attribute
+                          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        &[&relid],
+                    )
+                    .await
+                    .map_err(Error::pg(ctx()))?;
+                let mut attributes = Vec::new();
+                for r in rows {
+                    visit(client, r.get(2), seen, out).await?;
+                    attributes.push((r.get(0), r.get(1)));
+                }
+                UserType::Composite { name, attributes }
+            }
+            other => UserType::External {
+                name,
+                kind: match other {
+                    "r" => "range".into(),
+                    "m" => "multirange".into(),
+                    "b" => "base".into(),
+                    k => format!("kind {k}"),
+                },
+            },
+        };
+        out.push(user_type);
+        Ok(())
+    })
+}

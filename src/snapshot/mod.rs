@@ -1,0 +1,486 @@
+//! `cdc snapshot`: a consistent bootstrap of the destination from an exported slot snapshot.
+//!
+//! ```text
+//!  check prerequisites (read-only, all problems at once)
+//!    └► clean up an interrupted earlier run (its slot, its state row)
+//!       └► publication ─► destination types + tables (no keys yet)
+//!          └► state row "snapshot started" ─► CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')
+//!             └► N workers: each imports the snapshot, copies page ranges   (slot connection
+//!                └► per table, when its ranges are in: primary key,          stays idle and
+//!                   indexes, "table done" ─ one transaction                   open meanwhile)
+//!                   └► "snapshot complete", applied_lsn = consistent point
+//! ```
+//!
+//! Why this order: the publication exists before the slot so the slot's decoding sees it;
+//! the state row exists before the slot so that a run killed at any point leaves a trace the
+//! next run uses to drop the orphan slot; the snapshot is complete only when the last
+//! transaction says so, so `cdc run` can never mistake a partial copy for a finished one.
+//! **A failed snapshot drops the slot it created** (an orphan slot pins WAL forever).
+
+pub mod catalog;
+pub mod copy;
+pub mod ddl;
+pub mod prereq;
+mod progress;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+
+use crate::config::{Config, TableName};
+use crate::conninfo::ConnInfo;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::source::replication::{quote_ident, ReplicationClient};
+use catalog::TableSchema;
+use copy::PageRange;
+use state::StateStore;
+
+/// What a snapshot run did.
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    /// The slot's consistent point: streaming starts here.
+    pub consistent_lsn: Lsn,
+    /// Nothing was done because a completed snapshot exists.
+    pub already_complete: bool,
+    pub tables: Vec<TableReport>,
+    pub elapsed: Duration,
+}
+
+/// One copied table.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    pub source: TableName,
+    pub destination: TableName,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Indexes that could not be created on the destination (non-portable expressions).
+    pub skipped_indexes: Vec<String>,
+}
+
+/// One table to copy, with everything the workers need.
+struct Job {
+    schema: TableSchema,
+    destination: TableName,
+    filter: Option<String>,
+    binary: bool,
+    bytes: AtomicU64,
+}
+
+/// Run the snapshot described by `config`. With `force`, redo a completed one and replace
+/// existing destination tables.
+pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
+    let started = Instant::now();
+    let src_info = config
+        .source_conninfo()
+        .map_err(|p| Error::Definite(p.to_string()))?;
+    let dst_info = config
+        .destination_conninfo()
+        .map_err(|p| Error::Definite(p.to_string()))?;
+    let slot = config.source.slot.as_str();
+    let publication = config.source.publication.as_str();
+    let src = crate::pg::connect(&src_info).await?;
+    catalog::prepare_session(&src).await?;
+    let dst = crate::pg::connect(&dst_info).await?;
+    let store = StateStore::new(&config.destination.state_schema);
+    store.ensure(&dst).await?;
+
+    let previous = store.load(&dst, slot).await?;
+    if let Some(p) = previous.as_ref().filter(|p| p.snapshot_completed && !force) {
+        tracing::info!(slot, lsn = %p.consistent_lsn.unwrap_or_default(), "snapshot already complete; nothing to do");
+        let tables = store.table_rows(&dst, slot).await?;
+        return Ok(SnapshotReport {
+            consistent_lsn: p.consistent_lsn.unwrap_or_default(),
+            already_complete: true,
+            tables: tables
+                .into_iter()
+                .filter_map(|(s, rows)| {
+                    let name = TableName::parse(&s).ok()?;
+                    Some(TableReport {
+                        source: name.clone(),
+                        destination: name,
+                        rows: rows as u64,
+                        bytes: 0,
+                        skipped_indexes: vec![],
+                    })
+                })
+                .collect(),
+            elapsed: started.elapsed(),
+        });
+    }
+    let slot_exists: bool = src
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("looking for the slot"))?
+        .get(0);
+    if slot_exists && previous.is_none() && !force {
+        return Err(Error::Definite(format!(
+            "replication slot {slot} already exists on the source, but the destination has no pipeline for it: \
+             if it is a leftover, drop it (SELECT pg_drop_replication_slot('{slot}')) or run `cdc snapshot --force`; \
+             if another tool uses it, set a different source.slot"
+        )));
+    }
+
+    let pairs = config.table_pairs();
+    let wanted: Vec<prereq::Wanted> = pairs
+        .iter()
+        .zip(&config.tables)
+        .map(|((s, d), t)| prereq::Wanted {
+            source: s,
+            destination: d,
+            filter: t.filter.as_deref(),
+        })
+        .collect();
+    let replace = force || previous.is_some();
+    let checked = prereq::check(
+        &src,
+        &dst,
+        &wanted,
+        publication,
+        &config.destination.state_schema,
+        slot_exists,
+        replace,
+    )
+    .await?;
+
+    // From here on we change things. First, what an interrupted earlier run left.
+    if slot_exists {
+        tracing::info!(
+            slot,
+            "dropping the slot left by an earlier, unfinished snapshot"
+        );
+        let mut repl = ReplicationClient::connect(&src_info).await?;
+        tokio::time::timeout(Duration::from_secs(60), repl.drop_slot(slot, true))
+            .await
+            .map_err(|_| {
+                Error::Definite(format!(
+                    "slot {slot} is still in use by another process after 60s: stop it first"
+                ))
+            })??;
+        repl.close().await;
+    }
+    store.delete(&dst, slot).await?;
+    let created_publication =
+        ensure_publication(&src, publication, &pairs, checked.publication_exists).await?;
+    create_destination_tables(&dst, &checked, &pairs, replace).await?;
+    store.begin_snapshot(&dst, slot, publication).await?;
+
+    let mut repl = ReplicationClient::connect(&src_info).await?;
+    let created = repl.create_logical_slot(slot, true).await?;
+    tracing::info!(slot, lsn = %created.consistent_point, "slot created; copying under its snapshot");
+    let result = async {
+        let snapshot = created
+            .snapshot_name
+            .clone()
+            .ok_or_else(|| Error::Definite("the server exported no snapshot".into()))?;
+        store
+            .set_consistent_point(&dst, slot, created.consistent_point)
+            .await?;
+        let jobs: Vec<Job> = checked
+            .tables
+            .into_iter()
+            .zip(&pairs)
+            .zip(&config.tables)
+            .map(|((schema, (_, d)), t)| Job {
+                binary: schema.binary_copy_safe(),
+                schema,
+                destination: d.clone(),
+                filter: t.filter.clone(),
+                bytes: AtomicU64::new(0),
+            })
+            .collect();
+        let workers = match config.snapshot.jobs {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let tid_ranges = repl.server_version_num() >= 140000;
+        copy_all(
+            &src_info, &dst_info, &store, slot, &snapshot, jobs, workers, tid_ranges,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(tables) => {
+            // The copies are committed; the exported snapshot may now end.
+            repl.close().await;
+            store.complete_snapshot(&dst, slot).await?;
+            tracing::info!(slot, lsn = %created.consistent_point, "snapshot complete");
+            Ok(SnapshotReport {
+                consistent_lsn: created.consistent_point,
+                already_complete: false,
+                tables,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(e) => {
+            tracing::error!(slot, error = %e, "snapshot failed; dropping its slot");
+            if let Err(drop_err) = repl.drop_slot(slot, false).await {
+                tracing::warn!(slot, error = %drop_err, "could not drop the slot now; the next `cdc snapshot` drops it");
+            }
+            repl.close().await;
+            if created_publication {
+                let _ = src
+                    .batch_execute(&format!(
+                        "DROP PUBLICATION IF EXISTS {}",
+                        quote_ident(publication)
+                    ))
+                    .await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Create the publication for exactly these tables, or add the missing ones. Returns whether
+/// it was created by this call.
+async fn ensure_publication(
+    src: &Client,
+    publication: &str,
+    pairs: &[(TableName, TableName)],
+    exists: bool,
+) -> Result<bool> {
+    let names: Vec<String> = pairs.iter().map(|(s, _)| s.quoted()).collect();
+    if !exists {
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            names.join(", ")
+        );
+        src.batch_execute(&sql)
+            .await
+            .map_err(Error::pg(format!("creating publication {publication}")))?;
+        return Ok(true);
+    }
+    for (s, _) in pairs {
+        let present: bool = src
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+                &[&publication, &s.schema, &s.name],
+            )
+            .await
+            .map_err(Error::pg("reading the publication"))?
+            .get(0);
+        if !present {
+            let sql = format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(publication),
+                s.quoted()
+            );
+            src.batch_execute(&sql).await.map_err(Error::pg(format!(
+                "adding {s} to publication {publication}"
+            )))?;
+        }
+    }
+    Ok(false)
+}
+
+/// Types, schemas and empty tables on the destination, in one transaction.
+async fn create_destination_tables(
+    dst: &Client,
+    checked: &prereq::Checked,
+    pairs: &[(TableName, TableName)],
+    replace: bool,
+) -> Result<()> {
+    let mut sql = vec!["BEGIN".to_owned()];
+    let mut schemas: Vec<&str> = pairs.iter().map(|(_, d)| d.schema.as_str()).collect();
+    schemas.sort();
+    schemas.dedup();
+    sql.extend(schemas.iter().map(|s| ddl::create_schema(s)));
+    if replace {
+        sql.extend(
+            pairs
+                .iter()
+                .map(|(_, d)| format!("DROP TABLE IF EXISTS {}", d.quoted())),
+        );
+    }
+    for t in &checked.types {
+        let exists: bool = dst
+            .query_one("SELECT to_regtype($1) IS NOT NULL", &[&t.name()])
+            .await
+            .map_err(Error::pg("looking for destination types"))?
+            .get(0);
+        if let (false, Some(create)) = (exists, ddl::create_type(t)) {
+            let schema = t.name().split('.').next().unwrap_or("public");
+            sql.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+            sql.push(create);
+        }
+    }
+    for (t, (_, d)) in checked.tables.iter().zip(pairs) {
+        sql.push(ddl::create_table(d, t));
+    }
+    sql.push("COMMIT".into());
+    dst.batch_execute(&sql.join(";\n"))
+        .await
+        .map_err(Error::pg("creating destination tables"))
+}
+
+/// Copy every table with `workers` connections that share the exported snapshot, then
+/// finish each table (keys, indexes, state) as soon as all its ranges are in.
+#[allow(clippy::too_many_arguments)]
+async fn copy_all(
+    src_info: &ConnInfo,
+    dst_info: &ConnInfo,
+    store: &StateStore,
+    slot: &str,
+    snapshot: &str,
+    jobs: Vec<Job>,
+    workers: usize,
+    tid_ranges: bool,
+) -> Result<Vec<TableReport>> {
+    let jobs = Arc::new(jobs);
+    let mut queue = VecDeque::new();
+    let mut remaining = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        // A filtered copy is one statement: the filter may match few rows in many pages.
+        let ranges = if job.filter.is_some() {
+            vec![PageRange {
+                from: None,
+                to: None,
+            }]
+        } else {
+            copy::plan_ranges(job.schema.pages, workers, tid_ranges)
+        };
+        remaining.push((ranges.len(), 0u64));
+        queue.extend(ranges.into_iter().map(|r| (i, r)));
+    }
+    let workers = workers.min(queue.len()).max(1);
+    let queue = Arc::new(Mutex::new(queue));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    for _ in 0..workers {
+        let (jobs, queue, done) = (jobs.clone(), queue.clone(), done_tx.clone());
+        let (src_info, dst_info, snapshot) =
+            (src_info.clone(), dst_info.clone(), snapshot.to_owned());
+        tasks.spawn(async move {
+            let src = crate::pg::connect(&src_info).await?;
+            src.batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                crate::source::replication::quote_literal(&snapshot)
+            ))
+            .await
+            .map_err(Error::pg("importing the slot's snapshot"))?;
+            let dst = crate::pg::connect(&dst_info).await?;
+            loop {
+                let Some((i, range)) = queue.lock().expect("queue lock").pop_front() else {
+                    break;
+                };
+                let job = &jobs[i];
+                let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), job.binary);
+                let inn = copy::copy_in_sql(&job.destination, &job.schema, job.binary);
+                let rows = copy::copy_range(&src, &dst, &out, &inn, &job.bytes).await?;
+                let _ = done.send((i, rows));
+            }
+            src.batch_execute("COMMIT")
+                .await
+                .map_err(Error::pg("ending the snapshot transaction"))?;
+            Ok(())
+        });
+    }
+    drop(done_tx);
+
+    let progress = progress::Progress::start(jobs.clone());
+    let mut reports: Vec<Option<TableReport>> = vec![None; jobs.len()];
+    let mut finishing: JoinSet<Result<(usize, TableReport)>> = JoinSet::new();
+    let finish_slots = Arc::new(tokio::sync::Semaphore::new(workers));
+    let mut copying_done = false;
+    while !(copying_done && finishing.is_empty()) {
+        tokio::select! {
+            msg = done_rx.recv(), if !copying_done => match msg {
+                Some((i, rows)) => {
+                    remaining[i].0 -= 1;
+                    remaining[i].1 += rows;
+                    if remaining[i].0 == 0 {
+                        progress.table_copied(i, remaining[i].1);
+                        let (jobs, dst_info, store, slot, permits) =
+                            (jobs.clone(), dst_info.clone(), store.clone(), slot.to_owned(), finish_slots.clone());
+                        let rows = remaining[i].1;
+                        finishing.spawn(async move {
+                            let _permit = permits.acquire_owned().await.expect("semaphore open");
+                            finish_table(&dst_info, &store, &slot, &jobs[i], rows).await.map(|r| (i, r))
+                        });
+                    }
+                }
+                None => copying_done = true,
+            },
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+                res.map_err(|e| Error::Definite(format!("copy worker panicked: {e}")))??;
+            }
+            Some(res) = finishing.join_next(), if !finishing.is_empty() => {
+                let (i, report) = res.map_err(|e| Error::Definite(format!("finishing task panicked: {e}")))??;
+                progress.table_done(i);
+                reports[i] = Some(report);
+            }
+        }
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.map_err(|e| Error::Definite(format!("copy worker panicked: {e}")))??;
+    }
+    progress.finish();
+    Ok(reports
+        .into_iter()
+        .map(|r| r.expect("every table finished"))
+        .collect())
+}
+
+/// Primary key, indexes and the "table done" record, in one destination transaction.
+async fn finish_table(
+    dst_info: &ConnInfo,
+    store: &StateStore,
+    slot: &str,
+    job: &Job,
+    rows: u64,
+) -> Result<TableReport> {
+    let dst = crate::pg::connect(dst_info).await?;
+    let d = &job.destination;
+    let ctx = format!("finishing {d}");
+    dst.batch_execute("BEGIN; SET LOCAL maintenance_work_mem = '256MB'")
+        .await
+        .map_err(Error::pg(ctx.clone()))?;
+    if let Some(pk) = ddl::add_primary_key(d, &job.schema) {
+        dst.batch_execute(&pk)
+            .await
+            .map_err(Error::pg(format!("adding the primary key of {d}")))?;
+    }
+    if let Some(ri) = ddl::replica_identity(d, &job.schema) {
+        dst.batch_execute(&ri)
+            .await
+            .map_err(Error::pg(ctx.clone()))?;
+    }
+    let mut skipped = Vec::new();
+    for idx in &job.schema.indexes {
+        // An index whose expression uses something the destination lacks is skipped, not fatal:
+        // the rows are correct without it.
+        let sql = format!("SAVEPOINT idx; {}", ddl::create_index(d, idx));
+        if let Err(e) = dst.batch_execute(&sql).await {
+            let why = e
+                .as_db_error()
+                .map(|db| db.message().to_owned())
+                .unwrap_or_else(|| e.to_string());
+            tracing::warn!(table = %d, index = %idx.name, error = %why, "index not created on the destination");
+            dst.batch_execute("ROLLBACK TO SAVEPOINT idx")
+                .await
+                .map_err(Error::pg(ctx.clone()))?;
+            skipped.push(idx.name.clone());
+        }
+    }
+    let record = store.table_done_sql(slot, &job.schema.name.to_string(), &d.to_string(), rows);
+    dst.batch_execute(&format!("{record}; COMMIT"))
+        .await
+        .map_err(Error::pg(ctx))?;
+    Ok(TableReport {
+        source: job.schema.name.clone(),
+        destination: d.clone(),
+        rows,
+        bytes: job.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        skipped_indexes: skipped,
+    })
+}

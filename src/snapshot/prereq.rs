@@ -1,0 +1,295 @@
+//! Everything that must hold before `cdc snapshot` changes anything, checked read-only and
+//! reported all at once, each problem with the fix.
+
+use tokio_postgres::Client;
+
+use super::catalog::{self, TableSchema, UserType};
+use crate::config::TableName;
+use crate::error::{Error, Result};
+use crate::source::replication::quote_ident;
+
+/// What the checks learned, for the steps after them.
+pub struct Checked {
+    /// Source schema of each configured table, in config order.
+    pub tables: Vec<TableSchema>,
+    /// User-defined types the destination needs, dependencies first.
+    pub types: Vec<UserType>,
+    /// Whether the publication already exists.
+    pub publication_exists: bool,
+}
+
+/// One table to check: source and destination names and the optional snapshot filter.
+pub struct Wanted<'a> {
+    pub source: &'a TableName,
+    pub destination: &'a TableName,
+    pub filter: Option<&'a str>,
+}
+
+/// Run every check. `own_slot_exists` discounts our own slot from the slot budget (it will be
+/// dropped and recreated); `replace_tables` allows existing destination tables to be replaced.
+pub async fn check(
+    src: &Client,
+    dst: &Client,
+    wanted: &[Wanted<'_>],
+    publication: &str,
+    state_schema: &str,
+    own_slot_exists: bool,
+    replace_tables: bool,
+) -> Result<Checked> {
+    let mut problems = Vec::new();
+    let pg = |what: &'static str| Error::pg(what);
+
+    let setting = |name: &'static str| async move {
+        src.query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map(|r| r.get::<_, String>(0))
+    };
+    let wal_level = setting("wal_level")
+        .await
+        .map_err(pg("reading wal_level"))?;
+    if wal_level != "logical" {
+        problems.push(format!(
+            "wal_level is '{wal_level}' on the source; logical replication needs 'logical': run \
+             ALTER SYSTEM SET wal_level = logical; and restart the source server"
+        ));
+    }
+    let role = src
+        .query_one("SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(pg("reading the source role"))?;
+    let (user, superuser, replication): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
+    if !superuser && !replication {
+        problems.push(format!(
+            "role {user} may not replicate: run ALTER ROLE {} REPLICATION; on the source",
+            quote_ident(&user)
+        ));
+    }
+    let free = src
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
+            &[],
+        )
+        .await
+        .map_err(pg("counting replication slots"))?;
+    let free_slots: i32 = free.get::<_, i32>(0) + i32::from(own_slot_exists);
+    if free_slots < 1 {
+        problems.push(
+            "no free replication slot on the source: drop unused slots (SELECT pg_drop_replication_slot(name)) \
+             or raise max_replication_slots and restart"
+                .into(),
+        );
+    }
+    if free.get::<_, i32>(1) < 1 {
+        problems.push("no free WAL sender on the source: raise max_wal_senders and restart".into());
+    }
+    let publication_exists = src
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await
+        .map_err(pg("reading publications"))?
+        .get::<_, bool>(0);
+    let published: Vec<(String, String)> = src
+        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(pg("reading the publication"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !publication_exists && !superuser {
+        let can_create: bool = src
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE')",
+                &[],
+            )
+            .await
+            .map_err(pg("checking privileges"))?
+            .get(0);
+        if !can_create {
+            problems.push(format!(
+                "role {user} cannot create publication {publication}: GRANT CREATE ON DATABASE to it, or create \
+                 the publication yourself: CREATE PUBLICATION {} FOR TABLE ...",
+                quote_ident(publication)
+            ));
+        }
+    }
+
+    let mut tables = Vec::new();
+    for w in wanted {
+        let name = w.source;
+        let Some(t) = catalog::read_table(src, name).await? else {
+            problems.push(format!(
+                "table {name} does not exist on the source (unquoted names fold to lower case; quote mixed-case names)"
+            ));
+            continue;
+        };
+        let checks = src
+            .query_one(
+                "SELECT has_table_privilege($1::oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE')
+                   FROM pg_class c WHERE c.oid = $1::oid",
+                &[&t.oid],
+            )
+            .await
+            .map_err(pg("checking table privileges"))?;
+        let (can_select, owns): (bool, bool) = (checks.get(0), checks.get(1));
+        if !can_select {
+            problems.push(format!(
+                "role {user} cannot read {name}: GRANT SELECT ON {} TO {}",
+                name.quoted(),
+                quote_ident(&user)
+            ));
+        }
+        let in_publication = published
+            .iter()
+            .any(|(s, n)| *s == name.schema && *n == name.name);
+        if !in_publication && !owns && !superuser {
+            problems.push(format!(
+                "role {user} must own {name} to add it to publication {publication}: add it as the owner with \
+                 ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(publication),
+                name.quoted()
+            ));
+        }
+        match (t.primary_key.is_empty(), t.replica_identity) {
+            (_, 'n') => problems.push(format!(
+                "table {name} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: \
+                 ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key) or FULL",
+                name.quoted()
+            )),
+            (true, 'd') => problems.push(format!(
+                "table {name} has no primary key: add one (ALTER TABLE {q} ADD PRIMARY KEY (...)) or let rows be \
+                 matched by all their values (ALTER TABLE {q} REPLICA IDENTITY FULL)",
+                q = name.quoted()
+            )),
+            _ => {}
+        }
+        if let Some(filter) = w.filter {
+            let probe = format!("EXPLAIN SELECT 1 FROM {} WHERE ({filter})", name.quoted());
+            if let Err(e) = src.batch_execute(&probe).await {
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string());
+                problems.push(format!(
+                    "the where filter of {name} is not valid SQL for that table: {why}"
+                ));
+            }
+        }
+        tables.push(t);
+    }
+
+    let type_oids: Vec<u32> = tables
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|c| c.type_oid))
+        .collect();
+    let types = catalog::user_types(src, &type_oids).await?;
+    check_destination(
+        dst,
+        wanted,
+        &tables,
+        &types,
+        state_schema,
+        replace_tables,
+        &mut problems,
+    )
+    .await?;
+
+    if problems.is_empty() {
+        Ok(Checked {
+            tables,
+            types,
+            publication_exists,
+        })
+    } else {
+        Err(Error::Prerequisites(problems))
+    }
+}
+
+async fn check_destination(
+    dst: &Client,
+    wanted: &[Wanted<'_>],
+    tables: &[TableSchema],
+    types: &[UserType],
+    state_schema: &str,
+    replace_tables: bool,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let pg = |what: &'static str| Error::pg(what);
+    let mut schemas: Vec<&str> = wanted
+        .iter()
+        .map(|w| w.destination.schema.as_str())
+        .collect();
+    schemas.push(state_schema);
+    schemas.sort();
+    schemas.dedup();
+    for schema in schemas {
+        let ok: bool = dst
+            .query_one(
+                "SELECT CASE WHEN to_regnamespace(quote_ident($1)) IS NULL
+                             THEN has_database_privilege(current_database(), 'CREATE')
+                             ELSE has_schema_privilege(to_regnamespace(quote_ident($1)), 'CREATE') END",
+                &[&schema],
+            )
+            .await
+            .map_err(pg("checking destination privileges"))?
+            .get(0);
+        if !ok {
+            problems.push(format!(
+                "the destination role cannot create tables in schema {schema}: GRANT CREATE ON SCHEMA {0} \
+                 (or, if it does not exist yet, GRANT CREATE ON DATABASE) to it",
+                quote_ident(schema)
+            ));
+        }
+    }
+    for (w, _) in wanted.iter().zip(tables) {
+        let exists: bool = dst
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&w.destination.quoted()],
+            )
+            .await
+            .map_err(pg("looking for destination tables"))?
+            .get(0);
+        if exists && !replace_tables {
+            problems.push(format!(
+                "destination table {} already exists: drop it, or run `cdc snapshot --force` to replace it",
+                w.destination
+            ));
+        }
+    }
+    for t in types {
+        let oid: Option<u32> = dst
+            .query_one("SELECT to_regtype($1)::oid", &[&t.name()])
+            .await
+            .map_err(pg("looking for destination types"))?
+            .get(0);
+        let existing: Option<Vec<String>> = match oid {
+            None => None,
+            Some(oid) => Some(
+                dst.query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", &[&oid])
+                    .await
+                    .map_err(pg("reading destination enum"))?
+                    .into_iter()
+                    .map(|r| r.get(0))
+                    .collect(),
+            ),
+        };
+        match (t, existing) {
+            (UserType::External { name, kind }, None) => problems.push(format!(
+                "type {name} ({kind} type, e.g. from an extension) does not exist on the destination: install it \
+                 there first (for an extension: CREATE EXTENSION ...)"
+            )),
+            (UserType::Enum { name, labels }, Some(dest_labels)) if *labels != dest_labels => {
+                problems.push(format!(
+                    "enum {name} exists on the destination with labels {dest_labels:?}, the source has {labels:?}: \
+                     align them (ALTER TYPE ... ADD VALUE) or drop the destination type"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

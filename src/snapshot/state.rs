@@ -1,0 +1,178 @@
+//! The pipeline's state in the destination, in the `state_schema` (default `cdc`).
+//!
+//! ```text
+//!  pipeline(slot PK, publication, consistent_lsn, applied_lsn, applied_commit_time,
+//!           snapshot_started_at, snapshot_completed_at)
+//!  snapshot_tables(slot, source_table, destination_table, rows, completed_at)
+//! ```
+//!
+//! **A snapshot is complete only when `snapshot_completed_at` is set**, which happens in one
+//! transaction after every table and index is in place; `applied_lsn` then starts at the
+//! slot's consistent point. A row without it is an interrupted snapshot, which the next
+//! `cdc snapshot` discards and redoes. Living in the destination, this state commits
+//! atomically with the data it describes.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::source::replication::{quote_ident, quote_literal};
+
+/// What the destination remembers about a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineState {
+    pub slot: String,
+    pub consistent_lsn: Option<Lsn>,
+    pub applied_lsn: Option<Lsn>,
+    pub snapshot_completed: bool,
+}
+
+/// Handle on the state tables in one schema.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    schema: String,
+}
+
+impl StateStore {
+    pub fn new(schema: &str) -> Self {
+        StateStore {
+            schema: quote_ident(schema),
+        }
+    }
+
+    fn t(&self, table: &str) -> String {
+        format!("{}.{table}", self.schema)
+    }
+
+    /// Create the schema and tables if missing.
+    pub async fn ensure(&self, dest: &Client) -> Result<()> {
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {pipeline} (
+                 slot text PRIMARY KEY,
+                 publication text NOT NULL,
+                 consistent_lsn pg_lsn,
+                 applied_lsn pg_lsn,
+                 applied_commit_time timestamptz,
+                 snapshot_started_at timestamptz NOT NULL DEFAULT now(),
+                 snapshot_completed_at timestamptz);
+             CREATE TABLE IF NOT EXISTS {tables} (
+                 slot text NOT NULL REFERENCES {pipeline} ON DELETE CASCADE,
+                 source_table text NOT NULL,
+                 destination_table text NOT NULL,
+                 rows bigint NOT NULL,
+                 completed_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (slot, source_table));",
+            schema = self.schema,
+            pipeline = self.t("pipeline"),
+            tables = self.t("snapshot_tables"),
+        );
+        dest.batch_execute(&sql).await.map_err(Error::pg(
+            "creating the cdc state tables in the destination",
+        ))
+    }
+
+    /// The state of `slot`, if the destination has any.
+    pub async fn load(&self, dest: &Client, slot: &str) -> Result<Option<PipelineState>> {
+        let row = dest
+            .query_opt(
+                &format!(
+                    "SELECT consistent_lsn::text, applied_lsn::text, snapshot_completed_at IS NOT NULL
+                       FROM {} WHERE slot = $1",
+                    self.t("pipeline")
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(Error::pg("reading pipeline state"))?;
+        let lsn = |v: Option<String>| v.and_then(|s| s.parse().ok());
+        Ok(row.map(|r| PipelineState {
+            slot: slot.to_owned(),
+            consistent_lsn: lsn(r.get(0)),
+            applied_lsn: lsn(r.get(1)),
+            snapshot_completed: r.get(2),
+        }))
+    }
+
+    /// Forget `slot` (and its per-table records).
+    pub async fn delete(&self, dest: &Client, slot: &str) -> Result<()> {
+        dest.execute(
+            &format!("DELETE FROM {} WHERE slot = $1", self.t("pipeline")),
+            &[&slot],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("deleting pipeline state"))
+    }
+
+    /// Record that a snapshot of `slot` is starting (before the slot exists, so an interrupted
+    /// run always leaves a trace that lets the next one clean up).
+    pub async fn begin_snapshot(&self, dest: &Client, slot: &str, publication: &str) -> Result<()> {
+        dest.execute(
+            &format!(
+                "INSERT INTO {} (slot, publication) VALUES ($1, $2)",
+                self.t("pipeline")
+            ),
+            &[&slot, &publication],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("recording the snapshot start"))
+    }
+
+    /// Record the slot's consistent point.
+    pub async fn set_consistent_point(&self, dest: &Client, slot: &str, lsn: Lsn) -> Result<()> {
+        dest.execute(
+            &format!(
+                "UPDATE {} SET consistent_lsn = $2::text::pg_lsn WHERE slot = $1",
+                self.t("pipeline")
+            ),
+            &[&slot, &lsn.to_string()],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("recording the consistent point"))
+    }
+
+    /// SQL recording one finished table; run inside the transaction that finishes the table.
+    pub fn table_done_sql(&self, slot: &str, source: &str, destination: &str, rows: u64) -> String {
+        format!(
+            "INSERT INTO {} (slot, source_table, destination_table, rows) VALUES ({}, {}, {}, {rows})",
+            self.t("snapshot_tables"),
+            quote_literal(slot),
+            quote_literal(source),
+            quote_literal(destination),
+        )
+    }
+
+    /// Mark the snapshot complete; streaming starts from the consistent point.
+    pub async fn complete_snapshot(&self, dest: &Client, slot: &str) -> Result<()> {
+        dest.execute(
+            &format!(
+                "UPDATE {} SET snapshot_completed_at = now(), applied_lsn = consistent_lsn WHERE slot = $1",
+                self.t("pipeline")
+            ),
+            &[&slot],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("recording the snapshot completion"))
+    }
+
+    /// Rows copied per source table of `slot`, for reports.
+    pub async fn table_rows(&self, dest: &Client, slot: &str) -> Result<Vec<(String, i64)>> {
+        Ok(dest
+            .query(
+                &format!(
+                    "SELECT source_table, rows FROM {} WHERE slot = $1 ORDER BY source_table",
+                    self.t("snapshot_tables")
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(Error::pg("reading snapshot table state"))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+}
