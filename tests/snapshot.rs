@@ -506,3 +506,52 @@ async fn a_snapshot_killed_mid_copy_is_redone_cleanly() {
         "the state points at the new slot"
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_that_fails_mid_copy_drops_its_slot_and_publication() {
+    // The filter passes EXPLAIN but divides by zero on row 500, after the slot exists.
+    let p = Pipeline::new(
+        "snap_fail",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000);",
+        "[[tables]]\nsource = \"public.t\"\nwhere = \"1 / (id - 500) > -1000\"",
+    )
+    .await;
+    let err = cdc::snapshot::run(&p.config(), false)
+        .await
+        .expect_err("division by zero");
+    assert!(format!("{err:?}").contains("division by zero"), "{err:?}");
+    assert_eq!(
+        p.slot_count().await,
+        0,
+        "a failed snapshot must not leave its slot"
+    );
+    assert_eq!(
+        p.publication_count().await,
+        0,
+        "the publication this run created is removed"
+    );
+    let state = rows_text(
+        &p.dst_sql,
+        &format!(
+            "SELECT (snapshot_completed_at IS NULL)::text FROM cdc.pipeline WHERE slot = '{}'",
+            p.slot
+        ),
+    )
+    .await;
+    assert_eq!(
+        state,
+        ["true"],
+        "the state shows an unfinished snapshot, never a complete one"
+    );
+    // Fixing the filter and re-running succeeds.
+    let text = p
+        .config_text
+        .replace("where = \"1 / (id - 500) > -1000\"", "");
+    let config =
+        cdc::config::Config::from_toml(&text, std::path::Path::new("t"), &crate::harness::NO_ENV)
+            .unwrap();
+    assert_eq!(
+        cdc::snapshot::run(&config, false).await.unwrap().tables[0].rows,
+        1000
+    );
+}

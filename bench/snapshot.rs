@@ -1,0 +1,177 @@
+//! `cargo bench --bench snapshot`: `cdc snapshot` of a pgbench_accounts table against the raw
+//! ceiling `psql COPY TO STDOUT (binary) | psql COPY FROM STDIN (binary)` into an identical
+//! table without indexes, in the same run on the same servers.
+//!
+//! Prints each repetition, the medians, their ratio, and the peak RSS of `cdc`.
+//! `BENCH_SCALE` (default 50 = 5 million rows), `BENCH_REPS` (default 3), `BENCH_JOBS`
+//! (`snapshot.jobs`, default 0 = cores) and `BENCH_LOG` (cdc's log filter) tune it.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn psql(server: &LocalPostgres, db: &str, sql: &str) {
+    let status = Command::new(find_bindir().unwrap().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            SUPERUSER,
+            "-p",
+            &server.port().to_string(),
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", server.password())
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+/// Run `cmd` and return (seconds, peak RSS in KiB polled from /proc).
+fn timed(mut cmd: Command) -> (f64, u64) {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            if let Some(v) = s.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak = peak.max(v.split_whitespace().nth(1).unwrap().parse().unwrap());
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "benchmark command failed");
+            return (start.elapsed().as_secs_f64(), peak);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn main() {
+    let scale: u32 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let reps: usize = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let settings = vec![
+        "shared_buffers = '512MB'".to_string(),
+        "max_wal_size = '8GB'".to_string(),
+    ];
+    let source = LocalPostgres::start(&Options {
+        logical: true,
+        settings: settings.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let dest = LocalPostgres::start(&Options {
+        settings,
+        ..Default::default()
+    })
+    .unwrap();
+    let bindir = find_bindir().unwrap();
+    eprintln!(
+        "generating pgbench scale {scale} ({} rows)...",
+        scale as u64 * 100_000
+    );
+    let ok = Command::new(bindir.join("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-I",
+            "dtgvp",
+            "-s",
+            &scale.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-U",
+            SUPERUSER,
+            "-p",
+            &source.port().to_string(),
+            "postgres",
+        ])
+        .env("PGPASSWORD", source.password())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pgbench -i failed");
+    psql(&dest, "postgres", "CREATE DATABASE baseline");
+    psql(&dest, "postgres", "CREATE DATABASE viacdc");
+    let table_ddl = "CREATE TABLE pgbench_accounts (aid integer NOT NULL, bid integer, abalance integer, filler character(84))";
+
+    let config = std::env::temp_dir().join("cdc-bench-snapshot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = {:?}\n[[tables]]\nsource = \"public.pgbench_accounts\"\n[snapshot]\njobs = {}\n",
+            source.url("postgres"),
+            dest.url("viacdc"),
+            std::env::var("BENCH_JOBS").unwrap_or_else(|_| "0".into())
+        ),
+    )
+    .unwrap();
+    let cdc_bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc");
+    assert!(cdc_bin.exists(), "build it first: cargo build --release");
+
+    let (mut pipe_times, mut cdc_times, mut peaks) = (vec![], vec![], vec![]);
+    for rep in 1..=reps {
+        psql(&dest, "baseline", "DROP TABLE IF EXISTS pgbench_accounts");
+        psql(&dest, "baseline", table_ddl);
+        let pipe = format!(
+            "PGPASSWORD={sp} {psql} -X -h 127.0.0.1 -p {s} -U {u} -d postgres -c 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' \
+             | PGPASSWORD={dp} {psql} -X -q -h 127.0.0.1 -p {d} -U {u} -d baseline -c 'COPY pgbench_accounts FROM STDIN (FORMAT binary)'",
+            sp = source.password(), dp = dest.password(), psql = bindir.join("psql").display(),
+            s = source.port(), d = dest.port(), u = SUPERUSER,
+        );
+        let mut cmd = Command::new("bash");
+        cmd.args(["-o", "pipefail", "-c", &pipe]);
+        let (pipe_s, _) = timed(cmd);
+
+        let mut cmd = Command::new(&cdc_bin);
+        cmd.args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "snapshot",
+            "--force",
+        ])
+        .env(
+            "CDC_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let (cdc_s, peak_kib) = timed(cmd);
+        eprintln!(
+            "rep {rep}: psql pipe {pipe_s:.2}s, cdc snapshot {cdc_s:.2}s (peak RSS {:.1} MiB)",
+            peak_kib as f64 / 1024.0
+        );
+        pipe_times.push(pipe_s);
+        cdc_times.push(cdc_s);
+        peaks.push(peak_kib);
+    }
+    let (p, c) = (median(pipe_times), median(cdc_times));
+    println!("rows: {}", scale as u64 * 100_000);
+    println!("psql binary COPY pipe (no indexes): median {p:.2}s");
+    println!("cdc snapshot (primary key included): median {c:.2}s");
+    println!("ratio cdc/pipe: {:.2}", c / p);
+    println!(
+        "cdc peak RSS: max {:.1} MiB",
+        *peaks.iter().max().unwrap() as f64 / 1024.0
+    );
+}
