@@ -21,6 +21,7 @@
 //! - [`local_pg`]: throwaway servers for tests and the demo; [`demo`]: `cdc demo`.
 //! - [`error`]: the library error and the transient/definite decision.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod conninfo;
@@ -30,6 +31,8 @@ pub mod error;
 pub mod local_pg;
 pub mod lsn;
 pub mod pg;
+pub mod run;
 pub mod snapshot;
 pub mod source;
+pub mod stream;
 pub mod tls;

@@ -52,13 +52,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Run => {
-            let _config = load_config(&cli)?;
-            Err(cdc::error::Error::NotImplemented("run").into())
+            let config = load_config(&cli)?;
+            let (stop, shutdown) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested; finishing the batch in flight");
+                let _ = stop.send(true);
+            });
+            cdc::run::run(&config, shutdown)
+                .await
+                .context("streaming failed")?;
+            Ok(exit::OK)
         }
         Command::Status { .. } => {
             let _config = load_config(&cli)?;
             Err(cdc::error::Error::NotImplemented("status").into())
         }
+    }
+}
+
+/// SIGTERM (container stop) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -5,5 +5,6 @@ mod harness;
 mod cli;
 mod decoder_fixtures;
 mod replication;
+mod run;
 mod snapshot;
 mod tls;

@@ -101,6 +101,14 @@ impl PgOutputDecoder {
         Self::default()
     }
 
+    /// A decoder positioned inside the streamed block of `xid`, for re-reading messages that
+    /// were buffered from such a block.
+    pub fn inside_stream(xid: u32) -> Self {
+        PgOutputDecoder {
+            open_stream: Some(xid),
+        }
+    }
+
     /// The transaction whose streamed chunk is being received, if any.
     pub fn open_stream(&self) -> Option<u32> {
         self.open_stream

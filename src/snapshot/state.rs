@@ -159,6 +159,22 @@ impl StateStore {
         .map_err(Error::pg("recording the snapshot completion"))
     }
 
+    /// SQL advancing the applied position: parameters slot, LSN (text), commit time.
+    pub fn update_applied_sql(&self) -> String {
+        format!(
+            "UPDATE {} SET applied_lsn = $2::text::pg_lsn, applied_commit_time = $3 WHERE slot = $1",
+            self.t("pipeline")
+        )
+    }
+
+    /// SQL moving the applied position forward while idle: parameters slot, LSN (text).
+    pub fn advance_idle_sql(&self) -> String {
+        format!(
+            "UPDATE {} SET applied_lsn = $2::text::pg_lsn WHERE slot = $1 AND applied_lsn < $2::text::pg_lsn",
+            self.t("pipeline")
+        )
+    }
+
     /// Rows copied per source table of `slot`, for reports.
     pub async fn table_rows(&self, dest: &Client, slot: &str) -> Result<Vec<(String, i64)>> {
         Ok(dest

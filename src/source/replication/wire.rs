@@ -18,8 +18,8 @@ use crate::conninfo::{ConnInfo, SslMode};
 use crate::error::{DbError, Error, Result};
 
 /// Anything we can speak the protocol over.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
 /// Refuse frames above this size: a corrupt length must not make us allocate gigabytes.
 /// Postgres limits a single value to 1 GiB, and an XLogData adds a small header.

@@ -1,0 +1,242 @@
+//! Set-based statements over `unnest` of text arrays. Every value travels as its text form and
+//! is cast to the destination column's type, which is exactly what COPY's text format does,
+//! so values arrive byte-exact. Every identifier is quoted.
+
+use super::table::TableMap;
+use crate::source::replication::quote_ident;
+
+/// `unnest($1::text[], ...) AS u(c0, ...)` for the given column positions, parameters from 1.
+fn unnest(cols: &[usize]) -> String {
+    let arrays: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+    let aliases: Vec<String> = cols.iter().map(|c| format!("c{c}")).collect();
+    format!("unnest({}) AS u({})", arrays.join(", "), aliases.join(", "))
+}
+
+fn cast(t: &TableMap, col: usize, alias: &str) -> String {
+    format!("CAST({alias} AS {})", t.columns[col].dest_type)
+}
+
+fn key_match(t: &TableMap) -> String {
+    t.key
+        .iter()
+        .map(|&k| {
+            format!(
+                "d.{} = {}",
+                quote_ident(&t.columns[k].name),
+                cast(t, k, &format!("u.c{k}"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Insert rows (all columns), updating every non-key column of existing keys.
+pub fn upsert(t: &TableMap) -> String {
+    let all: Vec<usize> = (0..t.columns.len()).collect();
+    let names: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = all
+        .iter()
+        .map(|&i| cast(t, i, &format!("u.c{i}")))
+        .collect();
+    let keys: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| quote_ident(&t.columns[k].name))
+        .collect();
+    let updates: Vec<String> = all
+        .iter()
+        .filter(|i| !t.key.contains(i))
+        .map(|&i| format!("{0} = EXCLUDED.{0}", quote_ident(&t.columns[i].name)))
+        .collect();
+    let action = if updates.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {action}",
+        t.dest.quoted(),
+        names.join(", "),
+        values.join(", "),
+        unnest(&all),
+        keys.join(", ")
+    )
+}
+
+/// Update only the `present` non-key columns of existing keys (the others were unchanged
+/// TOAST values). Parameters: key columns, then present columns. `None` if nothing to set.
+pub fn update_present(t: &TableMap, present: &[usize]) -> Option<String> {
+    let set: Vec<usize> = present
+        .iter()
+        .copied()
+        .filter(|i| !t.key.contains(i))
+        .collect();
+    if set.is_empty() {
+        return None;
+    }
+    let cols: Vec<usize> = t.key.iter().copied().chain(set.iter().copied()).collect();
+    let assignments: Vec<String> = set
+        .iter()
+        .map(|&i| {
+            format!(
+                "{} = {}",
+                quote_ident(&t.columns[i].name),
+                cast(t, i, &format!("u.c{i}"))
+            )
+        })
+        .collect();
+    Some(format!(
+        "UPDATE {} AS d SET {} FROM {} WHERE {}",
+        t.dest.quoted(),
+        assignments.join(", "),
+        unnest(&cols),
+        key_match(t)
+    ))
+}
+
+/// Delete rows by key. Parameters: key columns.
+pub fn delete(t: &TableMap) -> String {
+    format!(
+        "DELETE FROM {} AS d USING {} WHERE {}",
+        t.dest.quoted(),
+        unnest(&t.key),
+        key_match(t)
+    )
+}
+
+/// Keyless tables: insert one row (parameters: every column).
+pub fn insert_plain(t: &TableMap) -> String {
+    let all: Vec<usize> = (0..t.columns.len()).collect();
+    let names: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = all
+        .iter()
+        .map(|&i| cast(t, i, &format!("u.c{i}")))
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {}",
+        t.dest.quoted(),
+        names.join(", "),
+        values.join(", "),
+        unnest(&all)
+    )
+}
+
+/// Keyless tables: the ctid of one row equal (by text form) to the old row given as
+/// parameters `$first..` (one per column). Text comparison works for types without `=`.
+fn one_matching_row(t: &TableMap, first: usize) -> String {
+    let conds: Vec<String> = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "m.{}::text IS NOT DISTINCT FROM ${}::text",
+                quote_ident(&c.name),
+                first + i
+            )
+        })
+        .collect();
+    format!(
+        "(SELECT ctid FROM {} AS m WHERE {} LIMIT 1)",
+        t.dest.quoted(),
+        conds.join(" AND ")
+    )
+}
+
+/// Keyless tables: delete one row equal to the old row (parameters: every column).
+pub fn delete_one(t: &TableMap) -> String {
+    format!(
+        "DELETE FROM {} WHERE ctid = {}",
+        t.dest.quoted(),
+        one_matching_row(t, 1)
+    )
+}
+
+/// Keyless tables: update one row equal to the old row. Parameters: the `present` new values,
+/// then every column of the old row.
+pub fn update_one(t: &TableMap, present: &[usize]) -> Option<String> {
+    if present.is_empty() {
+        return None;
+    }
+    let assignments: Vec<String> = present
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| {
+            format!(
+                "{} = CAST(${}::text AS {})",
+                quote_ident(&t.columns[i].name),
+                p + 1,
+                t.columns[i].dest_type
+            )
+        })
+        .collect();
+    Some(format!(
+        "UPDATE {} SET {} WHERE ctid = {}",
+        t.dest.quoted(),
+        assignments.join(", "),
+        one_matching_row(t, present.len() + 1)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::table::MappedColumn;
+    use super::*;
+    use crate::config::TableName;
+
+    fn table(key: Vec<usize>) -> TableMap {
+        let col = |n: &str, ty: &str| MappedColumn {
+            name: n.into(),
+            dest_type: ty.into(),
+        };
+        TableMap {
+            relation_id: 1,
+            source: TableName::parse("public.t").unwrap(),
+            dest: TableName::parse("public.t").unwrap(),
+            columns: vec![
+                col("id", "integer"),
+                col("Name", "text"),
+                col("doc", "jsonb"),
+            ],
+            key,
+        }
+    }
+
+    #[test]
+    fn upsert_casts_every_value_and_updates_non_key_columns() {
+        assert_eq!(
+            upsert(&table(vec![0])),
+            "INSERT INTO \"public\".\"t\" (\"id\", \"Name\", \"doc\") SELECT CAST(u.c0 AS integer), CAST(u.c1 AS text), \
+             CAST(u.c2 AS jsonb) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") \
+             DO UPDATE SET \"Name\" = EXCLUDED.\"Name\", \"doc\" = EXCLUDED.\"doc\""
+        );
+    }
+
+    #[test]
+    fn partial_update_skips_unchanged_columns() {
+        assert_eq!(
+            update_present(&table(vec![0]), &[0, 1]).unwrap(),
+            "UPDATE \"public\".\"t\" AS d SET \"Name\" = CAST(u.c1 AS text) FROM unnest($1::text[], $2::text[]) AS u(c0, c1) \
+             WHERE d.\"id\" = CAST(u.c0 AS integer)"
+        );
+        assert_eq!(update_present(&table(vec![0]), &[0]), None);
+    }
+
+    #[test]
+    fn delete_and_keyless_statements() {
+        assert_eq!(
+            delete(&table(vec![0])),
+            "DELETE FROM \"public\".\"t\" AS d USING unnest($1::text[]) AS u(c0) WHERE d.\"id\" = CAST(u.c0 AS integer)"
+        );
+        let keyless = table(vec![]);
+        assert!(
+            delete_one(&keyless).contains("m.\"doc\"::text IS NOT DISTINCT FROM $3::text LIMIT 1")
+        );
+        let upd = update_one(&keyless, &[1]).unwrap();
+        assert!(upd.starts_with("UPDATE \"public\".\"t\" SET \"Name\" = CAST($1::text AS text) WHERE ctid = (SELECT ctid"), "{upd}");
+        assert!(
+            upd.contains("m.\"id\"::text IS NOT DISTINCT FROM $2::text"),
+            "{upd}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! How a source relation maps onto its destination table: column positions, destination
+//! types (for casts), and the key used to match rows.
+
+use crate::config::TableName;
+use crate::decode::Relation;
+
+/// One replicated column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedColumn {
+    pub name: String,
+    /// The destination column's type, qualified (`format_type` with an empty search path).
+    pub dest_type: String,
+}
+
+/// A source relation and the destination table it is applied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMap {
+    pub relation_id: u32,
+    pub source: TableName,
+    pub dest: TableName,
+    /// The relation's columns, in the order of its tuples.
+    pub columns: Vec<MappedColumn>,
+    /// Positions (in `columns`) of the destination's primary key; empty for a keyless table,
+    /// whose rows are matched on all their values.
+    pub key: Vec<usize>,
+}
+
+impl TableMap {
+    pub fn is_keyless(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    /// Build the map from a Relation message and the destination's columns
+    /// (`(name, type, is_primary_key)`, generated columns excluded).
+    pub fn new(
+        rel: &Relation,
+        source: TableName,
+        dest: TableName,
+        dest_columns: &[(String, String, bool)],
+    ) -> Result<Self, String> {
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for c in &rel.columns {
+            let Some((_, ty, _)) = dest_columns.iter().find(|(n, _, _)| *n == c.name) else {
+                return Err(format!(
+                    "column {} of {source} does not exist in {dest}",
+                    c.name
+                ));
+            };
+            columns.push(MappedColumn {
+                name: c.name.clone(),
+                dest_type: ty.clone(),
+            });
+        }
+        let mut key = Vec::new();
+        for (name, _, is_pk) in dest_columns {
+            if *is_pk {
+                let pos = columns
+                    .iter()
+                    .position(|c| c.name == *name)
+                    .ok_or_else(|| {
+                        format!(
+                            "primary key column {name} of {dest} is not replicated from {source}"
+                        )
+                    })?;
+                key.push(pos);
+            }
+        }
+        Ok(TableMap {
+            relation_id: rel.id,
+            source,
+            dest,
+            columns,
+            key,
+        })
+    }
+}

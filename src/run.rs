@@ -1,0 +1,250 @@
+//! `cdc run`: snapshot if needed, then stream forever, surviving what a sidecar meets.
+//!
+//! ```text
+//!  loop ─► stream_once ─► Ok: shutdown requested ─► exit 0
+//!              │
+//!              ├─ transient error (connection lost, server restarting, slot busy)
+//!              │     └─► log, wait (exponential backoff with jitter), resume from the
+//!              │         position the destination committed
+//!              └─ definite error (slot dropped, permission revoked, bad data) ─► exit ≠ 0
+//! ```
+//!
+//! **Never confirm what the destination has not committed**: the flush position sent to the
+//! source is always the end LSN recorded in the destination's last commit (or, when idle,
+//! the server's WAL end after recording it there too). **Never skip data silently**: if the
+//! slot has confirmed more than the destination applied, stop and say why.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::apply::Applier;
+use crate::config::Config;
+use crate::decode::PgOutputDecoder;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::snapshot::state::StateStore;
+use crate::source::replication::{
+    PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, StandbyStatus,
+};
+use crate::stream::Streamer;
+
+/// How often progress is reported to the source even without news.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Run until `shutdown` becomes true (then finish the batch in flight and return `Ok`) or a
+/// definite error occurs.
+pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let store = StateStore::new(&config.destination.state_schema);
+    let dst = crate::pg::connect(
+        &config
+            .destination_conninfo()
+            .map_err(|p| Error::Definite(p.to_string()))?,
+    )
+    .await?;
+    store.ensure(&dst).await?;
+    let complete = store
+        .load(&dst, &config.source.slot)
+        .await?
+        .is_some_and(|s| s.snapshot_completed);
+    drop(dst);
+    if !complete {
+        tracing::info!(slot = %config.source.slot, "no completed snapshot: taking one first");
+        crate::snapshot::run(config, false).await?;
+    }
+    let mut attempt: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let result = stream_once(config, &store, &mut shutdown).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                // A connection that streamed for a while starts the backoff over.
+                if started.elapsed() > Duration::from_secs(60) {
+                    attempt = 0;
+                }
+                attempt += 1;
+                let delay = backoff(attempt);
+                tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// 0.5 s doubling to 30 s, with ±25 % jitter so many instances do not reconnect in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 500u64
+        .saturating_mul(1 << attempt.min(6).saturating_sub(1))
+        .min(30_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = (nanos % 500) as i64 - 250; // -250..250 per mille of a quarter
+    Duration::from_millis((base as i64 + base as i64 * jitter / 1000).max(100) as u64)
+}
+
+async fn stream_once(
+    config: &Config,
+    store: &StateStore,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let slot = config.source.slot.as_str();
+    let src_info = config
+        .source_conninfo()
+        .map_err(|p| Error::Definite(p.to_string()))?;
+    let dst_info = config
+        .destination_conninfo()
+        .map_err(|p| Error::Definite(p.to_string()))?;
+    let applier = Applier::connect(&dst_info, store.clone(), slot).await?;
+    let state = store.load(applier.client(), slot).await?.ok_or_else(|| {
+        Error::Definite(format!(
+            "the destination has no pipeline for slot {slot}: run `cdc snapshot` first"
+        ))
+    })?;
+    let applied = state.applied_lsn.unwrap_or_default();
+
+    let catalog = crate::pg::connect(&src_info).await?;
+    catalog
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(Error::pg("preparing the source catalog session"))?;
+    check_slot(&catalog, slot, applied).await?;
+
+    let repl = ReplicationClient::connect(&src_info).await?;
+    let options =
+        PgOutputOptions::for_server(repl.server_version_num(), &config.source.publication);
+    let read_timeout = Duration::from_millis(config.source.read_timeout_ms);
+    let mut stream = repl
+        .start_logical_replication(slot, applied, &options, read_timeout)
+        .await?;
+    tracing::info!(slot, lsn = %applied, proto_version = options.proto_version, streaming = options.streaming, "streaming changes");
+
+    let mut streamer = Streamer::new(
+        applier,
+        catalog,
+        config.table_pairs(),
+        config.apply.clone(),
+        applied,
+    );
+    let mut decoder = PgOutputDecoder::new();
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut last_report = Instant::now();
+    loop {
+        let deadline = streamer.commit_deadline();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                streamer.finish().await?;
+                confirm(&mut stream, streamer.applied(), false).await?;
+                tracing::info!(slot, lsn = %streamer.applied(), "stopped; everything committed was confirmed");
+                stream.close().await;
+                return Ok(());
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                if let Some(lsn) = streamer.commit().await? {
+                    confirm(&mut stream, lsn, false).await?;
+                }
+            }
+            event = stream.next() => match event? {
+                None => return Err(Error::Io {
+                    context: "the source ended the replication stream".into(),
+                    source: std::io::ErrorKind::ConnectionAborted.into(),
+                }),
+                Some(ReplicationEvent::XLogData { wal_start, data, .. }) => {
+                    if let Some(lsn) = streamer.handle(data, &mut decoder, wal_start).await? {
+                        confirm(&mut stream, lsn, false).await?;
+                    }
+                }
+                Some(ReplicationEvent::Keepalive { wal_end, reply_requested, .. }) => {
+                    let advanced = streamer.advance_idle(wal_end, store, slot).await?;
+                    if reply_requested || advanced {
+                        confirm(&mut stream, streamer.applied(), false).await?;
+                    }
+                }
+            },
+            _ = status_tick.tick() => {
+                confirm(&mut stream, streamer.applied(), false).await?;
+                if last_report.elapsed() >= Duration::from_secs(30) {
+                    last_report = Instant::now();
+                    let s = &streamer.stats;
+                    tracing::info!(slot, lsn = %streamer.applied(), transactions = s.transactions, rows = s.rows, batches = s.batches, "progress");
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn confirm(stream: &mut ReplicationStream, lsn: Lsn, reply: bool) -> Result<()> {
+    stream
+        .send_status(
+            StandbyStatus {
+                written: lsn,
+                flushed: lsn,
+                applied: lsn,
+            },
+            reply,
+        )
+        .await
+}
+
+/// The slot must exist, be usable, and not be ahead of the destination.
+async fn check_slot(catalog: &tokio_postgres::Client, slot: &str, applied: Lsn) -> Result<()> {
+    let row = catalog
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("reading the replication slot"))?;
+    let Some(row) = row else {
+        return Err(Error::Definite(format!(
+            "replication slot {slot} does not exist on the source (was it dropped?); changes after {applied} can no \
+             longer be streamed: take a new snapshot with `cdc snapshot --force`"
+        )));
+    };
+    let confirmed: Option<Lsn> = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
+    let wal_status: Option<String> = row.get(1);
+    if wal_status.as_deref() == Some("lost") {
+        return Err(Error::Definite(format!(
+            "replication slot {slot} has lost required WAL (max_slot_wal_keep_size exceeded): take a new snapshot with \
+             `cdc snapshot --force`"
+        )));
+    }
+    if let Some(c) = confirmed.filter(|c| *c > applied) {
+        return Err(Error::Definite(format!(
+            "replication slot {slot} has confirmed WAL up to {c}, but the destination applied only up to {applied}: the \
+             changes in between were consumed elsewhere (another consumer of the slot, or a destination restored from \
+             a backup). Refusing to skip them silently: take a new snapshot with `cdc snapshot --force`"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        for attempt in 1..20 {
+            let d = backoff(attempt).as_millis() as u64;
+            let base = (500u64 << (attempt.min(6) - 1)).min(30_000);
+            assert!(
+                d >= base * 3 / 4 && d <= base * 5 / 4,
+                "attempt {attempt}: {d} ms vs base {base}"
+            );
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! From decoded messages to destination transactions.
+//!
+//! ```text
+//!  payload ─► decode ─┬─ inside a stream block ─► StreamedTxns (memory, then disk)
+//!                     │                               │ Stream Commit: replay in order,
+//!                     │                               │ minus aborted subtransactions
+//!                     └─ otherwise ─► process ◄───────┘
+//!                                       │ Relation: map to the destination (schema changes)
+//!                                       │ Insert/Update/Delete/Truncate: Applier
+//!                                       └ Commit: maybe end the destination transaction
+//! ```
+//!
+//! Batching: many source transactions share one destination transaction until
+//! `apply.batch_max_rows`, `apply.batch_max_bytes` or `apply.batch_max_wait_ms` is reached; a
+//! destination commit always falls on a source commit boundary, and records that commit's end
+//! LSN. A source transaction whose commit LSN is below the applied position was applied
+//! before a restart and is skipped whole.
+
+pub mod spill;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_postgres::Client;
+
+use crate::apply::{Applier, RowOp, TableMap};
+use crate::config::{ApplyConfig, TableName};
+use crate::decode::{LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::source::replication::quote_ident;
+use spill::StreamedTxns;
+
+/// Counters since start, for logs and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub transactions: u64,
+    pub rows: u64,
+    pub batches: u64,
+}
+
+/// The state between the replication stream and the destination.
+pub struct Streamer {
+    applier: Applier,
+    /// Source session for type names of new columns (`format_type`, empty search path).
+    catalog: Client,
+    pairs: Vec<(TableName, TableName)>,
+    /// Relation id → its destination mapping; `None` for tables we do not replicate.
+    relations: HashMap<u32, Option<Arc<TableMap>>>,
+    streamed: StreamedTxns,
+    /// Inside a source transaction: whether it is skipped (applied before a restart).
+    txn: Option<bool>,
+    /// End LSN and time of the last source commit written into the open destination
+    /// transaction but not yet committed there.
+    included: Option<(Lsn, PgTimestamp)>,
+    batch_started: Option<Instant>,
+    batch_rows: usize,
+    batch_bytes: usize,
+    limits: ApplyConfig,
+    /// The end LSN of the last source commit the destination has committed.
+    applied: Lsn,
+    pub stats: Stats,
+}
+
+impl Streamer {
+    pub fn new(
+        applier: Applier,
+        catalog: Client,
+        pairs: Vec<(TableName, TableName)>,
+        limits: ApplyConfig,
+        applied: Lsn,
+    ) -> Self {
+        Streamer {
+            applier,
+            catalog,
+            pairs,
+            relations: HashMap::new(),
+            streamed: StreamedTxns::new(limits.max_memory_bytes, std::env::temp_dir()),
+            txn: None,
+            included: None,
+            batch_started: None,
+            batch_rows: 0,
+            batch_bytes: 0,
+            limits,
+            applied,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The position the destination has committed.
+    pub fn applied(&self) -> Lsn {
+        self.applied
+    }
+
+    /// Nothing received is waiting to be applied: no open source transaction, no uncommitted
+    /// destination work, no buffered in-progress transaction.
+    pub fn is_idle(&self) -> bool {
+        self.txn.is_none()
+            && self.included.is_none()
+            && !self.applier.in_transaction()
+            && self.streamed.is_empty()
+    }
+
+    /// When the open batch must be committed (the latency bound), if one is waiting.
+    pub fn commit_deadline(&self) -> Option<Instant> {
+        match (self.txn, self.included, self.batch_started) {
+            (None, Some(_), Some(start)) => {
+                Some(start + Duration::from_millis(self.limits.batch_max_wait_ms))
+            }
+            _ => None,
+        }
+    }
+
+    /// Handle one XLogData payload. Returns the new applied position if this committed.
+    pub async fn handle(
+        &mut self,
+        data: Bytes,
+        decoder: &mut PgOutputDecoder,
+        wal_start: Lsn,
+    ) -> Result<Option<Lsn>> {
+        let msg = decoder
+            .decode(data.clone())
+            .map_err(|source| Error::Decode {
+                lsn: wal_start,
+                source,
+            })?;
+        if let (Some(xid), false) = (
+            decoder.open_stream(),
+            matches!(msg, LogicalMessage::StreamStart(_)),
+        ) {
+            self.streamed.push(xid, data)?;
+            return Ok(None);
+        }
+        match msg {
+            LogicalMessage::StreamCommit(c) => {
+                self.replay(c.xid, c.commit_lsn, c.end_lsn, c.commit_time)
+                    .await
+            }
+            LogicalMessage::StreamAbort(a) => {
+                self.streamed.abort(a.xid, a.subxid);
+                Ok(None)
+            }
+            other => self.process(other).await,
+        }
+    }
+
+    /// One message outside a stream block (or replayed from one).
+    async fn process(&mut self, msg: LogicalMessage) -> Result<Option<Lsn>> {
+        match msg {
+            LogicalMessage::Begin(b) => {
+                // Applied before a restart: its commit precedes the recorded end of the last one.
+                self.txn = Some(b.final_lsn < self.applied);
+            }
+            LogicalMessage::Commit(c) => {
+                return self.end_transaction(c.end_lsn, c.commit_time).await
+            }
+            LogicalMessage::Relation(r) => self.on_relation(r).await?,
+            LogicalMessage::Insert(i) => self.push(i.relation_id, RowOp::Insert(i.new.0)).await?,
+            LogicalMessage::Update(u) => {
+                let old = u.old.map(|o| o.tuple().0.clone());
+                self.push(u.relation_id, RowOp::Update { old, new: u.new.0 })
+                    .await?
+            }
+            LogicalMessage::Delete(d) => {
+                self.push(d.relation_id, RowOp::Delete(d.old.tuple().0.clone()))
+                    .await?
+            }
+            LogicalMessage::Truncate(t) => {
+                if self.txn != Some(true) {
+                    let mut maps = Vec::new();
+                    for id in &t.relation_ids {
+                        if let Some(m) = self.mapping(*id)? {
+                            maps.push(m);
+                        }
+                    }
+                    if !maps.is_empty() {
+                        self.start_batch();
+                        self.applier.truncate(&maps, t.restart_identity).await?;
+                    }
+                }
+            }
+            LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {}
+            LogicalMessage::StreamStart(_) | LogicalMessage::StreamStop => {}
+            LogicalMessage::StreamCommit(_) | LogicalMessage::StreamAbort(_) => {
+                return Err(Error::Protocol {
+                    context: "replaying a streamed transaction".into(),
+                    detail: "nested stream end".into(),
+                })
+            }
+            LogicalMessage::BeginPrepare(_)
+            | LogicalMessage::Prepare(_)
+            | LogicalMessage::CommitPrepared(_)
+            | LogicalMessage::RollbackPrepared(_)
+            | LogicalMessage::StreamPrepare(_) => {
+                return Err(Error::Protocol {
+                    context: "streaming".into(),
+                    detail: "two-phase message received although two_phase was not requested"
+                        .into(),
+                })
+            }
+        }
+        Ok(None)
+    }
+
+    async fn replay(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        time: PgTimestamp,
+    ) -> Result<Option<Lsn>> {
+        let (mut replay, aborted) = self.streamed.take(xid)?;
+        self.txn = Some(commit_lsn < self.applied);
+        let mut decoder = PgOutputDecoder::inside_stream(xid);
+        while let Some(m) = replay.next_message()? {
+            let msg = decoder.decode(m).map_err(|source| Error::Decode {
+                lsn: commit_lsn,
+                source,
+            })?;
+            let sub = match &msg {
+                LogicalMessage::Insert(x) => x.xid,
+                LogicalMessage::Update(x) => x.xid,
+                LogicalMessage::Delete(x) => x.xid,
+                LogicalMessage::Truncate(x) => x.xid,
+                _ => None,
+            };
+            if sub.is_some_and(|s| aborted.contains(&s)) {
+                continue;
+            }
+            self.process(msg).await?;
+        }
+        self.end_transaction(end_lsn, time).await
+    }
+
+    fn start_batch(&mut self) {
+        self.batch_started.get_or_insert_with(Instant::now);
+    }
+
+    fn mapping(&self, relation_id: u32) -> Result<Option<Arc<TableMap>>> {
+        self.relations
+            .get(&relation_id)
+            .cloned()
+            .ok_or_else(|| Error::Protocol {
+                context: "streaming".into(),
+                detail: format!("change for relation {relation_id} before its Relation message"),
+            })
+    }
+
+    async fn push(&mut self, relation_id: u32, op: RowOp) -> Result<()> {
+        if self.txn == Some(true) {
+            return Ok(());
+        }
+        let Some(map) = self.mapping(relation_id)? else {
+            return Ok(());
+        };
+        self.start_batch();
+        let before = self.applier.pending_bytes();
+        self.applier.push(&map, op);
+        self.batch_rows += 1;
+        self.batch_bytes += self.applier.pending_bytes() - before;
+        self.stats.rows += 1;
+        // Memory stays bounded whatever the transaction size: write into the open destination
+        // transaction (without committing) once the batch limits are reached.
+        if self.applier.pending_rows() >= self.limits.batch_max_rows
+            || self.applier.pending_bytes() >= self.limits.batch_max_bytes
+        {
+            self.applier.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn end_transaction(&mut self, end_lsn: Lsn, time: PgTimestamp) -> Result<Option<Lsn>> {
+        let skipped = self.txn.take() == Some(true);
+        if skipped {
+            return Ok(None);
+        }
+        self.stats.transactions += 1;
+        self.included = Some((end_lsn, time));
+        self.start_batch();
+        let waited = self.batch_started.map_or(Duration::ZERO, |s| s.elapsed());
+        if self.batch_rows >= self.limits.batch_max_rows
+            || self.batch_bytes >= self.limits.batch_max_bytes
+            || waited >= Duration::from_millis(self.limits.batch_max_wait_ms)
+        {
+            return self.commit().await;
+        }
+        Ok(None)
+    }
+
+    /// Commit the open batch if it holds whole source transactions; returns the new position.
+    pub async fn commit(&mut self) -> Result<Option<Lsn>> {
+        if self.txn.is_some() {
+            return Ok(None);
+        }
+        let Some((lsn, time)) = self.included.take() else {
+            return Ok(None);
+        };
+        self.applier.commit(lsn, time).await?;
+        tracing::debug!(lsn = %lsn, rows = self.batch_rows, "destination transaction committed");
+        self.applied = lsn;
+        self.batch_started = None;
+        self.batch_rows = 0;
+        self.batch_bytes = 0;
+        self.stats.batches += 1;
+        Ok(Some(lsn))
+    }
+
+    /// On shutdown: commit whole transactions, roll back a partial one.
+    pub async fn finish(&mut self) -> Result<()> {
+        if self.txn.is_some() {
+            self.txn = None;
+            self.included = None;
+            self.applier.rollback().await?;
+        }
+        self.commit().await?;
+        self.applier.rollback().await
+    }
+
+    /// Nothing is in flight and the server has sent everything up to `wal_end`: record it as
+    /// applied, so that an idle publication does not pin WAL. Returns whether it advanced.
+    pub async fn advance_idle(
+        &mut self,
+        wal_end: Lsn,
+        store: &crate::snapshot::state::StateStore,
+        slot: &str,
+    ) -> Result<bool> {
+        if !self.is_idle() || wal_end <= self.applied {
+            return Ok(false);
+        }
+        self.applier
+            .client()
+            .execute(&store.advance_idle_sql(), &[&slot, &wal_end.to_string()])
+            .await
+            .map_err(Error::pg("recording the idle position"))?;
+        self.applied = wal_end;
+        Ok(true)
+    }
+
+    async fn on_relation(&mut self, r: Relation) -> Result<()> {
+        let Some((src, dest)) = self
+            .pairs
+            .iter()
+            .find(|(s, _)| s.schema == r.namespace && s.name == r.name)
+            .cloned()
+        else {
+            if self.relations.insert(r.id, None).is_none() {
+                tracing::warn!(table = %format!("{}.{}", r.namespace, r.name), "changes for a table not in the config are ignored");
+            }
+            return Ok(());
+        };
+        let mut dest_cols = self.applier.dest_columns(&dest).await?;
+        let ddl = self.schema_changes(&r, &src, &dest, &dest_cols).await?;
+        if !ddl.is_empty() {
+            tracing::info!(table = %dest, ddl = %ddl.join("; "), "applying a source schema change to the destination");
+            self.start_batch();
+            self.applier.execute_ddl(&ddl.join(";\n")).await?;
+            dest_cols = self.applier.dest_columns(&dest).await?;
+        }
+        let map = TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?;
+        self.relations.insert(r.id, Some(Arc::new(map)));
+        Ok(())
+    }
+
+    /// DDL that makes `dest` match the relation: added columns, dropped columns, changed types.
+    async fn schema_changes(
+        &self,
+        r: &Relation,
+        src: &TableName,
+        dest: &TableName,
+        dest_cols: &[(String, String, bool)],
+    ) -> Result<Vec<String>> {
+        let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
+        let mods: Vec<i32> = r.columns.iter().map(|c| c.type_modifier).collect();
+        let types: Vec<String> = self
+            .catalog
+            .query("SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS x(t, m, o) ORDER BY o", &[&oids, &mods])
+            .await
+            .map_err(Error::pg("reading source column types"))?
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect();
+        let dest_names: HashSet<&str> = dest_cols.iter().map(|(n, _, _)| n.as_str()).collect();
+        let src_names: HashSet<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+        let added: Vec<(&str, &str)> = r
+            .columns
+            .iter()
+            .zip(&types)
+            .filter(|(c, _)| !dest_names.contains(c.name.as_str()))
+            .map(|(c, t)| (c.name.as_str(), t.as_str()))
+            .collect();
+        let dropped: Vec<&str> = dest_cols
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .filter(|n| !src_names.contains(n))
+            .collect();
+        if !added.is_empty() && !dropped.is_empty() {
+            return Err(Error::Definite(format!(
+                "{src} changed shape: columns {dropped:?} disappeared and {:?} appeared (a rename?). cdc cannot tell \
+                 which is which: apply the change to {dest} by hand (ALTER TABLE ... RENAME COLUMN ...), then restart",
+                added.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            )));
+        }
+        let t = dest.quoted();
+        let mut ddl: Vec<String> = added
+            .iter()
+            .map(|(n, ty)| format!("ALTER TABLE {t} ADD COLUMN {} {ty}", quote_ident(n)))
+            .collect();
+        ddl.extend(
+            dropped
+                .iter()
+                .map(|n| format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n))),
+        );
+        for (c, ty) in r.columns.iter().zip(&types) {
+            if let Some((_, dest_ty, _)) = dest_cols.iter().find(|(n, _, _)| *n == c.name) {
+                if dest_ty != ty {
+                    let col = quote_ident(&c.name);
+                    ddl.push(format!(
+                        "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::text::{ty}"
+                    ));
+                }
+            }
+        }
+        Ok(ddl)
+    }
+}

@@ -1,0 +1,396 @@
+//! `cdc run` against real servers: every change kind, schema changes, streamed transactions,
+//! resume rules. Process-level faults (kill -9, restarts, signals) are in `run_faults.rs`.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::harness::{rows_text, wait_for, Pipeline};
+
+/// Fast batches so tests see changes quickly.
+pub const FAST: &str = "\n[apply]\nbatch_max_wait_ms = 20\n";
+
+pub struct Running {
+    pub task: tokio::task::JoinHandle<cdc::error::Result<()>>,
+    pub stop: watch::Sender<bool>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("run stops")
+            .unwrap()
+            .expect("run ends cleanly");
+    }
+}
+
+/// Start `cdc run` in this process and wait until its snapshot is complete, so that every
+/// change the test makes afterwards travels through the stream.
+pub async fn start(p: &Pipeline) -> Running {
+    let config = p.config();
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(async move { cdc::run::run(&config, shutdown).await });
+    wait_for("the initial snapshot", Duration::from_secs(60), || async {
+        let q = "SELECT 1 FROM cdc.pipeline WHERE slot = $1 AND snapshot_completed_at IS NOT NULL";
+        matches!(p.dst_sql.query_opt(q, &[&p.slot]).await, Ok(Some(_)))
+    })
+    .await;
+    Running { task, stop }
+}
+
+/// Wait until `query` gives the same rows on both sides.
+pub async fn wait_synced(p: &Pipeline, query: &str) {
+    // Until the initial snapshot has created it, the destination table may not exist yet.
+    wait_for(
+        &format!("destination to match source for {query}"),
+        Duration::from_secs(60),
+        || async {
+            let dst = try_rows(&p.dst_sql, query).await;
+            dst.is_some() && try_rows(&p.src_sql, query).await == dst
+        },
+    )
+    .await;
+}
+
+async fn try_rows(c: &tokio_postgres::Client, query: &str) -> Option<Vec<Option<String>>> {
+    c.query(query, &[])
+        .await
+        .ok()
+        .map(|r| r.iter().map(|r| r.get(0)).collect())
+}
+
+async fn pipeline(prefix: &str, ddl: &str, tables: &str) -> Pipeline {
+    Pipeline::new(prefix, ddl, &format!("{tables}{FAST}")).await
+}
+
+#[tokio::test]
+async fn inserts_updates_and_deletes_are_applied_exactly() {
+    let p = pipeline(
+        "run_basic",
+        "CREATE TABLE t (id int PRIMARY KEY, name text, amount numeric(10,2), at timestamptz);
+         INSERT INTO t VALUES (1, 'before snapshot', 1.5, '2024-01-01 00:00+00');",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute(
+            "INSERT INTO t VALUES (2, E'tab\\t ''q'' 😀', 2.25, now()), (3, NULL, NULL, NULL);
+             UPDATE t SET amount = 9.99 WHERE id = 1;
+             BEGIN; INSERT INTO t VALUES (4, 'four', 4, now()); DELETE FROM t WHERE id = 3; UPDATE t SET name = 'x' WHERE id = 4; COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT t::text FROM t ORDER BY id").await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT id::text FROM t ORDER BY id").await,
+        ["1", "2", "4"]
+    );
+    r.stop().await;
+    // The confirmed position equals what the destination recorded.
+    let applied = rows_text(
+        &p.dst_sql,
+        &format!(
+            "SELECT applied_lsn::text FROM cdc.pipeline WHERE slot = '{}'",
+            p.slot
+        ),
+    )
+    .await;
+    let confirmed = rows_text(
+        &p.src_sql,
+        &format!(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
+            p.slot
+        ),
+    )
+    .await;
+    assert_eq!(applied, confirmed);
+}
+
+#[tokio::test]
+async fn an_update_that_changes_the_primary_key_moves_the_row() {
+    let p = pipeline(
+        "run_pk",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute("UPDATE t SET id = 10 WHERE id = 1; UPDATE t SET id = id + 100;")
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT t::text FROM t ORDER BY id").await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT t::text FROM t ORDER BY id").await,
+        ["(102,b)", "(110,a)"]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn unchanged_toast_columns_keep_their_value() {
+    let p = pipeline(
+        "run_toast",
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         INSERT INTO docs VALUES (1, 'old', repeat('snapshot body ', 2000));",
+        "[[tables]]\nsource = \"public.docs\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute(
+            "INSERT INTO docs VALUES (2, 'two', repeat('streamed body ', 2000));
+             UPDATE docs SET title = 'new' WHERE id = 1;
+             BEGIN; UPDATE docs SET title = 'newer' WHERE id = 2; UPDATE docs SET title = 'newest' WHERE id = 2; COMMIT;",
+        )
+        .await
+        .unwrap();
+    let q = "SELECT format('%s %s %s', id, title, md5(body)) FROM docs ORDER BY id";
+    wait_synced(&p, q).await;
+    let lens = rows_text(
+        &p.dst_sql,
+        "SELECT length(body)::text FROM docs ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        lens,
+        ["28000", "28000"],
+        "TOASTed bodies survive updates of other columns"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn keyless_tables_with_replica_identity_full_match_on_old_values() {
+    let p = pipeline(
+        "run_full",
+        "CREATE TABLE log (a int, b text, j json); ALTER TABLE log REPLICA IDENTITY FULL;
+         INSERT INTO log VALUES (1, 'dup', '{\"x\": 1}'), (1, 'dup', '{\"x\": 1}'), (2, 'two', NULL);",
+        "[[tables]]\nsource = \"public.log\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute(
+            "DELETE FROM log WHERE ctid = (SELECT ctid FROM log WHERE a = 1 LIMIT 1);
+             UPDATE log SET b = 'changed' WHERE a = 2;
+             INSERT INTO log VALUES (3, 'three', '[]'), (3, 'three', '[]');",
+        )
+        .await
+        .unwrap();
+    let q = "SELECT log::text FROM log ORDER BY 1";
+    wait_synced(&p, q).await;
+    assert_eq!(
+        rows_text(&p.dst_sql, q).await,
+        [
+            "(1,dup,\"{\"\"x\"\": 1}\")",
+            "(2,changed,)",
+            "(3,three,[])",
+            "(3,three,[])"
+        ]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn truncate_of_several_tables_is_applied_in_order() {
+    let p = pipeline(
+        "run_trunc",
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (1);",
+        "[[tables]]\nsource = \"public.a\"\n[[tables]]\nsource = \"public.b\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute("BEGIN; INSERT INTO a VALUES (3); TRUNCATE a, b RESTART IDENTITY CASCADE; INSERT INTO a VALUES (7); COMMIT;")
+        .await
+        .unwrap();
+    wait_synced(
+        &p,
+        "SELECT 'a' || id FROM a UNION ALL SELECT 'b' || id FROM b ORDER BY 1",
+    )
+    .await;
+    assert_eq!(rows_text(&p.dst_sql, "SELECT id::text FROM a").await, ["7"]);
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM b").await,
+        ["0"]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn schema_changes_are_applied_before_the_rows_that_use_them() {
+    let p = pipeline(
+        "run_ddl",
+        "CREATE TABLE t (id int PRIMARY KEY, v int, gone text); INSERT INTO t VALUES (1, 1, 'x');",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute(
+            "INSERT INTO t VALUES (2, 2, 'y');
+             ALTER TABLE t ADD COLUMN note text; INSERT INTO t VALUES (3, 3, 'z', 'with note');
+             ALTER TABLE t ALTER COLUMN v TYPE bigint; UPDATE t SET v = 5000000000 WHERE id = 1;
+             ALTER TABLE t DROP COLUMN gone; INSERT INTO t VALUES (4, 4, 'four');",
+        )
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT t::text FROM t ORDER BY id").await;
+    let cols = "SELECT format('%s %s', attname, format_type(atttypid, atttypmod)) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
+    assert_eq!(
+        rows_text(&p.dst_sql, cols).await,
+        ["id integer", "v bigint", "note text"]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_rename_is_refused_with_instructions() {
+    let p = pipeline(
+        "run_rename",
+        "CREATE TABLE t (id int PRIMARY KEY, old_name text);",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute(
+            "ALTER TABLE t RENAME COLUMN old_name TO new_name; INSERT INTO t VALUES (1, 'x');",
+        )
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), r.task)
+        .await
+        .expect("run stops")
+        .unwrap()
+        .expect_err("rename");
+    assert!(
+        err.to_string()
+            .contains("apply the change to public.t by hand"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM t").await,
+        ["0"],
+        "nothing half-applied"
+    );
+}
+
+#[tokio::test]
+async fn streamed_transactions_apply_only_their_committed_parts() {
+    // logical_decoding_work_mem is 64kB on the test source: these transactions are streamed.
+    let p = pipeline(
+        "run_streamed",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "[[tables]]\nsource = \"public.t\"\n[apply]\nmax_memory_bytes = 50000\nbatch_max_rows = 500\nbatch_max_wait_ms = 20",
+    )
+    .await;
+    let p = Pipeline {
+        config_text: p.config_text.replace(FAST, ""),
+        ..p
+    };
+    let r = start(&p).await;
+    let sql = &p.src_sql;
+    sql.batch_execute("BEGIN; INSERT INTO t SELECT g, repeat('a', 100) FROM generate_series(1, 3000) g; ROLLBACK;").await.unwrap();
+    sql.batch_execute(
+        "BEGIN; INSERT INTO t SELECT g, repeat('b', 100) FROM generate_series(1, 2000) g;
+         SAVEPOINT s; INSERT INTO t SELECT g, 'gone' FROM generate_series(2001, 4000) g; ROLLBACK TO SAVEPOINT s;
+         UPDATE t SET v = 'updated' WHERE id <= 10; COMMIT;",
+    )
+    .await
+    .unwrap();
+    wait_synced(
+        &p,
+        "SELECT count(*)::text || ' ' || sum(length(v))::text FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows_text(
+            &p.dst_sql,
+            "SELECT count(*)::text FROM t WHERE v = 'updated'"
+        )
+        .await,
+        ["10"]
+    );
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT max(id)::text FROM t").await,
+        ["2000"]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn restarting_resumes_without_duplicates_or_gaps() {
+    let p = pipeline("run_resume", "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE log (n int); ALTER TABLE log REPLICA IDENTITY FULL;", "[[tables]]\nsource = \"public.t\"\n[[tables]]\nsource = \"public.log\"").await;
+    for round in 0..3 {
+        let r = start(&p).await;
+        p.src_sql.batch_execute(&format!("INSERT INTO t SELECT g FROM generate_series({0} * 100 + 1, {0} * 100 + 100) g; INSERT INTO log SELECT generate_series(1, 10);", round)).await.unwrap();
+        wait_synced(&p, "SELECT count(*)::text FROM t").await;
+        wait_synced(&p, "SELECT count(*)::text FROM log").await;
+        r.stop().await;
+        // Changes made while stopped are picked up by the next round.
+        p.src_sql
+            .batch_execute("INSERT INTO log VALUES (-1)")
+            .await
+            .unwrap();
+    }
+    let r = start(&p).await;
+    wait_synced(&p, "SELECT count(*)::text || ' ' || sum(n)::text FROM log").await;
+    r.stop().await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM log").await,
+        ["33"],
+        "keyless rows: a double apply would show"
+    );
+}
+
+#[tokio::test]
+async fn a_slot_ahead_of_the_destination_stops_with_an_explanation() {
+    let p = pipeline(
+        "run_ahead",
+        "CREATE TABLE t (id int PRIMARY KEY);",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    cdc::snapshot::run(&p.config(), false).await.unwrap();
+    // Someone else consumes the slot past what the destination has.
+    p.src_sql
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    p.src_sql
+        .batch_execute(&format!(
+            "SELECT pg_replication_slot_advance('{}', pg_current_wal_lsn())",
+            p.slot
+        ))
+        .await
+        .unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let err = cdc::run::run(&p.config(), shutdown)
+        .await
+        .expect_err("must refuse");
+    assert!(
+        err.to_string().contains("Refusing to skip them silently"),
+        "{err}"
+    );
+
+    p.src_sql
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{}')", p.slot))
+        .await
+        .unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let err = cdc::run::run(&p.config(), shutdown)
+        .await
+        .expect_err("slot gone");
+    assert!(
+        err.to_string().contains("does not exist on the source"),
+        "{err}"
+    );
+}
