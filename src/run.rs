@@ -36,26 +36,14 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// definite error occurs.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let store = StateStore::new(&config.destination.state_schema);
-    let dst = crate::pg::connect(
-        &config
-            .destination_conninfo()
-            .map_err(|p| Error::Definite(p.to_string()))?,
-    )
-    .await?;
-    store.ensure(&dst).await?;
-    let complete = store
-        .load(&dst, &config.source.slot)
-        .await?
-        .is_some_and(|s| s.snapshot_completed);
-    drop(dst);
-    if !complete {
-        tracing::info!(slot = %config.source.slot, "no completed snapshot: taking one first");
-        crate::snapshot::run(config, false).await?;
-    }
     let mut attempt: u32 = 0;
     loop {
         let started = Instant::now();
-        let result = stream_once(config, &store, &mut shutdown).await;
+        let result = async {
+            ensure_snapshot(config, &store).await?;
+            stream_once(config, &store, &mut shutdown).await
+        }
+        .await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
@@ -74,6 +62,17 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Take the initial snapshot if the destination has no completed one.
+async fn ensure_snapshot(config: &Config, store: &StateStore) -> Result<()> {
+    let dst = crate::pg::connect(&config.destination_conninfo().map_err(|p| Error::Definite(p.to_string()))?).await?;
+    store.ensure(&dst).await?;
+    if !store.load(&dst, &config.source.slot).await?.is_some_and(|s| s.snapshot_completed) {
+        tracing::info!(slot = %config.source.slot, "no completed snapshot: taking one first");
+        crate::snapshot::run(config, false).await?;
+    }
+    Ok(())
 }
 
 /// 0.5 s doubling to 30 s, with ±25 % jitter so many instances do not reconnect in step.

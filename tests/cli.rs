@@ -106,13 +106,13 @@ fn unfinished_commands_say_so_and_never_log_the_password() {
             path.to_str().unwrap(),
             "--log-format",
             "json",
-            "run",
+            "status",
         ],
         &[("CDC_LOG", "debug")],
     );
     assert_eq!(out.status.code(), Some(70));
     let err = stderr(&out);
-    assert!(err.contains("`cdc run` is not implemented yet"), "{err}");
+    assert!(err.contains("`cdc status` is not implemented yet"), "{err}");
     assert!(
         err.contains("configuration loaded"),
         "the debug log shows the config: {err}"
