@@ -336,6 +336,33 @@ impl LocalPostgres {
         )
     }
 
+    /// Stop the server but keep its data (for restart tests); `immediate` simulates a crash.
+    pub fn stop_server(&self, immediate: bool) -> io::Result<()> {
+        let mode = if immediate { "immediate" } else { "fast" };
+        check(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.base.join("data"))
+                .args(["stop", "-w", "-m", mode])
+                .output(),
+            "pg_ctl stop",
+        )
+    }
+
+    /// Start a server stopped with `stop_server`, on the same port.
+    pub fn start_server(&self) -> io::Result<()> {
+        check(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.base.join("data"))
+                .arg("-l")
+                .arg(self.base.join("server.log"))
+                .args(["-w", "-t", "60", "start"])
+                .output(),
+            "pg_ctl start",
+        )
+    }
+
     /// Stop the server (fast shutdown) and delete its files.
     pub fn stop(&mut self) {
         if let Some(mut w) = self.watchdog.take() {

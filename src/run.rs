@@ -66,9 +66,18 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
 
 /// Take the initial snapshot if the destination has no completed one.
 async fn ensure_snapshot(config: &Config, store: &StateStore) -> Result<()> {
-    let dst = crate::pg::connect(&config.destination_conninfo().map_err(|p| Error::Definite(p.to_string()))?).await?;
+    let dst = crate::pg::connect(
+        &config
+            .destination_conninfo()
+            .map_err(|p| Error::Definite(p.to_string()))?,
+    )
+    .await?;
     store.ensure(&dst).await?;
-    if !store.load(&dst, &config.source.slot).await?.is_some_and(|s| s.snapshot_completed) {
+    if !store
+        .load(&dst, &config.source.slot)
+        .await?
+        .is_some_and(|s| s.snapshot_completed)
+    {
         tracing::info!(slot = %config.source.slot, "no completed snapshot: taking one first");
         crate::snapshot::run(config, false).await?;
     }

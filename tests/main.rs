@@ -6,5 +6,6 @@ mod cli;
 mod decoder_fixtures;
 mod replication;
 mod run;
+mod run_faults;
 mod snapshot;
 mod tls;

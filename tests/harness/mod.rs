@@ -139,16 +139,39 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn new(prefix: &str, ddl: &str, tables: &str) -> Pipeline {
-        let (src, src_sql) = source_with(prefix, ddl).await;
-        let dst = fresh_db(&servers().destination, prefix).await;
+        Self::on(
+            &servers().source,
+            &servers().destination,
+            prefix,
+            ddl,
+            tables,
+        )
+        .await
+    }
+
+    /// The same on servers of the test's own (for tests that stop and start them).
+    pub async fn on(
+        source: &LocalPostgres,
+        destination: &LocalPostgres,
+        prefix: &str,
+        ddl: &str,
+        tables: &str,
+    ) -> Pipeline {
+        let src = fresh_db(source, prefix).await;
+        let src_sql = cdc::pg::connect(&src).await.expect("connect to source");
+        src_sql
+            .batch_execute(ddl)
+            .await
+            .unwrap_or_else(|e| panic!("{ddl}: {e:?}"));
+        let dst = fresh_db(destination, prefix).await;
         let dst_sql = cdc::pg::connect(&dst)
             .await
             .expect("connect to destination");
         let slot = unique(prefix);
         let config_text = format!(
             "[source]\nurl = {:?}\nslot = {slot:?}\npublication = {slot:?}\n[destination]\nurl = {:?}\n{tables}\n",
-            servers().source.url(&src.dbname),
-            servers().destination.url(&dst.dbname),
+            source.url(&src.dbname),
+            destination.url(&dst.dbname),
         );
         Pipeline {
             src,
