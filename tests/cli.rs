@@ -121,11 +121,10 @@ fn unfinished_commands_say_so_and_never_log_the_password() {
 }
 
 #[test]
-fn the_demo_streams_decoded_changes_from_a_throwaway_server() {
-    let out = cdc(&["demo", "--seconds", "1"], &[]);
+fn the_demo_replicates_a_live_load_from_a_throwaway_server() {
+    let out = cdc(&["demo", "--seconds", "2"], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    assert!(text.contains("INSERT public.orders(id=1,"), "{text}");
-    assert!(text.contains("COMMIT "), "{text}");
-    assert!(text.contains("every commit was confirmed"), "{text}");
+    assert!(text.contains("the destination caught up"), "{text}");
+    assert!(text.contains("identical to the source"), "{text}");
 }
