@@ -315,11 +315,33 @@ impl Applier {
     /// one change at a time; duplicates are allowed and exactly one of them is touched.
     async fn apply_keyless(&mut self, t: &TableMap, ops: &[RowOp]) -> Result<()> {
         let all: Vec<usize> = (0..t.columns.len()).collect();
-        for op in ops {
+        let mut i = 0;
+        while i < ops.len() {
+            // A run of inserts goes in one statement: inserts commute with each other, and the
+            // run still sits between the updates and deletes around it.
+            let run = ops[i..]
+                .iter()
+                .take_while(|op| matches!(op, RowOp::Insert(_)))
+                .count();
+            if run > 0 {
+                let rows: Vec<&[Datum]> = ops[i..i + run]
+                    .iter()
+                    .map(|op| {
+                        if let RowOp::Insert(r) = op {
+                            r.as_slice()
+                        } else {
+                            unreachable!("run of inserts")
+                        }
+                    })
+                    .collect();
+                self.exec_arrays(sql::insert_plain(t), &rows, &all).await?;
+                i += run;
+                continue;
+            }
+            let op = &ops[i];
+            i += 1;
             match op {
-                RowOp::Insert(r) => {
-                    self.exec_arrays(sql::insert_plain(t), &[r], &all).await?;
-                }
+                RowOp::Insert(_) => unreachable!("handled as a run"),
                 RowOp::Delete(old) => {
                     let values: Vec<Option<&str>> = old.iter().map(text).collect();
                     self.exec_values(sql::delete_one(t), &values).await?;

@@ -1,0 +1,232 @@
+//! `cargo bench --bench stream`: `cdc run` against Postgres's own subscriber on the same
+//! workloads, in one run, on the same servers.
+//!
+//! (a) Backlog: `BENCH_TXNS` pgbench TPC-B transactions (4 row changes each) written while no
+//!     replicator runs; then each replicator alone drains it. Done when the destination has
+//!     every pgbench_history row (insert-only, one per transaction, applied in commit order).
+//! (b) One transaction updating every pgbench_accounts row (`BENCH_SCALE` × 100,000), plus a
+//!     marker row: time from the source commit until the marker is visible on the destination
+//!     (each replicator commits the transaction atomically).
+//!
+//! Prints changes per second, catch-up times, their ratios, and `cdc run`'s peak RSS.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pgbench(server: &LocalPostgres, db: &str, args: &[&str]) {
+    let ok = Command::new(find_bindir().unwrap().join("pgbench"))
+        .args(args)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            SUPERUSER,
+            "-p",
+            &server.port().to_string(),
+            db,
+        ])
+        .env("PGPASSWORD", server.password())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pgbench {args:?} failed");
+}
+
+fn rss_kib(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Poll `query` (one bigint) on `client` until it returns `want`; seconds waited.
+async fn until(
+    client: &tokio_postgres::Client,
+    query: &str,
+    want: i64,
+    mut cdc: Option<&Child>,
+    peak: &mut u64,
+) -> f64 {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.query_one(query, &[]).await {
+            if r.get::<_, i64>(0) == want {
+                return start.elapsed().as_secs_f64();
+            }
+        }
+        if let Some(c) = cdc.as_mut() {
+            *peak = (*peak).max(rss_kib(c));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "gave up waiting for {query}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let scale = env_or("BENCH_SCALE", 10);
+    let txns = env_or("BENCH_TXNS", 20_000);
+    let settings = vec![
+        "shared_buffers = '512MB'".to_string(),
+        "max_wal_size = '8GB'".to_string(),
+    ];
+    let source = LocalPostgres::start(&Options {
+        logical: true,
+        settings: settings.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let dest = LocalPostgres::start(&Options {
+        logical: true,
+        settings,
+        ..Default::default()
+    })
+    .unwrap();
+    let src = cdc::pg::connect(&source.conninfo("postgres"))
+        .await
+        .unwrap();
+    let admin = cdc::pg::connect(&dest.conninfo("postgres")).await.unwrap();
+    admin.batch_execute("CREATE DATABASE native").await.unwrap();
+    admin.batch_execute("CREATE DATABASE viacdc").await.unwrap();
+    let native = cdc::pg::connect(&dest.conninfo("native")).await.unwrap();
+    let viacdc = cdc::pg::connect(&dest.conninfo("viacdc")).await.unwrap();
+
+    eprintln!(
+        "initialising pgbench scale {scale} on the source and the native subscriber's database..."
+    );
+    pgbench(&source, "postgres", &["-i", "-q", "-s", &scale.to_string()]);
+    pgbench(&dest, "native", &["-i", "-q", "-s", &scale.to_string()]);
+    src.batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL; CREATE PUBLICATION native FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history").await.unwrap();
+    native
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION native CONNECTION 'host=127.0.0.1 port={} user={SUPERUSER} password={} dbname=postgres' \
+             PUBLICATION native WITH (copy_data = false, enabled = false)",
+            source.port(),
+            source.password()
+        ))
+        .await
+        .unwrap();
+    let config = std::env::temp_dir().join("cdc-bench-stream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = {:?}\n\
+             [[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_branches\"\n\
+             [[tables]]\nsource = \"public.pgbench_tellers\"\n[[tables]]\nsource = \"public.pgbench_history\"\n",
+            source.url("postgres"),
+            dest.url("viacdc")
+        ),
+    )
+    .unwrap();
+    let cdc_bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc");
+    assert!(cdc_bin.exists(), "build it first: cargo build --release");
+    let cdc_cmd = |cmd: &str| {
+        let mut c = Command::new(&cdc_bin);
+        c.args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            cmd,
+        ])
+        .env("CDC_LOG", "warn")
+        .stdout(Stdio::null());
+        c
+    };
+    assert!(
+        cdc_cmd("snapshot").status().unwrap().success(),
+        "cdc snapshot failed"
+    );
+
+    // (a) the backlog, written while neither replicator runs.
+    eprintln!("writing a backlog of {txns} pgbench transactions...");
+    pgbench(
+        &source,
+        "postgres",
+        &["-n", "-c", "4", "-j", "2", "-t", &(txns / 4).to_string()],
+    );
+    let history: i64 = src
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let changes = history as f64 * 4.0;
+    let q_history = "SELECT count(*) FROM public.pgbench_history";
+    let mut peak = 0;
+    native
+        .batch_execute("ALTER SUBSCRIPTION native ENABLE")
+        .await
+        .unwrap();
+    let native_a = until(&native, q_history, history, None, &mut peak).await;
+    native
+        .batch_execute("ALTER SUBSCRIPTION native DISABLE")
+        .await
+        .unwrap();
+    let mut child = cdc_cmd("run").spawn().unwrap();
+    let cdc_a = until(&viacdc, q_history, history, Some(&child), &mut peak).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // (b) one big transaction, each replicator running alone and caught up beforehand.
+    let rows = scale * 100_000;
+    let big = |marker: i64| {
+        format!("BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1; UPDATE pgbench_branches SET bbalance = {marker} WHERE bid = 1; COMMIT;")
+    };
+    let q_marker = "SELECT bbalance::int8 FROM public.pgbench_branches WHERE bid = 1";
+    native
+        .batch_execute("ALTER SUBSCRIPTION native ENABLE")
+        .await
+        .unwrap();
+    src.batch_execute(&big(111)).await.unwrap();
+    let native_b = until(&native, q_marker, 111, None, &mut peak).await;
+    native
+        .batch_execute("ALTER SUBSCRIPTION native DISABLE")
+        .await
+        .unwrap();
+    let mut child = cdc_cmd("run").spawn().unwrap();
+    until(&viacdc, q_marker, 111, Some(&child), &mut peak).await; // catch up on the first one
+    src.batch_execute(&big(222)).await.unwrap();
+    let cdc_b = until(&viacdc, q_marker, 222, Some(&child), &mut peak).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    native
+        .batch_execute("ALTER SUBSCRIPTION native SET (slot_name = NONE); DROP SUBSCRIPTION native")
+        .await
+        .ok();
+
+    println!("(a) backlog of {history} transactions ({changes} row changes):");
+    println!(
+        "    native subscriber: {native_a:.2}s, {:.0} changes/s",
+        changes / native_a
+    );
+    println!(
+        "    cdc run:           {cdc_a:.2}s, {:.0} changes/s",
+        changes / cdc_a
+    );
+    println!("    rate ratio cdc/native: {:.2}", native_a / cdc_a);
+    println!("(b) one transaction updating {rows} rows, commit to visible:");
+    println!("    native subscriber: {native_b:.2}s");
+    println!("    cdc run:           {cdc_b:.2}s");
+    println!("    time ratio cdc/native: {:.2}", cdc_b / native_b);
+    println!("cdc run peak RSS: {:.1} MiB", peak as f64 / 1024.0);
+}
