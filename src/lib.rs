@@ -8,15 +8,17 @@
 //! The modules follow the data flow (see ARCHITECTURE.md for the full map):
 //!
 //! ```text
-//!  source::replication ──► decode ──► (batch ──► apply ──► destination: upcoming)
-//!   our replication         pgoutput
-//!   protocol client         decoder
+//!  snapshot ── exported snapshot, COPY ────────────────────────────► destination
+//!  source::replication ──► decode ──► stream (batches) ──► apply ──►     │
+//!   our replication         pgoutput    transactions,       set-based     │
+//!   protocol client         decoder     spill, schema       writes + LSN ◄┘
 //! ```
 //!
 //! - [`config`], [`cli`]: the user-facing contract (config file, environment, flags, exit codes).
 //! - [`conninfo`], [`tls`], [`pg`]: connection strings, TLS policy, ordinary SQL connections.
 //! - [`source`]: the replication connection and WAL stream.
 //! - [`decode`]: bytes of pgoutput to typed messages; pure, no I/O.
+//! - [`snapshot`]: `cdc snapshot`; [`stream`], [`apply`], [`run`]: `cdc run`.
 //! - [`lsn`]: WAL positions.
 //! - [`local_pg`]: throwaway servers for tests and the demo; [`demo`]: `cdc demo`.
 //! - [`error`]: the library error and the transient/definite decision.
