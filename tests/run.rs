@@ -32,11 +32,7 @@ pub async fn start(p: &Pipeline) -> Running {
     let config = p.config();
     let (stop, shutdown) = watch::channel(false);
     let task = tokio::spawn(async move { cdc::run::run(&config, shutdown).await });
-    wait_for("the initial snapshot", Duration::from_secs(60), || async {
-        let q = "SELECT 1 FROM cdc.pipeline WHERE slot = $1 AND snapshot_completed_at IS NOT NULL";
-        matches!(p.dst_sql.query_opt(q, &[&p.slot]).await, Ok(Some(_)))
-    })
-    .await;
+    p.wait_snapshot_complete().await;
     Running { task, stop }
 }
 
@@ -90,23 +86,7 @@ async fn inserts_updates_and_deletes_are_applied_exactly() {
     );
     r.stop().await;
     // The confirmed position equals what the destination recorded.
-    let applied = rows_text(
-        &p.dst_sql,
-        &format!(
-            "SELECT applied_lsn::text FROM cdc.pipeline WHERE slot = '{}'",
-            p.slot
-        ),
-    )
-    .await;
-    let confirmed = rows_text(
-        &p.src_sql,
-        &format!(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
-            p.slot
-        ),
-    )
-    .await;
-    assert_eq!(applied, confirmed);
+    assert_eq!(p.applied_lsn().await, p.confirmed_lsn().await);
 }
 
 #[tokio::test]

@@ -125,24 +125,9 @@ async fn sigterm_commits_what_it_has_and_exits_zero() {
     assert!(status.success());
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0), "SIGTERM is a clean stop");
-    let applied = rows_text(
-        &p.dst_sql,
-        &format!(
-            "SELECT applied_lsn::text FROM cdc.pipeline WHERE slot = '{}'",
-            p.slot
-        ),
-    )
-    .await;
-    let confirmed = rows_text(
-        &p.src_sql,
-        &format!(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
-            p.slot
-        ),
-    )
-    .await;
     assert_eq!(
-        applied, confirmed,
+        p.applied_lsn().await,
+        p.confirmed_lsn().await,
         "what was committed was confirmed before exit"
     );
 }
@@ -286,11 +271,7 @@ async fn a_million_row_transaction_is_applied_with_bounded_memory() {
     )
     .await;
     let mut child = spawn_run(&p);
-    wait_for("the initial snapshot", Duration::from_secs(60), || async {
-        let q = "SELECT 1 FROM cdc.pipeline WHERE slot = $1 AND snapshot_completed_at IS NOT NULL";
-        matches!(p.dst_sql.query_opt(q, &[&p.slot]).await, Ok(Some(_)))
-    })
-    .await;
+    p.wait_snapshot_complete().await;
     p.src_sql
         .batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g")
         .await

@@ -138,14 +138,7 @@ async fn snapshot_recreates_schema_and_copies_every_value_exactly() {
     )
     .await;
     assert_eq!(state, [format!("{0} {0} t", report.consistent_lsn)]);
-    let slot_lsn = rows_text(
-        &p.src_sql,
-        &format!(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
-            p.slot
-        ),
-    )
-    .await;
+    let slot_lsn = p.confirmed_lsn().await;
     assert_eq!(slot_lsn, [report.consistent_lsn.to_string()]);
 }
 
@@ -492,14 +485,7 @@ async fn a_snapshot_killed_mid_copy_is_redone_cleanly() {
         ["3000"]
     );
     assert_eq!(p.slot_count().await, 1);
-    let slot_lsn = rows_text(
-        &p.src_sql,
-        &format!(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
-            p.slot
-        ),
-    )
-    .await;
+    let slot_lsn = p.confirmed_lsn().await;
     assert_eq!(
         slot_lsn,
         [report.consistent_lsn.to_string()],

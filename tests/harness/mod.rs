@@ -211,6 +211,40 @@ impl Pipeline {
             .get(0)
     }
 
+    /// The destination's recorded applied position (text), if any.
+    pub async fn applied_lsn(&self) -> Vec<String> {
+        rows_text(
+            &self.dst_sql,
+            &format!(
+                "SELECT applied_lsn::text FROM cdc.pipeline WHERE slot = '{}'",
+                self.slot
+            ),
+        )
+        .await
+    }
+
+    /// The slot's confirmed position on the source (text), if the slot exists.
+    pub async fn confirmed_lsn(&self) -> Vec<String> {
+        rows_text(
+            &self.src_sql,
+            &format!(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
+                self.slot
+            ),
+        )
+        .await
+    }
+
+    /// Wait until the destination records a completed snapshot of this pipeline.
+    pub async fn wait_snapshot_complete(&self) {
+        wait_for("the initial snapshot", Duration::from_secs(60), || async {
+            let q =
+                "SELECT 1 FROM cdc.pipeline WHERE slot = $1 AND snapshot_completed_at IS NOT NULL";
+            matches!(self.dst_sql.query_opt(q, &[&self.slot]).await, Ok(Some(_)))
+        })
+        .await;
+    }
+
     pub async fn publication_count(&self) -> i64 {
         self.src_sql
             .query_one("SELECT count(*) FROM pg_publication", &[])
