@@ -79,6 +79,9 @@ pub enum Command {
         /// Unhealthy when the last applied transaction is older (default: status.max_lag_seconds).
         #[arg(long, value_name = "SECONDS")]
         max_lag_seconds: Option<u64>,
+        /// Also unhealthy (exit 2) when no process consumes the slot: for `cdc run` health checks.
+        #[arg(long)]
+        require_active: bool,
     },
     /// Start throwaway local Postgres servers and show changes streaming through cdc (no config needed).
     Demo {

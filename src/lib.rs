@@ -36,5 +36,6 @@ pub mod pg;
 pub mod run;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 pub mod stream;
 pub mod tls;

@@ -64,9 +64,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("streaming failed")?;
             Ok(exit::OK)
         }
-        Command::Status { .. } => {
-            let _config = load_config(&cli)?;
-            Err(cdc::error::Error::NotImplemented("status").into())
+        Command::Status {
+            json,
+            max_lag_bytes,
+            max_lag_seconds,
+            require_active,
+        } => {
+            let config = load_config(&cli)?;
+            let bounds = cdc::status::Bounds {
+                max_lag_bytes: max_lag_bytes.unwrap_or(config.status.max_lag_bytes),
+                max_lag_seconds: max_lag_seconds.unwrap_or(config.status.max_lag_seconds),
+                require_active,
+            };
+            let report = cdc::status::check(&config, &bounds)
+                .await
+                .context("status check failed")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding status")?
+                );
+            } else {
+                print!("{report}");
+            }
+            Ok(report.exit_code())
         }
     }
 }

@@ -98,7 +98,7 @@ fn config_path_comes_from_cdc_config() {
 }
 
 #[test]
-fn unfinished_commands_say_so_and_never_log_the_password() {
+fn status_of_an_unreachable_source_exits_3_and_never_prints_the_password() {
     let path = write_config("valid.toml", VALID);
     let out = cdc(
         &[
@@ -110,14 +110,21 @@ fn unfinished_commands_say_so_and_never_log_the_password() {
         ],
         &[("CDC_LOG", "debug")],
     );
-    assert_eq!(out.status.code(), Some(70));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("UNREACHABLE: cannot connect to the source"),
+        "{text}"
+    );
     let err = stderr(&out);
-    assert!(err.contains("`cdc status` is not implemented yet"), "{err}");
     assert!(
         err.contains("configuration loaded"),
         "the debug log shows the config: {err}"
     );
-    assert!(!err.contains("hunter2"), "password leaked: {err}");
+    assert!(
+        !err.contains("hunter2") && !text.contains("hunter2"),
+        "password leaked: {err}{text}"
+    );
 }
 
 #[test]

@@ -8,4 +8,5 @@ mod replication;
 mod run;
 mod run_faults;
 mod snapshot;
+mod status;
 mod tls;

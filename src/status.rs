@@ -1,0 +1,390 @@
+//! `cdc status`: one look at a pipeline's health, for people (`Display`) and scripts (JSON).
+//!
+//! Verdicts, in priority order, map to exit codes (see `cli::exit`): cannot connect (3), slot
+//! missing / WAL lost / inactive when `--require-active` (2), lag above the bounds (1), healthy (0).
+//! Lag in bytes is WAL the slot still has to deliver (`pg_current_wal_lsn() - confirmed_flush_lsn`);
+//! lag in seconds is the age of the last applied source commit, counted only while WAL is pending
+//! (an idle, caught-up pipeline has no lag however old its last commit is).
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::snapshot::state::StateStore;
+
+/// Everything `cdc status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub slot: String,
+    pub slot_exists: bool,
+    pub slot_active: bool,
+    pub slot_active_pid: Option<i32>,
+    pub wal_status: Option<String>,
+    pub safe_wal_size: Option<i64>,
+    pub current_wal_lsn: String,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    /// WAL the slot has yet to confirm.
+    pub lag_bytes: Option<i64>,
+    /// WAL the slot keeps on the source's disk.
+    pub retained_wal_bytes: Option<i64>,
+    pub applied_lsn: Option<String>,
+    pub applied_commit_time: Option<String>,
+    pub lag_seconds: Option<f64>,
+    pub snapshot_complete: bool,
+    pub tables: Vec<TableStatus>,
+    pub publication: String,
+    pub publication_exists: bool,
+    /// Configured tables missing from the publication.
+    pub publication_missing: Vec<String>,
+    /// Tables in the publication but not in the configuration.
+    pub publication_extra: Vec<String>,
+    /// `pg_stat_replication_slots` counters (Postgres 14+), when available.
+    pub spill_bytes: Option<i64>,
+    pub stream_bytes: Option<i64>,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+/// Per configured table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    pub source: String,
+    pub destination: String,
+    /// Rows copied by the snapshot, once that table's copy completed.
+    pub snapshot_rows: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Healthy,
+    Lagging,
+    SlotProblem,
+    Unreachable,
+}
+
+/// Limits and expectations for the verdict.
+pub struct Bounds {
+    pub max_lag_bytes: u64,
+    pub max_lag_seconds: u64,
+    pub require_active: bool,
+}
+
+/// Gather the report. Connection failures come back as an `Unreachable` report, not an error.
+pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
+    let slot = config.source.slot.clone();
+    let mut r = StatusReport {
+        slot: slot.clone(),
+        slot_exists: false,
+        slot_active: false,
+        slot_active_pid: None,
+        wal_status: None,
+        safe_wal_size: None,
+        current_wal_lsn: String::new(),
+        confirmed_flush_lsn: None,
+        restart_lsn: None,
+        lag_bytes: None,
+        retained_wal_bytes: None,
+        applied_lsn: None,
+        applied_commit_time: None,
+        lag_seconds: None,
+        snapshot_complete: false,
+        tables: Vec::new(),
+        publication: config.source.publication.clone(),
+        publication_exists: false,
+        publication_missing: Vec::new(),
+        publication_extra: Vec::new(),
+        spill_bytes: None,
+        stream_bytes: None,
+        verdict: Verdict::Healthy,
+        reason: "streaming within bounds".into(),
+    };
+    let src_info = config
+        .source_conninfo()
+        .map_err(|p| Error::Definite(p.to_string()))?;
+    let dst_info = config
+        .destination_conninfo()
+        .map_err(|p| Error::Definite(p.to_string()))?;
+    let src = match crate::pg::connect(&src_info).await {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(unreachable(
+                r,
+                format!("cannot connect to the source: {}", chain(&e)),
+            ))
+        }
+    };
+    let dst = match crate::pg::connect(&dst_info).await {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(unreachable(
+                r,
+                format!("cannot connect to the destination: {}", chain(&e)),
+            ))
+        }
+    };
+    let pg = |what: &'static str| Error::pg(what);
+
+    r.current_wal_lsn = src
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(pg("reading the WAL position"))?
+        .get(0);
+    if let Some(row) = src
+        .query_opt(
+            "SELECT active, active_pid, wal_status, safe_wal_size, confirmed_flush_lsn::text, restart_lsn::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(pg("reading the replication slot"))?
+    {
+        r.slot_exists = true;
+        r.slot_active = row.get(0);
+        r.slot_active_pid = row.get(1);
+        r.wal_status = row.get(2);
+        r.safe_wal_size = row.get(3);
+        r.confirmed_flush_lsn = row.get(4);
+        r.restart_lsn = row.get(5);
+        r.lag_bytes = row.get(6);
+        r.retained_wal_bytes = row.get(7);
+    }
+    if let Ok(row) = src
+        .query_one(
+            "SELECT spill_bytes, stream_bytes FROM pg_stat_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+    {
+        r.spill_bytes = row.get(0);
+        r.stream_bytes = row.get(1);
+    }
+    r.publication_exists = src
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&r.publication],
+        )
+        .await
+        .map_err(pg("reading publications"))?
+        .get(0);
+    let published: Vec<String> = src
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&r.publication],
+        )
+        .await
+        .map_err(pg("reading the publication"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let pairs = config.table_pairs();
+    let configured: Vec<String> = pairs.iter().map(|(s, _)| s.to_string()).collect();
+    r.publication_missing = configured
+        .iter()
+        .filter(|t| !published.contains(t))
+        .cloned()
+        .collect();
+    r.publication_extra = published
+        .iter()
+        .filter(|t| !configured.contains(t))
+        .cloned()
+        .collect();
+
+    let store = StateStore::new(&config.destination.state_schema);
+    let state = match store.load(&dst, &slot).await {
+        Ok(s) => s,
+        Err(_) => None, // no state schema yet: nothing was ever snapshotted
+    };
+    if let Some(s) = &state {
+        r.snapshot_complete = s.snapshot_completed;
+        r.applied_lsn = s.applied_lsn.map(|l| l.to_string());
+        let copied = store.table_rows(&dst, &slot).await.unwrap_or_default();
+        r.tables = pairs
+            .iter()
+            .map(|(s, d)| TableStatus {
+                source: s.to_string(),
+                destination: d.to_string(),
+                snapshot_rows: copied
+                    .iter()
+                    .find(|(t, _)| *t == s.to_string())
+                    .map(|(_, n)| *n),
+            })
+            .collect();
+        if let Ok(row) = dst
+            .query_one(
+                &format!(
+                    "SELECT applied_commit_time::text, extract(epoch FROM now() - applied_commit_time)::float8
+                       FROM {}.pipeline WHERE slot = $1",
+                    crate::source::replication::quote_ident(&config.destination.state_schema)
+                ),
+                &[&slot],
+            )
+            .await
+        {
+            r.applied_commit_time = row.get(0);
+            let age: Option<f64> = row.get(1);
+            r.lag_seconds = Some(if r.lag_bytes.unwrap_or(0) > 0 { age.unwrap_or(0.0) } else { 0.0 });
+        }
+    }
+
+    let (verdict, reason) = if !r.slot_exists {
+        (
+            Verdict::SlotProblem,
+            format!("replication slot {slot} does not exist on the source"),
+        )
+    } else if r.wal_status.as_deref() == Some("lost") {
+        (Verdict::SlotProblem, format!("replication slot {slot} has lost required WAL; re-snapshot with `cdc snapshot --force`"))
+    } else if bounds.require_active && !r.slot_active {
+        (
+            Verdict::SlotProblem,
+            format!("replication slot {slot} is not being consumed: is `cdc run` running?"),
+        )
+    } else if r.lag_bytes.unwrap_or(0) > bounds.max_lag_bytes as i64 {
+        (
+            Verdict::Lagging,
+            format!(
+                "{} bytes of WAL behind (limit {})",
+                r.lag_bytes.unwrap_or(0),
+                bounds.max_lag_bytes
+            ),
+        )
+    } else if r.lag_seconds.unwrap_or(0.0) > bounds.max_lag_seconds as f64 {
+        (
+            Verdict::Lagging,
+            format!(
+                "{:.0} s behind (limit {})",
+                r.lag_seconds.unwrap_or(0.0),
+                bounds.max_lag_seconds
+            ),
+        )
+    } else {
+        (Verdict::Healthy, "within bounds".to_owned())
+    };
+    r.verdict = verdict;
+    r.reason = reason;
+    Ok(r)
+}
+
+fn chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn unreachable(mut r: StatusReport, reason: String) -> StatusReport {
+    r.verdict = Verdict::Unreachable;
+    r.reason = reason;
+    r
+}
+
+impl StatusReport {
+    /// The exit code for health checks.
+    pub fn exit_code(&self) -> i32 {
+        use crate::cli::exit;
+        match self.verdict {
+            Verdict::Healthy => exit::OK,
+            Verdict::Lagging => exit::LAGGING,
+            Verdict::SlotProblem => exit::SLOT_PROBLEM,
+            Verdict::Unreachable => exit::UNREACHABLE,
+        }
+    }
+}
+
+fn mib(b: Option<i64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match self.verdict {
+            Verdict::Healthy => "HEALTHY",
+            Verdict::Lagging => "LAGGING",
+            Verdict::SlotProblem => "SLOT PROBLEM",
+            Verdict::Unreachable => "UNREACHABLE",
+        };
+        writeln!(f, "{verdict}: {}", self.reason)?;
+        if self.verdict == Verdict::Unreachable {
+            return Ok(());
+        }
+        let active = match (self.slot_exists, self.slot_active) {
+            (false, _) => "missing".to_owned(),
+            (true, true) => format!("active (pid {})", self.slot_active_pid.unwrap_or(0)),
+            (true, false) => "inactive".to_owned(),
+        };
+        writeln!(
+            f,
+            "slot        {} {active}, wal_status {}",
+            self.slot,
+            self.wal_status.as_deref().unwrap_or("-")
+        )?;
+        writeln!(
+            f,
+            "lag         {} of WAL, {} s; slot retains {}",
+            mib(self.lag_bytes),
+            self.lag_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            mib(self.retained_wal_bytes)
+        )?;
+        writeln!(
+            f,
+            "positions   source {}  confirmed {}  applied {}",
+            self.current_wal_lsn,
+            self.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+            self.applied_lsn.as_deref().unwrap_or("-")
+        )?;
+        writeln!(
+            f,
+            "last commit {}",
+            self.applied_commit_time.as_deref().unwrap_or("-")
+        )?;
+        writeln!(
+            f,
+            "snapshot    {}",
+            if self.snapshot_complete {
+                "complete"
+            } else {
+                "not complete"
+            }
+        )?;
+        for t in &self.tables {
+            writeln!(
+                f,
+                "  {} -> {}: {}",
+                t.source,
+                t.destination,
+                t.snapshot_rows
+                    .map_or("not copied yet".into(), |n| format!("{n} rows copied"))
+            )?;
+        }
+        write!(
+            f,
+            "publication {} {}",
+            self.publication,
+            if self.publication_exists {
+                "exists"
+            } else {
+                "missing"
+            }
+        )?;
+        if !self.publication_missing.is_empty() {
+            write!(
+                f,
+                "; missing tables: {}",
+                self.publication_missing.join(", ")
+            )?;
+        }
+        if !self.publication_extra.is_empty() {
+            write!(f, "; extra tables: {}", self.publication_extra.join(", "))?;
+        }
+        writeln!(f)
+    }
+}

@@ -1,0 +1,116 @@
+//! `cdc status` against real pipelines: healthy, lagging, inactive, slot missing.
+
+use std::process::{Command, Output};
+
+use crate::harness::{rows_text, Pipeline};
+use crate::run::{start, wait_synced, FAST};
+
+fn status(p: &Pipeline, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cdc"))
+        .args(["--config", p.config_file().to_str().unwrap(), "status"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn status_reports_a_healthy_pipeline_field_by_field() {
+    let p = Pipeline::new(
+        "status_ok",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 42); CREATE TABLE other (id int PRIMARY KEY);",
+        &format!("[[tables]]\nsource = \"public.t\"{FAST}"),
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute("INSERT INTO t VALUES (100)")
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT count(*)::text FROM t").await;
+    // Someone added a table to the publication that the config does not list.
+    p.src_sql
+        .batch_execute(&format!("ALTER PUBLICATION \"{}\" ADD TABLE other", p.slot))
+        .await
+        .unwrap();
+    let out = status(
+        &p,
+        &["--json", "--max-lag-bytes", "100000000", "--require-active"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["verdict"], "healthy");
+    assert_eq!(j["slot"], p.slot.as_str());
+    assert_eq!(j["slot_exists"], true);
+    assert_eq!(j["slot_active"], true);
+    assert!(j["slot_active_pid"].as_i64().unwrap() > 0);
+    assert_eq!(j["wal_status"], "reserved");
+    assert_eq!(j["snapshot_complete"], true);
+    assert_eq!(j["tables"][0]["source"], "public.t");
+    assert_eq!(j["tables"][0]["snapshot_rows"], 42);
+    assert_eq!(j["publication_exists"], true);
+    assert_eq!(j["publication_missing"], serde_json::json!([]));
+    assert_eq!(j["publication_extra"], serde_json::json!(["public.other"]));
+    // The pipeline keeps running, so the position can only have moved forward since.
+    let reported: cdc::lsn::Lsn = j["applied_lsn"].as_str().unwrap().parse().unwrap();
+    let now: cdc::lsn::Lsn = p.applied_lsn().await[0].parse().unwrap();
+    assert!(
+        !reported.is_invalid() && reported <= now,
+        "{reported} vs {now}"
+    );
+    assert!(j["lag_bytes"].as_i64().unwrap() >= 0);
+    assert!(j["retained_wal_bytes"].as_i64().unwrap() >= j["lag_bytes"].as_i64().unwrap());
+    assert!(j["applied_commit_time"].is_string());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn status_exits_1_when_lagging_and_2_when_inactive_or_missing() {
+    let p = Pipeline::new(
+        "status_lag",
+        "CREATE TABLE t (id int PRIMARY KEY);",
+        &format!("[[tables]]\nsource = \"public.t\"{FAST}"),
+    )
+    .await;
+    let r = start(&p).await;
+    r.stop().await;
+    // Writes while nothing consumes the slot.
+    p.src_sql
+        .batch_execute("INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .unwrap();
+    let out = status(&p, &["--max-lag-bytes", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("LAGGING: ") && text.contains("bytes of WAL behind (limit 1)"),
+        "{text}"
+    );
+    assert!(text.contains("inactive"), "{text}");
+
+    let out = status(&p, &["--require-active"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("is not being consumed"),
+        "{}",
+        stdout(&out)
+    );
+
+    p.src_sql
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{}')", p.slot))
+        .await
+        .unwrap();
+    let out = status(&p, &["--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["verdict"], "slot_problem");
+    assert_eq!(j["slot_exists"], false);
+    assert_eq!(
+        rows_text(&p.src_sql, "SELECT count(*)::text FROM t").await,
+        ["1000"],
+        "status changes nothing"
+    );
+}
