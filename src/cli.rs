@@ -83,6 +83,21 @@ pub enum Command {
         #[arg(long)]
         require_active: bool,
     },
+    /// Write a commented configuration template (every option with its default).
+    Init {
+        /// Where to write it.
+        #[arg(long, default_value = "config.toml", value_name = "PATH")]
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Drop the replication slot and the publication on the source (so nothing pins WAL).
+    Teardown {
+        /// Confirm: without it, only say what would be dropped.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Start throwaway local Postgres servers and show changes streaming through cdc (no config needed).
     Demo {
         /// How long to run the sample write load.

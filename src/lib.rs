@@ -38,4 +38,5 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod stream;
+pub mod teardown;
 pub mod tls;

@@ -39,6 +39,28 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Init { output, force } => {
+            if output.exists() && !force {
+                anyhow::bail!(
+                    "{} already exists; pass --force to overwrite it",
+                    output.display()
+                );
+            }
+            std::fs::write(&output, cdc::config::EXAMPLE)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!("Wrote {}: set source.url, destination.url and [[tables]], then run `cdc snapshot`.", output.display());
+            Ok(exit::OK)
+        }
+        Command::Teardown { yes } => {
+            let config = load_config(&cli)?;
+            let dropped = cdc::teardown::run(&config, yes)
+                .await
+                .context("teardown failed")?;
+            for line in dropped {
+                println!("{line}");
+            }
+            Ok(exit::OK)
+        }
         Command::Demo { seconds } => {
             cdc::demo::run(std::time::Duration::from_secs(seconds)).await?;
             Ok(exit::OK)

@@ -114,3 +114,67 @@ async fn status_exits_1_when_lagging_and_2_when_inactive_or_missing() {
         "status changes nothing"
     );
 }
+
+#[tokio::test]
+async fn teardown_drops_slot_and_publication_only_when_confirmed() {
+    let p = Pipeline::new(
+        "teardown",
+        "CREATE TABLE t (id int PRIMARY KEY);",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    cdc::snapshot::run(&p.config(), false).await.unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cdc"))
+            .args(["--config", p.config_file().to_str().unwrap(), "teardown"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dry = run(&[]);
+    assert!(dry.status.success());
+    assert!(
+        stdout(&dry).contains("would be dropped") && stdout(&dry).contains("nothing was changed"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!((p.slot_count().await, p.publication_count().await), (1, 1));
+    let real = run(&["--yes"]);
+    assert!(
+        real.status.success(),
+        "{}",
+        String::from_utf8_lossy(&real.stderr)
+    );
+    assert_eq!(
+        (p.slot_count().await, p.publication_count().await),
+        (0, 0),
+        "teardown leaves nothing pinning WAL"
+    );
+}
+
+#[test]
+fn init_writes_a_template_that_parses_and_never_overwrites_silently() {
+    let dir = std::env::temp_dir().join(format!("cdc-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let _ = std::fs::remove_file(&path);
+    let init = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cdc"))
+            .args(["init", "--output", path.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(init(&[]).status.success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    cdc::config::Config::from_toml(&text, &path, &crate::harness::NO_ENV)
+        .expect("the template is a valid config");
+    std::fs::write(&path, "mine").unwrap();
+    let again = init(&[]);
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
+    assert!(init(&["--force"]).status.success());
+}
