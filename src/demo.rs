@@ -61,7 +61,7 @@ pub async fn run(load: Duration) -> Result<()> {
 
     let text = format!(
         "[source]\nurl = {:?}\nslot = \"cdc_demo\"\npublication = \"cdc_demo\"\n[destination]\nurl = {:?}\n\
-         [[tables]]\nsource = \"public.orders\"\n[apply]\nbatch_max_wait_ms = 100\n",
+         [[tables]]\nsource = \"public.orders\"\n[apply]\nbatch_max_wait_ms = 100\n[status]\nlisten = \"127.0.0.1:0\"\n",
         source.url("postgres"),
         destination.url("postgres")
     );

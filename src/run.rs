@@ -14,6 +14,7 @@
 //! the server's WAL end after recording it there too). **Never skip data silently**: if the
 //! slot has confirmed more than the destination applied, stop and say why.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::decode::PgOutputDecoder;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 use crate::snapshot::state::StateStore;
 use crate::source::replication::{
     PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, StandbyStatus,
@@ -36,14 +38,25 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// definite error occurs.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let store = StateStore::new(&config.destination.state_schema);
+    let metrics = Arc::new(Metrics::default());
+    let server = crate::http::serve(
+        &config.status.listen,
+        metrics.clone(),
+        config.status.max_lag_bytes,
+        config.status.max_lag_seconds,
+    )
+    .await?;
+    // The endpoint lives exactly as long as this function.
+    let _server = AbortOnDrop(server);
     let mut attempt: u32 = 0;
     loop {
         let started = Instant::now();
         let result = async {
             ensure_snapshot(config, &store).await?;
-            stream_once(config, &store, &mut shutdown).await
+            stream_once(config, &store, &mut shutdown, &metrics).await
         }
         .await;
+        metrics.set_streaming(false);
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
@@ -52,6 +65,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                     attempt = 0;
                 }
                 attempt += 1;
+                metrics.reconnect();
                 let delay = backoff(attempt);
                 tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; reconnecting");
                 tokio::select! {
@@ -96,10 +110,19 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base as i64 + base as i64 * jitter / 1000).max(100) as u64)
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn stream_once(
     config: &Config,
     store: &StateStore,
     shutdown: &mut watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
 ) -> Result<()> {
     let slot = config.source.slot.as_str();
     let src_info = config
@@ -132,13 +155,18 @@ async fn stream_once(
         .await?;
     tracing::info!(slot, lsn = %applied, proto_version = options.proto_version, streaming = options.streaming, "streaming changes");
 
+    metrics.set_streaming(true);
+    metrics.confirmed(applied.0, applied.0);
     let mut streamer = Streamer::new(
         applier,
         catalog,
         config.table_pairs(),
         config.apply.clone(),
         applied,
+        metrics.clone(),
     );
+    // The server's latest WAL position, for the lag gauge.
+    let mut wal_end = applied;
     let mut decoder = PgOutputDecoder::new();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut last_report = Instant::now();
@@ -148,14 +176,14 @@ async fn stream_once(
             biased;
             _ = shutdown.changed() => {
                 streamer.finish().await?;
-                confirm(&mut stream, streamer.applied(), false).await?;
+                confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
                 tracing::info!(slot, lsn = %streamer.applied(), "stopped; everything committed was confirmed");
                 stream.close().await;
                 return Ok(());
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 if let Some(lsn) = streamer.commit().await? {
-                    confirm(&mut stream, lsn, false).await?;
+                    confirm(&mut stream, lsn, false, metrics, wal_end).await?;
                 }
             }
             event = stream.next() => match event? {
@@ -163,20 +191,22 @@ async fn stream_once(
                     context: "the source ended the replication stream".into(),
                     source: std::io::ErrorKind::ConnectionAborted.into(),
                 }),
-                Some(ReplicationEvent::XLogData { wal_start, data, .. }) => {
+                Some(ReplicationEvent::XLogData { wal_start, wal_end: end, data, .. }) => {
+                    wal_end = wal_end.max(end);
                     if let Some(lsn) = streamer.handle(data, &mut decoder, wal_start).await? {
-                        confirm(&mut stream, lsn, false).await?;
+                        confirm(&mut stream, lsn, false, metrics, wal_end).await?;
                     }
                 }
-                Some(ReplicationEvent::Keepalive { wal_end, reply_requested, .. }) => {
-                    let advanced = streamer.advance_idle(wal_end, store, slot).await?;
+                Some(ReplicationEvent::Keepalive { wal_end: end, reply_requested, .. }) => {
+                    wal_end = wal_end.max(end);
+                    let advanced = streamer.advance_idle(end, store, slot).await?;
                     if reply_requested || advanced {
-                        confirm(&mut stream, streamer.applied(), false).await?;
+                        confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
                     }
                 }
             },
             _ = status_tick.tick() => {
-                confirm(&mut stream, streamer.applied(), false).await?;
+                confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
                 if last_report.elapsed() >= Duration::from_secs(30) {
                     last_report = Instant::now();
                     let s = &streamer.stats;
@@ -194,17 +224,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn confirm(stream: &mut ReplicationStream, lsn: Lsn, reply: bool) -> Result<()> {
-    stream
-        .send_status(
-            StandbyStatus {
-                written: lsn,
-                flushed: lsn,
-                applied: lsn,
-            },
-            reply,
-        )
-        .await
+async fn confirm(
+    stream: &mut ReplicationStream,
+    lsn: Lsn,
+    reply: bool,
+    metrics: &Metrics,
+    wal_end: Lsn,
+) -> Result<()> {
+    let status = StandbyStatus {
+        written: lsn,
+        flushed: lsn,
+        applied: lsn,
+    };
+    stream.send_status(status, reply).await?;
+    metrics.confirmed(lsn.0, wal_end.0.max(lsn.0));
+    Ok(())
 }
 
 /// The slot must exist, be usable, and not be ahead of the destination.

@@ -178,3 +178,87 @@ fn init_writes_a_template_that_parses_and_never_overwrites_silently() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
     assert!(init(&["--force"]).status.success());
 }
+
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_the_rows_written_and_healthz_follows_the_stream() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = Pipeline::new(
+        "metrics",
+        "CREATE TABLE t (id int PRIMARY KEY, v int);",
+        &format!("[[tables]]\nsource = \"public.t\"{FAST}"),
+    )
+    .await;
+    let p = Pipeline {
+        config_text: p
+            .config_text
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        ..p
+    };
+    let r = start(&p).await;
+    crate::harness::wait_for(
+        "healthz to report streaming",
+        std::time::Duration::from_secs(30),
+        || async { http_get(port, "/healthz").await.0.contains("200") },
+    )
+    .await;
+    let (_, before) = http_get(port, "/metrics").await;
+    p.src_sql
+        .batch_execute("INSERT INTO t SELECT g, 0 FROM generate_series(1, 250) g; UPDATE t SET v = 1 WHERE id <= 40; DELETE FROM t WHERE id <= 5;")
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT count(*)::text || ' ' || sum(v)::text FROM t").await;
+    let (status, after) = http_get(port, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let delta = |s: &str| counter(&after, s) - counter(&before, s);
+    assert_eq!(
+        delta("cdc_rows_applied_total{table=\"public.t\",op=\"insert\"}"),
+        250,
+        "{after}"
+    );
+    assert_eq!(
+        delta("cdc_rows_applied_total{table=\"public.t\",op=\"update\"}"),
+        40
+    );
+    assert_eq!(
+        delta("cdc_rows_applied_total{table=\"public.t\",op=\"delete\"}"),
+        5
+    );
+    // One simple query with three statements is one implicit source transaction.
+    assert_eq!(delta("cdc_transactions_applied_total"), 1);
+    assert!(
+        counter(&after, "cdc_batch_rows_count") >= 1 && counter(&after, "cdc_confirmed_lsn") > 0,
+        "{after}"
+    );
+    assert_eq!(http_get(port, "/nope").await.0, "HTTP/1.1 404 Not Found");
+    r.stop().await;
+    // Stopped: nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err());
+}

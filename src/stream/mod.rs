@@ -62,6 +62,7 @@ pub struct Streamer {
     /// The end LSN of the last source commit the destination has committed.
     applied: Lsn,
     pub stats: Stats,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Streamer {
@@ -71,6 +72,7 @@ impl Streamer {
         pairs: Vec<(TableName, TableName)>,
         limits: ApplyConfig,
         applied: Lsn,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Streamer {
             applier,
@@ -86,6 +88,7 @@ impl Streamer {
             limits,
             applied,
             stats: Stats::default(),
+            metrics,
         }
     }
 
@@ -255,6 +258,12 @@ impl Streamer {
         let Some(map) = self.mapping(relation_id)? else {
             return Ok(());
         };
+        let op_name = match &op {
+            RowOp::Insert(_) => "insert",
+            RowOp::Update { .. } => "update",
+            RowOp::Delete(_) => "delete",
+        };
+        self.metrics.row(&map.dest.to_string(), op_name);
         self.start_batch();
         let before = self.applier.pending_bytes();
         self.applier.push(&map, op);
@@ -277,6 +286,7 @@ impl Streamer {
             return Ok(None);
         }
         self.stats.transactions += 1;
+        self.metrics.transaction();
         self.included = Some((end_lsn, time));
         self.start_batch();
         let waited = self.batch_started.map_or(Duration::ZERO, |s| s.elapsed());
@@ -297,7 +307,13 @@ impl Streamer {
         let Some((lsn, time)) = self.included.take() else {
             return Ok(None);
         };
+        let started = Instant::now();
         self.applier.commit(lsn, time).await?;
+        self.metrics.batch(
+            self.batch_rows,
+            started.elapsed().as_secs_f64(),
+            time.to_system_time(),
+        );
         tracing::debug!(lsn = %lsn, rows = self.batch_rows, "destination transaction committed");
         self.applied = lsn;
         self.batch_started = None;

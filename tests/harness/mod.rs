@@ -169,7 +169,7 @@ impl Pipeline {
             .expect("connect to destination");
         let slot = unique(prefix);
         let config_text = format!(
-            "[source]\nurl = {:?}\nslot = {slot:?}\npublication = {slot:?}\n[destination]\nurl = {:?}\n{tables}\n",
+            "[source]\nurl = {:?}\nslot = {slot:?}\npublication = {slot:?}\n[destination]\nurl = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\n{tables}\n",
             source.url(&src.dbname),
             destination.url(&dst.dbname),
         );
