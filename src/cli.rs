@@ -83,6 +83,8 @@ pub enum Command {
         #[arg(long)]
         require_active: bool,
     },
+    /// List the source's tables: row estimates, key or replica identity, replicable or not.
+    Tables,
     /// Write a commented configuration template (every option with its default).
     Init {
         /// Where to write it.

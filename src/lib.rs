@@ -40,5 +40,6 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod stream;
+pub mod tables;
 pub mod teardown;
 pub mod tls;

@@ -39,6 +39,30 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Tables => {
+            let config = load_config(&cli)?;
+            let tables = cdc::tables::list(&config)
+                .await
+                .context("cannot list source tables")?;
+            println!(
+                "{:<40} {:>12}  {:<34} {:<10} status",
+                "table", "est. rows", "identity", "configured"
+            );
+            for t in tables {
+                let status = t
+                    .problem
+                    .as_deref()
+                    .map_or("replicable".to_owned(), |p| format!("NOT replicable: {p}"));
+                println!(
+                    "{:<40} {:>12}  {:<34} {:<10} {status}",
+                    t.name,
+                    t.estimated_rows,
+                    t.identity,
+                    if t.configured { "yes" } else { "no" }
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Init { output, force } => {
             if output.exists() && !force {
                 anyhow::bail!(

@@ -4,6 +4,7 @@ mod harness;
 
 mod cli;
 mod decoder_fixtures;
+mod docker;
 mod replication;
 mod run;
 mod run_faults;

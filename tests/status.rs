@@ -262,3 +262,46 @@ async fn metrics_count_exactly_the_rows_written_and_healthz_follows_the_stream()
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn tables_lists_what_can_be_replicated_and_why_not() {
+    let p = Pipeline::new(
+        "tables_cmd",
+        "CREATE TABLE keyed (a int, b int, PRIMARY KEY (a, b)); CREATE TABLE bare (x int);
+         CREATE TABLE full_rows (x int); ALTER TABLE full_rows REPLICA IDENTITY FULL; ANALYZE;",
+        "[[tables]]\nsource = \"public.keyed\"",
+    )
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_cdc"))
+        .args(["--config", p.config_file().to_str().unwrap(), "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .to_owned()
+    };
+    let keyed = line("public.keyed ");
+    assert!(
+        keyed.contains("primary key (a, b)")
+            && keyed.contains(" yes ")
+            && keyed.ends_with("replicable"),
+        "{keyed}"
+    );
+    let bare = line("public.bare ");
+    assert!(
+        bare.contains("NOT replicable: no primary key") && bare.contains(" no "),
+        "{bare}"
+    );
+    assert!(
+        line("public.full_rows ").contains("replica identity full"),
+        "{text}"
+    );
+}
