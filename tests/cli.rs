@@ -117,6 +117,12 @@ fn status_of_an_unreachable_source_exits_3_and_never_prints_the_password() {
         "{text}"
     );
     let err = stderr(&out);
+    // --log-format json: every log line is a JSON object with the event's fields.
+    for line in err.lines().filter(|l| !l.starts_with("error:")) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
     assert!(
         err.contains("configuration loaded"),
         "the debug log shows the config: {err}"
