@@ -141,6 +141,14 @@ impl Error {
     }
 }
 
+/// A configuration problem found while connecting (unreadable password file, bad URL) is a
+/// definite error: a human must fix the configuration.
+impl From<crate::config::Problem> for Error {
+    fn from(p: crate::config::Problem) -> Self {
+        Error::Definite(p.to_string())
+    }
+}
+
 /// Shorthand used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -80,12 +80,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
 
 /// Take the initial snapshot if the destination has no completed one.
 async fn ensure_snapshot(config: &Config, store: &StateStore) -> Result<()> {
-    let dst = crate::pg::connect(
-        &config
-            .destination_conninfo()
-            .map_err(|p| Error::Definite(p.to_string()))?,
-    )
-    .await?;
+    let dst = crate::pg::connect(&config.destination_conninfo()?).await?;
     store.ensure(&dst).await?;
     if !store
         .load(&dst, &config.source.slot)
@@ -125,12 +120,8 @@ async fn stream_once(
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
     let slot = config.source.slot.as_str();
-    let src_info = config
-        .source_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
-    let dst_info = config
-        .destination_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
+    let src_info = config.source_conninfo()?;
+    let dst_info = config.destination_conninfo()?;
     let applier = Applier::connect(&dst_info, store.clone(), slot).await?;
     let state = store.load(applier.client(), slot).await?.ok_or_else(|| {
         Error::Definite(format!(

@@ -102,12 +102,8 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         verdict: Verdict::Healthy,
         reason: "streaming within bounds".into(),
     };
-    let src_info = config
-        .source_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
-    let dst_info = config
-        .destination_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
+    let src_info = config.source_conninfo()?;
+    let dst_info = config.destination_conninfo()?;
     let src = match crate::pg::connect(&src_info).await {
         Ok(c) => c,
         Err(e) => {

@@ -18,9 +18,7 @@ pub struct SourceTable {
 
 /// List user tables of the source database.
 pub async fn list(config: &Config) -> Result<Vec<SourceTable>> {
-    let info = config
-        .source_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
+    let info = config.source_conninfo()?;
     let sql = crate::pg::connect(&info).await?;
     let rows = sql
         .query(

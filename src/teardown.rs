@@ -9,9 +9,7 @@ use crate::source::replication::{quote_ident, ReplicationClient};
 /// Drop the slot and the publication (only report them unless `confirmed`). Returns one line
 /// per object, saying what was (or would be) done.
 pub async fn run(config: &Config, confirmed: bool) -> Result<Vec<String>> {
-    let info = config
-        .source_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
+    let info = config.source_conninfo()?;
     let sql = crate::pg::connect(&info).await?;
     let slot = &config.source.slot;
     let publication = &config.source.publication;

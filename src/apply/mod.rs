@@ -278,35 +278,11 @@ impl Applier {
         Ok(())
     }
 
-    /// Keyed table, one change at a time in source order (the fallback path).
+    /// Keyed table, one change at a time in source order (the fallback path): the set-based
+    /// path applied to each change alone.
     async fn apply_in_order(&mut self, t: &TableMap, ops: &[RowOp]) -> Result<()> {
-        let all: Vec<usize> = (0..t.columns.len()).collect();
         for op in ops {
-            let single: Vec<RowOp> = vec![op.clone()];
-            for (_, f) in reduce(&single, &t.key) {
-                match f {
-                    Final::Delete(r) => {
-                        self.exec_arrays(sql::delete(t), &[&r], &t.key).await?;
-                    }
-                    Final::Upsert(r) if r.contains(&Datum::UnchangedToast) => {
-                        let present: Vec<usize> = (0..r.len())
-                            .filter(|&i| r[i] != Datum::UnchangedToast)
-                            .collect();
-                        if let Some(stmt) = sql::update_present(t, &present) {
-                            let cols: Vec<usize> = t
-                                .key
-                                .iter()
-                                .copied()
-                                .chain(present.iter().copied().filter(|i| !t.key.contains(i)))
-                                .collect();
-                            self.exec_arrays(stmt, &[&r], &cols).await?;
-                        }
-                    }
-                    Final::Upsert(r) => {
-                        self.exec_arrays(sql::upsert(t), &[&r], &all).await?;
-                    }
-                }
-            }
+            self.apply_set(t, std::slice::from_ref(op)).await?;
         }
         Ok(())
     }

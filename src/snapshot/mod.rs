@@ -76,12 +76,8 @@ struct Job {
 /// existing destination tables.
 pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
     let started = Instant::now();
-    let src_info = config
-        .source_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
-    let dst_info = config
-        .destination_conninfo()
-        .map_err(|p| Error::Definite(p.to_string()))?;
+    let src_info = config.source_conninfo()?;
+    let dst_info = config.destination_conninfo()?;
     let slot = config.source.slot.as_str();
     let publication = config.source.publication.as_str();
     let src = crate::pg::connect(&src_info).await?;
