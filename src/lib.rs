@@ -19,6 +19,7 @@
 //! - [`source`]: the replication connection and WAL stream.
 //! - [`decode`]: bytes of pgoutput to typed messages; pure, no I/O.
 //! - [`snapshot`]: `cdc snapshot`; [`stream`], [`apply`], [`run`]: `cdc run`.
+//! - [`verify`]: `cdc verify`, the row-by-row consistency report (range hashes, then rows).
 //! - [`lsn`]: WAL positions.
 //! - [`local_pg`]: throwaway servers for tests and the demo; [`demo`]: `cdc demo`.
 //! - [`error`]: the library error and the transient/definite decision.
@@ -43,3 +44,4 @@ pub mod stream;
 pub mod tables;
 pub mod teardown;
 pub mod tls;
+pub mod verify;

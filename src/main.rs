@@ -5,8 +5,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cdc::cli::{exit, Cli, Command, LogFormat};
-use cdc::config::{Config, ConfigError, ProcessEnv};
+use std::path::Path;
+
+use cdc::cli::{exit, verify_exit, Cli, Command, LogFormat, ReportFormat, VerifyArgs};
+use cdc::config::{Config, ConfigError, Env, ProcessEnv};
+use cdc::conninfo::{ConnInfo, Secret};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -85,6 +88,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Verify(args) => Ok(verify(&cli.config, args).await.unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            verify_exit::ERROR
+        })),
         Command::Demo { seconds } => {
             cdc::demo::run(std::time::Duration::from_secs(seconds)).await?;
             Ok(exit::OK)
@@ -136,6 +143,101 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(report.exit_code())
         }
     }
+}
+
+/// `cdc verify`: compare, print or write the report, exit 0 (equal), 1 (differences), 2 (error).
+async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
+    use cdc::verify::{self, report::Format, Event, Options};
+
+    let (source, destination, pairs, default_recheck_ms) = match (&args.source, &args.destination) {
+        (Some(src), Some(dst)) => (
+            standalone_conninfo("--source", src, "CDC_SOURCE_PASSWORD")?,
+            standalone_conninfo("--destination", dst, "CDC_DESTINATION_PASSWORD")?,
+            verify::pairs_from_args(&args.tables)?,
+            0,
+        ),
+        _ => {
+            let config = Config::load(config_path, &ProcessEnv).context(
+                "cannot use the configuration (or pass --source, --destination and --table)",
+            )?;
+            (
+                config.source_conninfo().map_err(cdc::error::Error::from)?,
+                config
+                    .destination_conninfo()
+                    .map_err(cdc::error::Error::from)?,
+                verify::pairs_from_config(&config, &args.tables)?,
+                5000,
+            )
+        }
+    };
+    let options = Options {
+        key: args.key.clone(),
+        leaf_rows: args.leaf_rows,
+        max_differences: args.max_differences,
+        recheck_after: std::time::Duration::from_millis(
+            args.recheck_after_ms.unwrap_or(default_recheck_ms),
+        ),
+        recheck_rounds: args.recheck_rounds,
+        ..Options::default()
+    };
+    let report = verify::verify(&source, &destination, &pairs, &options, &|event| match event {
+        Event::TableStarted { pair } => {
+            tracing::info!(source = %pair.source, destination = %pair.destination, "comparing")
+        }
+        Event::PassDone {
+            pair,
+            differences,
+            recheck_in: Some(wait),
+            ..
+        } => tracing::info!(
+            table = %pair.source,
+            differences,
+            "rows differ; looking at them again in {:.1}s in case the pipeline is still applying them",
+            wait.as_secs_f64()
+        ),
+        Event::PassDone { .. } => {}
+    })
+    .await?;
+    let format = match args.format {
+        ReportFormat::Human => Format::Human,
+        ReportFormat::Json => Format::Json,
+        ReportFormat::Csv => Format::Csv,
+    };
+    match (&args.output, format) {
+        (Some(path), _) => {
+            let mut file = std::fs::File::create(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            report.write(format, &mut file)?;
+            print!("{}", report.human(20));
+            println!("Full report: {}", path.display());
+        }
+        (None, Format::Human) => {
+            print!("{}", report.human(20));
+            if report
+                .tables
+                .iter()
+                .any(|t| t.missing.len().max(t.different.len()).max(t.extra.len()) > 20)
+            {
+                println!("Only the first 20 rows of each kind are listed: use --format json|csv --output FILE for all.");
+            }
+        }
+        (None, _) => report.write(format, &mut std::io::stdout().lock())?,
+    }
+    Ok(if report.equal {
+        verify_exit::EQUAL
+    } else {
+        verify_exit::DIFFERENT
+    })
+}
+
+/// A connection string from the command line; the password may come from `password_var`.
+fn standalone_conninfo(flag: &str, url: &str, password_var: &str) -> anyhow::Result<ConnInfo> {
+    let mut info =
+        ConnInfo::parse(url).with_context(|| format!("{flag} is not a valid connection string"))?;
+    if let Some(pw) = ProcessEnv.var(password_var) {
+        info.password = Some(Secret::new(pw));
+    }
+    Ok(info)
 }
 
 /// SIGTERM (container stop) or SIGINT (Ctrl-C).

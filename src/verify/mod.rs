@@ -1,0 +1,448 @@
+//! `cdc verify`: prove that destination tables equal their sources, or list every row that
+//! differs — missing from the destination, changed, or extra — matched by primary key.
+//!
+//! ```text
+//!  catalogs ──► plan (key, shared columns, per-side SQL) ──► bisect (range hashes, rows of
+//!  differing leaves only) ──► recheck (differences that persist) ──► report (human/json/csv)
+//! ```
+//!
+//! **Values compare by their canonical text** (`col::text`, both sessions set to the same
+//! DateStyle, IntervalStyle, TimeZone and float precision, see [`crate::pg::connect`]): a
+//! float, jsonb or timestamptz that round-tripped is equal; a type changed between the sides
+//! is equal when its values print the same.
+//!
+//! **While a pipeline runs** the destination trails the source by the replication lag, so a
+//! row seen at different moments on each side may differ only in passing. Differences found
+//! by the first pass are therefore fetched again after `recheck_after` (up to
+//! `recheck_rounds` times) and only those that persist are reported. A row that changes on
+//! every look (a hot row under constant writes) can still be reported; re-run to confirm.
+
+mod bisect;
+mod plan;
+pub mod report;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+pub use bisect::{Difference, Stats};
+pub use plan::{Key, RowText};
+pub use report::{Report, TableReport};
+
+use crate::config::{Config, TableName};
+use crate::conninfo::ConnInfo;
+use crate::error::{Error, Result};
+use plan::{quote_ident, Side, TableInfo};
+
+/// One table pair to compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePair {
+    pub source: TableName,
+    pub destination: TableName,
+    /// Only source rows meeting this condition are expected in the destination (the
+    /// `where` filter of the pipeline's snapshot).
+    pub source_filter: Option<String>,
+}
+
+/// How to compare.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Match rows by these columns instead of the primary key.
+    pub key: Vec<String>,
+    /// Ranges with at most this many rows per side are fetched and compared row by row.
+    pub leaf_rows: i64,
+    /// How many parts a differing range is cut into.
+    pub fanout: i64,
+    /// Stop looking in a table after this many differences (the report says so).
+    pub max_differences: usize,
+    /// Wait this long before looking at differing rows again (zero: report the first look).
+    pub recheck_after: Duration,
+    /// At most this many second looks.
+    pub recheck_rounds: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            key: Vec::new(),
+            leaf_rows: 1000,
+            fanout: 16,
+            max_differences: 100_000,
+            recheck_after: Duration::ZERO,
+            recheck_rounds: 3,
+        }
+    }
+}
+
+/// What `verify` tells its caller as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A table's comparison starts.
+    TableStarted { pair: &'a TablePair },
+    /// A look at a table ended with `differences` differing rows; `recheck_in` is set when
+    /// they will be looked at again.
+    PassDone {
+        pair: &'a TablePair,
+        round: u32,
+        differences: usize,
+        recheck_in: Option<Duration>,
+    },
+}
+
+/// The configured table pairs, or those named in `only` (by source or destination name).
+pub fn pairs_from_config(config: &Config, only: &[String]) -> Result<Vec<TablePair>> {
+    let all: Vec<TablePair> = config
+        .table_pairs()
+        .into_iter()
+        .zip(&config.tables)
+        .map(|((source, destination), t)| TablePair {
+            source,
+            destination,
+            source_filter: t.filter.clone(),
+        })
+        .collect();
+    if only.is_empty() {
+        return Ok(all);
+    }
+    let mut chosen = Vec::new();
+    for name in only {
+        let wanted = TableName::parse(name).map_err(|e| Error::Definite(format!("--table {e}")))?;
+        let pair = all
+            .iter()
+            .find(|p| p.source == wanted || p.destination == wanted)
+            .ok_or_else(|| {
+                let names: Vec<String> = all.iter().map(|p| p.source.to_string()).collect();
+                Error::Definite(format!(
+                    "--table {name} is not a configured table; configured: {}",
+                    names.join(", ")
+                ))
+            })?;
+        chosen.push(pair.clone());
+    }
+    Ok(chosen)
+}
+
+/// Pairs from `--table SOURCE[=DESTINATION]` arguments (same name on both sides by default).
+pub fn pairs_from_args(tables: &[String]) -> Result<Vec<TablePair>> {
+    tables
+        .iter()
+        .map(|arg| {
+            let (src, dst) = split_pair(arg);
+            let parse = |s: &str| {
+                TableName::parse(s).map_err(|e| Error::Definite(format!("--table {arg}: {e}")))
+            };
+            let source = parse(src)?;
+            let destination = match dst {
+                Some(d) => parse(d)?,
+                None => source.clone(),
+            };
+            Ok(TablePair {
+                source,
+                destination,
+                source_filter: None,
+            })
+        })
+        .collect()
+}
+
+/// Split `a=b` at the first `=` outside double quotes.
+fn split_pair(arg: &str) -> (&str, Option<&str>) {
+    let mut quoted = false;
+    for (i, ch) in arg.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            '=' if !quoted => return (&arg[..i], Some(&arg[i + 1..])),
+            _ => {}
+        }
+    }
+    (arg, None)
+}
+
+/// Compare every pair; `observe` hears about progress.
+pub async fn verify(
+    source: &ConnInfo,
+    destination: &ConnInfo,
+    pairs: &[TablePair],
+    options: &Options,
+    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
+) -> Result<Report> {
+    if pairs.is_empty() {
+        return Err(Error::Definite(
+            "no tables to verify: configure [[tables]] or pass --table".into(),
+        ));
+    }
+    if !options.key.is_empty() && pairs.len() > 1 {
+        return Err(Error::Definite(
+            "--key applies to one table: pass exactly one --table with it".into(),
+        ));
+    }
+    let (src, dst) = tokio::try_join!(session(source), session(destination))?;
+    let mut tables = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        observe(&Event::TableStarted { pair });
+        tables.push(verify_table(&src, &dst, pair, options, observe).await?);
+    }
+    Ok(Report::new(tables))
+}
+
+/// A read-only session: verify never writes, even through a user-supplied filter.
+async fn session(info: &ConnInfo) -> Result<Client> {
+    let client = crate::pg::connect(info).await?;
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .await
+        .map_err(Error::pg("preparing the comparison session"))?;
+    Ok(client)
+}
+
+async fn verify_table(
+    src: &Client,
+    dst: &Client,
+    pair: &TablePair,
+    options: &Options,
+    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
+) -> Result<TableReport> {
+    let started = Instant::now();
+    let (si, di) = tokio::try_join!(
+        plan::read_table(src, &pair.source),
+        plan::read_table(dst, &pair.destination)
+    )?;
+    let si =
+        si.ok_or_else(|| Error::Definite(format!("source table {} does not exist", pair.source)))?;
+    let di = di.ok_or_else(|| {
+        Error::Definite(format!(
+            "destination table {} does not exist (`cdc snapshot` creates it)",
+            pair.destination
+        ))
+    })?;
+    let shape = Shape::of(pair, &si, &di, &options.key)?;
+    let src_side = shape.side(&pair.source, &si, pair.source_filter.clone());
+    let dst_side = shape.side(&pair.destination, &di, None);
+    check_no_null_keys(src, &src_side, &si, &pair.source, "source").await?;
+    check_no_null_keys(dst, &dst_side, &di, &pair.destination, "destination").await?;
+
+    let bisect_pair = bisect::Pair {
+        src,
+        dst,
+        src_side: &src_side,
+        dst_side: &dst_side,
+        key_positions: shape.key_positions.clone(),
+        label: pair.source.to_string(),
+    };
+    let limits = bisect::Limits {
+        leaf_rows: options.leaf_rows.max(1),
+        fanout: options.fanout.max(2),
+        max_differences: options.max_differences.max(1),
+    };
+    let mut stats = Stats::default();
+    let outcome = bisect::compare(&bisect_pair, limits, &mut stats).await?;
+    let mut differences = outcome.differences;
+    let mut rounds = 0;
+    while !differences.is_empty()
+        && rounds < options.recheck_rounds
+        && !options.recheck_after.is_zero()
+    {
+        observe(&Event::PassDone {
+            pair,
+            round: rounds,
+            differences: differences.len(),
+            recheck_in: Some(options.recheck_after),
+        });
+        tokio::time::sleep(options.recheck_after).await;
+        let order: HashMap<Key, usize> = differences
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.key().clone(), i))
+            .collect();
+        let keys: Vec<Key> = differences.iter().map(|d| d.key().clone()).collect();
+        differences = bisect::recompare_keys(&bisect_pair, &keys, &mut stats).await?;
+        differences.sort_by_key(|d| order.get(d.key()).copied().unwrap_or(usize::MAX));
+        rounds += 1;
+    }
+    observe(&Event::PassDone {
+        pair,
+        round: rounds,
+        differences: differences.len(),
+        recheck_in: None,
+    });
+    Ok(TableReport::new(
+        pair,
+        report::Columns {
+            key: shape.key,
+            compared: shape.columns,
+            only_in_source: shape.only_in_source,
+            only_in_destination: shape.only_in_destination,
+        },
+        (outcome.source_rows, outcome.destination_rows),
+        differences,
+        outcome.truncated,
+        rounds,
+        stats,
+        started.elapsed(),
+    ))
+}
+
+/// The key and the columns both sides share.
+struct Shape {
+    key: Vec<String>,
+    columns: Vec<String>,
+    key_positions: Vec<usize>,
+    only_in_source: Vec<String>,
+    only_in_destination: Vec<String>,
+}
+
+impl Shape {
+    fn of(
+        pair: &TablePair,
+        si: &TableInfo,
+        di: &TableInfo,
+        key_override: &[String],
+    ) -> Result<Shape> {
+        let key = if !key_override.is_empty() {
+            key_override.to_vec()
+        } else if !si.primary_key.is_empty() {
+            si.primary_key.clone()
+        } else if !di.primary_key.is_empty() {
+            di.primary_key.clone()
+        } else {
+            return Err(Error::Definite(format!(
+                "{} has no primary key on either side: pass --key with the columns that identify a row",
+                pair.source
+            )));
+        };
+        let has = |info: &TableInfo, name: &str| info.columns.iter().any(|c| c.name == name);
+        let columns: Vec<String> = si
+            .columns
+            .iter()
+            .filter(|c| has(di, &c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        for k in &key {
+            for (info, side, table) in [
+                (si, "source", &pair.source),
+                (di, "destination", &pair.destination),
+            ] {
+                if !has(info, k) {
+                    return Err(Error::Definite(format!(
+                        "key column {k:?} does not exist in the {side} table {table}"
+                    )));
+                }
+            }
+        }
+        let key_positions = key
+            .iter()
+            .map(|k| columns.iter().position(|c| c == k).unwrap_or_default())
+            .collect();
+        for k in &key {
+            let types: Vec<&str> = [si, di]
+                .iter()
+                .filter_map(|info| info.columns.iter().find(|c| &c.name == k))
+                .map(|c| c.type_sql.as_str())
+                .collect();
+            if types.len() == 2 && types[0] != types[1] {
+                tracing::warn!(table = %pair.source, column = %k, source_type = types[0], destination_type = types[1],
+                    "key column types differ; ranges assume both types sort alike");
+            }
+        }
+        Ok(Shape {
+            only_in_source: si
+                .columns
+                .iter()
+                .filter(|c| !has(di, &c.name))
+                .map(|c| c.name.clone())
+                .collect(),
+            only_in_destination: di
+                .columns
+                .iter()
+                .filter(|c| !has(si, &c.name))
+                .map(|c| c.name.clone())
+                .collect(),
+            key,
+            columns,
+            key_positions,
+        })
+    }
+
+    fn side(&self, table: &TableName, info: &TableInfo, filter: Option<String>) -> Side {
+        Side {
+            table: table.quoted(),
+            columns: self.columns.iter().map(|c| quote_ident(c)).collect(),
+            key: self
+                .key
+                .iter()
+                .filter_map(|k| info.columns.iter().find(|c| &c.name == k))
+                .map(|c| (quote_ident(&c.name), c.type_sql.clone(), c.collatable))
+                .collect(),
+            filter,
+        }
+    }
+}
+
+/// Rows whose key is NULL cannot be matched (and no key range selects them): refuse to
+/// compare rather than silently skip them. Only nullable key columns cost a query.
+async fn check_no_null_keys(
+    client: &Client,
+    side: &Side,
+    info: &TableInfo,
+    table: &TableName,
+    label: &str,
+) -> Result<()> {
+    let nullable: Vec<&str> = side
+        .key
+        .iter()
+        .filter(|(quoted, _, _)| {
+            info.columns
+                .iter()
+                .any(|c| &quote_ident(&c.name) == quoted && !c.not_null)
+        })
+        .map(|(quoted, _, _)| quoted.as_str())
+        .collect();
+    if nullable.is_empty() {
+        return Ok(());
+    }
+    let cond: Vec<String> = nullable.iter().map(|c| format!("{c} IS NULL")).collect();
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {}",
+        side.table,
+        cond.join(" OR ")
+    );
+    let n: i64 = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(Error::pg(format!(
+            "checking the key of {table} on the {label}"
+        )))?
+        .get(0);
+    if n > 0 {
+        return Err(Error::Definite(format!(
+            "{n} rows of {table} on the {label} have a NULL key column ({}): rows cannot be matched by it; choose NOT NULL columns with --key",
+            nullable.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_arguments_name_one_or_two_tables() {
+        let pairs = pairs_from_args(&[
+            "public.t".into(),
+            "old.users=new.users".into(),
+            "\"A=B\".x=public.y".into(),
+        ])
+        .unwrap();
+        assert_eq!(pairs[0].source, pairs[0].destination);
+        assert_eq!(pairs[1].source.schema, "old");
+        assert_eq!(pairs[1].destination.schema, "new");
+        assert_eq!(pairs[2].source.schema, "A=B");
+        assert_eq!(pairs[2].destination.name, "y");
+        assert!(
+            pairs_from_args(&["t".into()]).is_err(),
+            "not schema-qualified"
+        );
+    }
+}
