@@ -11,3 +11,4 @@ mod run_faults;
 mod snapshot;
 mod status;
 mod tls;
+mod verify;

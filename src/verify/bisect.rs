@@ -132,34 +132,52 @@ pub(super) async fn compare(pair: &Pair<'_>, limits: Limits, stats: &mut Stats) 
     if s == d {
         return Ok(outcome);
     }
-    // Depth-first, leftmost range on top, so differences come out in key order.
-    let mut pending = vec![(whole, s, d)];
-    while let Some((range, s, d)) = pending.pop() {
-        if outcome.differences.len() >= limits.max_differences {
-            outcome.truncated = true;
-            outcome.differences.truncate(limits.max_differences);
-            break;
-        }
+    // Depth-first, leftmost range on top, so differences come out in key order. Each entry
+    // carries its parent's larger count and how many levels in a row missed the shrink bound.
+    let mut pending = vec![(whole, s, d, i64::MAX, 0u32)];
+    while let Some((range, s, d, parent_biggest, misses)) = pending.pop() {
         let biggest = s.count.max(d.count);
-        if biggest <= limits.leaf_rows {
-            outcome
-                .differences
-                .extend(compare_rows(pair, &range, stats).await?);
-            continue;
-        }
-        let children = split(pair, &range, s.count >= d.count, biggest, limits, stats).await?;
+        let children = if biggest <= limits.leaf_rows {
+            None
+        } else {
+            split(pair, &range, s.count >= d.count, biggest, limits, stats).await?
+        };
         let Some(children) = children else {
-            // The keys do not split (only possible with a non-unique --key): compare directly,
-            // which reports the duplicate.
+            // A leaf, or keys that do not split (only possible with a non-unique --key, which
+            // the row comparison reports).
             outcome
                 .differences
                 .extend(compare_rows(pair, &range, stats).await?);
+            if outcome.differences.len() >= limits.max_differences {
+                outcome.truncated =
+                    outcome.differences.len() > limits.max_differences || !pending.is_empty();
+                outcome.differences.truncate(limits.max_differences);
+                break;
+            }
             continue;
         };
-        for child in children.into_iter().rev() {
-            if child.1 != child.2 {
-                pending.push(child);
+        for (child, cs, cd) in children.into_iter().rev() {
+            if cs == cd {
+                continue;
             }
+            // With the same key order on both sides, a range's grandchildren hold at most
+            // 1/fanout of its larger count (each level splits the larger side). Missing that
+            // bound twice in a row means the sides order keys differently, and the descent
+            // would wander instead of converge.
+            let bound = parent_biggest / limits.fanout + 1;
+            let child_misses = if cs.count.max(cd.count) > bound {
+                misses + 1
+            } else {
+                0
+            };
+            if child_misses > 2 {
+                return Err(Error::Definite(format!(
+                    "{}: key ranges do not shrink, so the key sorts differently on the two sides; \
+                     compare by key columns of the same type on both sides (--key)",
+                    pair.label
+                )));
+            }
+            pending.push((child, cs, cd, biggest, child_misses));
         }
     }
     Ok(outcome)
