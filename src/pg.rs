@@ -11,7 +11,13 @@ use crate::tls::{client_config, MakeRustls};
 pub async fn connect(info: &ConnInfo) -> Result<Client> {
     let config = info.to_tokio_postgres();
     let ctx = format!("cannot connect to {info}");
-    let client = match client_config(info)? {
+    // Like libpq, never TLS over a Unix socket (there is no host name to verify, nothing to hide).
+    let tls = if info.is_unix_socket() {
+        None
+    } else {
+        client_config(info)?
+    };
+    let client = match tls {
         Some(tls) => {
             let (client, conn) = config
                 .connect(MakeRustls::new(tls))

@@ -143,3 +143,21 @@ async fn sql_connections_use_the_same_tls_policy() {
     .err();
     assert!(err.is_some(), "an untrusted CA must be refused");
 }
+
+#[tokio::test]
+async fn sql_connections_over_a_unix_socket_never_attempt_tls() {
+    // libpq does not use TLS on Unix sockets; the default sslmode (prefer) must simply connect.
+    let db = source_db("tls_unix").await;
+    let url = format!(
+        "host={} port={} user={} dbname={}",
+        servers().source.socket_dir().display(),
+        servers().source.port(),
+        db.user,
+        db.dbname
+    );
+    let info = cdc::conninfo::ConnInfo::parse(&url).unwrap();
+    assert_eq!(info.sslmode, SslMode::Prefer);
+    let client = cdc::pg::connect(&info).await.expect("connect over the socket");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
