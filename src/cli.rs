@@ -147,7 +147,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_differences: usize,
     /// Key ranges of at most this many rows are fetched and compared row by row.
-    #[arg(long, default_value_t = 1000, value_name = "ROWS")]
+    #[arg(long, default_value_t = 256, value_name = "ROWS")]
     pub leaf_rows: i64,
 }
 

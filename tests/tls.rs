@@ -157,7 +157,9 @@ async fn sql_connections_over_a_unix_socket_never_attempt_tls() {
     );
     let info = cdc::conninfo::ConnInfo::parse(&url).unwrap();
     assert_eq!(info.sslmode, SslMode::Prefer);
-    let client = cdc::pg::connect(&info).await.expect("connect over the socket");
+    let client = cdc::pg::connect(&info)
+        .await
+        .expect("connect over the socket");
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }

@@ -49,9 +49,10 @@ fn keys<T>(rows: &[T], key: impl Fn(&T) -> String) -> Vec<String> {
     rows.iter().map(key).collect()
 }
 
+/// `{id}` is the key's type: integer keys take the by-value descent, others the quantile one.
 const TYPED_TABLE: &str = "
     CREATE TABLE public.items (
-        id int PRIMARY KEY,
+        id {id} PRIMARY KEY,
         note text,
         price numeric(12,3),
         doc jsonb,
@@ -75,8 +76,17 @@ const TYPED_ROWS_DST: &str = "
     RESET TimeZone;";
 
 #[tokio::test]
-async fn planted_differences_of_each_kind_are_reported_exactly() {
-    let (src, src_sql, dst, dst_sql) = two_dbs(TYPED_TABLE).await;
+async fn planted_differences_of_each_kind_are_reported_exactly_with_an_integer_key() {
+    planted_differences_are_reported_exactly("int").await;
+}
+
+#[tokio::test]
+async fn planted_differences_of_each_kind_are_reported_exactly_with_a_numeric_key() {
+    planted_differences_are_reported_exactly("numeric").await;
+}
+
+async fn planted_differences_are_reported_exactly(id_type: &str) {
+    let (src, src_sql, dst, dst_sql) = two_dbs(&TYPED_TABLE.replace("{id}", id_type)).await;
     src_sql.batch_execute(TYPED_ROWS_SRC).await.unwrap();
     dst_sql.batch_execute(TYPED_ROWS_DST).await.unwrap();
     // Small leaves make the comparison descend several levels.
@@ -472,4 +482,65 @@ async fn the_command_verifies_a_configured_pipeline_after_its_snapshot() {
         !stdout.contains("public.a"),
         "only the chosen table: {stdout}"
     );
+}
+
+#[tokio::test]
+async fn integer_keys_at_the_limits_of_their_types_and_empty_sides_are_handled() {
+    let (src, src_sql, dst, dst_sql) = two_dbs(
+        "CREATE TABLE public.i4 (id int PRIMARY KEY, v int);
+         CREATE TABLE public.i8 (id bigint PRIMARY KEY, v int);
+         CREATE TABLE public.gone (id int PRIMARY KEY);",
+    )
+    .await;
+    // Sparse int4 keys up to the type's maximum (the range end is one past it), and int8 keys
+    // spanning the whole type (too wide for 64-bit arithmetic: the general descent takes over).
+    let fill = "INSERT INTO public.i4 SELECT (g::int8 * 1000003 % 2147483647)::int, g FROM generate_series(1, 3000) g;
+                INSERT INTO public.i4 VALUES (2147483647, 0), (-2147483648, 0);
+                INSERT INTO public.i8 SELECT g::int8 * 3074457345618258, g FROM generate_series(-2999, 2999) g;
+                INSERT INTO public.i8 VALUES (9223372036854775807, 0), (-9223372036854775808, 0);";
+    src_sql.batch_execute(fill).await.unwrap();
+    dst_sql.batch_execute(fill).await.unwrap();
+    src_sql
+        .batch_execute("INSERT INTO public.gone SELECT generate_series(1, 50)")
+        .await
+        .unwrap();
+    dst_sql
+        .batch_execute(
+            "UPDATE public.i4 SET v = -1 WHERE id IN (2147483647, -2147483648, 1000003);
+             UPDATE public.i8 SET v = -1 WHERE id IN (9223372036854775807, -9223372036854775808, 0);",
+        )
+        .await
+        .unwrap();
+    let options = Options {
+        leaf_rows: 16,
+        fanout: 8,
+        max_differences: 10,
+        ..Options::default()
+    };
+    for (table, expected) in [
+        ("public.i4", vec!["-2147483648", "1000003", "2147483647"]),
+        (
+            "public.i8",
+            vec!["-9223372036854775808", "0", "9223372036854775807"],
+        ),
+    ] {
+        let report = compare(&src, &dst, table, &options).await;
+        let t = &report.tables[0];
+        assert!(
+            t.missing.is_empty() && t.extra.is_empty(),
+            "{}",
+            report.human(10)
+        );
+        assert_eq!(
+            keys(&t.different, |d| d.key.0[0].1.clone().unwrap()),
+            expected,
+            "{table}"
+        );
+    }
+    let report = compare(&src, &dst, "public.gone", &options).await;
+    let t = &report.tables[0];
+    assert_eq!((t.source_rows, t.destination_rows), (50, 0));
+    assert_eq!(t.missing.len(), 10, "stops at max_differences");
+    assert!(t.truncated);
+    assert!(report.human(5).contains("stopped at the difference limit"));
 }

@@ -1,21 +1,23 @@
 //! Find the rows that differ between two tables while moving as little data as possible.
 //!
 //! ```text
-//!  whole table: count + hash on each server ──── equal? done, nothing fetched
-//!        │ differ
-//!        ▼
-//!  the side with more rows cuts the range into `fanout` buckets of consecutive keys
-//!  (one ordered scan, returns per bucket: count, hash, first key); the other side counts and
-//!  hashes rows into the same buckets (one scan) ──── equal buckets are dropped
-//!        │ buckets that differ
-//!        ▼
+//!  key range ── each server counts its rows and sums a hash of each row's text, per bucket
+//!        │      of the range ──── buckets equal on both sides are dropped
+//!        ▼ buckets that differ
 //!  ... repeated until a range holds at most `leaf_rows` rows on each side:
 //!  fetch those rows from both servers and compare them by key
 //! ```
 //!
-//! Hashes are computed by the servers over each row's canonical text, so equal tables cost two
-//! aggregate queries and no rows. Ranges are visited depth-first in key order, so memory holds
-//! one path of pending ranges and at most `leaf_rows` rows per side.
+//! Two ways to cut a range into buckets:
+//! - **by value** (one integer key column): `fanout` buckets of equal key width. Each level is
+//!   one scan per side, both at once, and the first level covers the whole key extent, so equal
+//!   tables cost a single scan per side.
+//! - **by quantiles** (any other key): first one count+hash of the whole table per side; then
+//!   the larger side names the keys that cut a differing range into buckets of equal row count
+//!   (an ordered scan of the key only), and both sides count+hash those buckets.
+//!
+//! Hashes are computed by the servers, so equal tables transfer no rows. Ranges are visited
+//! depth-first in key order: memory holds one path of pending ranges and one leaf per side.
 
 use std::collections::{HashMap, HashSet};
 
@@ -66,7 +68,7 @@ pub struct Stats {
 pub(super) struct Limits {
     /// Ranges with at most this many rows on each side are fetched and compared row by row.
     pub leaf_rows: i64,
-    /// How many buckets a differing range is cut into.
+    /// At most how many buckets a differing range is cut into.
     pub fanout: i64,
     /// Stop descending once this many differences are known.
     pub max_differences: usize,
@@ -112,6 +114,165 @@ pub(super) struct Outcome {
 
 /// Compare the whole table pair.
 pub(super) async fn compare(pair: &Pair<'_>, limits: Limits, stats: &mut Stats) -> Result<Outcome> {
+    if pair.src_side.integer_key() && pair.dst_side.integer_key() {
+        if let Some(outcome) = compare_by_value(pair, limits, stats).await? {
+            return Ok(outcome);
+        }
+    }
+    compare_by_quantiles(pair, limits, stats).await
+}
+
+/// Fetch and compare a leaf range, adding its differences; true when the difference limit
+/// stops the comparison.
+async fn leaf(
+    pair: &Pair<'_>,
+    range: &KeyRange,
+    more_pending: bool,
+    limits: Limits,
+    stats: &mut Stats,
+    outcome: &mut Outcome,
+) -> Result<bool> {
+    outcome
+        .differences
+        .extend(compare_rows(pair, range, stats).await?);
+    if outcome.differences.len() < limits.max_differences {
+        return Ok(false);
+    }
+    outcome.truncated = outcome.differences.len() > limits.max_differences || more_pending;
+    outcome.differences.truncate(limits.max_differences);
+    Ok(true)
+}
+
+/// The integer-key descent: ranges are cut into `fanout` buckets of equal *width* of key
+/// values, which both sides count and hash at once (one scan each, no sort). The first query
+/// already buckets the whole key extent, so equal tables still cost one scan per side. `None`
+/// when the key extent does not fit 64-bit arithmetic.
+async fn compare_by_value(
+    pair: &Pair<'_>,
+    limits: Limits,
+    stats: &mut Stats,
+) -> Result<Option<Outcome>> {
+    let extent = |client, q, side| async move {
+        let rows = run(client, q, &pair.label, side).await?;
+        Ok::<_, Error>(
+            rows.first()
+                .map(|r| (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1))),
+        )
+    };
+    let (se, de) = tokio::try_join!(
+        extent(pair.src, pair.src_side.key_extent(), "source"),
+        extent(pair.dst, pair.dst_side.key_extent(), "destination"),
+    )?;
+    stats.queries += 2;
+    let (mins, maxs): (Vec<i64>, Vec<i64>) = [se, de]
+        .into_iter()
+        .flatten()
+        .filter_map(|(lo, hi)| Some((lo?, hi?)))
+        .unzip();
+    let (Some(&lo), Some(&max)) = (mins.iter().min(), maxs.iter().max()) else {
+        return Ok(Some(Outcome::default())); // no rows on either side
+    };
+    let Some(hi) = max.checked_add(1).filter(|hi| hi.checked_sub(lo).is_some()) else {
+        return Ok(None);
+    };
+    let mut outcome = Outcome::default();
+    let mut pending = Vec::new();
+    for (child, s, d) in split_by_value(pair, lo, hi, limits, stats)
+        .await?
+        .into_iter()
+        .rev()
+    {
+        outcome.source_rows += s.count;
+        outcome.destination_rows += d.count;
+        if s != d {
+            pending.push((child, s, d));
+        }
+    }
+    while let Some(((lo, hi), s, d)) = pending.pop() {
+        if s.count.max(d.count) <= limits.leaf_rows || hi - lo <= 1 {
+            let range = int_range(lo, hi);
+            if leaf(
+                pair,
+                &range,
+                !pending.is_empty(),
+                limits,
+                stats,
+                &mut outcome,
+            )
+            .await?
+            {
+                break;
+            }
+            continue;
+        }
+        for (child, cs, cd) in split_by_value(pair, lo, hi, limits, stats)
+            .await?
+            .into_iter()
+            .rev()
+        {
+            if cs != cd {
+                pending.push((child, cs, cd));
+            }
+        }
+    }
+    Ok(Some(outcome))
+}
+
+fn int_range(lo: i64, hi: i64) -> KeyRange {
+    KeyRange {
+        lo: Some(vec![lo.to_string()]),
+        hi: Some(vec![hi.to_string()]),
+    }
+}
+
+/// Cut the key values `[lo, hi)` into at most `fanout` buckets of equal width; count and hash
+/// each on both sides.
+async fn split_by_value(
+    pair: &Pair<'_>,
+    lo: i64,
+    hi: i64,
+    limits: Limits,
+    stats: &mut Stats,
+) -> Result<Vec<((i64, i64), Summary, Summary)>> {
+    let span = hi - lo;
+    let width = (span / limits.fanout + i64::from(span % limits.fanout != 0)).max(1);
+    let n = (span / width + i64::from(span % width != 0)) as usize;
+    let range = int_range(lo, hi);
+    let (s, d) = tokio::try_join!(
+        buckets(
+            pair.src,
+            pair.src_side.classify_by_value(&range, lo, width),
+            n,
+            &pair.label,
+            "source"
+        ),
+        buckets(
+            pair.dst,
+            pair.dst_side.classify_by_value(&range, lo, width),
+            n,
+            &pair.label,
+            "destination"
+        ),
+    )?;
+    stats.queries += 2;
+    stats.ranges_compared += n as u64;
+    Ok(s.into_iter()
+        .zip(d)
+        .enumerate()
+        .map(|(i, (s, d))| {
+            let start = lo + i as i64 * width;
+            ((start, start.saturating_add(width).min(hi)), s, d)
+        })
+        .collect())
+}
+
+/// The general descent, for keys of any type: ranges are cut into buckets of equal row count
+/// on the larger side.
+async fn compare_by_quantiles(
+    pair: &Pair<'_>,
+    limits: Limits,
+    stats: &mut Stats,
+) -> Result<Outcome> {
     let whole = KeyRange::default();
     let (s, d) = tokio::try_join!(
         summary(pair.src, pair.src_side.hash(&whole), &pair.label, "source"),
@@ -145,13 +306,16 @@ pub(super) async fn compare(pair: &Pair<'_>, limits: Limits, stats: &mut Stats) 
         let Some(children) = children else {
             // A leaf, or keys that do not split (only possible with a non-unique --key, which
             // the row comparison reports).
-            outcome
-                .differences
-                .extend(compare_rows(pair, &range, stats).await?);
-            if outcome.differences.len() >= limits.max_differences {
-                outcome.truncated =
-                    outcome.differences.len() > limits.max_differences || !pending.is_empty();
-                outcome.differences.truncate(limits.max_differences);
+            if leaf(
+                pair,
+                &range,
+                !pending.is_empty(),
+                limits,
+                stats,
+                &mut outcome,
+            )
+            .await?
+            {
                 break;
             }
             continue;
@@ -164,7 +328,7 @@ pub(super) async fn compare(pair: &Pair<'_>, limits: Limits, stats: &mut Stats) 
             // 1/fanout of its larger count (each level splits the larger side). Missing that
             // bound twice in a row means the sides order keys differently, and the descent
             // would wander instead of converge.
-            let bound = parent_biggest / limits.fanout + 1;
+            let bound = (parent_biggest / limits.fanout + 1).max(limits.leaf_rows);
             let child_misses = if cs.count.max(cd.count) > bound {
                 misses + 1
             } else {
@@ -183,8 +347,8 @@ pub(super) async fn compare(pair: &Pair<'_>, limits: Limits, stats: &mut Stats) 
     Ok(outcome)
 }
 
-/// Cut `range` into buckets on the side with more rows and summarise the same buckets on the
-/// other side. `None` when the range does not split into at least two buckets.
+/// Cut `range` into buckets of equal row count on the side with more rows, then count and hash
+/// the same buckets on both sides at once. `None` when the range does not split.
 async fn split(
     pair: &Pair<'_>,
     range: &KeyRange,
@@ -193,81 +357,78 @@ async fn split(
     limits: Limits,
     stats: &mut Stats,
 ) -> Result<Option<Vec<(KeyRange, Summary, Summary)>>> {
-    let step = (biggest + limits.fanout - 1) / limits.fanout;
-    let (big_client, big_side, big_name, other_client, other_side, other_name) = if source_is_bigger
-    {
-        (
-            pair.src,
-            pair.src_side,
-            "source",
-            pair.dst,
-            pair.dst_side,
-            "destination",
-        )
+    // Buckets of at least a leaf: a range just above leaf size splits into a few leaves, not
+    // into `fanout` slivers that each cost two queries.
+    let step = ((biggest + limits.fanout - 1) / limits.fanout).max(limits.leaf_rows);
+    let (client, side, name) = if source_is_bigger {
+        (pair.src, pair.src_side, "source")
     } else {
-        (
-            pair.dst,
-            pair.dst_side,
-            "destination",
-            pair.src,
-            pair.src_side,
-            "source",
-        )
+        (pair.dst, pair.dst_side, "destination")
     };
-    let rows = run(
-        big_client,
-        big_side.buckets(range, step),
-        &pair.label,
-        big_name,
-    )
-    .await?;
+    let n_keys = pair.key_positions.len();
+    let bounds: Vec<Key> = run(client, side.boundaries(range, step), &pair.label, name)
+        .await?
+        .iter()
+        .map(|row| (0..n_keys).map(|k| row.get::<_, String>(k)).collect())
+        .collect();
     stats.queries += 1;
-    if rows.len() < 2 {
+    if bounds.is_empty() {
         return Ok(None);
     }
-    let n_keys = pair.key_positions.len();
-    let mut big = Vec::with_capacity(rows.len());
-    let mut bounds: Vec<Key> = Vec::with_capacity(rows.len() - 1);
-    for (i, row) in rows.iter().enumerate() {
-        big.push(Summary {
-            count: row.get(1),
-            hash: row.get(2),
-        });
-        if i > 0 {
-            bounds.push((0..n_keys).map(|k| row.get::<_, String>(3 + k)).collect());
-        }
-    }
-    let mut other = vec![Summary::empty(); big.len()];
-    for row in run(
-        other_client,
-        other_side.classify(range, &bounds),
-        &pair.label,
-        other_name,
-    )
-    .await?
-    {
-        let bucket: i32 = row.get(0);
-        other[bucket as usize] = Summary {
-            count: row.get(1),
-            hash: row.get(2),
-        };
-    }
-    stats.queries += 1;
-    stats.ranges_compared += big.len() as u64;
-    let mut children = Vec::with_capacity(big.len());
-    for (i, (b, o)) in big.into_iter().zip(other).enumerate() {
-        let child = KeyRange {
-            lo: if i == 0 {
-                range.lo.clone()
-            } else {
-                Some(bounds[i - 1].clone())
-            },
-            hi: bounds.get(i).cloned().or_else(|| range.hi.clone()),
-        };
-        let (s, d) = if source_is_bigger { (b, o) } else { (o, b) };
-        children.push((child, s, d));
-    }
+    let (s, d) = tokio::try_join!(
+        buckets(
+            pair.src,
+            pair.src_side.classify(range, &bounds),
+            bounds.len() + 1,
+            &pair.label,
+            "source"
+        ),
+        buckets(
+            pair.dst,
+            pair.dst_side.classify(range, &bounds),
+            bounds.len() + 1,
+            &pair.label,
+            "destination"
+        ),
+    )?;
+    stats.queries += 2;
+    stats.ranges_compared += s.len() as u64;
+    let children = s
+        .into_iter()
+        .zip(d)
+        .enumerate()
+        .map(|(i, (s, d))| {
+            let child = KeyRange {
+                lo: if i == 0 {
+                    range.lo.clone()
+                } else {
+                    Some(bounds[i - 1].clone())
+                },
+                hi: bounds.get(i).cloned().or_else(|| range.hi.clone()),
+            };
+            (child, s, d)
+        })
+        .collect();
     Ok(Some(children))
+}
+
+/// Per-bucket summaries from a classify query (buckets without rows are empty).
+async fn buckets(
+    client: &Client,
+    q: Query,
+    n: usize,
+    label: &str,
+    side: &str,
+) -> Result<Vec<Summary>> {
+    let mut out = vec![Summary::empty(); n];
+    for row in run(client, q, label, side).await? {
+        let bucket: i32 = row.get(0);
+        out[bucket as usize] = Summary {
+            count: row.get(1),
+            hash: row.get(2),
+        };
+    }
+    Ok(out)
 }
 
 /// Fetch a range from both sides and compare it row by row.

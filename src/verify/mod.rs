@@ -52,7 +52,8 @@ pub struct Options {
     pub key: Vec<String>,
     /// Ranges with at most this many rows per side are fetched and compared row by row.
     pub leaf_rows: i64,
-    /// How many parts a differing range is cut into.
+    /// At most how many parts a differing range is cut into (at most 32 for composite keys,
+    /// whose bucket test is a chain of comparisons rather than a binary search).
     pub fanout: i64,
     /// Stop looking in a table after this many differences (the report says so).
     pub max_differences: usize,
@@ -66,8 +67,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             key: Vec::new(),
-            leaf_rows: 1000,
-            fanout: 16,
+            leaf_rows: 256,
+            fanout: 256,
             max_differences: 100_000,
             recheck_after: Duration::ZERO,
             recheck_rounds: 3,
@@ -232,7 +233,11 @@ async fn verify_table(
     };
     let limits = bisect::Limits {
         leaf_rows: options.leaf_rows.max(1),
-        fanout: options.fanout.max(2),
+        fanout: if shape.key.len() == 1 {
+            options.fanout.max(2)
+        } else {
+            options.fanout.clamp(2, 32)
+        },
         max_differences: options.max_differences.max(1),
     };
     let mut stats = Stats::default();

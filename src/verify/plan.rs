@@ -138,15 +138,26 @@ impl Side {
         }
     }
 
-    /// A key value as parameters, each cast from text to this side's column type.
+    /// Whether the key is one integer column: ranges are then cut by key value, with no
+    /// sorting and no dependence on how either side orders anything.
+    pub fn integer_key(&self) -> bool {
+        matches!(self.key.as_slice(), [(_, t, _)] if matches!(t.as_str(), "smallint" | "integer" | "bigint"))
+    }
+
+    /// A key value as parameters, each cast from text to this side's column type (bigint for
+    /// integer keys, whose range ends may lie one past the type's largest value).
     fn key_value(&self, key: &Key, params: &mut Vec<String>) -> String {
+        let integer = self.integer_key();
         let casts: Vec<String> = self
             .key
             .iter()
             .zip(key)
             .map(|((_, type_sql, _), value)| {
+                let type_sql = if integer { "bigint" } else { type_sql.as_str() };
                 params.push(value.clone());
-                format!("${}::text::{type_sql}", params.len())
+                // A sub-select runs the cast once per query: input functions of some types
+                // (timestamptz, arrays) are only stable, and would otherwise run per row.
+                format!("(SELECT ${}::text::{type_sql})", params.len())
             })
             .collect();
         if casts.len() == 1 {
@@ -183,11 +194,13 @@ impl Side {
         }
     }
 
-    /// A 60-bit hash of the row's text form, summed per range: order does not matter, so a
-    /// range hashes without sorting, and the sum (a numeric) never overflows.
+    /// A 64-bit hash of the row's text form, summed per range: order does not matter, so a
+    /// range hashes without sorting, and the sum (a numeric) never overflows. hashtextextended
+    /// is the hash behind hash partitioning: stable across versions, 3× cheaper than md5. (On
+    /// servers of different endianness every hash differs: still correct, but slow.)
     fn row_hash(&self) -> String {
         format!(
-            "('x' || substr(md5(ROW({})::text), 1, 15))::bit(60)::int8",
+            "hashtextextended(ROW({})::text, 0)",
             self.columns.join(", ")
         )
     }
@@ -204,24 +217,21 @@ impl Side {
         Query { sql, params }
     }
 
-    /// Split a range into buckets of `step` consecutive rows: per bucket its number, count,
-    /// hash sum and first key (text columns). One ordered scan.
-    pub fn buckets(&self, range: &KeyRange, step: i64) -> Query {
+    /// The keys that cut a range into buckets of `step` consecutive rows: the key of every
+    /// `step`-th row after the first. Reads only key columns, in key order (often an
+    /// index-only scan).
+    pub fn boundaries(&self, range: &KeyRange, step: i64) -> Query {
         let mut params = Vec::new();
         let key_texts: Vec<String> = (0..self.key.len())
             .map(|i| format!("{}::text AS k{i}", self.key[i].0))
             .collect();
-        let firsts: Vec<String> = (0..self.key.len())
-            .map(|i| format!("max(CASE WHEN (rn - 1) % {step} = 0 THEN k{i} END)"))
-            .collect();
+        let names: Vec<String> = (0..self.key.len()).map(|i| format!("k{i}")).collect();
         let sql = format!(
-            "SELECT (rn - 1) / {step}, count(*), coalesce(sum(h), 0)::text, {}
-               FROM (SELECT row_number() OVER (ORDER BY {}) AS rn, {}, {} AS h FROM {}{}) s
-              GROUP BY 1 ORDER BY 1",
-            firsts.join(", "),
+            "SELECT {} FROM (SELECT row_number() OVER (ORDER BY {}) AS rn, {} FROM {}{}) s
+              WHERE rn > 1 AND (rn - 1) % {step} = 0 ORDER BY rn",
+            names.join(", "),
             self.key_order(),
             key_texts.join(", "),
-            self.row_hash(),
             self.table,
             self.range_where(range, &mut params)
         );
@@ -233,6 +243,21 @@ impl Side {
     pub fn classify(&self, range: &KeyRange, bounds: &[Key]) -> Query {
         let mut params = Vec::new();
         let whr = self.range_where(range, &mut params);
+        if let [(_, type_sql, _)] = self.key.as_slice() {
+            if !type_sql.ends_with(']') {
+                // One key column: width_bucket binary-searches a sorted array of bounds, so a
+                // range can be cut into hundreds of buckets at the cost of a few.
+                params.push(text_array(bounds.iter().map(|b| b[0].as_str())));
+                let sql = format!(
+                    "SELECT width_bucket({}, (SELECT ${}::text::{type_sql}[])), count(*), coalesce(sum({}), 0)::text FROM {}{whr} GROUP BY 1",
+                    self.key_expr(),
+                    params.len(),
+                    self.row_hash(),
+                    self.table
+                );
+                return Query { sql, params };
+            }
+        }
         let mut case = String::from("CASE");
         for (i, b) in bounds.iter().enumerate() {
             case.push_str(&format!(
@@ -244,6 +269,37 @@ impl Side {
         case.push_str(&format!(" ELSE {} END", bounds.len()));
         let sql = format!(
             "SELECT {case}, count(*), coalesce(sum({}), 0)::text FROM {}{whr} GROUP BY 1",
+            self.row_hash(),
+            self.table
+        );
+        Query { sql, params }
+    }
+
+    /// Smallest and largest key of an integer key, as `int8` (NULLs when there are no rows):
+    /// two index endpoint lookups.
+    pub fn key_extent(&self) -> Query {
+        let mut params = Vec::new();
+        let whr = self.range_where(&KeyRange::default(), &mut params);
+        let k = &self.key[0].0;
+        let sql = format!(
+            "SELECT min({k})::int8, max({k})::int8 FROM {}{whr}",
+            self.table
+        );
+        Query { sql, params }
+    }
+
+    /// Count and hash the rows of a range per bucket of `width` consecutive key values from
+    /// `lo` (integer keys only).
+    pub fn classify_by_value(&self, range: &KeyRange, lo: i64, width: i64) -> Query {
+        let mut params = Vec::new();
+        let whr = self.range_where(range, &mut params);
+        params.push(lo.to_string());
+        params.push(width.to_string());
+        let n = params.len();
+        let sql = format!(
+            "SELECT (({}::int8 - (SELECT ${}::text::int8)) / (SELECT ${n}::text::int8))::int4, count(*), coalesce(sum({}), 0)::text FROM {}{whr} GROUP BY 1",
+            self.key[0].0,
+            n - 1,
             self.row_hash(),
             self.table
         );
@@ -364,8 +420,9 @@ mod tests {
             hi: Some(vec!["20".into()]),
         });
         assert!(
-            q.sql
-                .ends_with("WHERE \"id\" >= $1::text::bigint AND \"id\" < $2::text::bigint"),
+            q.sql.ends_with(
+                "WHERE \"id\" >= (SELECT $1::text::bigint) AND \"id\" < (SELECT $2::text::bigint)"
+            ),
             "{}",
             q.sql
         );
@@ -380,7 +437,7 @@ mod tests {
             hi: None,
         });
         assert!(q.sql.contains(
-            "ROW(\"region\" COLLATE \"C\", \"n\") >= ROW($1::text::text, $2::text::integer)"
+            "ROW(\"region\" COLLATE \"C\", \"n\") >= ROW((SELECT $1::text::text), (SELECT $2::text::integer))"
         ));
         assert!(q.sql.ends_with("ORDER BY \"region\" COLLATE \"C\", \"n\""));
     }
@@ -397,12 +454,28 @@ mod tests {
     }
 
     #[test]
-    fn classify_numbers_buckets_from_the_bounds() {
-        let s = side(vec![("id", "integer", false)]);
-        let q = s.classify(&KeyRange::default(), &[vec!["5".into()], vec!["9".into()]]);
-        assert!(q.sql.contains(
-            "CASE WHEN \"id\" < $1::text::integer THEN 0 WHEN \"id\" < $2::text::integer THEN 1 ELSE 2 END"
+    fn one_column_keys_classify_by_binary_search_over_an_array_of_bounds() {
+        let s = side(vec![("name", "text", true)]);
+        let q = s.classify(
+            &KeyRange::default(),
+            &[vec!["b".into()], vec!["x\"y".into()]],
+        );
+        assert!(q.sql.starts_with(
+            "SELECT width_bucket(\"name\" COLLATE \"C\", (SELECT $1::text::text[])), count(*)"
         ));
+        assert_eq!(q.params, vec![r#"{"b","x\"y"}"#]);
+    }
+
+    #[test]
+    fn composite_keys_classify_by_a_chain_of_row_comparisons() {
+        let s = side(vec![("id", "integer", false), ("n", "integer", false)]);
+        let q = s.classify(
+            &KeyRange::default(),
+            &[vec!["5".into(), "1".into()], vec!["9".into(), "2".into()]],
+        );
+        assert!(q.sql.contains(
+            "CASE WHEN ROW(\"id\", \"n\") < ROW((SELECT $1::text::integer), (SELECT $2::text::integer)) THEN 0 WHEN ROW(\"id\", \"n\") < ROW((SELECT $3::text::integer), (SELECT $4::text::integer)) THEN 1 ELSE 2 END"
+        ), "{}", q.sql);
     }
 
     #[test]

@@ -1,0 +1,115 @@
+//! Helpers shared by the benchmarks (each bench includes this file as a module): environment
+//! knobs, medians, psql/pgbench against a throwaway server, and peak RSS from /proc.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdc::local_pg::{find_bindir, LocalPostgres, SUPERUSER};
+
+/// A numeric environment knob.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Connection flags for the local Postgres tools.
+fn conn_args(server: &LocalPostgres) -> Vec<String> {
+    vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-U".into(),
+        SUPERUSER.into(),
+        "-p".into(),
+        server.port().to_string(),
+    ]
+}
+
+/// Run one SQL command with psql; panics on failure.
+pub fn psql(server: &LocalPostgres, db: &str, sql: &str) {
+    let status = Command::new(find_bindir().unwrap().join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(conn_args(server))
+        .args(["-d", db, "-c", sql])
+        .env("PGPASSWORD", server.password())
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+/// A psql command (not started) that prints `COPY (query) TO STDOUT` on its stdout.
+pub fn psql_copy_out(server: &LocalPostgres, db: &str, query: &str) -> Command {
+    let mut cmd = Command::new(find_bindir().unwrap().join("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(conn_args(server))
+        .args(["-d", db, "-c", &format!("COPY ({query}) TO STDOUT")])
+        .env("PGPASSWORD", server.password());
+    cmd
+}
+
+/// Run pgbench with `args` against `db`; panics on failure.
+pub fn pgbench(server: &LocalPostgres, db: &str, args: &[&str]) {
+    let ok = Command::new(find_bindir().unwrap().join("pgbench"))
+        .args(args)
+        .args(conn_args(server))
+        .arg(db)
+        .env("PGPASSWORD", server.password())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pgbench {args:?} failed");
+}
+
+/// Peak resident set size of a running child, in KiB (0 once it has exited).
+pub fn rss_kib(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Run `cmd` to completion (stdout discarded); returns (seconds, peak RSS in KiB).
+pub fn timed(mut cmd: Command) -> (f64, u64) {
+    timed_status(cmd.stdout(Stdio::null()), &[0])
+}
+
+/// Run `cmd`, accepting any of `ok_codes` as success; returns (seconds, peak RSS in KiB).
+pub fn timed_status(cmd: &mut Command, ok_codes: &[i32]) -> (f64, u64) {
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kib(&child));
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.code().is_some_and(|c| ok_codes.contains(&c)),
+                "benchmark command failed: {status}"
+            );
+            return (start.elapsed().as_secs_f64(), peak);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The release binary the benchmarks run.
+pub fn cdc_binary() -> std::path::PathBuf {
+    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc");
+    assert!(bin.exists(), "build it first: cargo build --release");
+    bin
+}
