@@ -6,69 +6,17 @@
 //! `BENCH_SCALE` (default 50 = 5 million rows), `BENCH_REPS` (default 3), `BENCH_JOBS`
 //! (`snapshot.jobs`, default 0 = cores) and `BENCH_LOG` (cdc's log filter) tune it.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "common.rs"]
+mod common;
+
+use std::process::Command;
 
 use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn psql(server: &LocalPostgres, db: &str, sql: &str) {
-    let status = Command::new(find_bindir().unwrap().join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            SUPERUSER,
-            "-p",
-            &server.port().to_string(),
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", server.password())
-        .status()
-        .unwrap();
-    assert!(status.success(), "psql failed: {sql}");
-}
-
-/// Run `cmd` and return (seconds, peak RSS in KiB polled from /proc).
-fn timed(mut cmd: Command) -> (f64, u64) {
-    let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            if let Some(v) = s.lines().find(|l| l.starts_with("VmHWM:")) {
-                peak = peak.max(v.split_whitespace().nth(1).unwrap().parse().unwrap());
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "benchmark command failed");
-            return (start.elapsed().as_secs_f64(), peak);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{cdc_binary, env_or, median, pgbench, psql, timed};
 
 fn main() {
-    let scale: u32 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let reps: usize = std::env::var("BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let scale = env_or("BENCH_SCALE", 50);
+    let reps = env_or("BENCH_REPS", 3) as usize;
     let settings = vec![
         "shared_buffers = '512MB'".to_string(),
         "max_wal_size = '8GB'".to_string(),
@@ -87,30 +35,13 @@ fn main() {
     let bindir = find_bindir().unwrap();
     eprintln!(
         "generating pgbench scale {scale} ({} rows)...",
-        scale as u64 * 100_000
+        scale * 100_000
     );
-    let ok = Command::new(bindir.join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-I",
-            "dtgvp",
-            "-s",
-            &scale.to_string(),
-            "-h",
-            "127.0.0.1",
-            "-U",
-            SUPERUSER,
-            "-p",
-            &source.port().to_string(),
-            "postgres",
-        ])
-        .env("PGPASSWORD", source.password())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "pgbench -i failed");
+    pgbench(
+        &source,
+        "postgres",
+        &["-i", "-q", "-I", "dtgvp", "-s", &scale.to_string()],
+    );
     psql(&dest, "postgres", "CREATE DATABASE baseline");
     psql(&dest, "postgres", "CREATE DATABASE viacdc");
     let table_ddl = "CREATE TABLE pgbench_accounts (aid integer NOT NULL, bid integer, abalance integer, filler character(84))";
@@ -126,8 +57,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let cdc_bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc");
-    assert!(cdc_bin.exists(), "build it first: cargo build --release");
+    let cdc_bin = cdc_binary();
 
     let (mut pipe_times, mut cdc_times, mut peaks) = (vec![], vec![], vec![]);
     for rep in 1..=reps {
@@ -166,7 +96,7 @@ fn main() {
         peaks.push(peak_kib);
     }
     let (p, c) = (median(pipe_times), median(cdc_times));
-    println!("rows: {}", scale as u64 * 100_000);
+    println!("rows: {}", scale * 100_000);
     println!("psql binary COPY pipe (no indexes): median {p:.2}s");
     println!("cdc snapshot (primary key included): median {c:.2}s");
     println!("ratio cdc/pipe: {:.2}", c / p);

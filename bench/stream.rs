@@ -10,51 +10,14 @@
 //!
 //! Prints changes per second, catch-up times, their ratios, and `cdc run`'s peak RSS.
 
+#[path = "common.rs"]
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pgbench(server: &LocalPostgres, db: &str, args: &[&str]) {
-    let ok = Command::new(find_bindir().unwrap().join("pgbench"))
-        .args(args)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            SUPERUSER,
-            "-p",
-            &server.port().to_string(),
-            db,
-        ])
-        .env("PGPASSWORD", server.password())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "pgbench {args:?} failed");
-}
-
-fn rss_kib(child: &Child) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
+use cdc::local_pg::{LocalPostgres, Options, SUPERUSER};
+use common::{env_or, pgbench, rss_kib};
 
 /// Poll `query` (one bigint) on `client` until it returns `want`; seconds waited.
 async fn until(
@@ -138,8 +101,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    let cdc_bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc");
-    assert!(cdc_bin.exists(), "build it first: cargo build --release");
+    let cdc_bin = common::cdc_binary();
     let cdc_cmd = |cmd: &str| {
         let mut c = Command::new(&cdc_bin);
         c.args([
