@@ -148,8 +148,15 @@ async fn stream_once(
 
     metrics.set_streaming(true);
     metrics.confirmed(applied.0, applied.0);
+    // With streaming, a second destination session applies large transactions as they arrive.
+    let spare = if options.streaming {
+        Some(Applier::connect(&dst_info, store.clone(), slot).await?)
+    } else {
+        None
+    };
     let mut streamer = Streamer::new(
         applier,
+        spare,
         catalog,
         config.table_pairs(),
         config.apply.clone(),

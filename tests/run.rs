@@ -306,6 +306,84 @@ async fn streamed_transactions_apply_only_their_committed_parts() {
     r.stop().await;
 }
 
+/// The destination session that holds written but uncommitted rows, if any.
+async fn uncommitted_writer(p: &Pipeline) -> bool {
+    !rows_text(
+        &p.dst_sql,
+        "SELECT pid::text FROM pg_stat_activity
+          WHERE datname = current_database() AND backend_xid IS NOT NULL
+            AND state = 'idle in transaction' AND pid <> pg_backend_pid()",
+    )
+    .await
+    .is_empty()
+}
+
+#[tokio::test]
+async fn a_streamed_transaction_is_applied_while_it_runs_and_shows_only_at_its_commit() {
+    let p = Pipeline::new(
+        "run_ahead",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "[[tables]]\nsource = \"public.t\"\n[apply]\nbatch_max_rows = 500\nbatch_max_wait_ms = 20",
+    )
+    .await;
+    let r = start(&p).await;
+    // A source transaction left open, large enough to be streamed (64kB decoding memory).
+    let open = cdc::pg::connect(&p.src).await.unwrap();
+    open.batch_execute(
+        "BEGIN; INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g;",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the open transaction's rows to be written ahead on the destination",
+        Duration::from_secs(60),
+        || uncommitted_writer(&p),
+    )
+    .await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM t").await,
+        ["0"]
+    );
+    // A transaction committing meanwhile reaches the destination first.
+    p.src_sql
+        .batch_execute("INSERT INTO t VALUES (100000, 'meanwhile')")
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT v FROM t WHERE id = 100000").await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM t").await,
+        ["1"]
+    );
+    open.batch_execute("COMMIT").await.unwrap();
+    wait_synced(
+        &p,
+        "SELECT count(*)::text || ' ' || sum(length(v))::text FROM t",
+    )
+    .await;
+
+    // Written ahead, then rolled back on the source: nothing of it ever shows.
+    open.batch_execute("BEGIN; UPDATE t SET v = 'never' WHERE id <= 5000;")
+        .await
+        .unwrap();
+    wait_for(
+        "the aborting transaction to be written ahead",
+        Duration::from_secs(60),
+        || uncommitted_writer(&p),
+    )
+    .await;
+    open.batch_execute("ROLLBACK").await.unwrap();
+    p.src_sql
+        .batch_execute("INSERT INTO t VALUES (100001, 'after')")
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT count(*)::text FROM t").await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM t WHERE v = 'never'").await,
+        ["0"]
+    );
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn restarting_resumes_without_duplicates_or_gaps() {
     let p = pipeline("run_resume", "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE log (n int); ALTER TABLE log REPLICA IDENTITY FULL;", "[[tables]]\nsource = \"public.t\"\n[[tables]]\nsource = \"public.log\"").await;

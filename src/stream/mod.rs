@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!  payload ─► decode ─┬─ inside a stream block ─► StreamedTxns (memory, then disk)
-//!                     │                               │ Stream Commit: replay in order,
-//!                     │                               │ minus aborted subtransactions
+//!                     │     └─ and, for one at a time, applied ahead (speculate.rs)
+//!                     │                               │ Stream Commit: commit it, or replay
+//!                     │                               │ in order minus aborted subtransactions
 //!                     └─ otherwise ─► process ◄───────┘
 //!                                       │ Relation: map to the destination (schema changes)
 //!                                       │ Insert/Update/Delete/Truncate: Applier
@@ -16,6 +17,7 @@
 //! LSN. A source transaction whose commit LSN is below the applied position was applied
 //! before a restart and is skipped whole.
 
+mod speculate;
 pub mod spill;
 
 use std::collections::{HashMap, HashSet};
@@ -31,6 +33,7 @@ use crate::decode::{LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::replication::quote_ident;
+use speculate::Speculation;
 use spill::StreamedTxns;
 
 /// Counters since start, for logs and metrics.
@@ -50,6 +53,10 @@ pub struct Streamer {
     /// Relation id → its destination mapping; `None` for tables we do not replicate.
     relations: HashMap<u32, Option<Arc<TableMap>>>,
     streamed: StreamedTxns,
+    /// A second destination session for applying a streamed transaction ahead of its commit
+    /// (see `speculate.rs`), while no speculation uses it.
+    spare: Option<Applier>,
+    speculation: Option<Speculation>,
     /// Inside a source transaction: whether it is skipped (applied before a restart).
     txn: Option<bool>,
     /// End LSN and time of the last source commit written into the open destination
@@ -66,8 +73,11 @@ pub struct Streamer {
 }
 
 impl Streamer {
+    /// `spare`: a second destination session; with it, streamed transactions are applied
+    /// while they arrive instead of at their commit.
     pub fn new(
         applier: Applier,
+        spare: Option<Applier>,
         catalog: Client,
         pairs: Vec<(TableName, TableName)>,
         limits: ApplyConfig,
@@ -80,6 +90,8 @@ impl Streamer {
             pairs,
             relations: HashMap::new(),
             streamed: StreamedTxns::new(limits.max_memory_bytes, std::env::temp_dir()),
+            spare,
+            speculation: None,
             txn: None,
             included: None,
             batch_started: None,
@@ -104,6 +116,7 @@ impl Streamer {
             && self.included.is_none()
             && !self.applier.in_transaction()
             && self.streamed.is_empty()
+            && self.speculation.is_none()
     }
 
     /// When the open batch must be committed (the latency bound), if one is waiting.
@@ -134,15 +147,31 @@ impl Streamer {
             matches!(msg, LogicalMessage::StreamStart(_)),
         ) {
             self.streamed.push(xid, data)?;
+            if self.speculating_on(xid) {
+                return self.speculate(msg).await;
+            }
             return Ok(None);
         }
         match msg {
+            LogicalMessage::StreamStart(s) if s.first_segment => {
+                self.begin_speculation(s.xid).await
+            }
+            LogicalMessage::StreamCommit(c) if self.speculating_on(c.xid) => {
+                self.commit_speculation(c.commit_lsn, c.end_lsn, c.commit_time)
+                    .await
+            }
             LogicalMessage::StreamCommit(c) => {
                 self.replay(c.xid, c.commit_lsn, c.end_lsn, c.commit_time)
                     .await
             }
             LogicalMessage::StreamAbort(a) => {
                 self.streamed.abort(a.xid, a.subxid);
+                if self.speculating_on(a.xid) {
+                    // A whole abort: nothing to keep. A subtransaction's: its rows are mixed
+                    // into the open transaction, so replay the rest from the spilled copy.
+                    self.abandon_speculation("an aborted subtransaction")
+                        .await?;
+                }
                 Ok(None)
             }
             other => self.process(other).await,
@@ -159,7 +188,9 @@ impl Streamer {
             LogicalMessage::Commit(c) => {
                 return self.end_transaction(c.end_lsn, c.commit_time).await
             }
-            LogicalMessage::Relation(r) => self.on_relation(r).await?,
+            LogicalMessage::Relation(r) => {
+                self.on_relation(r, true).await?;
+            }
             LogicalMessage::Insert(i) => self.push(i.relation_id, RowOp::Insert(i.new.0)).await?,
             LogicalMessage::Update(u) => {
                 let old = u.old.map(|o| o.tuple().0.clone());
@@ -325,6 +356,7 @@ impl Streamer {
 
     /// On shutdown: commit whole transactions, roll back a partial one.
     pub async fn finish(&mut self) -> Result<()> {
+        self.abandon_speculation("a shutdown").await?;
         if self.txn.is_some() {
             self.txn = None;
             self.included = None;
@@ -354,7 +386,9 @@ impl Streamer {
         Ok(true)
     }
 
-    async fn on_relation(&mut self, r: Relation) -> Result<()> {
+    /// Map a Relation to its destination, applying schema changes first. Without
+    /// `allow_ddl`, a relation that needs DDL changes nothing and returns false.
+    async fn on_relation(&mut self, r: Relation, allow_ddl: bool) -> Result<bool> {
         let Some((src, dest)) = self
             .pairs
             .iter()
@@ -364,11 +398,14 @@ impl Streamer {
             if self.relations.insert(r.id, None).is_none() {
                 tracing::warn!(table = %format!("{}.{}", r.namespace, r.name), "changes for a table not in the config are ignored");
             }
-            return Ok(());
+            return Ok(true);
         };
         let mut dest_cols = self.applier.dest_columns(&dest).await?;
         let ddl = self.schema_changes(&r, &src, &dest, &dest_cols).await?;
         if !ddl.is_empty() {
+            if !allow_ddl {
+                return Ok(false);
+            }
             tracing::info!(table = %dest, ddl = %ddl.join("; "), "applying a source schema change to the destination");
             self.start_batch();
             self.applier.execute_ddl(&ddl.join(";\n")).await?;
@@ -376,7 +413,7 @@ impl Streamer {
         }
         let map = TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?;
         self.relations.insert(r.id, Some(Arc::new(map)));
-        Ok(())
+        Ok(true)
     }
 
     /// DDL that makes `dest` match the relation: added columns, dropped columns, changed types.
