@@ -9,6 +9,7 @@
 //!     (each replicator commits the transaction atomically).
 //!
 //! Prints changes per second, catch-up times, their ratios, and `cdc run`'s peak RSS.
+//! `BENCH_LOG` sets cdc's log filter (default `warn`; its log goes to stderr).
 
 #[path = "common.rs"]
 mod common;
@@ -111,7 +112,10 @@ async fn main() {
             "json",
             cmd,
         ])
-        .env("CDC_LOG", "warn")
+        .env(
+            "CDC_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null());
         c
     };
