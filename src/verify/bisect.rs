@@ -188,7 +188,9 @@ async fn compare_by_value(
             pending.push((child, s, d));
         }
     }
+    let mut progress = Progress::new();
     while let Some(((lo, hi), s, d)) = pending.pop() {
+        progress.tick(pair, stats, outcome.differences.len(), pending.len());
         if s.count.max(d.count) <= limits.leaf_rows || hi - lo <= 1 {
             let range = int_range(lo, hi);
             if leaf(
@@ -296,7 +298,9 @@ async fn compare_by_quantiles(
     // Depth-first, leftmost range on top, so differences come out in key order. Each entry
     // carries its parent's larger count and how many levels in a row missed the shrink bound.
     let mut pending = vec![(whole, s, d, i64::MAX, 0u32)];
+    let mut progress = Progress::new();
     while let Some((range, s, d, parent_biggest, misses)) = pending.pop() {
+        progress.tick(pair, stats, outcome.differences.len(), pending.len());
         let biggest = s.count.max(d.count);
         let children = if biggest <= limits.leaf_rows {
             None
@@ -541,6 +545,35 @@ pub(super) fn diff_rows(
         }
     }
     Ok(out)
+}
+
+/// A log line every few seconds while a large table is being compared.
+struct Progress {
+    last: std::time::Instant,
+}
+
+impl Progress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new() -> Progress {
+        Progress {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, pair: &Pair<'_>, stats: &Stats, differences: usize, pending: usize) {
+        if self.last.elapsed() >= Self::EVERY {
+            self.last = std::time::Instant::now();
+            tracing::info!(
+                table = %pair.label,
+                ranges_compared = stats.ranges_compared,
+                rows_fetched = stats.rows_fetched,
+                differences,
+                ranges_pending = pending,
+                "comparing"
+            );
+        }
+    }
 }
 
 fn texts(rows: &[Row]) -> Vec<RowText> {
