@@ -145,7 +145,7 @@ impl Default for ApplyConfig {
             batch_max_rows: 10_000,
             batch_max_bytes: 64 << 20,
             batch_max_wait_ms: 500,
-            max_memory_bytes: 256 << 20,
+            max_memory_bytes: 128 << 20,
         }
     }
 }

@@ -356,14 +356,15 @@ impl Streamer {
 
     /// On shutdown: commit whole transactions, roll back a partial one.
     pub async fn finish(&mut self) -> Result<()> {
-        self.abandon_speculation("a shutdown").await?;
         if self.txn.is_some() {
             self.txn = None;
             self.included = None;
             self.applier.rollback().await?;
         }
         self.commit().await?;
-        self.applier.rollback().await
+        self.applier.rollback().await?;
+        // Last: the speculative task may be waiting for locks the main session held.
+        self.abandon_speculation("a shutdown").await
     }
 
     /// Nothing is in flight and the server has sent everything up to `wal_end`: record it as

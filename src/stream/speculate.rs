@@ -2,10 +2,11 @@
 //! source becomes visible on the destination almost at once.
 //!
 //! ```text
-//!  Stream Start (first chunk) ─► second destination session opens a transaction
-//!  chunks ─► spilled as always (the fallback) AND applied in that open transaction
-//!  Stream Commit ─► main batch committed first (earlier commits), then this one: done
-//!  Stream Abort ─► ROLLBACK: nothing of it was ever visible
+//!  Stream Start (first chunk) ─► a task takes the second destination session
+//!  chunks ─► spilled as always (the fallback) AND sent to the task, which writes them in one
+//!            open transaction while the stream keeps being read
+//!  Stream Commit ─► main batch committed first (earlier commits), then the task commits
+//!  Stream Abort ─► the task rolls back: nothing of it was ever visible
 //! ```
 //!
 //! **Why a second session and why it cannot deadlock with the first**: while the big
@@ -13,8 +14,9 @@
 //! destination first (commit order). They run in the main session. On the source, X holds a
 //! lock on every row it changed until it commits, so no transaction committing before X can
 //! touch those rows: the main session never waits for the speculative one. The other way
-//! round, X may change rows that an earlier, still uncommitted main batch wrote, so the main
-//! batch is committed before the speculative session writes anything.
+//! round, X may change rows that a still uncommitted main batch wrote: then the task waits,
+//! but the main session is never waiting for the task (only at X's commit, after committing
+//! its own batch), so the main batch's commit at its deadline releases the task.
 //!
 //! **Whenever speculation could be wrong, it steps back** (rolls back, and the transaction is
 //! replayed from its spilled copy at commit, as without speculation): a subtransaction abort
@@ -22,18 +24,82 @@
 //! main session needs), a TRUNCATE, a table without a key (its rows are matched by value, so
 //! the sessions could pick the same row), a change before its Relation message.
 
-use crate::apply::{Applier, RowOp};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::{Applier, RowOp, TableMap};
+use crate::config::ApplyConfig;
 use crate::decode::{LogicalMessage, PgTimestamp};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
 use super::Streamer;
 
+/// Rows queued for the task before the stream reader waits for it.
+const QUEUE_ROWS: usize = 20_000;
+
+/// What the stream reader tells the task.
+enum Command {
+    Row(Arc<TableMap>, RowOp),
+    /// Record the position and commit; hand the session back.
+    Commit(Lsn, PgTimestamp, oneshot::Sender<(Applier, Result<()>)>),
+    /// Roll back; hand the session back.
+    Rollback(oneshot::Sender<(Applier, Result<()>)>),
+}
+
 /// The in-progress transaction being applied ahead of its commit.
 pub(super) struct Speculation {
     pub xid: u32,
-    pub applier: Applier,
-    pub rows: usize,
+    commands: mpsc::Sender<Command>,
+    rows: usize,
+}
+
+/// The task: write rows in batches into one open transaction. After a failed write it only
+/// waits for the end, where the error is reported.
+async fn apply_ahead(
+    mut applier: Applier,
+    limits: ApplyConfig,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut failed: Option<Error> = None;
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Row(map, op) => {
+                if failed.is_some() {
+                    continue;
+                }
+                applier.push(&map, op);
+                if applier.pending_rows() >= limits.batch_max_rows
+                    || applier.pending_bytes() >= limits.batch_max_bytes
+                {
+                    if let Err(e) = applier.flush().await {
+                        failed = Some(e);
+                    }
+                }
+            }
+            Command::Commit(lsn, time, reply) => {
+                let result = match failed.take() {
+                    Some(e) => {
+                        let _ = applier.rollback().await;
+                        Err(e)
+                    }
+                    None => applier.commit(lsn, time).await,
+                };
+                let _ = reply.send((applier, result));
+                return;
+            }
+            Command::Rollback(reply) => {
+                let result = applier.rollback().await;
+                let _ = reply.send((applier, result));
+                return;
+            }
+        }
+    }
+}
+
+fn task_gone() -> Error {
+    Error::Definite("the task applying a streamed transaction ended unexpectedly".into())
 }
 
 impl Streamer {
@@ -43,7 +109,6 @@ impl Streamer {
     }
 
     /// The first chunk of a streamed transaction: apply it ahead if the spare session is free.
-    /// Returns a new applied position if the main batch had to commit first.
     pub(super) async fn begin_speculation(&mut self, xid: u32) -> Result<Option<Lsn>> {
         if self.speculation.is_some() || self.txn.is_some() {
             return Ok(None);
@@ -51,14 +116,15 @@ impl Streamer {
         let Some(applier) = self.spare.take() else {
             return Ok(None);
         };
-        let committed = self.commit().await?;
         tracing::debug!(xid, "applying a streamed transaction ahead of its commit");
+        let (commands, receiver) = mpsc::channel(QUEUE_ROWS);
+        tokio::spawn(apply_ahead(applier, self.limits.clone(), receiver));
         self.speculation = Some(Speculation {
             xid,
-            applier,
+            commands,
             rows: 0,
         });
-        Ok(committed)
+        Ok(None)
     }
 
     /// One message of the speculated transaction's chunks.
@@ -95,28 +161,21 @@ impl Streamer {
             }
             Some(Some(map)) => map.clone(),
         };
-        let mut spec = self
-            .speculation
-            .take()
-            .expect("speculate is only called while speculating");
         let op_name = match &op {
             RowOp::Insert(_) => "insert",
             RowOp::Update { .. } => "update",
             RowOp::Delete(_) => "delete",
         };
         self.metrics.row(&map.dest.to_string(), op_name);
-        spec.applier.push(&map, op);
+        let spec = self
+            .speculation
+            .as_mut()
+            .expect("speculate is only called while speculating");
         spec.rows += 1;
-        let mut committed = None;
-        if spec.applier.pending_rows() >= self.limits.batch_max_rows
-            || spec.applier.pending_bytes() >= self.limits.batch_max_bytes
-        {
-            // The open main batch may hold rows this transaction changes: commit it first.
-            committed = self.commit().await?;
-            spec.applier.flush().await?;
+        if spec.commands.send(Command::Row(map, op)).await.is_err() {
+            return Err(task_gone());
         }
-        self.speculation = Some(spec);
-        Ok(committed)
+        Ok(None)
     }
 
     /// Stream Commit of the speculated transaction: commit what came before, then it.
@@ -126,7 +185,7 @@ impl Streamer {
         end_lsn: Lsn,
         time: PgTimestamp,
     ) -> Result<Option<Lsn>> {
-        let mut spec = self
+        let spec = self
             .speculation
             .take()
             .expect("commit_speculation is only called while speculating");
@@ -134,40 +193,56 @@ impl Streamer {
         drop(self.streamed.take(spec.xid)?);
         if commit_lsn < self.applied {
             // Applied before a restart: undo the second application.
-            spec.applier.rollback().await?;
-            self.spare = Some(spec.applier);
+            self.end_task(spec, None).await?;
             return Ok(None);
         }
         self.commit().await?;
         let started = std::time::Instant::now();
-        let result = spec.applier.commit(end_lsn, time).await;
-        self.spare = Some(spec.applier);
-        result?;
+        let rows = spec.rows;
+        self.end_task(spec, Some((end_lsn, time))).await?;
         self.metrics.transaction();
-        self.metrics.batch(
-            spec.rows,
-            started.elapsed().as_secs_f64(),
-            time.to_system_time(),
-        );
+        self.metrics
+            .batch(rows, started.elapsed().as_secs_f64(), time.to_system_time());
         self.stats.transactions += 1;
         self.stats.batches += 1;
-        self.stats.rows += spec.rows as u64;
+        self.stats.rows += rows as u64;
         self.applied = end_lsn;
-        tracing::debug!(lsn = %end_lsn, rows = spec.rows, "streamed transaction committed (applied ahead)");
+        tracing::debug!(lsn = %end_lsn, rows, "streamed transaction committed (applied ahead)");
         Ok(Some(end_lsn))
     }
 
     /// Roll back the speculated transaction; it will be replayed from its spilled copy.
     pub(super) async fn abandon_speculation(&mut self, why: &str) -> Result<()> {
-        if let Some(mut spec) = self.speculation.take() {
+        if let Some(spec) = self.speculation.take() {
             tracing::info!(
                 xid = spec.xid,
                 "the in-progress transaction contains {why}: it will be applied at its commit instead"
             );
-            let result = spec.applier.rollback().await;
-            self.spare = Some(spec.applier);
-            result?;
+            self.end_task(spec, None).await?;
         }
         Ok(())
+    }
+
+    /// Commit (with the position) or roll back in the task, and take the session back.
+    async fn end_task(
+        &mut self,
+        spec: Speculation,
+        commit: Option<(Lsn, PgTimestamp)>,
+    ) -> Result<()> {
+        // The task may be waiting for a lock of the open main batch: commit that first, or
+        // both would wait for each other. (Stream messages never arrive inside a source
+        // transaction, so the main batch holds only whole ones.)
+        self.commit().await?;
+        let (reply, answer) = oneshot::channel();
+        let command = match commit {
+            Some((lsn, time)) => Command::Commit(lsn, time, reply),
+            None => Command::Rollback(reply),
+        };
+        if spec.commands.send(command).await.is_err() {
+            return Err(task_gone());
+        }
+        let (applier, result) = answer.await.map_err(|_| task_gone())?;
+        self.spare = Some(applier);
+        result
     }
 }
