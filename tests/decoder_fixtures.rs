@@ -132,6 +132,40 @@ fn kinds(msgs: &[LogicalMessage]) -> String {
         .collect()
 }
 
+/// A live stream may carry extra copies of Type and Relation messages: any catalog cache
+/// reset on the server (other tests creating databases, for one) makes pgoutput send the schema
+/// again before the next change. Drop copies identical to the last one sent for the same
+/// object, except where the server must resend (right before a Truncate, which gives the
+/// tables new files), so that a live stream can be checked like the recorded fixture.
+pub fn without_spurious_resends(msgs: Vec<LogicalMessage>) -> Vec<LogicalMessage> {
+    let schema_key = |m: &LogicalMessage| match m {
+        LogicalMessage::Type(t) => Some((0, t.oid)),
+        LogicalMessage::Relation(r) => Some((1, r.id)),
+        _ => None,
+    };
+    let mut last: std::collections::HashMap<(u8, u32), LogicalMessage> = Default::default();
+    let mut out = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        let Some(key) = schema_key(m) else {
+            out.push(m.clone());
+            continue;
+        };
+        let next_change = msgs[i + 1..].iter().find(|n| schema_key(n).is_none());
+        let before_truncate = matches!(next_change, Some(LogicalMessage::Truncate(_)));
+        // In a run of schema messages right before a Truncate, keep only each object's last.
+        let later_in_run = msgs[i + 1..]
+            .iter()
+            .take_while(|n| schema_key(n).is_some())
+            .any(|n| schema_key(n) == Some(key));
+        let repeat = last.get(&key) == Some(m);
+        last.insert(key, m.clone());
+        if (before_truncate && !later_in_run) || (!before_truncate && !repeat) {
+            out.push(m.clone());
+        }
+    }
+    out
+}
+
 pub fn check_basic(msgs: &[LogicalMessage]) {
     // TRUNCATE gives the tables new files, which invalidates the schema the server had sent:
     // it sends Type and Relation again before the Truncate.
@@ -394,6 +428,19 @@ pub fn check_two_phase(msgs: &[LogicalMessage]) {
 #[test]
 fn basic_fixture_decodes() {
     check_basic(&decode_all(&read_fixture("basic")));
+}
+
+#[test]
+fn a_live_stream_with_schema_resent_after_a_cache_reset_checks_like_the_fixture() {
+    // Seen under a loaded test run: Type and Relation sent again between the Insert and the
+    // Update ("BYRIYRUUDIRIYRRTC").
+    let recorded = decode_all(&read_fixture("basic"));
+    let mut live = recorded.clone();
+    live.insert(4, recorded[1].clone());
+    live.insert(5, recorded[2].clone());
+    assert_eq!(kinds(&live), "BYRIYRUUDIRIYRRTC");
+    assert_eq!(without_spurious_resends(live), recorded);
+    assert_eq!(without_spurious_resends(recorded.clone()), recorded);
 }
 
 #[test]
