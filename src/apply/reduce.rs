@@ -21,6 +21,17 @@ pub enum RowOp {
     Delete(Vec<Datum>),
 }
 
+impl RowOp {
+    /// `insert`, `update` or `delete`, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RowOp::Insert(_) => "insert",
+            RowOp::Update { .. } => "update",
+            RowOp::Delete(_) => "delete",
+        }
+    }
+}
+
 /// The final state of one key after a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Final {

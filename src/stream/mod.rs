@@ -72,6 +72,19 @@ pub struct Streamer {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// The row change an Insert, Update or Delete carries, with its relation id.
+fn row_change(msg: LogicalMessage) -> Option<(u32, RowOp)> {
+    match msg {
+        LogicalMessage::Insert(i) => Some((i.relation_id, RowOp::Insert(i.new.0))),
+        LogicalMessage::Update(u) => {
+            let old = u.old.map(|o| o.tuple().0.clone());
+            Some((u.relation_id, RowOp::Update { old, new: u.new.0 }))
+        }
+        LogicalMessage::Delete(d) => Some((d.relation_id, RowOp::Delete(d.old.tuple().0.clone()))),
+        _ => None,
+    }
+}
+
 impl Streamer {
     /// `spare`: a second destination session; with it, streamed transactions are applied
     /// while they arrive instead of at their commit.
@@ -148,13 +161,14 @@ impl Streamer {
         ) {
             self.streamed.push(xid, data)?;
             if self.speculating_on(xid) {
-                return self.speculate(msg).await;
+                self.speculate(msg).await?;
             }
             return Ok(None);
         }
         match msg {
             LogicalMessage::StreamStart(s) if s.first_segment => {
-                self.begin_speculation(s.xid).await
+                self.begin_speculation(s.xid);
+                Ok(None)
             }
             LogicalMessage::StreamCommit(c) if self.speculating_on(c.xid) => {
                 self.commit_speculation(c.commit_lsn, c.end_lsn, c.commit_time)
@@ -191,15 +205,12 @@ impl Streamer {
             LogicalMessage::Relation(r) => {
                 self.on_relation(r, true).await?;
             }
-            LogicalMessage::Insert(i) => self.push(i.relation_id, RowOp::Insert(i.new.0)).await?,
-            LogicalMessage::Update(u) => {
-                let old = u.old.map(|o| o.tuple().0.clone());
-                self.push(u.relation_id, RowOp::Update { old, new: u.new.0 })
-                    .await?
-            }
-            LogicalMessage::Delete(d) => {
-                self.push(d.relation_id, RowOp::Delete(d.old.tuple().0.clone()))
-                    .await?
+            change @ (LogicalMessage::Insert(_)
+            | LogicalMessage::Update(_)
+            | LogicalMessage::Delete(_)) => {
+                if let Some((relation_id, op)) = row_change(change) {
+                    self.push(relation_id, op).await?;
+                }
             }
             LogicalMessage::Truncate(t) => {
                 if self.txn != Some(true) {
@@ -289,12 +300,7 @@ impl Streamer {
         let Some(map) = self.mapping(relation_id)? else {
             return Ok(());
         };
-        let op_name = match &op {
-            RowOp::Insert(_) => "insert",
-            RowOp::Update { .. } => "update",
-            RowOp::Delete(_) => "delete",
-        };
-        self.metrics.row(&map.dest.to_string(), op_name);
+        self.metrics.row(&map.dest.to_string(), op.kind());
         self.start_batch();
         let before = self.applier.pending_bytes();
         self.applier.push(&map, op);

@@ -109,12 +109,12 @@ impl Streamer {
     }
 
     /// The first chunk of a streamed transaction: apply it ahead if the spare session is free.
-    pub(super) async fn begin_speculation(&mut self, xid: u32) -> Result<Option<Lsn>> {
+    pub(super) fn begin_speculation(&mut self, xid: u32) {
         if self.speculation.is_some() || self.txn.is_some() {
-            return Ok(None);
+            return;
         }
         let Some(applier) = self.spare.take() else {
-            return Ok(None);
+            return;
         };
         tracing::debug!(xid, "applying a streamed transaction ahead of its commit");
         let (commands, receiver) = mpsc::channel(QUEUE_ROWS);
@@ -124,58 +124,45 @@ impl Streamer {
             commands,
             rows: 0,
         });
-        Ok(None)
     }
 
     /// One message of the speculated transaction's chunks.
-    pub(super) async fn speculate(&mut self, msg: LogicalMessage) -> Result<Option<Lsn>> {
-        let (relation_id, op) = match msg {
-            LogicalMessage::Insert(i) => (i.relation_id, RowOp::Insert(i.new.0)),
-            LogicalMessage::Update(u) => {
-                let old = u.old.map(|o| o.tuple().0.clone());
-                (u.relation_id, RowOp::Update { old, new: u.new.0 })
-            }
-            LogicalMessage::Delete(d) => (d.relation_id, RowOp::Delete(d.old.tuple().0.clone())),
+    pub(super) async fn speculate(&mut self, msg: LogicalMessage) -> Result<()> {
+        let msg = match msg {
             LogicalMessage::Relation(r) => {
                 if !self.on_relation(r, false).await? {
                     self.abandon_speculation("a schema change").await?;
                 }
-                return Ok(None);
+                return Ok(());
             }
-            LogicalMessage::Truncate(_) => {
-                self.abandon_speculation("a TRUNCATE").await?;
-                return Ok(None);
-            }
-            _ => return Ok(None),
+            LogicalMessage::Truncate(_) => return self.abandon_speculation("a TRUNCATE").await,
+            other => other,
+        };
+        let Some((relation_id, op)) = super::row_change(msg) else {
+            return Ok(());
         };
         let map = match self.relations.get(&relation_id) {
             None => {
-                self.abandon_speculation("a change before its Relation message")
-                    .await?;
-                return Ok(None);
+                return self
+                    .abandon_speculation("a change before its Relation message")
+                    .await
             }
-            Some(None) => return Ok(None), // a table we do not replicate
+            Some(None) => return Ok(()), // a table we do not replicate
             Some(Some(map)) if map.is_keyless() => {
-                self.abandon_speculation("a table without a key").await?;
-                return Ok(None);
+                return self.abandon_speculation("a table without a key").await
             }
             Some(Some(map)) => map.clone(),
         };
-        let op_name = match &op {
-            RowOp::Insert(_) => "insert",
-            RowOp::Update { .. } => "update",
-            RowOp::Delete(_) => "delete",
-        };
-        self.metrics.row(&map.dest.to_string(), op_name);
+        self.metrics.row(&map.dest.to_string(), op.kind());
         let spec = self
             .speculation
             .as_mut()
             .expect("speculate is only called while speculating");
         spec.rows += 1;
-        if spec.commands.send(Command::Row(map, op)).await.is_err() {
-            return Err(task_gone());
-        }
-        Ok(None)
+        spec.commands
+            .send(Command::Row(map, op))
+            .await
+            .map_err(|_| task_gone())
     }
 
     /// Stream Commit of the speculated transaction: commit what came before, then it.
@@ -196,6 +183,8 @@ impl Streamer {
             self.end_task(spec, None).await?;
             return Ok(None);
         }
+        // The earlier source commits first (end_task would too, but the timing below is of
+        // this transaction's commit alone).
         self.commit().await?;
         let started = std::time::Instant::now();
         let rows = spec.rows;
