@@ -441,19 +441,13 @@ async fn compare_rows(
     range: &KeyRange,
     stats: &mut Stats,
 ) -> Result<Vec<Difference>> {
-    let (s, d) = tokio::try_join!(
-        run(pair.src, pair.src_side.fetch(range), &pair.label, "source"),
-        run(
-            pair.dst,
-            pair.dst_side.fetch(range),
-            &pair.label,
-            "destination"
-        ),
-    )?;
-    stats.queries += 2;
-    stats.rows_fetched += (s.len() + d.len()) as u64;
-    diff_rows(&pair.key_positions, texts(&s), texts(&d))
-        .map_err(|e| Error::Definite(format!("{}: {e}", pair.label)))
+    fetch_and_diff(
+        pair,
+        pair.src_side.fetch(range),
+        pair.dst_side.fetch(range),
+        stats,
+    )
+    .await
 }
 
 /// Fetch the rows with the given keys from both sides and compare them again.
@@ -464,28 +458,30 @@ pub(super) async fn recompare_keys(
 ) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
     for chunk in keys.chunks(1000) {
-        let (s, d) = tokio::try_join!(
-            run(
-                pair.src,
-                pair.src_side.fetch_keys(chunk),
-                &pair.label,
-                "source"
-            ),
-            run(
-                pair.dst,
-                pair.dst_side.fetch_keys(chunk),
-                &pair.label,
-                "destination"
-            ),
-        )?;
-        stats.queries += 2;
-        stats.rows_fetched += (s.len() + d.len()) as u64;
-        out.extend(
-            diff_rows(&pair.key_positions, texts(&s), texts(&d))
-                .map_err(|e| Error::Definite(format!("{}: {e}", pair.label)))?,
+        let (src_q, dst_q) = (
+            pair.src_side.fetch_keys(chunk),
+            pair.dst_side.fetch_keys(chunk),
         );
+        out.extend(fetch_and_diff(pair, src_q, dst_q, stats).await?);
     }
     Ok(out)
+}
+
+/// Run a row query on each side at once and compare the rows by key.
+async fn fetch_and_diff(
+    pair: &Pair<'_>,
+    src_q: Query,
+    dst_q: Query,
+    stats: &mut Stats,
+) -> Result<Vec<Difference>> {
+    let (s, d) = tokio::try_join!(
+        run(pair.src, src_q, &pair.label, "source"),
+        run(pair.dst, dst_q, &pair.label, "destination"),
+    )?;
+    stats.queries += 2;
+    stats.rows_fetched += (s.len() + d.len()) as u64;
+    diff_rows(&pair.key_positions, texts(&s), texts(&d))
+        .map_err(|e| Error::Definite(format!("{}: {e}", pair.label)))
 }
 
 /// Compare two sets of rows by key: source order first (missing and changed), then the
