@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{find_bindir, LocalPostgres, SUPERUSER};
+use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
 
 /// A numeric environment knob.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -19,6 +19,20 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// A throwaway source and destination with the same `settings`; `logical` says which of the
+/// two need `wal_level = logical` (the destination does for the native subscriber's slot).
+pub fn start_servers(settings: &[&str], logical: (bool, bool)) -> (LocalPostgres, LocalPostgres) {
+    let start = |logical| {
+        LocalPostgres::start(&Options {
+            logical,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    (start(logical.0), start(logical.1))
 }
 
 /// Connection flags for the local Postgres tools.

@@ -11,27 +11,16 @@ mod common;
 
 use std::process::Command;
 
-use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
-use common::{cdc_binary, env_or, median, pgbench, psql, timed};
+use cdc::local_pg::{find_bindir, SUPERUSER};
+use common::{cdc_binary, env_or, median, pgbench, psql, start_servers, timed};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
     let reps = env_or("BENCH_REPS", 3) as usize;
-    let settings = vec![
-        "shared_buffers = '512MB'".to_string(),
-        "max_wal_size = '8GB'".to_string(),
-    ];
-    let source = LocalPostgres::start(&Options {
-        logical: true,
-        settings: settings.clone(),
-        ..Default::default()
-    })
-    .unwrap();
-    let dest = LocalPostgres::start(&Options {
-        settings,
-        ..Default::default()
-    })
-    .unwrap();
+    let (source, dest) = start_servers(
+        &["shared_buffers = '512MB'", "max_wal_size = '8GB'"],
+        (true, false),
+    );
     let bindir = find_bindir().unwrap();
     eprintln!(
         "generating pgbench scale {scale} ({} rows)...",

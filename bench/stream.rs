@@ -17,8 +17,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{LocalPostgres, Options, SUPERUSER};
-use common::{env_or, pgbench, rss_kib};
+use cdc::local_pg::SUPERUSER;
+use common::{env_or, pgbench, rss_kib, start_servers};
 
 /// Poll `query` (one bigint) on `client` until it returns `want`; seconds waited.
 async fn until(
@@ -50,22 +50,10 @@ async fn until(
 async fn main() {
     let scale = env_or("BENCH_SCALE", 10);
     let txns = env_or("BENCH_TXNS", 20_000);
-    let settings = vec![
-        "shared_buffers = '512MB'".to_string(),
-        "max_wal_size = '8GB'".to_string(),
-    ];
-    let source = LocalPostgres::start(&Options {
-        logical: true,
-        settings: settings.clone(),
-        ..Default::default()
-    })
-    .unwrap();
-    let dest = LocalPostgres::start(&Options {
-        logical: true,
-        settings,
-        ..Default::default()
-    })
-    .unwrap();
+    let (source, dest) = start_servers(
+        &["shared_buffers = '512MB'", "max_wal_size = '8GB'"],
+        (true, true),
+    );
     let src = cdc::pg::connect(&source.conninfo("postgres"))
         .await
         .unwrap();

@@ -14,8 +14,10 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use cdc::local_pg::{LocalPostgres, Options};
-use common::{cdc_binary, env_or, median, pgbench, psql, psql_copy_out, timed_status};
+use cdc::local_pg::LocalPostgres;
+use common::{
+    cdc_binary, env_or, median, pgbench, psql, psql_copy_out, start_servers, timed_status,
+};
 
 /// Stream both tables in key order and merge them: (seconds, rows transferred, differences).
 fn naive(source: &LocalPostgres, dest: &LocalPostgres) -> (f64, u64, u64) {
@@ -111,17 +113,7 @@ fn main() {
     let scale = env_or("BENCH_SCALE", 50);
     let reps = env_or("BENCH_REPS", 3) as usize;
     let rows = scale * 100_000;
-    let settings = vec!["shared_buffers = '1GB'".to_string()];
-    let source = LocalPostgres::start(&Options {
-        settings: settings.clone(),
-        ..Default::default()
-    })
-    .unwrap();
-    let dest = LocalPostgres::start(&Options {
-        settings,
-        ..Default::default()
-    })
-    .unwrap();
+    let (source, dest) = start_servers(&["shared_buffers = '1GB'"], (false, false));
     eprintln!("generating {rows} pgbench_accounts rows on both servers...");
     for server in [&source, &dest] {
         pgbench(server, "postgres", &["-i", "-q", "-s", &scale.to_string()]);
