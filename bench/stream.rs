@@ -8,8 +8,9 @@
 //!     marker row: time from the source commit until the marker is visible on the destination
 //!     (each replicator commits the transaction atomically).
 //!
-//! Prints changes per second, catch-up times, their ratios, and `cdc run`'s peak RSS.
-//! `BENCH_LOG` sets cdc's log filter (default `warn`; its log goes to stderr).
+//! Prints changes per second, catch-up times, their ratios, and `cdc run`'s peak RSS and CPU
+//! time. `BENCH_LOG` sets cdc's log filter (default `warn`; its log goes to stderr);
+//! `BENCH_TXNS=0` skips (a).
 
 #[path = "common.rs"]
 mod common;
@@ -19,6 +20,19 @@ use std::time::{Duration, Instant};
 
 use cdc::local_pg::SUPERUSER;
 use common::{env_or, pgbench, rss_kib, start_servers};
+
+/// User plus system CPU seconds a running child has used.
+fn cpu_seconds(child: &Child) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0 // USER_HZ
+}
 
 /// Poll `query` (one bigint) on `client` until it returns `want`; seconds waited.
 async fn until(
@@ -113,12 +127,14 @@ async fn main() {
     );
 
     // (a) the backlog, written while neither replicator runs.
-    eprintln!("writing a backlog of {txns} pgbench transactions...");
-    pgbench(
-        &source,
-        "postgres",
-        &["-n", "-c", "4", "-j", "2", "-t", &(txns / 4).to_string()],
-    );
+    if txns > 0 {
+        eprintln!("writing a backlog of {txns} pgbench transactions...");
+        pgbench(
+            &source,
+            "postgres",
+            &["-n", "-c", "4", "-j", "2", "-t", &(txns / 4).max(1).to_string()],
+        );
+    }
     let history: i64 = src
         .query_one("SELECT count(*) FROM pgbench_history", &[])
         .await
@@ -138,6 +154,7 @@ async fn main() {
         .unwrap();
     let mut child = cdc_cmd("run").spawn().unwrap();
     let cdc_a = until(&viacdc, q_history, history, Some(&child), &mut peak).await;
+    let cpu_a = cpu_seconds(&child);
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -159,8 +176,10 @@ async fn main() {
         .unwrap();
     let mut child = cdc_cmd("run").spawn().unwrap();
     until(&viacdc, q_marker, 111, Some(&child), &mut peak).await; // catch up on the first one
+    let cpu_before_b = cpu_seconds(&child);
     src.batch_execute(&big(222)).await.unwrap();
     let cdc_b = until(&viacdc, q_marker, 222, Some(&child), &mut peak).await;
+    let cpu_b = cpu_seconds(&child) - cpu_before_b;
     child.kill().unwrap();
     child.wait().unwrap();
     native
@@ -168,19 +187,23 @@ async fn main() {
         .await
         .ok();
 
-    println!("(a) backlog of {history} transactions ({changes} row changes):");
-    println!(
-        "    native subscriber: {native_a:.2}s, {:.0} changes/s",
-        changes / native_a
-    );
-    println!(
-        "    cdc run:           {cdc_a:.2}s, {:.0} changes/s",
-        changes / cdc_a
-    );
-    println!("    rate ratio cdc/native: {:.2}", native_a / cdc_a);
+    if txns > 0 {
+        println!("(a) backlog of {history} transactions ({changes} row changes):");
+        println!(
+            "    native subscriber: {native_a:.2}s, {:.0} changes/s",
+            changes / native_a
+        );
+        println!(
+            "    cdc run:           {cdc_a:.2}s, {:.0} changes/s",
+            changes / cdc_a
+        );
+        println!("    rate ratio cdc/native: {:.2}", native_a / cdc_a);
+        println!("    cdc run CPU time: {cpu_a:.2}s");
+    }
     println!("(b) one transaction updating {rows} rows, commit to visible:");
     println!("    native subscriber: {native_b:.2}s");
     println!("    cdc run:           {cdc_b:.2}s");
     println!("    time ratio cdc/native: {:.2}", cdc_b / native_b);
+    println!("    cdc run CPU time from the UPDATE's start: {cpu_b:.2}s");
     println!("cdc run peak RSS: {:.1} MiB", peak as f64 / 1024.0);
 }

@@ -111,6 +111,33 @@ async fn an_update_that_changes_the_primary_key_moves_the_row() {
 }
 
 #[tokio::test]
+async fn an_update_of_a_row_missing_on_the_destination_writes_it() {
+    // Updates of existing keys are applied with a plain UPDATE; one that finds no row (the
+    // destination diverged, or a snapshot `where` filter left the row out) must still write it.
+    let p = pipeline(
+        "run_missing",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.dst_sql
+        .batch_execute("DELETE FROM public.t WHERE id = 2")
+        .await
+        .unwrap();
+    p.src_sql
+        .batch_execute("UPDATE t SET v = v || '!'")
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT t::text FROM t ORDER BY id").await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT t::text FROM t ORDER BY id").await,
+        ["(1,a!)", "(2,b!)", "(3,c!)"]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn unchanged_toast_columns_keep_their_value() {
     let p = pipeline(
         "run_toast",

@@ -4,7 +4,13 @@
 //! Rules: the last change of a key wins; an UPDATE that changes the key deletes the old key;
 //! a column the source marked "unchanged TOAST" takes the value an earlier change of the same
 //! batch gave it, and otherwise is left untouched in the destination (never set to NULL).
+//!
+//! A key whose first change in the batch is an UPDATE or DELETE of that key existed on the
+//! source before the batch, so it exists on the destination too: its final row can be written
+//! with a plain UPDATE instead of an upsert (cheaper: no speculative insert, no row lock).
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use crate::decode::Datum;
@@ -32,81 +38,111 @@ impl RowOp {
     }
 }
 
-/// The final state of one key after a batch.
+/// The final state of one key after a batch. Rows are borrowed from the batch's changes; only
+/// a row whose unchanged TOAST values were filled from an earlier change is a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Final {
-    /// Write this row; `UnchangedToast` datums mean "keep the destination's value".
-    Upsert(Vec<Datum>),
-    Delete(Vec<Datum>),
+pub enum Final<'a> {
+    /// Write this row, which may or may not exist yet; `UnchangedToast` datums mean "keep the
+    /// destination's value".
+    Upsert(Cow<'a, [Datum]>),
+    /// Write this row over the existing one (the key existed before the batch).
+    Update(Cow<'a, [Datum]>),
+    Delete(&'a [Datum]),
+}
+
+impl Final<'_> {
+    /// The row written, for upserts and updates.
+    pub fn written(&self) -> Option<&[Datum]> {
+        match self {
+            Final::Upsert(r) | Final::Update(r) => Some(r),
+            Final::Delete(_) => None,
+        }
+    }
 }
 
 /// Key values of a row (text form; key columns are never TOAST-unchanged).
-pub type Key = Vec<Option<bytes::Bytes>>;
+type Key<'a> = Vec<Option<&'a [u8]>>;
 
-fn key_of(row: &[Datum], key: &[usize]) -> Key {
+fn key_of<'a>(row: &'a [Datum], key: &[usize]) -> Key<'a> {
     key.iter()
         .map(|&i| match row.get(i) {
-            Some(Datum::Text(t)) | Some(Datum::Binary(t)) => Some(t.clone()),
+            Some(Datum::Text(t)) | Some(Datum::Binary(t)) => Some(&t[..]),
             _ => None,
         })
         .collect()
 }
 
-/// Reduce `ops` (one table, source order) to final states, in first-seen key order.
-pub fn reduce(ops: &[RowOp], key: &[usize]) -> Vec<(Key, Final)> {
-    let mut order: Vec<Key> = Vec::new();
-    let mut state: HashMap<Key, Final> = HashMap::new();
-    fn set(state: &mut HashMap<Key, Final>, order: &mut Vec<Key>, k: Key, f: Final) {
-        if state.insert(k.clone(), f).is_none() {
-            order.push(k);
+/// Final states in first-seen key order, each with whether its key existed before the batch
+/// (decided by the key's first change), and where each key's state is.
+struct States<'a> {
+    finals: Vec<(Final<'a>, bool)>,
+    index: HashMap<Key<'a>, usize, foldhash::fast::RandomState>,
+}
+
+impl<'a> States<'a> {
+    fn get(&self, k: &Key<'a>) -> Option<&Final<'a>> {
+        self.index.get(k).map(|&i| &self.finals[i].0)
+    }
+
+    fn set(&mut self, k: Key<'a>, f: Final<'a>, existed_if_first: bool) {
+        match self.index.entry(k) {
+            Entry::Occupied(e) => self.finals[*e.get()].0 = f,
+            Entry::Vacant(v) => {
+                v.insert(self.finals.len());
+                self.finals.push((f, existed_if_first));
+            }
         }
     }
+}
+
+/// Reduce `ops` (one table, source order) to final states, in first-seen key order.
+pub fn reduce<'a>(ops: &'a [RowOp], key: &[usize]) -> Vec<Final<'a>> {
+    let mut states = States {
+        finals: Vec::with_capacity(ops.len()),
+        index: HashMap::with_capacity_and_hasher(ops.len(), Default::default()),
+    };
     for op in ops {
         match op {
-            RowOp::Insert(row) => set(
-                &mut state,
-                &mut order,
-                key_of(row, key),
-                Final::Upsert(row.clone()),
-            ),
+            RowOp::Insert(row) => states.set(key_of(row, key), Final::Upsert(row.into()), false),
             RowOp::Update { old, new } => {
                 let new_key = key_of(new, key);
-                let mut row = new.clone();
                 let old_key = old
-                    .as_ref()
+                    .as_deref()
                     .map(|o| key_of(o, key))
                     .filter(|k| *k != new_key);
                 // Unchanged TOAST values come from the earlier state of the row in this batch.
-                let earlier = match &old_key {
-                    Some(k) => state.get(k),
-                    None => state.get(&new_key),
-                };
-                if let Some(Final::Upsert(prev)) = earlier {
-                    for (d, p) in row.iter_mut().zip(prev) {
-                        if *d == Datum::UnchangedToast {
-                            *d = p.clone();
-                        }
+                let mut row: Cow<'a, [Datum]> = Cow::Borrowed(new);
+                if new.contains(&Datum::UnchangedToast) {
+                    let earlier = states.get(old_key.as_ref().unwrap_or(&new_key));
+                    if let Some(prev) = earlier.and_then(|f| f.written()) {
+                        let merged: Vec<Datum> = new
+                            .iter()
+                            .zip(prev)
+                            .map(|(d, p)| match d {
+                                Datum::UnchangedToast => p.clone(),
+                                d => d.clone(),
+                            })
+                            .collect();
+                        row = Cow::Owned(merged);
                     }
                 }
+                let same_key = old_key.is_none();
                 if let Some(k) = old_key {
-                    let old_row = old.clone().expect("old key implies old row");
-                    set(&mut state, &mut order, k, Final::Delete(old_row));
+                    let old_row = old.as_deref().expect("old key implies old row");
+                    states.set(k, Final::Delete(old_row), true);
                 }
-                set(&mut state, &mut order, new_key, Final::Upsert(row));
+                // A new key (the update moved the row) did not exist before, as far as we know.
+                states.set(new_key, Final::Upsert(row), same_key);
             }
-            RowOp::Delete(old) => set(
-                &mut state,
-                &mut order,
-                key_of(old, key),
-                Final::Delete(old.clone()),
-            ),
+            RowOp::Delete(old) => states.set(key_of(old, key), Final::Delete(old), true),
         }
     }
-    order
+    states
+        .finals
         .into_iter()
-        .map(|k| {
-            let f = state.remove(&k).expect("every ordered key has a state");
-            (k, f)
+        .map(|(f, existed)| match (f, existed) {
+            (Final::Upsert(row), true) => Final::Update(row),
+            (f, _) => f,
         })
         .collect()
 }
@@ -119,6 +155,14 @@ mod tests {
 
     fn t(s: &'static str) -> Datum {
         Datum::Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn upsert(row: Vec<Datum>) -> Final<'static> {
+        Final::Upsert(Cow::Owned(row))
+    }
+
+    fn update(row: Vec<Datum>) -> Final<'static> {
+        Final::Update(Cow::Owned(row))
     }
 
     #[test]
@@ -134,8 +178,8 @@ mod tests {
         ];
         let r = reduce(&ops, &[0]);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0].1, Final::Upsert(vec![t("1"), t("b")]));
-        assert_eq!(r[1].1, Final::Delete(vec![t("2"), Datum::Null]));
+        assert_eq!(r[0], upsert(vec![t("1"), t("b")]));
+        assert_eq!(r[1], Final::Delete(&[t("2"), Datum::Null]));
     }
 
     #[test]
@@ -148,14 +192,8 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                (
-                    vec![Some(Bytes::from_static(b"1"))],
-                    Final::Delete(vec![t("1"), Datum::Null])
-                ),
-                (
-                    vec![Some(Bytes::from_static(b"9"))],
-                    Final::Upsert(vec![t("9"), t("v")])
-                ),
+                Final::Delete(&[t("1"), Datum::Null]),
+                upsert(vec![t("9"), t("v")]),
             ]
         );
         // Moving the key back and forth ends with only the last key present.
@@ -170,13 +208,11 @@ mod tests {
                 new: vec![t("1"), t("c")],
             },
         ];
-        let r = reduce(&ops, &[0]);
-        let finals: Vec<_> = r.into_iter().map(|(_, f)| f).collect();
         assert_eq!(
-            finals,
+            reduce(&ops, &[0]),
             vec![
-                Final::Upsert(vec![t("1"), t("c")]),
-                Final::Delete(vec![t("2"), Datum::Null])
+                upsert(vec![t("1"), t("c")]),
+                Final::Delete(&[t("2"), Datum::Null])
             ]
         );
     }
@@ -196,14 +232,49 @@ mod tests {
         ];
         let r = reduce(&ops, &[0]);
         assert_eq!(
-            r[0].1,
-            Final::Upsert(vec![t("1"), t("big")]),
+            r[0],
+            upsert(vec![t("1"), t("big")]),
             "filled from the insert in the same batch"
         );
         assert_eq!(
-            r[1].1,
-            Final::Upsert(vec![t("2"), Datum::UnchangedToast]),
+            r[1],
+            update(vec![t("2"), Datum::UnchangedToast]),
             "left for the destination to keep"
+        );
+    }
+
+    #[test]
+    fn keys_that_existed_before_the_batch_are_updated_not_upserted() {
+        let ops = vec![
+            // existed: updated in place
+            RowOp::Update {
+                old: None,
+                new: vec![t("1"), t("a")],
+            },
+            // existed: deleted, then inserted again
+            RowOp::Delete(vec![t("2"), Datum::Null]),
+            RowOp::Insert(vec![t("2"), t("b")]),
+            // new: inserted, then updated
+            RowOp::Insert(vec![t("3"), t("c")]),
+            RowOp::Update {
+                old: None,
+                new: vec![t("3"), t("d")],
+            },
+            // 4 existed and moved to 5, which is new
+            RowOp::Update {
+                old: Some(vec![t("4"), Datum::Null]),
+                new: vec![t("5"), t("e")],
+            },
+        ];
+        assert_eq!(
+            reduce(&ops, &[0]),
+            vec![
+                update(vec![t("1"), t("a")]),
+                update(vec![t("2"), t("b")]),
+                upsert(vec![t("3"), t("d")]),
+                Final::Delete(&[t("4"), Datum::Null]),
+                upsert(vec![t("5"), t("e")]),
+            ]
         );
     }
 }

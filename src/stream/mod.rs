@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  payload ─► decode ─┬─ inside a stream block ─► StreamedTxns (memory, then disk)
-//!                     │     └─ and, for one at a time, applied ahead (speculate.rs)
+//!                     │     └─ and, for one at a time, applied ahead (speculate.rs;
+//!                     │        its copy then goes straight to disk)
 //!                     │                               │ Stream Commit: commit it, or replay
 //!                     │                               │ in order minus aborted subtransactions
 //!                     └─ otherwise ─► process ◄───────┘
@@ -167,7 +168,7 @@ impl Streamer {
         }
         match msg {
             LogicalMessage::StreamStart(s) if s.first_segment => {
-                self.begin_speculation(s.xid);
+                self.begin_speculation(s.xid)?;
                 Ok(None)
             }
             LogicalMessage::StreamCommit(c) if self.speculating_on(c.xid) => {

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!  Stream Start (first chunk) ─► a task takes the second destination session
-//!  chunks ─► spilled as always (the fallback) AND sent to the task, which writes them in one
-//!            open transaction while the stream keeps being read
+//!  chunks ─► spilled to disk (the fallback) AND grouped into batches by the stream reader,
+//!            sent to the task, which writes them in one open transaction: the next batch is
+//!            read and decoded while the destination writes this one
 //!  Stream Commit ─► main batch committed first (earlier commits), then the task commits
 //!  Stream Abort ─► the task rolls back: nothing of it was ever visible
 //! ```
@@ -24,24 +25,23 @@
 //! main session needs), a TRUNCATE, a table without a key (its rows are matched by value, so
 //! the sessions could pick the same row), a change before its Relation message.
 
-use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apply::{Applier, RowOp, TableMap};
-use crate::config::ApplyConfig;
+use crate::apply::{Applier, Batch, Pending};
 use crate::decode::{LogicalMessage, PgTimestamp};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
 use super::Streamer;
 
-/// Rows queued for the task before the stream reader waits for it.
-const QUEUE_ROWS: usize = 20_000;
+/// Batches queued for the task before the stream reader waits for it: one being written, one
+/// ready, so the destination never waits for the reader while the reader keeps up.
+const QUEUE_BATCHES: usize = 2;
 
 /// What the stream reader tells the task.
 enum Command {
-    Row(Arc<TableMap>, RowOp),
+    Write(Batch),
     /// Record the position and commit; hand the session back.
     Commit(Lsn, PgTimestamp, oneshot::Sender<(Applier, Result<()>)>),
     /// Roll back; hand the session back.
@@ -52,28 +52,20 @@ enum Command {
 pub(super) struct Speculation {
     pub xid: u32,
     commands: mpsc::Sender<Command>,
+    /// Rows not yet sent to the task.
+    pending: Pending,
     rows: usize,
 }
 
-/// The task: write rows in batches into one open transaction. After a failed write it only
-/// waits for the end, where the error is reported.
-async fn apply_ahead(
-    mut applier: Applier,
-    limits: ApplyConfig,
-    mut commands: mpsc::Receiver<Command>,
-) {
+/// The task: write batches into one open transaction. After a failed write it only waits for
+/// the end, where the error is reported.
+async fn apply_ahead(mut applier: Applier, mut commands: mpsc::Receiver<Command>) {
     let mut failed: Option<Error> = None;
     while let Some(command) = commands.recv().await {
         match command {
-            Command::Row(map, op) => {
-                if failed.is_some() {
-                    continue;
-                }
-                applier.push(&map, op);
-                if applier.pending_rows() >= limits.batch_max_rows
-                    || applier.pending_bytes() >= limits.batch_max_bytes
-                {
-                    if let Err(e) = applier.flush().await {
+            Command::Write(batch) => {
+                if failed.is_none() {
+                    if let Err(e) = applier.write(batch).await {
                         failed = Some(e);
                     }
                 }
@@ -109,21 +101,23 @@ impl Streamer {
     }
 
     /// The first chunk of a streamed transaction: apply it ahead if the spare session is free.
-    pub(super) fn begin_speculation(&mut self, xid: u32) {
-        if self.speculation.is_some() || self.txn.is_some() {
-            return;
+    /// Its fallback copy goes straight to disk.
+    pub(super) fn begin_speculation(&mut self, xid: u32) -> Result<()> {
+        if self.speculation.is_some() || self.txn.is_some() || self.spare.is_none() {
+            return Ok(());
         }
-        let Some(applier) = self.spare.take() else {
-            return;
-        };
+        self.streamed.keep_on_disk(xid)?;
+        let applier = self.spare.take().expect("checked above");
         tracing::debug!(xid, "applying a streamed transaction ahead of its commit");
-        let (commands, receiver) = mpsc::channel(QUEUE_ROWS);
-        tokio::spawn(apply_ahead(applier, self.limits.clone(), receiver));
+        let (commands, receiver) = mpsc::channel(QUEUE_BATCHES);
+        tokio::spawn(apply_ahead(applier, receiver));
         self.speculation = Some(Speculation {
             xid,
             commands,
+            pending: Pending::default(),
             rows: 0,
         });
+        Ok(())
     }
 
     /// One message of the speculated transaction's chunks.
@@ -159,10 +153,18 @@ impl Streamer {
             .as_mut()
             .expect("speculate is only called while speculating");
         spec.rows += 1;
-        spec.commands
-            .send(Command::Row(map, op))
-            .await
-            .map_err(|_| task_gone())
+        spec.pending.push(&map, op);
+        if spec.pending.rows() >= self.limits.batch_max_rows
+            || spec.pending.bytes() >= self.limits.batch_max_bytes
+        {
+            // Handed over whole: the task writes it while the reader gathers the next one.
+            let batch = spec.pending.take_batch();
+            spec.commands
+                .send(Command::Write(batch))
+                .await
+                .map_err(|_| task_gone())?;
+        }
+        Ok(())
     }
 
     /// Stream Commit of the speculated transaction: commit what came before, then it.
@@ -215,7 +217,7 @@ impl Streamer {
     /// Commit (with the position) or roll back in the task, and take the session back.
     async fn end_task(
         &mut self,
-        spec: Speculation,
+        mut spec: Speculation,
         commit: Option<(Lsn, PgTimestamp)>,
     ) -> Result<()> {
         // The task may be waiting for a lock of the open main batch: commit that first, or
@@ -224,7 +226,13 @@ impl Streamer {
         self.commit().await?;
         let (reply, answer) = oneshot::channel();
         let command = match commit {
-            Some((lsn, time)) => Command::Commit(lsn, time, reply),
+            Some((lsn, time)) => {
+                let rest = spec.pending.take_batch();
+                if spec.commands.send(Command::Write(rest)).await.is_err() {
+                    return Err(task_gone());
+                }
+                Command::Commit(lsn, time, reply)
+            }
             None => Command::Rollback(reply),
         };
         if spec.commands.send(command).await.is_err() {

@@ -4,6 +4,8 @@
 //! transaction's messages are kept (as the raw pgoutput bytes) until its Stream Commit or
 //! Stream Abort. **Memory stays bounded**: when all buffers together exceed the limit, the
 //! largest is moved to a temporary file and the rest of that transaction is appended there.
+//! A transaction being applied ahead of its commit (`speculate.rs`) goes to its file from the
+//! start: its copy here is only the fallback, rarely read, so it should not hold memory.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -13,6 +15,11 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+
+/// What one kept message costs beyond its bytes: its slot in the buffer's `Vec<Bytes>` and
+/// the allocator's header for its own allocation. Counted so that the limit bounds real
+/// memory, not just payload (pgoutput row messages are often only ~100 bytes).
+const MESSAGE_OVERHEAD: usize = 48;
 
 struct Buffer {
     memory: Vec<Bytes>,
@@ -65,8 +72,8 @@ impl StreamedTxns {
             self.spilled_bytes += message.len() as u64 + 4;
             return Ok(());
         }
-        buf.memory_bytes += message.len();
-        self.memory_bytes += message.len();
+        buf.memory_bytes += message.len() + MESSAGE_OVERHEAD;
+        self.memory_bytes += message.len() + MESSAGE_OVERHEAD;
         buf.memory.push(message);
         while self.memory_bytes > self.max_memory_bytes {
             self.spill_largest()?;
@@ -83,6 +90,31 @@ impl StreamedTxns {
         else {
             return Ok(());
         };
+        self.spill(xid)
+    }
+
+    /// Keep transaction `xid` on disk from now on (what it holds in memory moves there too).
+    pub fn keep_on_disk(&mut self, xid: u32) -> Result<()> {
+        match self.buffers.get(&xid) {
+            Some(b) if b.spill.is_some() => Ok(()),
+            Some(_) => self.spill(xid),
+            None => {
+                self.buffers.insert(
+                    xid,
+                    Buffer {
+                        memory: Vec::new(),
+                        memory_bytes: 0,
+                        spill: None,
+                        aborted_subxacts: HashSet::new(),
+                    },
+                );
+                self.spill(xid)
+            }
+        }
+    }
+
+    /// Move `xid`'s buffer to a new file; later messages are appended there.
+    fn spill(&mut self, xid: u32) -> Result<()> {
         let path = self
             .dir
             .join(format!("cdc-spill-{}-{xid}", std::process::id()));
@@ -90,7 +122,7 @@ impl StreamedTxns {
             .map_err(Error::io(format!("creating spill file {}", path.display())))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let buf = self.buffers.get_mut(&xid).expect("chosen above");
-        for m in buf.memory.drain(..) {
+        for m in std::mem::take(&mut buf.memory) {
             write_record(&mut w, &m)?;
             self.spilled_bytes += m.len() as u64 + 4;
         }
@@ -233,6 +265,26 @@ mod tests {
             (0..20).filter(|i| i % 2 == 0).map(msg).collect::<Vec<_>>()
         );
         assert!(s.is_empty());
+        assert_eq!(s.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn a_transaction_kept_on_disk_holds_no_memory_and_replays_in_order() {
+        let mut s = StreamedTxns::new(1 << 20, std::env::temp_dir());
+        let msg = |i: u32| Bytes::from(format!("row {i}"));
+        s.push(3, msg(0)).unwrap();
+        s.push(4, msg(100)).unwrap();
+        s.keep_on_disk(3).unwrap();
+        s.keep_on_disk(9).unwrap(); // before its first message
+        for i in 1..5 {
+            s.push(3, msg(i)).unwrap();
+            s.push(9, msg(i + 10)).unwrap();
+        }
+        let one = msg(100).len() + MESSAGE_OVERHEAD;
+        assert_eq!(s.memory_bytes(), one, "only transaction 4 is in memory");
+        assert_eq!(drain(s.take(3).unwrap().0), (0..5).map(msg).collect::<Vec<_>>());
+        assert_eq!(drain(s.take(9).unwrap().0), (11..15).map(msg).collect::<Vec<_>>());
+        assert_eq!(drain(s.take(4).unwrap().0), vec![msg(100)]);
         assert_eq!(s.memory_bytes(), 0);
     }
 
