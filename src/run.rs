@@ -34,6 +34,13 @@ use crate::stream::Streamer;
 /// How often progress is reported to the source even without news.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The most memory, in kB, the walsender may use for a transaction before it streams it to us
+/// (its `logical_decoding_work_mem`, 64MB by default). Smaller means the first chunk of a large
+/// transaction arrives sooner and the rest flows in steady small chunks, so the apply-ahead
+/// session starts earlier: a 1M-row UPDATE became visible 8.2–8.7 s after its commit with
+/// 2–8MB against 11.1 s with 64MB (bench/stream). A smaller server or role setting is kept.
+const DECODING_WORK_MEM_KB: i64 = 8 * 1024;
+
 /// Run until `shutdown` becomes true (then finish the batch in flight and return `Ok`) or a
 /// definite error occurs.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -137,9 +144,12 @@ async fn stream_once(
         .map_err(Error::pg("preparing the source catalog session"))?;
     check_slot(&catalog, slot, applied).await?;
 
-    let repl = ReplicationClient::connect(&src_info).await?;
+    let mut repl = ReplicationClient::connect(&src_info).await?;
     let options =
         PgOutputOptions::for_server(repl.server_version_num(), &config.source.publication);
+    if options.streaming {
+        limit_decoding_memory(&mut repl).await?;
+    }
     let read_timeout = Duration::from_millis(config.source.read_timeout_ms);
     let mut stream = repl
         .start_logical_replication(slot, applied, &options, read_timeout)
@@ -287,4 +297,24 @@ mod tests {
             );
         }
     }
+}
+
+/// Lower the walsender's `logical_decoding_work_mem` to `DECODING_WORK_MEM_KB` unless it is
+/// already lower (the setting is per session; plain SQL works on a `replication=database`
+/// connection).
+async fn limit_decoding_memory(repl: &mut ReplicationClient) -> Result<()> {
+    let rows = repl
+        .simple_query("SELECT setting FROM pg_settings WHERE name = 'logical_decoding_work_mem'")
+        .await?;
+    let current = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse::<i64>().ok());
+    if current.is_some_and(|kb| kb > DECODING_WORK_MEM_KB) {
+        repl.simple_query(&format!(
+            "SET logical_decoding_work_mem = '{DECODING_WORK_MEM_KB}kB'"
+        ))
+        .await?;
+    }
+    Ok(())
 }

@@ -412,6 +412,43 @@ async fn a_streamed_transaction_is_applied_while_it_runs_and_shows_only_at_its_c
 }
 
 #[tokio::test]
+async fn a_large_transaction_streams_early_even_with_the_servers_default_decoding_memory() {
+    // The test server streams at 64kB; give this database the stock 64MB back. cdc lowers its
+    // own walsender's setting to 8MB, so ~20MB of uncommitted changes arrive (and are written
+    // ahead) before the commit; with 64MB nothing would arrive until then.
+    let p = Pipeline::new(
+        "run_early",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "[[tables]]\nsource = \"public.t\"\n[apply]\nbatch_max_wait_ms = 20",
+    )
+    .await;
+    let db = rows_text(&p.src_sql, "SELECT current_database()::text").await;
+    p.src_sql
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET logical_decoding_work_mem = '64MB'",
+            db[0]
+        ))
+        .await
+        .unwrap();
+    let r = start(&p).await;
+    let open = cdc::pg::connect(&p.src).await.unwrap();
+    open.batch_execute(
+        "BEGIN; INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g;",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the open transaction's rows to be written ahead on the destination",
+        Duration::from_secs(60),
+        || uncommitted_writer(&p),
+    )
+    .await;
+    open.batch_execute("COMMIT").await.unwrap();
+    wait_synced(&p, "SELECT count(*)::text FROM t").await;
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn restarting_resumes_without_duplicates_or_gaps() {
     let p = pipeline("run_resume", "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE log (n int); ALTER TABLE log REPLICA IDENTITY FULL;", "[[tables]]\nsource = \"public.t\"\n[[tables]]\nsource = \"public.log\"").await;
     for round in 0..3 {

@@ -161,6 +161,7 @@ fn password_file_is_read_and_trimmed() {
         err.contains("line 4: source.password_file: cannot read /nonexistent/pw"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
