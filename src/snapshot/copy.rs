@@ -1,26 +1,24 @@
 //! Moving rows: `COPY ... TO STDOUT` on a source connection that imported the slot's
-//! snapshot, streamed straight into `COPY ... FROM STDIN` on the destination. Nothing buffers
-//! more than the driver's few kilobytes, whatever the table size.
+//! snapshot (read off the socket in chunks by `source::copy_out`), streamed straight into
+//! `COPY ... FROM STDIN` on the destination. Nothing buffers more than a chunk (256 KiB) and the
+//! driver's buffers, whatever the table size.
 //!
 //! Large tables are split into ranges of heap pages (`ctid >= '(a,0)' AND ctid < '(b,0)'`,
 //! a TID range scan since Postgres 14), so several connections can copy one table at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio_postgres::Client;
 
 use super::catalog::TableSchema;
 use crate::config::TableName;
 use crate::error::{Error, Result};
+use crate::source::copy_out::CopySource;
 use crate::source::replication::quote_ident;
 
 /// Tables smaller than two of these (in 8 kB pages, i.e. 64 MiB) are copied in one piece.
 pub const MIN_CHUNK_PAGES: i64 = 8192;
-
-/// At most this many already-received rows are joined into one chunk for the destination.
-const COALESCE_ROWS: usize = 1024;
 
 /// A range of heap pages; `None` bounds are open (the last range also catches pages the
 /// statistics did not know about).
@@ -101,36 +99,24 @@ fn column_list(table: &TableSchema) -> String {
 /// Stream one range from `src` (inside its snapshot transaction) into `dst`; returns the
 /// number of rows. `bytes` counts the data as it flows, for progress reports.
 pub async fn copy_range(
-    src: &Client,
+    src: &mut CopySource,
     dst: &Client,
     out_sql: &str,
     in_sql: &str,
     bytes: &AtomicU64,
 ) -> Result<u64> {
-    let out = src
-        .copy_out(out_sql)
-        .await
-        .map_err(Error::pg(format!("starting {out_sql}")))?;
+    src.copy_out(out_sql).await?;
     let sink = dst
         .copy_in(in_sql)
         .await
         .map_err(Error::pg(format!("starting {in_sql}")))?;
     let mut sink = std::pin::pin!(sink);
-    // The source sends one CopyData per row; passing rows on one by one costs a channel
-    // hop and a frame each. Joining whatever has already arrived into one large chunk keeps
-    // our share of the CPU small without adding latency.
-    let mut out = std::pin::pin!(out.ready_chunks(COALESCE_ROWS).map(|rows| {
-        let mut joined =
-            BytesMut::with_capacity(rows.iter().map(|r| r.as_ref().map_or(0, Bytes::len)).sum());
-        for row in rows {
-            joined.extend_from_slice(&row?);
-        }
-        bytes.fetch_add(joined.len() as u64, Ordering::Relaxed);
-        Ok::<_, tokio_postgres::Error>(joined.freeze())
-    }));
-    sink.send_all(&mut out)
-        .await
-        .map_err(Error::pg(format!("copying rows ({out_sql})")))?;
+    while let Some(chunk) = src.next_chunk().await? {
+        bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        sink.send(chunk)
+            .await
+            .map_err(Error::pg(format!("copying rows ({out_sql})")))?;
+    }
     sink.as_mut()
         .finish()
         .await

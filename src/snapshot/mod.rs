@@ -36,6 +36,7 @@ use crate::config::{Config, TableName};
 use crate::conninfo::ConnInfo;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::source::copy_out::CopySource;
 use crate::source::replication::{quote_ident, ReplicationClient};
 use catalog::TableSchema;
 use copy::PageRange;
@@ -357,13 +358,12 @@ async fn copy_all(
         let (src_info, dst_info, snapshot) =
             (src_info.clone(), dst_info.clone(), snapshot.to_owned());
         tasks.spawn(async move {
-            let src = crate::pg::connect(&src_info).await?;
-            src.batch_execute(&format!(
+            let mut src = CopySource::connect(&src_info).await?;
+            src.execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 crate::source::replication::quote_literal(&snapshot)
             ))
-            .await
-            .map_err(Error::pg("importing the slot's snapshot"))?;
+            .await?;
             let dst = crate::pg::connect(&dst_info).await?;
             loop {
                 let Some((i, range)) = queue.lock().expect("queue lock").pop_front() else {
@@ -372,12 +372,11 @@ async fn copy_all(
                 let job = &jobs[i];
                 let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), job.binary);
                 let inn = copy::copy_in_sql(&job.destination, &job.schema, job.binary);
-                let rows = copy::copy_range(&src, &dst, &out, &inn, &job.bytes).await?;
+                let rows = copy::copy_range(&mut src, &dst, &out, &inn, &job.bytes).await?;
                 let _ = done.send((i, rows));
             }
-            src.batch_execute("COMMIT")
-                .await
-                .map_err(Error::pg("ending the snapshot transaction"))?;
+            src.execute("COMMIT").await?;
+            src.close().await;
             Ok(())
         });
     }

@@ -17,7 +17,7 @@
 
 mod frames;
 mod stream;
-mod wire;
+pub(crate) mod wire;
 
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use wire::PgWire;
 
 /// Session settings that decide how pgoutput prints values as text. They are fixed so that the
 /// text we receive is unambiguous and identical to what a fresh destination session parses.
-const STARTUP_PARAMS: &[(&str, &str)] = &[
+pub(crate) const STARTUP_PARAMS: &[(&str, &str)] = &[
     ("replication", "database"),
     ("client_encoding", "UTF8"),
     ("DateStyle", "ISO, MDY"),

@@ -25,6 +25,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 /// Postgres limits a single value to 1 GiB, and an XLogData adds a small header.
 const MAX_FRAME_LEN: usize = (1 << 30) + (1 << 20);
 
+/// Room made in the read buffer before each socket read during COPY TO: fewer, larger reads.
+const COPY_READ_BYTES: usize = 256 * 1024;
+
 /// A frame as read: tag and the whole message bytes including the 5-byte header, which is what
 /// `postgres_protocol::message::backend::Message::parse` expects.
 pub(crate) struct Frame {
@@ -351,6 +354,93 @@ impl PgWire {
                 source,
             }),
             None => Ok(rows),
+        }
+    }
+
+    /// During `COPY ... TO STDOUT`: move the payloads of the CopyData frames already received
+    /// into `chunk` (reading from the socket only when none is waiting) until it holds `max`
+    /// bytes. Returns `false` once the copy has ended (CopyDone up to ReadyForQuery read);
+    /// `chunk` may still hold the last data then. An ErrorResponse fails with `context`.
+    ///
+    /// Rows are never handled one by one beyond this header check and copy: the snapshot moves
+    /// tables of millions of rows, one CopyData each, through here.
+    pub(crate) async fn read_copy_data(
+        &mut self,
+        chunk: &mut BytesMut,
+        max: usize,
+        context: &str,
+    ) -> Result<bool> {
+        loop {
+            while self.buf.len() >= 5 {
+                let len = (&self.buf[1..5]).get_u32() as usize;
+                if !(4..=MAX_FRAME_LEN).contains(&len) {
+                    return Err(protocol("reading", format!("invalid message length {len}")));
+                }
+                if self.buf.len() <= len {
+                    break;
+                }
+                match self.buf[0] {
+                    b'd' => {
+                        chunk.extend_from_slice(&self.buf[5..=len]);
+                        self.buf.advance(len + 1);
+                        if chunk.len() >= max {
+                            return Ok(true);
+                        }
+                    }
+                    b'c' => {
+                        self.buf.advance(len + 1);
+                        self.read_until_ready(context).await?;
+                        return Ok(false);
+                    }
+                    _ => {
+                        // Notices and parameter changes pass; an error ends the copy.
+                        if let backend::Message::ErrorResponse(body) = self.read_frame().await?.parse()? {
+                            return Err(Error::Db {
+                                context: context.to_owned(),
+                                source: db_error(&body),
+                            });
+                        }
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                return Ok(true);
+            }
+            self.buf.reserve(COPY_READ_BYTES);
+            let n = self
+                .io
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(Error::io("reading from server"))?;
+            if n == 0 {
+                return Err(Error::Io {
+                    context: "server closed the connection".into(),
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+        }
+    }
+
+    /// Send a simple query that starts `COPY ... TO STDOUT` and wait for CopyOutResponse.
+    pub(crate) async fn start_copy_out(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.out).map_err(Error::io("encoding query"))?;
+        self.flush().await?;
+        loop {
+            match self.read_frame().await?.parse()? {
+                backend::Message::CopyOutResponse(_) => return Ok(()),
+                backend::Message::ErrorResponse(body) => {
+                    let source = db_error(&body);
+                    self.read_until_ready(sql).await.ok();
+                    return Err(Error::Db {
+                        context: sql.to_owned(),
+                        source,
+                    });
+                }
+                backend::Message::ReadyForQuery(_) => {
+                    return Err(protocol(sql, "the statement did not start a COPY TO STDOUT"))
+                }
+                _ => {}
+            }
         }
     }
 
