@@ -203,25 +203,43 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
         ReportFormat::Json => Format::Json,
         ReportFormat::Csv => Format::Csv,
     };
+    // Written without print!: a reader that stops early (`cdc verify | head`) closes the pipe,
+    // and print! would panic on that. The verdict (exit code) stands either way.
+    let mut stdout: Vec<u8> = Vec::new();
     match (&args.output, format) {
         (Some(path), _) => {
             let mut file = std::fs::File::create(path)
                 .with_context(|| format!("cannot write the report to {}", path.display()))?;
             report.write(format, &mut file)?;
-            print!("{}", report.human(20));
-            println!("Full report: {}", path.display());
+            stdout.extend_from_slice(report.human(20).as_bytes());
+            stdout.extend_from_slice(format!("Full report: {}\n", path.display()).as_bytes());
         }
         (None, Format::Human) => {
-            print!("{}", report.human(20));
+            stdout.extend_from_slice(report.human(20).as_bytes());
             if report
                 .tables
                 .iter()
                 .any(|t| t.missing.len().max(t.different.len()).max(t.extra.len()) > 20)
             {
-                println!("Only the first 20 rows of each kind are listed: use --format json|csv --output FILE for all.");
+                stdout.extend_from_slice(b"Only the first 20 rows of each kind are listed: use --format json|csv --output FILE for all.\n");
             }
         }
-        (None, _) => report.write(format, &mut std::io::stdout().lock())?,
+        (None, _) => {}
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let written = match (&args.output, format) {
+            // Streamed: a full report can be large.
+            (None, Format::Json | Format::Csv) => report.write(format, &mut out),
+            _ => out.write_all(&stdout),
+        };
+        match written.and_then(|()| out.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(anyhow::Error::new(e).context("writing the report to standard output"))
+            }
+            _ => {}
+        }
     }
     Ok(if report.equal {
         verify_exit::EQUAL

@@ -421,6 +421,24 @@ async fn the_command_reports_in_each_format_with_diff_style_exit_codes() {
         "{csv}"
     );
 
+    // A reader that goes away early (`cdc verify | head -0`) gets the verdict, not a panic.
+    for format in ["human", "csv"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cdc"))
+            .args(base)
+            .args(["--format", format])
+            .env_remove("CDC_CONFIG")
+            .env("CDC_LOG_FORMAT", "human")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+    }
+
     let out = cdc(&[
         "verify",
         "--source",
