@@ -132,7 +132,15 @@ async fn main() {
         pgbench(
             &source,
             "postgres",
-            &["-n", "-c", "4", "-j", "2", "-t", &(txns / 4).max(1).to_string()],
+            &[
+                "-n",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-t",
+                &(txns / 4).max(1).to_string(),
+            ],
         );
     }
     let history: i64 = src

@@ -282,23 +282,6 @@ async fn check_slot(catalog: &tokio_postgres::Client, slot: &str, applied: Lsn) 
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_a_cap_with_jitter() {
-        for attempt in 1..20 {
-            let d = backoff(attempt).as_millis() as u64;
-            let base = (500u64 << (attempt.min(6) - 1)).min(30_000);
-            assert!(
-                d >= base * 3 / 4 && d <= base * 5 / 4,
-                "attempt {attempt}: {d} ms vs base {base}"
-            );
-        }
-    }
-}
-
 /// Lower the walsender's `logical_decoding_work_mem` to `DECODING_WORK_MEM_KB` unless it is
 /// already lower (the setting is per session; plain SQL works on a `replication=database`
 /// connection).
@@ -317,4 +300,21 @@ async fn limit_decoding_memory(repl: &mut ReplicationClient) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        for attempt in 1..20 {
+            let d = backoff(attempt).as_millis() as u64;
+            let base = (500u64 << (attempt.min(6) - 1)).min(30_000);
+            assert!(
+                d >= base * 3 / 4 && d <= base * 5 / 4,
+                "attempt {attempt}: {d} ms vs base {base}"
+            );
+        }
+    }
 }

@@ -312,13 +312,7 @@ impl Applier {
                 full.push(row);
             }
         }
-        if let Some(update_sql) = update_sql.filter(|_| !existing.is_empty()) {
-            let cols: Vec<usize> = t
-                .key
-                .iter()
-                .copied()
-                .chain(all.iter().copied().filter(|i| !t.key.contains(i)))
-                .collect();
+        if let Some((update_sql, cols)) = update_sql.filter(|_| !existing.is_empty()) {
             let updated = self.exec_arrays(update_sql, &existing, &cols).await?;
             if updated < existing.len() as u64 {
                 // The destination lacks rows the source had: the table has a snapshot `where`
@@ -337,13 +331,7 @@ impl Applier {
             self.exec_arrays(sql::upsert(t), &full, &all).await?;
         }
         for (present, rows) in partial {
-            if let Some(stmt) = sql::update_present(t, &present) {
-                let cols: Vec<usize> = t
-                    .key
-                    .iter()
-                    .copied()
-                    .chain(present.iter().copied().filter(|i| !t.key.contains(i)))
-                    .collect();
+            if let Some((stmt, cols)) = sql::update_present(t, &present) {
                 self.exec_arrays(stmt, &rows, &cols).await?;
             }
         }

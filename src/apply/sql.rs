@@ -64,8 +64,9 @@ pub fn upsert(t: &TableMap) -> String {
 }
 
 /// Update only the `present` non-key columns of existing keys (the others were unchanged
-/// TOAST values). Parameters: key columns, then present columns. `None` if nothing to set.
-pub fn update_present(t: &TableMap, present: &[usize]) -> Option<String> {
+/// TOAST values). Returns the statement and the columns its parameters take, in order: key
+/// columns, then present ones. `None` if nothing to set.
+pub fn update_present(t: &TableMap, present: &[usize]) -> Option<(String, Vec<usize>)> {
     let set: Vec<usize> = present
         .iter()
         .copied()
@@ -85,13 +86,14 @@ pub fn update_present(t: &TableMap, present: &[usize]) -> Option<String> {
             )
         })
         .collect();
-    Some(format!(
+    let sql = format!(
         "UPDATE {} AS d SET {} FROM {} WHERE {}",
         t.dest.quoted(),
         assignments.join(", "),
         unnest(&cols),
         key_match(t)
-    ))
+    );
+    Some((sql, cols))
 }
 
 /// Delete rows by key. Parameters: key columns.
@@ -214,8 +216,10 @@ mod tests {
 
     #[test]
     fn partial_update_skips_unchanged_columns() {
+        let (sql, cols) = update_present(&table(vec![0]), &[0, 1]).unwrap();
+        assert_eq!(cols, [0, 1]);
         assert_eq!(
-            update_present(&table(vec![0]), &[0, 1]).unwrap(),
+            sql,
             "UPDATE \"public\".\"t\" AS d SET \"Name\" = CAST(u.c1 AS text) FROM unnest($1::text[], $2::text[]) AS u(c0, c1) \
              WHERE d.\"id\" = CAST(u.c0 AS integer)"
         );

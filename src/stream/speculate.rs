@@ -25,7 +25,6 @@
 //! main session needs), a TRUNCATE, a table without a key (its rows are matched by value, so
 //! the sessions could pick the same row), a change before its Relation message.
 
-
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, Batch, Pending};

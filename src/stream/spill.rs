@@ -282,8 +282,14 @@ mod tests {
         }
         let one = msg(100).len() + MESSAGE_OVERHEAD;
         assert_eq!(s.memory_bytes(), one, "only transaction 4 is in memory");
-        assert_eq!(drain(s.take(3).unwrap().0), (0..5).map(msg).collect::<Vec<_>>());
-        assert_eq!(drain(s.take(9).unwrap().0), (11..15).map(msg).collect::<Vec<_>>());
+        assert_eq!(
+            drain(s.take(3).unwrap().0),
+            (0..5).map(msg).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            drain(s.take(9).unwrap().0),
+            (11..15).map(msg).collect::<Vec<_>>()
+        );
         assert_eq!(drain(s.take(4).unwrap().0), vec![msg(100)]);
         assert_eq!(s.memory_bytes(), 0);
     }

@@ -297,31 +297,43 @@ impl PgWire {
         &mut self.out
     }
 
+    /// The length field of the frame at the start of `buf` (which holds at least 5 bytes).
+    fn buffered_frame_len(&self) -> Result<usize> {
+        let len = (&self.buf[1..5]).get_u32() as usize;
+        if !(4..=MAX_FRAME_LEN).contains(&len) {
+            return Err(protocol("reading", format!("invalid message length {len}")));
+        }
+        Ok(len)
+    }
+
+    /// Read what the socket has into `buf`; the server closing the connection is an error.
+    async fn read_more(&mut self) -> Result<()> {
+        let n = self
+            .io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(Error::io("reading from server"))?;
+        if n == 0 {
+            return Err(Error::Io {
+                context: "server closed the connection".into(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Read one whole frame. Cancel-safe.
     pub(crate) async fn read_frame(&mut self) -> Result<Frame> {
         loop {
             if self.buf.len() >= 5 {
-                let len = (&self.buf[1..5]).get_u32() as usize;
-                if !(4..=MAX_FRAME_LEN).contains(&len) {
-                    return Err(protocol("reading", format!("invalid message length {len}")));
-                }
+                let len = self.buffered_frame_len()?;
                 if self.buf.len() > len {
                     let raw = self.buf.split_to(len + 1);
                     return Ok(Frame { tag: raw[0], raw });
                 }
                 self.buf.reserve(len + 1 - self.buf.len());
             }
-            let n = self
-                .io
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(Error::io("reading from server"))?;
-            if n == 0 {
-                return Err(Error::Io {
-                    context: "server closed the connection".into(),
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
-            }
+            self.read_more().await?;
         }
     }
 
@@ -372,10 +384,7 @@ impl PgWire {
     ) -> Result<bool> {
         loop {
             while self.buf.len() >= 5 {
-                let len = (&self.buf[1..5]).get_u32() as usize;
-                if !(4..=MAX_FRAME_LEN).contains(&len) {
-                    return Err(protocol("reading", format!("invalid message length {len}")));
-                }
+                let len = self.buffered_frame_len()?;
                 if self.buf.len() <= len {
                     break;
                 }
@@ -394,7 +403,9 @@ impl PgWire {
                     }
                     _ => {
                         // Notices and parameter changes pass; an error ends the copy.
-                        if let backend::Message::ErrorResponse(body) = self.read_frame().await?.parse()? {
+                        if let backend::Message::ErrorResponse(body) =
+                            self.read_frame().await?.parse()?
+                        {
                             return Err(Error::Db {
                                 context: context.to_owned(),
                                 source: db_error(&body),
@@ -407,17 +418,7 @@ impl PgWire {
                 return Ok(true);
             }
             self.buf.reserve(COPY_READ_BYTES);
-            let n = self
-                .io
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(Error::io("reading from server"))?;
-            if n == 0 {
-                return Err(Error::Io {
-                    context: "server closed the connection".into(),
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
-            }
+            self.read_more().await?;
         }
     }
 
@@ -437,7 +438,10 @@ impl PgWire {
                     });
                 }
                 backend::Message::ReadyForQuery(_) => {
-                    return Err(protocol(sql, "the statement did not start a COPY TO STDOUT"))
+                    return Err(protocol(
+                        sql,
+                        "the statement did not start a COPY TO STDOUT",
+                    ))
                 }
                 _ => {}
             }
