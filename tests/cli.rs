@@ -19,12 +19,32 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cdc-cli-{}", std::process::id()));
+/// A config file in a temporary directory of its own (tests run in parallel), both removed when
+/// dropped.
+struct TempConfig(PathBuf);
+
+impl std::ops::Deref for TempConfig {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn write_config(name: &str, text: &str) -> TempConfig {
+    let dir = std::env::temp_dir().join(format!("cdc-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
-    p
+    TempConfig(p)
 }
 
 const VALID: &str = r#"
