@@ -150,6 +150,13 @@ impl Default for ApplyConfig {
     }
 }
 
+impl ApplyConfig {
+    /// Whether a batch of `rows` changes holding `bytes` of row data must be written now.
+    pub fn batch_full(&self, rows: usize, bytes: usize) -> bool {
+        rows >= self.batch_max_rows || bytes >= self.batch_max_bytes
+    }
+}
+
 /// `[status]`
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]

@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::conninfo::ConnInfo;
 use crate::error::Result;
+use crate::source::replication::startup_params;
 use crate::source::replication::wire::PgWire;
-use crate::source::replication::STARTUP_PARAMS;
 
 /// Largest chunk handed to the destination at once.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -28,15 +28,8 @@ impl CopySource {
     /// Connect with the same session settings as every other source session (they decide how
     /// values print in text COPY).
     pub async fn connect(info: &ConnInfo) -> Result<Self> {
-        let mut params: Vec<(&str, &str)> = STARTUP_PARAMS
-            .iter()
-            .copied()
-            .filter(|(k, _)| *k != "replication")
-            .collect();
-        let app = info.application_name.as_deref().unwrap_or("cdc");
-        params.push(("application_name", app));
         Ok(CopySource {
-            wire: PgWire::connect(info, &params).await?,
+            wire: PgWire::connect(info, &startup_params(info, false)).await?,
             copying: None,
         })
     }

@@ -310,8 +310,9 @@ impl Streamer {
         self.stats.rows += 1;
         // Memory stays bounded whatever the transaction size: write into the open destination
         // transaction (without committing) once the batch limits are reached.
-        if self.applier.pending_rows() >= self.limits.batch_max_rows
-            || self.applier.pending_bytes() >= self.limits.batch_max_bytes
+        if self
+            .limits
+            .batch_full(self.applier.pending_rows(), self.applier.pending_bytes())
         {
             self.applier.flush().await?;
         }

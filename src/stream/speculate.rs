@@ -153,8 +153,9 @@ impl Streamer {
             .expect("speculate is only called while speculating");
         spec.rows += 1;
         spec.pending.push(&map, op);
-        if spec.pending.rows() >= self.limits.batch_max_rows
-            || spec.pending.bytes() >= self.limits.batch_max_bytes
+        if self
+            .limits
+            .batch_full(spec.pending.rows(), spec.pending.bytes())
         {
             // Handed over whole: the task writes it while the reader gathers the next one.
             let batch = spec.pending.take_batch();

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 /// memory, not just payload (pgoutput row messages are often only ~100 bytes).
 const MESSAGE_OVERHEAD: usize = 48;
 
+#[derive(Default)]
 struct Buffer {
     memory: Vec<Bytes>,
     memory_bytes: usize,
@@ -61,12 +62,7 @@ impl StreamedTxns {
 
     /// Keep one message of transaction `xid`.
     pub fn push(&mut self, xid: u32, message: Bytes) -> Result<()> {
-        let buf = self.buffers.entry(xid).or_insert_with(|| Buffer {
-            memory: Vec::new(),
-            memory_bytes: 0,
-            spill: None,
-            aborted_subxacts: HashSet::new(),
-        });
+        let buf = self.buffers.entry(xid).or_default();
         if let Some((_, w)) = &mut buf.spill {
             write_record(w, &message)?;
             self.spilled_bytes += message.len() as u64 + 4;
@@ -95,22 +91,10 @@ impl StreamedTxns {
 
     /// Keep transaction `xid` on disk from now on (what it holds in memory moves there too).
     pub fn keep_on_disk(&mut self, xid: u32) -> Result<()> {
-        match self.buffers.get(&xid) {
-            Some(b) if b.spill.is_some() => Ok(()),
-            Some(_) => self.spill(xid),
-            None => {
-                self.buffers.insert(
-                    xid,
-                    Buffer {
-                        memory: Vec::new(),
-                        memory_bytes: 0,
-                        spill: None,
-                        aborted_subxacts: HashSet::new(),
-                    },
-                );
-                self.spill(xid)
-            }
+        if self.buffers.entry(xid).or_default().spill.is_some() {
+            return Ok(());
         }
+        self.spill(xid)
     }
 
     /// Move `xid`'s buffer to a new file; later messages are appended there.

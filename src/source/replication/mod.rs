@@ -31,7 +31,7 @@ use wire::PgWire;
 
 /// Session settings that decide how pgoutput prints values as text. They are fixed so that the
 /// text we receive is unambiguous and identical to what a fresh destination session parses.
-pub(crate) const STARTUP_PARAMS: &[(&str, &str)] = &[
+const STARTUP_PARAMS: &[(&str, &str)] = &[
     ("replication", "database"),
     ("client_encoding", "UTF8"),
     ("DateStyle", "ISO, MDY"),
@@ -138,12 +138,25 @@ pub struct ReplicationClient {
     server_version_num: u32,
 }
 
+/// The startup parameters of a source session on our wire code: `STARTUP_PARAMS` (without
+/// `replication` for a plain session) and the application name.
+pub(crate) fn startup_params(info: &ConnInfo, replication: bool) -> Vec<(&str, &str)> {
+    let mut params: Vec<(&str, &str)> = STARTUP_PARAMS
+        .iter()
+        .copied()
+        .filter(|(k, _)| replication || *k != "replication")
+        .collect();
+    params.push((
+        "application_name",
+        info.application_name.as_deref().unwrap_or("cdc"),
+    ));
+    params
+}
+
 impl ReplicationClient {
     /// Connect with `replication=database` to the database named in `info`.
     pub async fn connect(info: &ConnInfo) -> Result<Self> {
-        let mut params = STARTUP_PARAMS.to_vec();
-        let app = info.application_name.as_deref().unwrap_or("cdc");
-        params.push(("application_name", app));
+        let params = startup_params(info, true);
         let wire = PgWire::connect(info, &params).await?;
         let version = wire
             .params
