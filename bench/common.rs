@@ -127,3 +127,29 @@ pub fn cdc_binary() -> std::path::PathBuf {
     assert!(bin.exists(), "build it first: cargo build --release");
     bin
 }
+
+/// CPU time the whole machine has spent so far, from the first line of /proc/stat:
+/// `(busy, all)` in seconds, where busy excludes idle and iowait. The difference of two
+/// readings says how much of the cores a phase used, whichever processes used them.
+pub fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8) // user nice system idle iowait irq softirq steal
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: f64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    ((all - idle) / 100.0, all / 100.0) // USER_HZ
+}
+
+/// Busy core-seconds and the share of all cores busy between two `machine_cpu` readings.
+pub fn busy_between(before: (f64, f64), after: (f64, f64)) -> (f64, f64) {
+    let busy = after.0 - before.0;
+    let all = after.1 - before.1;
+    (busy, if all > 0.0 { busy / all } else { 0.0 })
+}

@@ -2,7 +2,12 @@
 //! ceiling `psql COPY TO STDOUT (binary) | psql COPY FROM STDIN (binary)` into an identical
 //! table without indexes, in the same run on the same servers.
 //!
-//! Prints each repetition, the medians, their ratio, and the peak RSS of `cdc`.
+//! A third variant does the same job as `cdc snapshot` with the bare tools: the pipe, then
+//! `ALTER TABLE ... ADD PRIMARY KEY` (what the target compares against leaves the key out).
+//! Every variant also reports the CPU the whole machine used while it ran (both servers,
+//! psql, cdc), which says whether it was bound by the cores.
+//!
+//! Prints each repetition, the medians, their ratios, and the peak RSS of `cdc`.
 //! `BENCH_SCALE` (default 50 = 5 million rows), `BENCH_REPS` (default 3), `BENCH_JOBS`
 //! (`snapshot.jobs`, default 0 = cores) and `BENCH_LOG` (cdc's log filter) tune it.
 
@@ -12,7 +17,9 @@ mod common;
 use std::process::Command;
 
 use cdc::local_pg::{find_bindir, SUPERUSER};
-use common::{cdc_binary, env_or, median, pgbench, psql, start_servers, timed};
+use common::{
+    busy_between, cdc_binary, env_or, machine_cpu, median, pgbench, psql, start_servers, timed,
+};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
@@ -48,19 +55,40 @@ fn main() {
     .unwrap();
     let cdc_bin = cdc_binary();
 
-    let (mut pipe_times, mut cdc_times, mut peaks) = (vec![], vec![], vec![]);
+    let (mut pipe_times, mut cdc_times, mut keyed_times, mut peaks) =
+        (vec![], vec![], vec![], vec![]);
+    let (mut pipe_cpu, mut cdc_cpu, mut keyed_cpu) = (vec![], vec![], vec![]);
     for rep in 1..=reps {
-        psql(&dest, "baseline", "DROP TABLE IF EXISTS pgbench_accounts");
-        psql(&dest, "baseline", table_ddl);
         let pipe = format!(
             "PGPASSWORD={sp} {psql} -X -h 127.0.0.1 -p {s} -U {u} -d postgres -c 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' \
              | PGPASSWORD={dp} {psql} -X -q -h 127.0.0.1 -p {d} -U {u} -d baseline -c 'COPY pgbench_accounts FROM STDIN (FORMAT binary)'",
             sp = source.password(), dp = dest.password(), psql = bindir.join("psql").display(),
             s = source.port(), d = dest.port(), u = SUPERUSER,
         );
-        let mut cmd = Command::new("bash");
-        cmd.args(["-o", "pipefail", "-c", &pipe]);
-        let (pipe_s, _) = timed(cmd);
+        // The pipe alone (the target's baseline), then the pipe plus the primary key.
+        let run_pipe = |with_key: bool| {
+            psql(&dest, "baseline", "DROP TABLE IF EXISTS pgbench_accounts");
+            psql(&dest, "baseline", table_ddl);
+            let script = if with_key {
+                format!(
+                    "{pipe} && PGPASSWORD={dp} {psql} -X -q -h 127.0.0.1 -p {d} -U {u} -d baseline \
+                     -c 'ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid)'",
+                    dp = dest.password(),
+                    psql = bindir.join("psql").display(),
+                    d = dest.port(),
+                    u = SUPERUSER,
+                )
+            } else {
+                pipe.clone()
+            };
+            let mut cmd = Command::new("bash");
+            cmd.args(["-o", "pipefail", "-c", &script]);
+            let before = machine_cpu();
+            let (secs, _) = timed(cmd);
+            (secs, busy_between(before, machine_cpu()).0)
+        };
+        let (pipe_s, pipe_c) = run_pipe(false);
+        let (keyed_s, keyed_c) = run_pipe(true);
 
         let mut cmd = Command::new(&cdc_bin);
         cmd.args([
@@ -75,20 +103,36 @@ fn main() {
             "CDC_LOG",
             std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         );
+        let before = machine_cpu();
         let (cdc_s, peak_kib) = timed(cmd);
+        let cdc_c = busy_between(before, machine_cpu()).0;
         eprintln!(
-            "rep {rep}: psql pipe {pipe_s:.2}s, cdc snapshot {cdc_s:.2}s (peak RSS {:.1} MiB)",
+            "rep {rep}: psql pipe {pipe_s:.2}s ({pipe_c:.1} CPU-s), pipe + key {keyed_s:.2}s ({keyed_c:.1} CPU-s), \
+             cdc snapshot {cdc_s:.2}s ({cdc_c:.1} CPU-s, peak RSS {:.1} MiB)",
             peak_kib as f64 / 1024.0
         );
         pipe_times.push(pipe_s);
+        keyed_times.push(keyed_s);
         cdc_times.push(cdc_s);
+        pipe_cpu.push(pipe_c);
+        keyed_cpu.push(keyed_c);
+        cdc_cpu.push(cdc_c);
         peaks.push(peak_kib);
     }
-    let (p, c) = (median(pipe_times), median(cdc_times));
+    let (p, k, c) = (median(pipe_times), median(keyed_times), median(cdc_times));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let (pc, kc, cc) = (median(pipe_cpu), median(keyed_cpu), median(cdc_cpu));
     println!("rows: {}", scale * 100_000);
-    println!("psql binary COPY pipe (no indexes): median {p:.2}s");
-    println!("cdc snapshot (primary key included): median {c:.2}s");
+    println!("psql binary COPY pipe (no indexes): median {p:.2}s, {pc:.1} CPU-s on the machine");
+    println!("psql pipe, then the primary key: median {k:.2}s, {kc:.1} CPU-s");
+    println!("cdc snapshot (primary key included): median {c:.2}s, {cc:.1} CPU-s");
     println!("ratio cdc/pipe: {:.2}", c / p);
+    println!("ratio cdc/(pipe + key): {:.2}", c / k);
+    println!(
+        "cdc's CPU over {cores} cores: {:.2}s at the least, {:.2}x the pipe's time",
+        cc / cores,
+        cc / cores / p
+    );
     println!(
         "cdc peak RSS: max {:.1} MiB",
         *peaks.iter().max().unwrap() as f64 / 1024.0

@@ -19,11 +19,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cdc::local_pg::SUPERUSER;
-use common::{env_or, pgbench, rss_kib, start_servers};
+use common::{busy_between, env_or, machine_cpu, pgbench, rss_kib, start_servers};
 
 /// User plus system CPU seconds a running child has used.
 fn cpu_seconds(child: &Child) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    pid_cpu_seconds(child.id())
+}
+
+/// User plus system CPU seconds process `pid` has used (0 if it is gone).
+fn pid_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -32,6 +37,79 @@ fn cpu_seconds(child: &Child) -> f64 {
         .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
         .sum();
     ticks / 100.0 // USER_HZ
+}
+
+/// CPU seconds used so far by the destination server's processes writing into `db` (client
+/// backends and logical replication workers), so a phase can be split between the
+/// destination's single writing session and everything else.
+async fn dest_writers_cpu(admin: &tokio_postgres::Client, db: &str) -> f64 {
+    let rows = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+             AND backend_type IN ('client backend', 'logical replication worker')",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| pid_cpu_seconds(r.get::<_, i32>(0) as u32))
+        .sum()
+}
+
+/// What one (b) run measured besides its catch-up time.
+struct Phases {
+    update_s: f64,
+    during_update_busy: f64,
+    after_commit_busy: f64,
+    writer_cpu_after_commit: f64,
+}
+
+impl Phases {
+    fn print(&self, who: &str, catch_up: f64) {
+        println!(
+            "    {who}: source UPDATE {:.1}s with the machine {:.0}% busy; after its commit {:.0}% busy, \
+             the destination's writing session {:.1} CPU-s in {catch_up:.1}s ({:.0}% of one core)",
+            self.update_s,
+            self.during_update_busy * 100.0,
+            self.after_commit_busy * 100.0,
+            self.writer_cpu_after_commit,
+            self.writer_cpu_after_commit / catch_up * 100.0
+        );
+    }
+}
+
+const Q_MARKER: &str = "SELECT bbalance::int8 FROM public.pgbench_branches WHERE bid = 1";
+
+/// (b) once: the big transaction with `marker`, waited for on `dest` (database `db`); returns
+/// the catch-up time, where the time went, and cdc's peak RSS meanwhile.
+async fn run_big(
+    src: &tokio_postgres::Client,
+    admin: &tokio_postgres::Client,
+    dest: &tokio_postgres::Client,
+    db: &str,
+    marker: i64,
+    cdc: Option<&Child>,
+) -> (f64, Phases, u64) {
+    let big = format!(
+        "BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1; \
+         UPDATE pgbench_branches SET bbalance = {marker} WHERE bid = 1; COMMIT;"
+    );
+    let before = machine_cpu();
+    let start = Instant::now();
+    src.batch_execute(&big).await.unwrap();
+    let update_s = start.elapsed().as_secs_f64();
+    let at_commit = machine_cpu();
+    let writer_before = dest_writers_cpu(admin, db).await;
+    let mut peak = 0;
+    let catch_up = until(dest, Q_MARKER, marker, cdc, &mut peak).await;
+    let writer_after = dest_writers_cpu(admin, db).await;
+    let phases = Phases {
+        update_s,
+        during_update_busy: busy_between(before, at_commit).1,
+        after_commit_busy: busy_between(at_commit, machine_cpu()).1,
+        writer_cpu_after_commit: writer_after - writer_before,
+    };
+    (catch_up, phases, peak)
 }
 
 /// Poll `query` (one bigint) on `client` until it returns `want`; seconds waited.
@@ -168,25 +246,21 @@ async fn main() {
 
     // (b) one big transaction, each replicator running alone and caught up beforehand.
     let rows = scale * 100_000;
-    let big = |marker: i64| {
-        format!("BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1; UPDATE pgbench_branches SET bbalance = {marker} WHERE bid = 1; COMMIT;")
-    };
-    let q_marker = "SELECT bbalance::int8 FROM public.pgbench_branches WHERE bid = 1";
     native
         .batch_execute("ALTER SUBSCRIPTION native ENABLE")
         .await
         .unwrap();
-    src.batch_execute(&big(111)).await.unwrap();
-    let native_b = until(&native, q_marker, 111, None, &mut peak).await;
+    let (native_b, native_phases, _) = run_big(&src, &admin, &native, "native", 111, None).await;
     native
         .batch_execute("ALTER SUBSCRIPTION native DISABLE")
         .await
         .unwrap();
     let mut child = cdc_cmd("run").spawn().unwrap();
-    until(&viacdc, q_marker, 111, Some(&child), &mut peak).await; // catch up on the first one
+    until(&viacdc, Q_MARKER, 111, Some(&child), &mut peak).await; // catch up on the first one
     let cpu_before_b = cpu_seconds(&child);
-    src.batch_execute(&big(222)).await.unwrap();
-    let cdc_b = until(&viacdc, q_marker, 222, Some(&child), &mut peak).await;
+    let (cdc_b, cdc_phases, peak_b) =
+        run_big(&src, &admin, &viacdc, "viacdc", 222, Some(&child)).await;
+    peak = peak.max(peak_b);
     let cpu_b = cpu_seconds(&child) - cpu_before_b;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -213,5 +287,7 @@ async fn main() {
     println!("    cdc run:           {cdc_b:.2}s");
     println!("    time ratio cdc/native: {:.2}", cdc_b / native_b);
     println!("    cdc run CPU time from the UPDATE's start: {cpu_b:.2}s");
+    native_phases.print("native subscriber", native_b);
+    cdc_phases.print("cdc run", cdc_b);
     println!("cdc run peak RSS: {:.1} MiB", peak as f64 / 1024.0);
 }
