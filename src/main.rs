@@ -68,10 +68,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Init { output, force } => {
             if output.exists() && !force {
-                anyhow::bail!(
-                    "{} already exists; pass --force to overwrite it",
+                // The command line asks for something unsafe, not an internal failure.
+                eprintln!(
+                    "error: {} already exists; pass --force to overwrite it",
                     output.display()
                 );
+                return Ok(exit::USAGE);
             }
             std::fs::write(&output, cdc::config::EXAMPLE)
                 .with_context(|| format!("cannot write {}", output.display()))?;

@@ -171,10 +171,13 @@ fn init_writes_a_template_that_parses_and_never_overwrites_silently() {
         .expect("the template is a valid config");
     std::fs::write(&path, "mine").unwrap();
     let again = init(&[]);
-    assert!(
-        !again.status.success(),
-        "an existing file is not overwritten"
+    assert_eq!(
+        again.status.code(),
+        Some(cdc::cli::exit::USAGE),
+        "an existing file is refused as a usage error"
     );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already exists; pass --force"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
     assert!(init(&["--force"]).status.success());
 }
