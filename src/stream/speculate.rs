@@ -25,6 +25,8 @@
 //! main session needs), a TRUNCATE, a table without a key (its rows are matched by value, so
 //! the sessions could pick the same row), a change before its Relation message.
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, Batch, Pending};
@@ -60,16 +62,34 @@ pub(super) struct Speculation {
 /// the end, where the error is reported.
 async fn apply_ahead(mut applier: Applier, mut commands: mpsc::Receiver<Command>) {
     let mut failed: Option<Error> = None;
-    while let Some(command) = commands.recv().await {
+    // Where the task's time goes, for the log: waiting for the reader vs. writing.
+    let (mut waiting, mut writing, mut batches) = (Duration::ZERO, Duration::ZERO, 0u64);
+    loop {
+        let asked = Instant::now();
+        let Some(command) = commands.recv().await else {
+            return;
+        };
+        if batches > 0 {
+            waiting += asked.elapsed();
+        }
         match command {
             Command::Write(batch) => {
                 if failed.is_none() {
+                    let started = Instant::now();
                     if let Err(e) = applier.write(batch).await {
                         failed = Some(e);
                     }
+                    writing += started.elapsed();
+                    batches += 1;
                 }
             }
             Command::Commit(lsn, time, reply) => {
+                tracing::debug!(
+                    batches,
+                    writing_ms = writing.as_millis() as u64,
+                    waiting_for_reader_ms = waiting.as_millis() as u64,
+                    "apply-ahead task finished writing"
+                );
                 let result = match failed.take() {
                     Some(e) => {
                         let _ = applier.rollback().await;
