@@ -78,6 +78,7 @@ pub struct Metrics {
     rows: Mutex<BTreeMap<(String, &'static str), u64>>,
     transactions: AtomicU64,
     reconnects: AtomicU64,
+    missing: AtomicU64,
     batch_rows: Histogram,
     apply_seconds: Histogram,
     lag_bytes: AtomicU64,
@@ -92,6 +93,7 @@ impl Default for Metrics {
             rows: Mutex::new(BTreeMap::new()),
             transactions: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
             batch_rows: Histogram::new(&BATCH_BUCKETS),
             apply_seconds: Histogram::new(&LATENCY_BUCKETS),
             lag_bytes: AtomicU64::new(0),
@@ -111,6 +113,12 @@ impl Metrics {
             .expect("metrics lock")
             .entry((table.to_owned(), op))
             .or_default() += 1;
+    }
+
+    /// `n` updates could not be written: they left some TOAST values unchanged, and their row
+    /// is missing on the destination, so the row's full contents are unknown.
+    pub fn rows_missing(&self, n: u64) {
+        self.missing.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn transaction(&self) {
@@ -202,6 +210,12 @@ impl Metrics {
             "cdc_reconnects_total",
             "Reconnections after transient failures.",
             self.reconnects.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "cdc_rows_missing_on_destination_total",
+            "Updates not written: unchanged TOAST values, and the row missing on the destination.",
+            self.missing.load(Ordering::Relaxed),
         );
         self.batch_rows.render(
             &mut out,

@@ -129,7 +129,7 @@ async fn stream_once(
     let slot = config.source.slot.as_str();
     let src_info = config.source_conninfo()?;
     let dst_info = config.destination_conninfo()?;
-    let applier = Applier::connect(&dst_info, store.clone(), slot).await?;
+    let applier = Applier::connect(&dst_info, store.clone(), slot, metrics.clone()).await?;
     let state = store.load(applier.client(), slot).await?.ok_or_else(|| {
         Error::Definite(format!(
             "the destination has no pipeline for slot {slot}: run `cdc snapshot` first"
@@ -160,7 +160,7 @@ async fn stream_once(
     metrics.confirmed(applied.0, applied.0);
     // With streaming, a second destination session applies large transactions as they arrive.
     let spare = if options.streaming {
-        Some(Applier::connect(&dst_info, store.clone(), slot).await?)
+        Some(Applier::connect(&dst_info, store.clone(), slot, metrics.clone()).await?)
     } else {
         None
     };

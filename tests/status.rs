@@ -182,6 +182,62 @@ fn init_writes_a_template_that_parses_and_never_overwrites_silently() {
     assert!(init(&["--force"]).status.success());
 }
 
+#[tokio::test]
+async fn an_update_that_cannot_be_written_whole_is_counted_and_never_filled_with_null() {
+    // An update that leaves a TOAST value unchanged carries no value for it. If the row is
+    // missing on the destination, the row cannot be written without inventing that value:
+    // it must be counted (and logged), not inserted with NULL.
+    let port = free_port();
+    let p = Pipeline::new(
+        "missing_toast",
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text NOT NULL);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         INSERT INTO docs VALUES (1, 'one', repeat('body one ', 2000)), (2, 'two', repeat('body two ', 2000));",
+        &format!("[[tables]]\nsource = \"public.docs\"{FAST}"),
+    )
+    .await;
+    let p = Pipeline {
+        config_text: p
+            .config_text
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        ..p
+    };
+    let r = start(&p).await;
+    p.dst_sql
+        .batch_execute("DELETE FROM public.docs WHERE id = 2")
+        .await
+        .unwrap();
+    p.src_sql
+        .batch_execute("UPDATE docs SET title = title || '!'")
+        .await
+        .unwrap();
+    let series = "cdc_rows_missing_on_destination_total";
+    crate::harness::wait_for(
+        "the missing row to be counted",
+        std::time::Duration::from_secs(30),
+        || async { counter(&http_get(port, "/metrics").await.1, series) == 1 },
+    )
+    .await;
+    assert_eq!(
+        rows_text(
+            &p.dst_sql,
+            "SELECT id || ' ' || title || ' ' || length(body) FROM public.docs ORDER BY id"
+        )
+        .await,
+        ["1 one! 18000"],
+        "the present row is updated, the missing one is not invented"
+    );
+    r.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 async fn http_get(port: u16, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -206,11 +262,7 @@ fn counter(metrics: &str, series: &str) -> u64 {
 
 #[tokio::test]
 async fn metrics_count_exactly_the_rows_written_and_healthz_follows_the_stream() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let p = Pipeline::new(
         "metrics",
         "CREATE TABLE t (id int PRIMARY KEY, v int);",

@@ -39,6 +39,7 @@ use crate::conninfo::ConnInfo;
 use crate::decode::{Datum, PgTimestamp};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 use crate::snapshot::state::StateStore;
 
 /// Applies changes to the destination.
@@ -49,6 +50,7 @@ pub struct Applier {
     in_txn: bool,
     pending: Pending,
     statements: HashMap<String, Statement>,
+    metrics: Arc<Metrics>,
 }
 
 /// Changes waiting to be written, grouped by table in first-seen order, each table's in
@@ -122,7 +124,12 @@ fn datum_bytes(row: &[Datum]) -> usize {
 impl Applier {
     /// Connect to the destination. The session's search path is empty: every name we send is
     /// qualified, and type names come back qualified from `format_type`.
-    pub async fn connect(info: &ConnInfo, store: StateStore, slot: &str) -> Result<Self> {
+    pub async fn connect(
+        info: &ConnInfo,
+        store: StateStore,
+        slot: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
         let client = crate::pg::connect(info).await?;
         client
             .batch_execute("SET search_path = ''")
@@ -135,6 +142,7 @@ impl Applier {
             in_txn: false,
             pending: Pending::default(),
             statements: HashMap::new(),
+            metrics,
         })
     }
 
@@ -332,7 +340,20 @@ impl Applier {
         }
         for (present, rows) in partial {
             if let Some((stmt, cols)) = sql::update_present(t, &present) {
-                self.exec_arrays(stmt, &rows, &cols).await?;
+                let updated = self.exec_arrays(stmt, &rows, &cols).await?;
+                let missing = rows.len() as u64 - updated.min(rows.len() as u64);
+                if missing > 0 {
+                    // Unlike full rows, these cannot be written: their unchanged TOAST values
+                    // are known only to the source, and a NULL or a guess would be wrong data.
+                    tracing::warn!(
+                        table = %t.dest,
+                        missing,
+                        "updates that kept TOAST values unchanged found no row on the destination and were not \
+                         written (a snapshot `where` filter left the row out, or the destination diverged); \
+                         `cdc verify` lists the differences, `cdc snapshot --force` copies the table again"
+                    );
+                    self.metrics.rows_missing(missing);
+                }
             }
         }
         Ok(())
