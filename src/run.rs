@@ -29,7 +29,7 @@ use crate::snapshot::state::StateStore;
 use crate::source::replication::{
     PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, StandbyStatus,
 };
-use crate::stream::Streamer;
+use crate::stream::{enum_labels, Streamer};
 
 /// How often progress is reported to the source even without news.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,6 +66,19 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
         metrics.set_streaming(false);
         match result {
             Ok(()) => return Ok(()),
+            // A value the destination cannot read may be an enum label added on the source
+            // since the snapshot; the failed batch was rolled back, so add what is missing and
+            // resume from the stored position. If nothing was missing, the error stands.
+            Err(e) if e.sqlstate() == Some("22P02") => match enum_labels::sync(config).await {
+                Ok(added) if !added.is_empty() => {
+                    tracing::info!(statements = ?added, "added enum labels the source has gained; resuming");
+                }
+                Ok(_) => return Err(e),
+                Err(sync) => {
+                    tracing::warn!(error = %format!("{sync:#}"), "could not compare enum labels");
+                    return Err(e);
+                }
+            },
             Err(e) if e.is_transient() => {
                 // A connection that streamed for a while starts the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {

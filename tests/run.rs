@@ -90,6 +90,36 @@ async fn inserts_updates_and_deletes_are_applied_exactly() {
 }
 
 #[tokio::test]
+async fn enum_labels_added_on_the_source_after_the_snapshot_are_added_on_the_destination() {
+    let p = pipeline(
+        "run_enum",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE t (id int PRIMARY KEY, m mood, ms mood[]);
+         INSERT INTO t VALUES (1, 'ok', '{sad}');",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    // Each label in its own transaction: a label cannot be used by the transaction adding it.
+    for sql in [
+        "ALTER TYPE mood ADD VALUE 'happy'",
+        "ALTER TYPE mood ADD VALUE 'meh' BEFORE 'sad'",
+        "INSERT INTO t VALUES (2, 'happy', '{meh,happy}')",
+        "UPDATE t SET m = 'meh' WHERE id = 1",
+    ] {
+        p.src_sql.batch_execute(sql).await.unwrap();
+    }
+    wait_synced(&p, "SELECT t::text FROM t ORDER BY id").await;
+    let order = "SELECT enum_range(NULL::public.mood)::text";
+    assert_eq!(
+        rows_text(&p.dst_sql, order).await,
+        ["{meh,sad,ok,happy}"],
+        "the destination's labels sort as the source's"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn an_update_that_changes_the_primary_key_moves_the_row() {
     let p = pipeline(
         "run_pk",

@@ -18,6 +18,7 @@
 //! LSN. A source transaction whose commit LSN is below the applied position was applied
 //! before a restart and is skipped whole.
 
+pub mod enum_labels;
 mod speculate;
 pub mod spill;
 
