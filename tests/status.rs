@@ -187,21 +187,14 @@ async fn an_update_that_cannot_be_written_whole_is_counted_and_never_filled_with
     // An update that leaves a TOAST value unchanged carries no value for it. If the row is
     // missing on the destination, the row cannot be written without inventing that value:
     // it must be counted (and logged), not inserted with NULL.
-    let port = free_port();
-    let p = Pipeline::new(
+    let (p, port) = pipeline_serving_status(
         "missing_toast",
         "CREATE TABLE docs (id int PRIMARY KEY, title text, body text NOT NULL);
          ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
          INSERT INTO docs VALUES (1, 'one', repeat('body one ', 2000)), (2, 'two', repeat('body two ', 2000));",
-        &format!("[[tables]]\nsource = \"public.docs\"{FAST}"),
+        "public.docs",
     )
     .await;
-    let p = Pipeline {
-        config_text: p
-            .config_text
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-        ..p
-    };
     let r = start(&p).await;
     p.dst_sql
         .batch_execute("DELETE FROM public.docs WHERE id = 2")
@@ -230,12 +223,26 @@ async fn an_update_that_cannot_be_written_whole_is_counted_and_never_filled_with
     r.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A pipeline of one table whose `cdc run` serves /metrics and /healthz on a free port.
+async fn pipeline_serving_status(prefix: &str, ddl: &str, table: &str) -> (Pipeline, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port()
+        .port();
+    let p = Pipeline::new(
+        prefix,
+        ddl,
+        &format!("[[tables]]\nsource = \"{table}\"{FAST}"),
+    )
+    .await;
+    let p = Pipeline {
+        config_text: p
+            .config_text
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        ..p
+    };
+    (p, port)
 }
 
 async fn http_get(port: u16, path: &str) -> (String, String) {
@@ -262,19 +269,12 @@ fn counter(metrics: &str, series: &str) -> u64 {
 
 #[tokio::test]
 async fn metrics_count_exactly_the_rows_written_and_healthz_follows_the_stream() {
-    let port = free_port();
-    let p = Pipeline::new(
+    let (p, port) = pipeline_serving_status(
         "metrics",
         "CREATE TABLE t (id int PRIMARY KEY, v int);",
-        &format!("[[tables]]\nsource = \"public.t\"{FAST}"),
+        "public.t",
     )
     .await;
-    let p = Pipeline {
-        config_text: p
-            .config_text
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-        ..p
-    };
     let r = start(&p).await;
     crate::harness::wait_for(
         "healthz to report streaming",
