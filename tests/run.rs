@@ -120,6 +120,45 @@ async fn enum_labels_added_on_the_source_after_the_snapshot_are_added_on_the_des
 }
 
 #[tokio::test]
+async fn partitioned_tables_are_copied_and_streamed_through_their_root() {
+    let p = pipeline(
+        "run_parts",
+        "CREATE TABLE m (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE m_2026 PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         INSERT INTO m VALUES (1, '2025-03-01', 'a'), (2, '2026-03-01', 'b');",
+        "[[tables]]\nsource = \"public.m\"",
+    )
+    .await;
+    let r = start(&p).await;
+    p.src_sql
+        .batch_execute(
+            "INSERT INTO m VALUES (3, '2026-05-01', 'c');
+             UPDATE m SET v = 'a!' WHERE id = 1;
+             UPDATE m SET at = '2026-01-02' WHERE id = 1;
+             DELETE FROM m WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    wait_synced(&p, "SELECT m::text FROM m ORDER BY id").await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT m::text FROM m ORDER BY id").await,
+        ["(1,2026-01-02,a!)", "(3,2026-05-01,c)"]
+    );
+    // The destination holds one plain table with the root's key.
+    assert_eq!(
+        rows_text(
+            &p.dst_sql,
+            "SELECT c.relkind::text || ' ' || pg_get_constraintdef(k.oid) FROM pg_class c \
+             JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p' WHERE c.oid = 'public.m'::regclass"
+        )
+        .await,
+        ["r PRIMARY KEY (id, at)"]
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn an_update_that_changes_the_primary_key_moves_the_row() {
     let p = pipeline(
         "run_pk",

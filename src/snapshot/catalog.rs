@@ -48,6 +48,10 @@ pub struct TableSchema {
     pub estimated_rows: i64,
     /// Size of the heap in 8 kB pages, for splitting the copy into ctid ranges.
     pub pages: i64,
+    /// A partitioned table: rows live in its partitions, so it is copied with one `SELECT`
+    /// (no ctid ranges) and streamed through its root (`publish_via_partition_root`). Its
+    /// size and estimate are its partitions' sums.
+    pub partitioned: bool,
 }
 
 impl TableSchema {
@@ -115,7 +119,16 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
     let ctx = || format!("reading the catalog for {name}");
     let Some(row) = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, c.reltuples::int8, c.relpages::int8
+            "SELECT c.oid, c.relreplident::text,
+                    CASE WHEN c.relkind = 'p' THEN
+                        (SELECT COALESCE(sum(greatest(l.reltuples, 0)), 0)::int8 FROM pg_partition_tree(c.oid) t
+                           JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
+                    ELSE c.reltuples::int8 END,
+                    CASE WHEN c.relkind = 'p' THEN
+                        (SELECT COALESCE(sum(l.relpages), 0)::int8 FROM pg_partition_tree(c.oid) t
+                           JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
+                    ELSE c.relpages::int8 END,
+                    c.relkind = 'p'
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&name.schema, &name.name],
@@ -208,6 +221,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
         indexes,
         estimated_rows: row.get::<_, i64>(2).max(0),
         pages: row.get(3),
+        partitioned: row.get(4),
     }))
 }
 

@@ -67,13 +67,18 @@ pub fn copy_out_sql(
         conds.push(format!("({f})"));
     }
     let format = if binary { " (FORMAT binary)" } else { "" };
-    if conds.is_empty() {
+    // COPY reads a partitioned table only through a query.
+    if conds.is_empty() && !table.partitioned {
         format!("COPY {} ({cols}) TO STDOUT{format}", table.name.quoted())
     } else {
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
         format!(
-            "COPY (SELECT {cols} FROM {} WHERE {}) TO STDOUT{format}",
-            table.name.quoted(),
-            conds.join(" AND ")
+            "COPY (SELECT {cols} FROM {}{filter}) TO STDOUT{format}",
+            table.name.quoted()
         )
     }
 }
@@ -171,6 +176,7 @@ mod tests {
             indexes: vec![],
             estimated_rows: 0,
             pages: 0,
+            partitioned: false,
         };
         let whole = PageRange {
             from: None,
@@ -183,6 +189,14 @@ mod tests {
         assert_eq!(
             copy_out_sql(&t, PageRange { from: Some(10), to: None }, Some("a > 1"), false),
             "COPY (SELECT \"a\", \"C\" FROM \"public\".\"T\" WHERE ctid >= '(10,0)'::tid AND (a > 1)) TO STDOUT"
+        );
+        let parts = TableSchema {
+            partitioned: true,
+            ..t.clone()
+        };
+        assert_eq!(
+            copy_out_sql(&parts, whole, None, true),
+            "COPY (SELECT \"a\", \"C\" FROM \"public\".\"T\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
             copy_in_sql(&TableName::parse("x.y").unwrap(), &t, true),

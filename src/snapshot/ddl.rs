@@ -126,6 +126,7 @@ mod tests {
             indexes: vec![],
             estimated_rows: 0,
             pages: 0,
+            partitioned: false,
         }
     }
 

@@ -165,8 +165,15 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
         repl.close().await;
     }
     store.delete(&dst, slot).await?;
-    let created_publication =
-        ensure_publication(&src, publication, &pairs, checked.publication_exists).await?;
+    let via_root = checked.tables.iter().any(|t| t.partitioned);
+    let created_publication = ensure_publication(
+        &src,
+        publication,
+        &pairs,
+        checked.publication_exists,
+        via_root,
+    )
+    .await?;
     create_destination_tables(&dst, &checked, &pairs, replace).await?;
     store.begin_snapshot(&dst, slot, publication).await?;
 
@@ -238,17 +245,25 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
 }
 
 /// Create the publication for exactly these tables, or add the missing ones. Returns whether
-/// it was created by this call.
+/// it was created by this call. With `via_root` (a table is partitioned), changes to its
+/// partitions must be published as changes of the configured root, or they would arrive
+/// under partition names no destination table has (Postgres 13+).
 async fn ensure_publication(
     src: &Client,
     publication: &str,
     pairs: &[(TableName, TableName)],
     exists: bool,
+    via_root: bool,
 ) -> Result<bool> {
     let names: Vec<String> = pairs.iter().map(|(s, _)| s.quoted()).collect();
     if !exists {
+        let with = if via_root {
+            " WITH (publish_via_partition_root = true)"
+        } else {
+            ""
+        };
         let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            "CREATE PUBLICATION {} FOR TABLE {}{with}",
             quote_ident(publication),
             names.join(", ")
         );
@@ -275,6 +290,28 @@ async fn ensure_publication(
             src.batch_execute(&sql).await.map_err(Error::pg(format!(
                 "adding {s} to publication {publication}"
             )))?;
+        }
+    }
+    if via_root {
+        let set: bool = src
+            .query_one(
+                "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(Error::pg("reading the publication"))?
+            .get(0);
+        if !set {
+            tracing::info!(
+                publication,
+                "a configured table is partitioned: publishing its partitions' changes under its name"
+            );
+            src.batch_execute(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(Error::pg(format!("changing publication {publication}")))?;
         }
     }
     Ok(false)
@@ -337,8 +374,9 @@ async fn copy_all(
     let mut queue = VecDeque::new();
     let mut remaining = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        // A filtered copy is one statement: the filter may match few rows in many pages.
-        let ranges = if job.filter.is_some() {
+        // A filtered copy is one statement: the filter may match few rows in many pages. So is
+        // a partitioned table's: ctids are per partition.
+        let ranges = if job.filter.is_some() || job.schema.partitioned {
             vec![PageRange {
                 from: None,
                 to: None,
