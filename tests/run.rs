@@ -131,6 +131,11 @@ async fn partitioned_tables_are_copied_and_streamed_through_their_root() {
     )
     .await;
     let r = start(&p).await;
+    // Both partitions are copied by the snapshot.
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT m::text FROM m ORDER BY id").await,
+        ["(1,2025-03-01,a)", "(2,2026-03-01,b)"]
+    );
     p.src_sql
         .batch_execute(
             "INSERT INTO m VALUES (3, '2026-05-01', 'c');

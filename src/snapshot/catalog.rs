@@ -48,10 +48,20 @@ pub struct TableSchema {
     pub estimated_rows: i64,
     /// Size of the heap in 8 kB pages, for splitting the copy into ctid ranges.
     pub pages: i64,
-    /// A partitioned table: rows live in its partitions, so it is copied with one `SELECT`
-    /// (no ctid ranges) and streamed through its root (`publish_via_partition_root`). Its
-    /// size and estimate are its partitions' sums.
+    /// A partitioned table: rows live in its partitions (`leaves`), which are copied each on
+    /// its own (through queries: COPY cannot read a partitioned root) and streamed through the
+    /// root (`publish_via_partition_root`). Its size and estimate are its leaves' sums.
     pub partitioned: bool,
+    pub leaves: Vec<Leaf>,
+}
+
+/// A leaf partition of a partitioned source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    pub name: TableName,
+    pub pages: i64,
+    /// A plain table (not foreign): its pages can be split into ctid ranges.
+    pub heap: bool,
 }
 
 impl TableSchema {
@@ -139,6 +149,31 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
         return Ok(None);
     };
     let oid: u32 = row.get(0);
+    let partitioned: bool = row.get(4);
+    let mut leaves = Vec::new();
+    if partitioned {
+        for r in client
+            .query(
+                "SELECT n.nspname::text, l.relname::text, l.relpages::int8, l.relkind = 'r'
+                   FROM pg_partition_tree($1::oid::regclass) t
+                   JOIN pg_class l ON l.oid = t.relid
+                   JOIN pg_namespace n ON n.oid = l.relnamespace
+                  WHERE t.isleaf ORDER BY l.relpages DESC, n.nspname, l.relname",
+                &[&oid],
+            )
+            .await
+            .map_err(Error::pg(ctx()))?
+        {
+            leaves.push(Leaf {
+                name: TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                pages: r.get(2),
+                heap: r.get(3),
+            });
+        }
+    }
     let replica_identity = row.get::<_, String>(1).chars().next().unwrap_or('d');
     let columns = client
         .query(
@@ -221,7 +256,8 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
         indexes,
         estimated_rows: row.get::<_, i64>(2).max(0),
         pages: row.get(3),
-        partitioned: row.get(4),
+        partitioned,
+        leaves,
     }))
 }
 

@@ -4,7 +4,9 @@
 //! driver's buffers, whatever the table size.
 //!
 //! Large tables are split into ranges of heap pages (`ctid >= '(a,0)' AND ctid < '(b,0)'`,
-//! a TID range scan since Postgres 14), so several connections can copy one table at once.
+//! a TID range scan since Postgres 14), so several connections can copy one table at once. A
+//! partitioned table is copied partition by partition (each split the same way), all into the
+//! one destination table.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +30,62 @@ pub struct PageRange {
     pub to: Option<i64>,
 }
 
+/// One piece of a table's copy: a range of pages of the table, or of one of its partitions
+/// (an index into `TableSchema::leaves`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub leaf: Option<usize>,
+    pub pages: PageRange,
+}
+
+const WHOLE: PageRange = PageRange {
+    from: None,
+    to: None,
+};
+
+/// The pieces `table` is copied in by `jobs` parallel connections. A filtered copy takes one
+/// statement per relation: the filter may match few rows in many pages.
+pub fn plan_parts(
+    table: &TableSchema,
+    jobs: usize,
+    tid_range_scans: bool,
+    filtered: bool,
+) -> Vec<Part> {
+    let split = |pages: i64, heap: bool| {
+        if filtered || !heap {
+            vec![WHOLE]
+        } else {
+            plan_ranges(pages, jobs, tid_range_scans)
+        }
+    };
+    if !table.partitioned {
+        return split(table.pages, true)
+            .into_iter()
+            .map(|pages| Part { leaf: None, pages })
+            .collect();
+    }
+    if table.leaves.is_empty() {
+        // No partitions yet: one (empty) query of the root.
+        return vec![Part {
+            leaf: None,
+            pages: WHOLE,
+        }];
+    }
+    table
+        .leaves
+        .iter()
+        .enumerate()
+        .flat_map(|(i, leaf)| {
+            split(leaf.pages, leaf.heap)
+                .into_iter()
+                .map(move |pages| Part {
+                    leaf: Some(i),
+                    pages,
+                })
+        })
+        .collect()
+}
+
 /// Split `pages` into ranges for `jobs` parallel connections.
 pub fn plan_ranges(pages: i64, jobs: usize, tid_range_scans: bool) -> Vec<PageRange> {
     let whole = vec![PageRange {
@@ -48,14 +106,14 @@ pub fn plan_ranges(pages: i64, jobs: usize, tid_range_scans: bool) -> Vec<PageRa
         .collect()
 }
 
-/// The source side: a `COPY ... TO STDOUT` statement for `range` of `table`.
-pub fn copy_out_sql(
-    table: &TableSchema,
-    range: PageRange,
-    filter: Option<&str>,
-    binary: bool,
-) -> String {
+/// The source side: a `COPY ... TO STDOUT` statement for `part` of `table`.
+pub fn copy_out_sql(table: &TableSchema, part: Part, filter: Option<&str>, binary: bool) -> String {
     let cols = column_list(table);
+    let range = part.pages;
+    let relation = match part.leaf.and_then(|i| table.leaves.get(i)) {
+        Some(leaf) => format!("ONLY {}", leaf.name.quoted()),
+        None => table.name.quoted(),
+    };
     let mut conds = Vec::new();
     if let Some(from) = range.from {
         conds.push(format!("ctid >= '({from},0)'::tid"));
@@ -67,19 +125,17 @@ pub fn copy_out_sql(
         conds.push(format!("({f})"));
     }
     let format = if binary { " (FORMAT binary)" } else { "" };
-    // COPY reads a partitioned table only through a query.
+    // COPY reads a partitioned table, or a partition into its root's column order, only
+    // through a query.
     if conds.is_empty() && !table.partitioned {
-        format!("COPY {} ({cols}) TO STDOUT{format}", table.name.quoted())
+        format!("COPY {relation} ({cols}) TO STDOUT{format}")
     } else {
         let filter = if conds.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", conds.join(" AND "))
         };
-        format!(
-            "COPY (SELECT {cols} FROM {}{filter}) TO STDOUT{format}",
-            table.name.quoted()
-        )
+        format!("COPY (SELECT {cols} FROM {relation}{filter}) TO STDOUT{format}")
     }
 }
 
@@ -140,6 +196,62 @@ mod tests {
     }
 
     #[test]
+    fn partitioned_tables_are_planned_partition_by_partition() {
+        let leaf = |name: &str, pages: i64, heap: bool| super::super::catalog::Leaf {
+            name: TableName::parse(name).unwrap(),
+            pages,
+            heap,
+        };
+        let t = TableSchema {
+            name: TableName::parse("public.m").unwrap(),
+            oid: 1,
+            columns: vec![],
+            primary_key: vec![],
+            replica_identity: 'd',
+            indexes: vec![],
+            estimated_rows: 0,
+            pages: 400_000,
+            partitioned: true,
+            leaves: vec![
+                leaf("public.big", 300_000, true),
+                leaf("public.small", 10, true),
+                leaf("public.remote", 90_000, false),
+            ],
+        };
+        let parts = plan_parts(&t, 2, true, false);
+        let per_leaf = |i| parts.iter().filter(|p| p.leaf == Some(i)).count();
+        assert_eq!(
+            (per_leaf(0), per_leaf(1), per_leaf(2)),
+            (6, 1, 1),
+            "a large partition is split, a small or foreign one is not: {parts:?}"
+        );
+        assert_eq!(
+            plan_parts(&t, 2, true, true).len(),
+            3,
+            "a filter: one statement per partition"
+        );
+        let empty = TableSchema {
+            leaves: vec![],
+            ..t.clone()
+        };
+        assert_eq!(
+            plan_parts(&empty, 2, true, false),
+            [Part {
+                leaf: None,
+                pages: WHOLE
+            }]
+        );
+        let plain = TableSchema {
+            partitioned: false,
+            leaves: vec![],
+            ..t
+        };
+        assert!(plan_parts(&plain, 2, true, false)
+            .iter()
+            .all(|p| p.leaf.is_none()));
+    }
+
+    #[test]
     fn ranges_cover_every_page_without_overlap() {
         for (pages, jobs) in [
             (2 * MIN_CHUNK_PAGES, 2),
@@ -177,26 +289,55 @@ mod tests {
             estimated_rows: 0,
             pages: 0,
             partitioned: false,
+            leaves: vec![],
         };
-        let whole = PageRange {
-            from: None,
-            to: None,
+        let whole = Part {
+            leaf: None,
+            pages: WHOLE,
         };
         assert_eq!(
             copy_out_sql(&t, whole, None, true),
             "COPY \"public\".\"T\" (\"a\", \"C\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
-            copy_out_sql(&t, PageRange { from: Some(10), to: None }, Some("a > 1"), false),
+            copy_out_sql(
+                &t,
+                Part {
+                    leaf: None,
+                    pages: PageRange {
+                        from: Some(10),
+                        to: None
+                    }
+                },
+                Some("a > 1"),
+                false
+            ),
             "COPY (SELECT \"a\", \"C\" FROM \"public\".\"T\" WHERE ctid >= '(10,0)'::tid AND (a > 1)) TO STDOUT"
         );
         let parts = TableSchema {
             partitioned: true,
+            leaves: vec![super::super::catalog::Leaf {
+                name: TableName::parse("p.\"T_1\"").unwrap(),
+                pages: 10,
+                heap: true,
+            }],
             ..t.clone()
         };
         assert_eq!(
             copy_out_sql(&parts, whole, None, true),
             "COPY (SELECT \"a\", \"C\" FROM \"public\".\"T\") TO STDOUT (FORMAT binary)"
+        );
+        assert_eq!(
+            copy_out_sql(
+                &parts,
+                Part {
+                    leaf: Some(0),
+                    pages: WHOLE
+                },
+                None,
+                true
+            ),
+            "COPY (SELECT \"a\", \"C\" FROM ONLY \"p\".\"T_1\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
             copy_in_sql(&TableName::parse("x.y").unwrap(), &t, true),

@@ -127,6 +127,7 @@ mod tests {
             estimated_rows: 0,
             pages: 0,
             partitioned: false,
+            leaves: vec![],
         }
     }
 

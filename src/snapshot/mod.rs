@@ -39,7 +39,6 @@ use crate::lsn::Lsn;
 use crate::source::copy_out::CopySource;
 use crate::source::replication::{quote_ident, ReplicationClient};
 use catalog::TableSchema;
-use copy::PageRange;
 use state::StateStore;
 
 /// What a snapshot run did.
@@ -374,16 +373,7 @@ async fn copy_all(
     let mut queue = VecDeque::new();
     let mut remaining = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        // A filtered copy is one statement: the filter may match few rows in many pages. So is
-        // a partitioned table's: ctids are per partition.
-        let ranges = if job.filter.is_some() || job.schema.partitioned {
-            vec![PageRange {
-                from: None,
-                to: None,
-            }]
-        } else {
-            copy::plan_ranges(job.schema.pages, workers, tid_ranges)
-        };
+        let ranges = copy::plan_parts(&job.schema, workers, tid_ranges, job.filter.is_some());
         remaining.push((ranges.len(), 0u64));
         queue.extend(ranges.into_iter().map(|r| (i, r)));
     }
