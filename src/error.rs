@@ -64,8 +64,10 @@ pub enum Error {
     #[error("server refused {context}")]
     Db {
         context: String,
+        /// Boxed: every `Result` in the crate carries this enum, so its largest variant sets
+        /// their size.
         #[source]
-        source: DbError,
+        source: Box<DbError>,
     },
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -159,13 +161,13 @@ mod tests {
     fn db(code: &str) -> Error {
         Error::Db {
             context: "x".into(),
-            source: DbError {
+            source: Box::new(DbError {
                 severity: "ERROR".into(),
                 code: code.into(),
                 message: "m".into(),
                 detail: None,
                 hint: None,
-            },
+            }),
         }
     }
 

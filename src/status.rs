@@ -192,10 +192,8 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         .collect();
 
     let store = StateStore::new(&config.destination.state_schema);
-    let state = match store.load(&dst, &slot).await {
-        Ok(s) => s,
-        Err(_) => None, // no state schema yet: nothing was ever snapshotted
-    };
+    // An error means no state schema yet: nothing was ever snapshotted.
+    let state = store.load(&dst, &slot).await.unwrap_or_default();
     if let Some(s) = &state {
         r.snapshot_complete = s.snapshot_completed;
         r.applied_lsn = s.applied_lsn.map(|l| l.to_string());

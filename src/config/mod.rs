@@ -112,17 +112,12 @@ pub struct TableConfig {
 }
 
 /// `[snapshot]`
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotConfig {
-    /// Tables (and table ranges) copied in parallel; 0 means the number of CPU cores.
+    /// Tables (and table ranges) copied in parallel; 0 (the default) means the number of CPU
+    /// cores.
     pub jobs: usize,
-}
-
-impl Default for SnapshotConfig {
-    fn default() -> Self {
-        SnapshotConfig { jobs: 0 }
-    }
 }
 
 /// `[apply]`

@@ -133,8 +133,8 @@ pub(crate) fn encode(msg: &LogicalMessage) -> Bytes {
             put_xid(&mut b, m.xid);
             b.put_i32(m.relation_ids.len() as i32);
             b.put_u8(
-                (m.cascade as u8) * TRUNCATE_CASCADE
-                    | (m.restart_identity as u8) * TRUNCATE_RESTART_IDENTITY,
+                ((m.cascade as u8) * TRUNCATE_CASCADE)
+                    | ((m.restart_identity as u8) * TRUNCATE_RESTART_IDENTITY),
             );
             for id in &m.relation_ids {
                 b.put_u32(*id);

@@ -36,7 +36,7 @@ pub(super) async fn start(wire: &mut PgWire, sql: &str) -> Result<()> {
                 backend::Message::ErrorResponse(body) => {
                     return Err(Error::Db {
                         context: sql.to_owned(),
-                        source: db_error(&body),
+                        source: Box::new(db_error(&body)),
                     });
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
@@ -115,7 +115,7 @@ impl ReplicationStream {
                     backend::Message::ErrorResponse(body) => {
                         return Err(Error::Db {
                             context: "replication stream".into(),
-                            source: db_error(&body),
+                            source: Box::new(db_error(&body)),
                         })
                     }
                     backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}

@@ -244,7 +244,7 @@ impl PgWire {
                 backend::Message::ErrorResponse(body) => {
                     return Err(Error::Db {
                         context: format!("login to {info}"),
-                        source: db_error(&body),
+                        source: Box::new(db_error(&body)),
                     })
                 }
                 _ => {
@@ -271,7 +271,7 @@ impl PgWire {
                 backend::Message::ErrorResponse(body) => {
                     return Err(Error::Db {
                         context: context.to_owned(),
-                        source: db_error(&body),
+                        source: Box::new(db_error(&body)),
                     })
                 }
                 _ => {}
@@ -363,7 +363,7 @@ impl PgWire {
         match failure {
             Some(source) => Err(Error::Db {
                 context: sql.to_owned(),
-                source,
+                source: Box::new(source),
             }),
             None => Ok(rows),
         }
@@ -408,7 +408,7 @@ impl PgWire {
                         {
                             return Err(Error::Db {
                                 context: context.to_owned(),
-                                source: db_error(&body),
+                                source: Box::new(db_error(&body)),
                             });
                         }
                     }
@@ -434,7 +434,7 @@ impl PgWire {
                     self.read_until_ready(sql).await.ok();
                     return Err(Error::Db {
                         context: sql.to_owned(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 backend::Message::ReadyForQuery(_) => {
