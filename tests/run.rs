@@ -163,26 +163,21 @@ async fn partitioned_tables_are_copied_and_streamed_through_their_root() {
     r.stop().await;
     // `cdc verify` compares the partitioned root with the plain copy row by row.
     let config = p.config();
-    let report = cdc::verify::verify(
-        &config.source_conninfo().unwrap(),
-        &config.destination_conninfo().unwrap(),
-        &cdc::verify::pairs_from_config(&config, &[]).unwrap(),
-        &cdc::verify::Options::default(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let verify = || async {
+        cdc::verify::verify(
+            &config.source_conninfo().unwrap(),
+            &config.destination_conninfo().unwrap(),
+            &cdc::verify::pairs_from_config(&config, &[]).unwrap(),
+            &cdc::verify::Options::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap()
+    };
+    let report = verify().await;
     assert!(report.equal, "{}", report.human(20));
     p.src_sql.batch_execute("TRUNCATE m_2026").await.unwrap();
-    let report = cdc::verify::verify(
-        &config.source_conninfo().unwrap(),
-        &config.destination_conninfo().unwrap(),
-        &cdc::verify::pairs_from_config(&config, &[]).unwrap(),
-        &cdc::verify::Options::default(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let report = verify().await;
     assert!(
         !report.equal,
         "a partition truncated on the source shows as a difference"
