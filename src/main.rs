@@ -26,7 +26,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    init_logging(cli.log_format);
+    // The demo prints its own progress table; its log would interleave with it.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -318,9 +324,13 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     exit::INTERNAL
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CDC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logging to stderr: `CDC_LOG` if set, else `default_level` for cdc. The driver logs every
+/// server NOTICE at info level ("schema cdc already exists, skipping" on each start); those
+/// are left out by default.
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CDC_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},tokio_postgres=warn"))
+    });
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Human => false,

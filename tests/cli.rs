@@ -155,9 +155,15 @@ fn status_of_an_unreachable_source_exits_3_and_never_prints_the_password() {
 
 #[test]
 fn the_demo_replicates_a_live_load_from_a_throwaway_server() {
-    let out = cdc(&["demo", "--seconds", "2"], &[]);
+    let out = cdc(&["demo", "--seconds", "2"], &[("CDC_LOG_FORMAT", "json")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(text.contains("the destination caught up"), "{text}");
     assert!(text.contains("identical to the source"), "{text}");
+    // Its progress table is not interleaved with routine log lines.
+    assert!(
+        !stderr(&out).contains("\"level\":\"INFO\""),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -494,6 +494,33 @@ async fn a_snapshot_killed_mid_copy_is_redone_cleanly() {
 }
 
 #[tokio::test]
+async fn the_log_shows_cdc_progress_without_the_servers_routine_notices() {
+    let p = Pipeline::new(
+        "snap_log",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let config_file = p.config_file();
+    let snapshot = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cdc"))
+            .args(["--config", config_file.to_str().unwrap(), "snapshot"])
+            .args(extra)
+            .env("CDC_LOG_FORMAT", "json")
+            .env_remove("CDC_LOG")
+            .output()
+            .unwrap()
+    };
+    assert!(snapshot(&[]).status.success());
+    // Redoing it re-runs `CREATE ... IF NOT EXISTS`, which the server answers with NOTICEs.
+    let again = snapshot(&["--force"]);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("snapshot complete"), "{log}");
+    assert!(!log.contains("already exists, skipping"), "{log}");
+}
+
+#[tokio::test]
 async fn a_snapshot_that_fails_mid_copy_drops_its_slot_and_publication() {
     // The filter passes EXPLAIN but divides by zero on row 500, after the slot exists.
     let p = Pipeline::new(
