@@ -3,8 +3,9 @@
 //! Starts a throwaway source (`wal_level = logical`) and destination from the local binaries,
 //! creates a sample `orders` table with some rows, and runs `cdc run` in this process: the
 //! snapshot copies the rows, then a write load (inserts, updates, deletes) streams across while
-//! the demo prints both sides each second. At the end it compares the two tables row by row.
-//! Both servers are removed afterwards.
+//! the demo prints both sides each second. At the end it compares the two tables row by row
+//! and prints what `cdc status` reports for the pipeline, still running. Both servers are
+//! removed afterwards.
 
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,10 @@ pub async fn run(load: Duration) -> Result<()> {
     )
     .map_err(|e| Error::Definite(format!("demo config: {e}")))?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let pipeline = tokio::spawn(async move { crate::run::run(&config, shutdown).await });
+    let pipeline = {
+        let config = config.clone();
+        tokio::spawn(async move { crate::run::run(&config, shutdown).await })
+    };
 
     let writer_src = crate::pg::connect(&source.conninfo("postgres")).await?;
     let writer = tokio::spawn(async move {
@@ -148,6 +152,19 @@ pub async fn run(load: Duration) -> Result<()> {
     let transactions = writer
         .await
         .map_err(|e| Error::Definite(format!("demo writer panicked: {e}")))??;
+    // What an operator or a health check sees while it runs.
+    let bounds = crate::status::Bounds {
+        max_lag_bytes: config.status.max_lag_bytes,
+        max_lag_seconds: config.status.max_lag_seconds,
+        require_active: true,
+    };
+    let report = crate::status::check(&config, &bounds).await?;
+    println!(
+        "
+`cdc status` (exit code {} for scripts and health checks):
+{report}",
+        report.exit_code()
+    );
     let _ = stop.send(true);
     pipeline
         .await

@@ -160,6 +160,10 @@ fn the_demo_replicates_a_live_load_from_a_throwaway_server() {
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(text.contains("the destination caught up"), "{text}");
     assert!(text.contains("identical to the source"), "{text}");
+    assert!(
+        text.contains("`cdc status` (exit code 0") && text.contains("HEALTHY"),
+        "the demo shows the running pipeline's status: {text}"
+    );
     // Its progress table is not interleaved with routine log lines.
     assert!(
         !stderr(&out).contains("\"level\":\"INFO\""),
