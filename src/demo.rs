@@ -160,9 +160,7 @@ pub async fn run(load: Duration) -> Result<()> {
     };
     let report = crate::status::check(&config, &bounds).await?;
     println!(
-        "
-`cdc status` (exit code {} for scripts and health checks):
-{report}",
+        "\n`cdc status` (exit code {} for scripts and health checks):\n{report}",
         report.exit_code()
     );
     let _ = stop.send(true);

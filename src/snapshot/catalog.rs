@@ -129,16 +129,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
     let ctx = || format!("reading the catalog for {name}");
     let Some(row) = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text,
-                    CASE WHEN c.relkind = 'p' THEN
-                        (SELECT COALESCE(sum(greatest(l.reltuples, 0)), 0)::int8 FROM pg_partition_tree(c.oid) t
-                           JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
-                    ELSE c.reltuples::int8 END,
-                    CASE WHEN c.relkind = 'p' THEN
-                        (SELECT COALESCE(sum(l.relpages), 0)::int8 FROM pg_partition_tree(c.oid) t
-                           JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
-                    ELSE c.relpages::int8 END,
-                    c.relkind = 'p'
+            "SELECT c.oid, c.relreplident::text, c.reltuples::int8, c.relpages::int8, c.relkind = 'p'
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&name.schema, &name.name],
@@ -150,11 +141,15 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
     };
     let oid: u32 = row.get(0);
     let partitioned: bool = row.get(4);
+    let (mut estimated_rows, mut pages): (i64, i64) = (row.get::<_, i64>(2).max(0), row.get(3));
     let mut leaves = Vec::new();
     if partitioned {
+        // The root holds no rows: its size is its leaves'.
+        (estimated_rows, pages) = (0, 0);
         for r in client
             .query(
-                "SELECT n.nspname::text, l.relname::text, l.relpages::int8, l.relkind = 'r'
+                "SELECT n.nspname::text, l.relname::text, l.relpages::int8, l.relkind = 'r',
+                        greatest(l.reltuples, 0)::int8
                    FROM pg_partition_tree($1::oid::regclass) t
                    JOIN pg_class l ON l.oid = t.relid
                    JOIN pg_namespace n ON n.oid = l.relnamespace
@@ -164,14 +159,17 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
             .await
             .map_err(Error::pg(ctx()))?
         {
-            leaves.push(Leaf {
+            let leaf = Leaf {
                 name: TableName {
                     schema: r.get(0),
                     name: r.get(1),
                 },
                 pages: r.get(2),
                 heap: r.get(3),
-            });
+            };
+            estimated_rows += r.get::<_, i64>(4);
+            pages += leaf.pages;
+            leaves.push(leaf);
         }
     }
     let replica_identity = row.get::<_, String>(1).chars().next().unwrap_or('d');
@@ -254,8 +252,8 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
         primary_key,
         replica_identity,
         indexes,
-        estimated_rows: row.get::<_, i64>(2).max(0),
-        pages: row.get(3),
+        estimated_rows,
+        pages,
         partitioned,
         leaves,
     }))
