@@ -88,12 +88,8 @@ pub fn plan_parts(
 
 /// Split `pages` into ranges for `jobs` parallel connections.
 pub fn plan_ranges(pages: i64, jobs: usize, tid_range_scans: bool) -> Vec<PageRange> {
-    let whole = vec![PageRange {
-        from: None,
-        to: None,
-    }];
     if !tid_range_scans || pages < 2 * MIN_CHUNK_PAGES {
-        return whole;
+        return vec![WHOLE];
     }
     // A few ranges per job keep every connection busy until the end.
     let n = (pages / MIN_CHUNK_PAGES).clamp(2, (jobs as i64 * 3).max(2));
