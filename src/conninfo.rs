@@ -71,6 +71,20 @@ impl SslMode {
     }
 }
 
+/// SCRAM channel binding (`tls-server-end-point`), with libpq's meanings: it ties the
+/// password exchange to this TLS session, so a man in the middle holding another certificate
+/// cannot relay it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when TLS is on and the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Refuse to authenticate without binding.
+    Require,
+}
+
 /// Everything needed to open a connection to one Postgres server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -86,6 +100,7 @@ pub struct ConnInfo {
     /// Client certificate and key (PEM files) for certificate authentication.
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
     pub connect_timeout: Option<Duration>,
     pub application_name: Option<String>,
 }
@@ -151,6 +166,11 @@ impl ConnInfo {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+        c.channel_binding(match self.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+        });
         c
     }
 }
@@ -200,6 +220,7 @@ struct Builder {
     sslrootcert: Option<PathBuf>,
     sslcert: Option<PathBuf>,
     sslkey: Option<PathBuf>,
+    channel_binding: Option<ChannelBinding>,
     connect_timeout: Option<Duration>,
     application_name: Option<String>,
 }
@@ -235,6 +256,14 @@ impl Builder {
             "sslrootcert" => self.sslrootcert = Some(value.into()),
             "sslcert" => self.sslcert = Some(value.into()),
             "sslkey" => self.sslkey = Some(value.into()),
+            "channel_binding" => {
+                self.channel_binding = Some(match value.as_str() {
+                    "disable" => ChannelBinding::Disable,
+                    "prefer" => ChannelBinding::Prefer,
+                    "require" => ChannelBinding::Require,
+                    _ => return Err(invalid("expected disable, prefer or require")),
+                })
+            }
             "connect_timeout" => {
                 let secs: u64 = value
                     .parse()
@@ -277,6 +306,7 @@ impl Builder {
             sslrootcert: self.sslrootcert,
             sslcert: self.sslcert,
             sslkey: self.sslkey,
+            channel_binding: self.channel_binding.unwrap_or_default(),
             connect_timeout: self.connect_timeout,
             application_name: self.application_name,
         })
@@ -411,6 +441,24 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_binding_takes_libpqs_values() {
+        assert_eq!(
+            ConnInfo::parse("host=h").unwrap().channel_binding,
+            ChannelBinding::Prefer
+        );
+        assert_eq!(
+            ConnInfo::parse("postgresql://u@h/d?channel_binding=require")
+                .unwrap()
+                .channel_binding,
+            ChannelBinding::Require
+        );
+        assert!(matches!(
+            ConnInfo::parse("host=h channel_binding=always"),
+            Err(ConnInfoError::InvalidValue { key, .. }) if key == "channel_binding"
+        ));
+    }
 
     #[test]
     fn parses_a_full_url() {

@@ -323,6 +323,7 @@ impl LocalPostgres {
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
+            channel_binding: Default::default(),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             application_name: None,
         }

@@ -9,7 +9,8 @@
 //! | verify-full  | yes             | yes           | yes                  |
 //!
 //! The same `ClientConfig` serves our replication connection (`source::replication`) and stock
-//! tokio-postgres connections, through the small adapter at the end of this file.
+//! tokio-postgres connections, through the small adapter at the end of this file. Both bind
+//! SCRAM to the session (`channel_binding`) with the certificate hash from [`server_end_point`].
 
 use std::future::Future;
 use std::io;
@@ -299,9 +300,17 @@ pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        // SCRAM channel binding is not offered; authentication still uses SCRAM-SHA-256.
-        tokio_postgres::tls::ChannelBinding::none()
+        match end_point_of(&self.0) {
+            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
     }
+}
+
+/// The channel binding data of an established TLS session (see [`server_end_point`]).
+pub fn end_point_of<S>(stream: &tokio_rustls::client::TlsStream<S>) -> Option<Vec<u8>> {
+    let certs = stream.get_ref().1.peer_certificates()?;
+    server_end_point(certs.first()?)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
@@ -329,5 +338,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// SCRAM channel binding data of type `tls-server-end-point` (RFC 5929): the server
+/// certificate hashed with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1.
+/// `None` for algorithms without a defined hash (Ed25519, RSA-PSS), for which Postgres offers
+/// no channel binding either.
+pub fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm AlgorithmIdentifier, ... }
+    let (_, certificate, _) = der_element(cert_der)?;
+    let (_, _tbs, rest) = der_element(certificate)?;
+    let (_, algorithm, _) = der_element(rest)?;
+    let (tag, oid, _) = der_element(algorithm)?;
+    if tag != 0x06 {
+        return None;
+    }
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01]; // 1.2.840.113549.1.1
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03]; // 1.2.840.10045.4.3
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let bits = match oid {
+        [p @ .., 4 | 5 | 11] if p == RSA => 256, // md5, sha1, sha256 WithRSAEncryption
+        [p @ .., 12] if p == RSA => 384,
+        [p @ .., 13] if p == RSA => 512,
+        o if o == ECDSA_SHA1 => 256,
+        [p @ .., 2] if p == ECDSA_SHA2 => 256,
+        [p @ .., 3] if p == ECDSA_SHA2 => 384,
+        [p @ .., 4] if p == ECDSA_SHA2 => 512,
+        _ => return None,
+    };
+    Some(match bits {
+        256 => Sha256::digest(cert_der).to_vec(),
+        384 => Sha384::digest(cert_der).to_vec(),
+        _ => Sha512::digest(cert_der).to_vec(),
+    })
+}
+
+/// One DER element at the start of `der`: (tag, contents, what follows).
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256, Sha384};
+
+    fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_certificates_signature_algorithm() {
+        let p256 = self_signed(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            server_end_point(&p256),
+            Some(Sha256::digest(&p256).to_vec())
+        );
+        let p384 = self_signed(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            server_end_point(&p384),
+            Some(Sha384::digest(&p384).to_vec())
+        );
+        // No hash is defined for Ed25519: no channel binding, as on the server.
+        assert_eq!(server_end_point(&self_signed(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(server_end_point(b"\x30\x82\xff"), None, "truncated DER");
+        assert_eq!(server_end_point(&[]), None);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use cdc::conninfo::{ConnInfo, SslMode};
+use cdc::conninfo::{ChannelBinding, ConnInfo, SslMode};
 use cdc::source::replication::ReplicationClient;
 
 use crate::harness::{servers, source_db};
@@ -162,4 +162,38 @@ async fn sql_connections_over_a_unix_socket_never_attempt_tls() {
         .expect("connect over the socket");
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+}
+
+#[tokio::test]
+async fn channel_binding_ties_scram_to_the_tls_session_on_both_connection_kinds() {
+    let db = source_db("tls_bind").await;
+    let mut bound = with_tls(&db, "127.0.0.1", SslMode::Require, None);
+    bound.channel_binding = ChannelBinding::Require;
+    // `require` only succeeds if the server accepted our tls-server-end-point binding data.
+    let mut repl = ReplicationClient::connect(&bound)
+        .await
+        .expect("replication connection with channel binding");
+    assert!(server_says_tls(&mut repl).await);
+    let sql = cdc::pg::connect(&bound)
+        .await
+        .expect("SQL connection with channel binding");
+    let one: i32 = sql.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+
+    // Without TLS there is nothing to bind to: `require` refuses, with the reason.
+    let mut plain = with_tls(&db, "127.0.0.1", SslMode::Disable, None);
+    plain.channel_binding = ChannelBinding::Require;
+    let err = ReplicationClient::connect(&plain).await.err().unwrap();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("channel_binding=require") && text.contains("needs TLS"),
+        "{text}"
+    );
+    assert!(
+        cdc::pg::connect(&plain).await.is_err(),
+        "the SQL connection refuses too"
+    );
+    // `prefer` (the default) still connects without TLS.
+    plain.channel_binding = ChannelBinding::Prefer;
+    ReplicationClient::connect(&plain).await.unwrap();
 }

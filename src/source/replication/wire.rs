@@ -14,7 +14,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conninfo::{ConnInfo, SslMode};
+use crate::conninfo::{ChannelBinding as ChannelBindingMode, ConnInfo, SslMode};
 use crate::error::{DbError, Error, Result};
 
 /// Anything we can speak the protocol over.
@@ -89,6 +89,9 @@ pub(crate) struct PgWire {
     pub(crate) params: HashMap<String, String>,
     /// Whether the session is encrypted, for status output and tests.
     pub(crate) tls: bool,
+    /// With TLS, the server certificate's `tls-server-end-point` hash for SCRAM channel binding
+    /// (`None` when its signature algorithm defines none).
+    end_point: Option<Vec<u8>>,
 }
 
 impl PgWire {
@@ -108,7 +111,7 @@ impl PgWire {
 
     async fn connect_inner(info: &ConnInfo, startup_params: &[(&str, &str)]) -> Result<Self> {
         let ctx = || format!("cannot connect to {info}");
-        let (io, tls): (Box<dyn Io>, bool) = if info.is_unix_socket() {
+        let (io, tls, end_point): (Box<dyn Io>, bool, Option<Vec<u8>>) = if info.is_unix_socket() {
             // As libpq: no TLS over a Unix socket.
             let path = format!("{}/.s.PGSQL.{}", info.host, info.port);
             (
@@ -118,6 +121,7 @@ impl PgWire {
                         .map_err(Error::io(ctx()))?,
                 ),
                 false,
+                None,
             )
         } else {
             let tcp = TcpStream::connect((info.host.as_str(), info.port))
@@ -132,6 +136,7 @@ impl PgWire {
             out: BytesMut::new(),
             params: HashMap::new(),
             tls,
+            end_point,
         };
         let mut params: Vec<(&str, &str)> = vec![("user", &info.user), ("database", &info.dbname)];
         params.extend_from_slice(startup_params);
@@ -143,9 +148,12 @@ impl PgWire {
         Ok(wire)
     }
 
-    async fn negotiate_tls(info: &ConnInfo, mut tcp: TcpStream) -> Result<(Box<dyn Io>, bool)> {
+    async fn negotiate_tls(
+        info: &ConnInfo,
+        mut tcp: TcpStream,
+    ) -> Result<(Box<dyn Io>, bool, Option<Vec<u8>>)> {
         let Some(config) = crate::tls::client_config(info)? else {
-            return Ok((Box::new(tcp), false));
+            return Ok((Box::new(tcp), false, None));
         };
         let mut req = BytesMut::new();
         frontend::ssl_request(&mut req);
@@ -164,9 +172,10 @@ impl PgWire {
                     .connect(name, tcp)
                     .await
                     .map_err(Error::io(format!("TLS handshake with {info} failed")))?;
-                Ok((Box::new(stream), true))
+                let end_point = crate::tls::end_point_of(&stream);
+                Ok((Box::new(stream), true, end_point))
             }
-            b'N' if info.sslmode == SslMode::Prefer => Ok((Box::new(tcp), false)),
+            b'N' if info.sslmode == SslMode::Prefer => Ok((Box::new(tcp), false, None)),
             b'N' => Err(Error::TlsRefused(format!(
                 "{info} does not accept TLS; enable ssl on the server or use sslmode=prefer/disable"
             ))),
@@ -187,9 +196,17 @@ impl PgWire {
             })
         };
         let mut scram: Option<sasl::ScramSha256> = None;
+        let mut bound = false;
+        let require = info.channel_binding == ChannelBindingMode::Require;
         loop {
             let frame = self.read_frame().await?;
             match frame.parse()? {
+                backend::Message::AuthenticationOk if require && !bound => {
+                    return Err(Error::Auth(format!(
+                        "channel_binding=require, but {info} authenticated us without channel binding: \
+                         use TLS and SCRAM password authentication on the server, or relax channel_binding"
+                    )))
+                }
                 backend::Message::AuthenticationOk => return Ok(()),
                 backend::Message::AuthenticationCleartextPassword => {
                     frontend::password_message(password()?, &mut self.out)
@@ -202,25 +219,42 @@ impl PgWire {
                 }
                 backend::Message::AuthenticationSasl(body) => {
                     let mut mechanisms = body.mechanisms();
-                    let mut has_scram = false;
+                    let (mut has_scram, mut has_plus) = (false, false);
                     while let Ok(Some(m)) = mechanisms.next() {
                         has_scram |= m == sasl::SCRAM_SHA_256;
+                        has_plus |= m == sasl::SCRAM_SHA_256_PLUS;
                     }
-                    if !has_scram {
+                    let end_point = self
+                        .end_point
+                        .clone()
+                        .filter(|_| info.channel_binding != ChannelBindingMode::Disable);
+                    // Bind when we can; otherwise say why not, so that a server offering
+                    // binding to a client that supports it detects a downgrade ("y").
+                    let (mechanism, binding) = match end_point {
+                        Some(hash) if has_plus => (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            sasl::ChannelBinding::tls_server_end_point(hash),
+                        ),
+                        _ if require => {
+                            return Err(Error::Auth(format!(
+                                "channel_binding=require, but {info} offers no SCRAM channel binding \
+                                 over this connection (it needs TLS, SCRAM-SHA-256-PLUS on the server, and \
+                                 a certificate signed with RSA or ECDSA)"
+                            )))
+                        }
+                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                        None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    };
+                    if !has_scram && mechanism == sasl::SCRAM_SHA_256 {
                         return Err(Error::Auth(
                             "server offers no SASL mechanism we support (need SCRAM-SHA-256)"
                                 .into(),
                         ));
                     }
-                    // Channel binding is not offered ("n"), which is valid with or without TLS.
-                    let s =
-                        sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
-                        s.message(),
-                        &mut self.out,
-                    )
-                    .map_err(Error::io("encoding SASL"))?;
+                    bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
+                    let s = sasl::ScramSha256::new(password()?, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.out)
+                        .map_err(Error::io("encoding SASL"))?;
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
