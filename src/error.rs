@@ -87,6 +87,15 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("{context}")]
+    DuckDb {
+        context: String,
+        #[source]
+        source: duckdb::Error,
+    },
+    /// Another process holds the DuckDB file (DuckDB allows one writer, or readers only).
+    #[error("the DuckDB file {path} is held by another process: {detail}")]
+    DuckDbBusy { path: String, detail: String },
     #[error("prerequisites not met, nothing was changed:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Prerequisites(Vec<String>),
     #[error("`cdc {0}` is not implemented yet")]
@@ -109,7 +118,7 @@ impl Error {
     /// Whether retrying (after a backoff) may succeed without a human changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Io { .. } | Error::Timeout { .. } => true,
+            Error::Io { .. } | Error::Timeout { .. } | Error::DuckDbBusy { .. } => true,
             Error::Db { source, .. } => sqlstate_is_transient(&source.code),
             Error::Postgres { source, .. } => match source.code() {
                 Some(code) => sqlstate_is_transient(code.code()),
@@ -135,6 +144,11 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn duck(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Error {
+        let context = context.into();
+        move |source| Error::DuckDb { context, source }
     }
 
     pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {

@@ -30,6 +30,7 @@ pub mod config;
 pub mod conninfo;
 pub mod decode;
 pub mod demo;
+pub mod destination;
 pub mod error;
 pub mod http;
 pub mod local_pg;

@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use crate::apply::Applier;
 use crate::config::Config;
 use crate::decode::PgOutputDecoder;
+use crate::destination::Destination;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::state::StateStore;
 use crate::source::replication::{
     PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, StandbyStatus,
 };
@@ -44,7 +44,6 @@ const DECODING_WORK_MEM_KB: i64 = 8 * 1024;
 /// Run until `shutdown` becomes true (then finish the batch in flight and return `Ok`) or a
 /// definite error occurs.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    let store = StateStore::new(&config.destination.state_schema);
     let metrics = Arc::new(Metrics::default());
     let server = crate::http::serve(
         &config.status.listen,
@@ -59,8 +58,10 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
     loop {
         let started = Instant::now();
         let result = async {
-            ensure_snapshot(config, &store).await?;
-            stream_once(config, &store, &mut shutdown, &metrics).await
+            // Opened per attempt: a destination that restarted gets fresh sessions.
+            let dest = crate::destination::open(config).await?;
+            ensure_snapshot(config, &dest).await?;
+            stream_once(config, dest.as_ref(), &mut shutdown, &metrics).await
         }
         .await;
         metrics.set_streaming(false);
@@ -99,16 +100,14 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
 }
 
 /// Take the initial snapshot if the destination has no completed one.
-async fn ensure_snapshot(config: &Config, store: &StateStore) -> Result<()> {
-    let dst = crate::pg::connect(&config.destination_conninfo()?).await?;
-    store.ensure(&dst).await?;
-    if !store
-        .load(&dst, &config.source.slot)
+async fn ensure_snapshot(config: &Config, dest: &Arc<dyn Destination>) -> Result<()> {
+    if !dest
+        .load_state(&config.source.slot)
         .await?
         .is_some_and(|s| s.snapshot_completed)
     {
         tracing::info!(slot = %config.source.slot, "no completed snapshot: taking one first");
-        crate::snapshot::run(config, false).await?;
+        crate::snapshot::run_into(config, dest, false).await?;
     }
     Ok(())
 }
@@ -135,15 +134,14 @@ impl Drop for AbortOnDrop {
 
 async fn stream_once(
     config: &Config,
-    store: &StateStore,
+    dest: &dyn Destination,
     shutdown: &mut watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
     let slot = config.source.slot.as_str();
     let src_info = config.source_conninfo()?;
-    let dst_info = config.destination_conninfo()?;
-    let applier = Applier::connect(&dst_info, store.clone(), slot, metrics.clone()).await?;
-    let state = store.load(applier.client(), slot).await?.ok_or_else(|| {
+    let applier = Applier::new(dest.session(metrics.clone()).await?, slot);
+    let state = dest.load_state(slot).await?.ok_or_else(|| {
         Error::Definite(format!(
             "the destination has no pipeline for slot {slot}: run `cdc snapshot` first"
         ))
@@ -171,9 +169,10 @@ async fn stream_once(
 
     metrics.set_streaming(true);
     metrics.confirmed(applied.0, applied.0);
-    // With streaming, a second destination session applies large transactions as they arrive.
-    let spare = if options.streaming {
-        Some(Applier::connect(&dst_info, store.clone(), slot, metrics.clone()).await?)
+    // With streaming, a second destination session applies large transactions as they arrive,
+    // where the destination lets two sessions write at once.
+    let spare = if options.streaming && dest.concurrent_sessions() {
+        Some(Applier::new(dest.session(metrics.clone()).await?, slot))
     } else {
         None
     };
@@ -220,7 +219,7 @@ async fn stream_once(
                 }
                 Some(ReplicationEvent::Keepalive { wal_end: end, reply_requested, .. }) => {
                     wal_end = wal_end.max(end);
-                    let advanced = streamer.advance_idle(end, store, slot).await?;
+                    let advanced = streamer.advance_idle(end).await?;
                     if reply_requested || advanced {
                         confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
                     }

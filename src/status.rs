@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::snapshot::state::StateStore;
 
 /// Everything `cdc status` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -103,7 +102,6 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         reason: "streaming within bounds".into(),
     };
     let src_info = config.source_conninfo()?;
-    let dst_info = config.destination_conninfo()?;
     let src = match crate::pg::connect(&src_info).await {
         Ok(c) => c,
         Err(e) => {
@@ -113,8 +111,8 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
             ))
         }
     };
-    let dst = match crate::pg::connect(&dst_info).await {
-        Ok(c) => c,
+    let dest = match crate::destination::open(config).await {
+        Ok(d) => d,
         Err(e) => {
             return Ok(unreachable(
                 r,
@@ -191,13 +189,20 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         .cloned()
         .collect();
 
-    let store = StateStore::new(&config.destination.state_schema);
-    // An error means no state schema yet: nothing was ever snapshotted.
-    let state = store.load(&dst, &slot).await.unwrap_or_default();
+    let state = match dest.load_state(&slot).await {
+        Ok(state) => state,
+        Err(e) if e.is_transient() => {
+            return Ok(unreachable(
+                r,
+                format!("cannot read the destination: {}", chain(&e)),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(s) = &state {
         r.snapshot_complete = s.snapshot_completed;
         r.applied_lsn = s.applied_lsn.map(|l| l.to_string());
-        let copied = store.table_rows(&dst, &slot).await.unwrap_or_default();
+        let copied = dest.snapshot_tables(&slot).await?;
         r.tables = pairs
             .iter()
             .map(|(s, d)| TableStatus {
@@ -209,20 +214,16 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
                     .map(|(_, n)| *n),
             })
             .collect();
-        if let Ok(row) = dst
-            .query_one(
-                &format!(
-                    "SELECT applied_commit_time::text, extract(epoch FROM now() - applied_commit_time)::float8
-                       FROM {}.pipeline WHERE slot = $1",
-                    crate::source::replication::quote_ident(&config.destination.state_schema)
-                ),
-                &[&slot],
-            )
-            .await
-        {
-            r.applied_commit_time = row.get(0);
-            let age: Option<f64> = row.get(1);
-            r.lag_seconds = Some(if r.lag_bytes.unwrap_or(0) > 0 { age.unwrap_or(0.0) } else { 0.0 });
+        if let Some(time) = s.applied_commit_time {
+            r.applied_commit_time = Some(format_utc(time));
+            let age = std::time::SystemTime::now()
+                .duration_since(time)
+                .map_or(0.0, |d| d.as_secs_f64());
+            r.lag_seconds = Some(if r.lag_bytes.unwrap_or(0) > 0 {
+                age
+            } else {
+                0.0
+            });
         }
     }
 
@@ -262,6 +263,36 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
     r.verdict = verdict;
     r.reason = reason;
     Ok(r)
+}
+
+/// `2026-11-30 12:01:15.123456+00`, as Postgres prints a timestamptz in UTC.
+fn format_utc(t: std::time::SystemTime) -> String {
+    let micros = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    };
+    let (days, in_day) = (
+        micros.div_euclid(86_400_000_000),
+        micros.rem_euclid(86_400_000_000),
+    );
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let secs = in_day / 1_000_000;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}+00",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        in_day % 1_000_000
+    )
 }
 
 fn chain(e: &Error) -> String {
@@ -380,5 +411,20 @@ impl fmt::Display for StatusReport {
             write!(f, "; extra tables: {}", self.publication_extra.join(", "))?;
         }
         writeln!(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_print_as_postgres_prints_timestamptz() {
+        assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01 00:00:00.000000+00");
+        let t = UNIX_EPOCH + Duration::from_micros(1_796_040_075_123_456);
+        assert_eq!(format_utc(t), "2026-11-30 12:01:15.123456+00");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(format_utc(leap), "2000-02-29 00:00:00.000000+00");
     }
 }

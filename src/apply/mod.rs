@@ -1,56 +1,42 @@
-//! The destination side of streaming: changes in, set-based writes in one open destination
-//! transaction, committed together with the position they bring the destination to.
+//! The destination-neutral side of streaming: changes queued per table (`Pending`), handed
+//! over as a `Batch` to a destination [`Session`], committed together with the position they
+//! bring the destination to.
 //!
 //! ```text
 //!  push(table, RowOp) ─► Pending (per table, source order)
-//!        flush() ─► Batch ─► write: BEGIN (once) ─► per table: reduce ─► DELETE /
-//!                                    UPDATE of existing keys / INSERT ON CONFLICT /
-//!                                    UPDATE of present columns
-//!        commit(end_lsn) ► flush ─► UPDATE cdc.pipeline SET applied_lsn ─► COMMIT
+//!        flush() ─► Batch ─► Session::write (into the open destination transaction)
+//!        commit(end_lsn) ► flush ─► Session::commit (data and position together)
 //! ```
 //!
-//! **The data and the position commit in the same transaction**, so after a crash the
-//! destination is exactly at a source commit boundary and resumes from there. `flush` may run
-//! many times inside one destination transaction (a source transaction larger than memory is
-//! applied in chunks); only `commit` ends it. If a set-based write hits a unique violation
-//! (two rows swapping a unique value), that table's changes are replayed row by row in
-//! source order, as the source executed them.
+//! `flush` may run many times inside one destination transaction (a source transaction larger
+//! than memory is applied in chunks); only `commit` ends it. What a destination needs to turn
+//! a table's changes into writes is here too, pure and shared: `reduce` (the last change per
+//! key) and `keyless_steps` (changes of a keyless table in an order that keeps their effect).
 //!
 //! A `Pending` can also live outside the applier, filled by another task and handed over as a
 //! `Batch` (the apply-ahead path does this), so that gathering the next batch overlaps writing
 //! this one.
 
 mod reduce;
-mod sql;
 mod table;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
-
-pub use reduce::RowOp;
-use reduce::{reduce, Final};
+pub use reduce::{reduce, Final, RowOp};
 pub use table::{MappedColumn, TableMap};
 
 use crate::config::TableName;
-use crate::conninfo::ConnInfo;
 use crate::decode::{Datum, PgTimestamp};
+use crate::destination::{DestColumn, SchemaChange, Session};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::state::StateStore;
 
-/// Applies changes to the destination.
+/// Applies changes to the destination through one of its sessions.
 pub struct Applier {
-    client: Client,
-    store: StateStore,
+    session: Box<dyn Session>,
     slot: String,
-    in_txn: bool,
     pending: Pending,
-    statements: HashMap<String, Statement>,
-    metrics: Arc<Metrics>,
 }
 
 /// Changes waiting to be written, grouped by table in first-seen order, each table's in
@@ -104,7 +90,24 @@ pub struct Batch {
     tables: Vec<(Arc<TableMap>, Vec<RowOp>)>,
 }
 
-fn text(d: &Datum) -> Option<&str> {
+impl Batch {
+    /// Each table's changes, in source order; tables in first-seen order.
+    pub fn tables(&self) -> &[(Arc<TableMap>, Vec<RowOp>)] {
+        &self.tables
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// The tables and their changes, owned (for a writer on another thread).
+    pub fn into_tables(self) -> Vec<(Arc<TableMap>, Vec<RowOp>)> {
+        self.tables
+    }
+}
+
+/// A value's text, `None` for NULL and for an unchanged TOAST value.
+pub fn text(d: &Datum) -> Option<&str> {
     match d {
         // pgoutput text is valid UTF-8 (client_encoding UTF8); a bad byte would fail the cast.
         Datum::Text(b) | Datum::Binary(b) => Some(std::str::from_utf8(b).unwrap_or("\u{FFFD}")),
@@ -121,61 +124,82 @@ fn datum_bytes(row: &[Datum]) -> usize {
         .sum()
 }
 
-impl Applier {
-    /// Connect to the destination. The session's search path is empty: every name we send is
-    /// qualified, and type names come back qualified from `format_type`.
-    pub async fn connect(
-        info: &ConnInfo,
-        store: StateStore,
-        slot: &str,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self> {
-        let client = crate::pg::connect(info).await?;
-        client
-            .batch_execute("SET search_path = ''")
-            .await
-            .map_err(Error::pg("preparing the apply session"))?;
-        Ok(Applier {
-            client,
-            store,
-            slot: slot.to_owned(),
-            in_txn: false,
-            pending: Pending::default(),
-            statements: HashMap::new(),
-            metrics,
-        })
-    }
+/// One step of a keyless table's changes (see [`keyless_steps`]).
+pub enum KeylessStep<'a> {
+    /// A run of inserts: they commute with each other, and the run still sits between the
+    /// updates and deletes around it.
+    Inserts(Vec<&'a [Datum]>),
+    /// Delete one row equal to these values.
+    Delete(&'a [Datum]),
+    /// Change one row equal to `old` (if the source sent it) into `new`.
+    Update {
+        old: Option<&'a [Datum]>,
+        new: &'a [Datum],
+    },
+}
 
-    /// The destination connection (for catalog reads between transactions).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// Columns of a destination table: `(name, qualified type, is primary key)`, without
-    /// generated columns (they are recomputed, never replicated).
-    pub async fn dest_columns(&self, dest: &TableName) -> Result<Vec<(String, String, bool)>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-                        COALESCE(a.attnum = ANY (i.indkey::int2[]), false)
-                   FROM pg_attribute a
-                   LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                  ORDER BY a.attnum",
-                &[&dest.quoted()],
-            )
-            .await
-            .map_err(Error::pg(format!("reading the columns of {dest}")))?;
-        if rows.is_empty() {
-            return Err(Error::Definite(format!(
-                "destination table {dest} does not exist: run `cdc snapshot --force` to recreate the pipeline"
-            )));
+/// A keyless table's (REPLICA IDENTITY FULL, no primary key) changes as steps to apply in
+/// order: rows are matched on all their old values, duplicates are allowed and exactly one of
+/// them is touched per change.
+pub fn keyless_steps(ops: &[RowOp]) -> Vec<KeylessStep<'_>> {
+    let mut steps: Vec<KeylessStep<'_>> = Vec::new();
+    for op in ops {
+        match op {
+            RowOp::Insert(r) => match steps.last_mut() {
+                Some(KeylessStep::Inserts(rows)) => rows.push(r),
+                _ => steps.push(KeylessStep::Inserts(vec![r])),
+            },
+            RowOp::Delete(old) => steps.push(KeylessStep::Delete(old)),
+            RowOp::Update { old, new } => steps.push(KeylessStep::Update {
+                old: old.as_deref(),
+                new,
+            }),
         }
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
+    }
+    steps
+}
+
+/// The error for an update of a keyless table that carries no old row.
+pub fn no_old_row(t: &TableMap) -> Error {
+    Error::Definite(format!(
+        "update of {} carries no old row; set REPLICA IDENTITY FULL on the source table",
+        t.source
+    ))
+}
+
+/// Updates that kept TOAST values unchanged but found no destination row: they cannot be
+/// written (their unchanged values are known only to the source, and a NULL or a guess would
+/// be wrong data), so they are counted and reported.
+pub fn toast_rows_missing(metrics: &Metrics, t: &TableMap, missing: u64) {
+    if missing > 0 {
+        tracing::warn!(
+            table = %t.dest,
+            missing,
+            "updates that kept TOAST values unchanged found no row on the destination and were not \
+             written (a snapshot `where` filter left the row out, or the destination diverged); \
+             `cdc verify` lists the differences, `cdc snapshot --force` copies the table again"
+        );
+        metrics.rows_missing(missing);
+    }
+}
+
+impl Applier {
+    pub fn new(session: Box<dyn Session>, slot: &str) -> Self {
+        Applier {
+            session,
+            slot: slot.to_owned(),
+            pending: Pending::default(),
+        }
+    }
+
+    /// Columns of a destination table (generated columns left out: they are recomputed).
+    pub async fn dest_columns(&mut self, dest: &TableName) -> Result<Vec<DestColumn>> {
+        self.session.columns(dest).await
+    }
+
+    /// The destination's session (type mapping, idle position).
+    pub fn session(&mut self) -> &mut dyn Session {
+        self.session.as_mut()
     }
 
     /// Rows waiting to be written.
@@ -190,62 +214,12 @@ impl Applier {
 
     /// Whether a destination transaction is open (changes written or pending, not committed).
     pub fn in_transaction(&self) -> bool {
-        self.in_txn || self.pending.rows() > 0
+        self.session.in_transaction() || self.pending.rows() > 0
     }
 
     /// Queue one change.
     pub fn push(&mut self, table: &Arc<TableMap>, op: RowOp) {
         self.pending.push(table, op);
-    }
-
-    async fn begin(&mut self) -> Result<()> {
-        if !self.in_txn {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(Error::pg("starting a destination transaction"))?;
-            self.in_txn = true;
-        }
-        Ok(())
-    }
-
-    async fn statement(&mut self, sql: String) -> Result<Statement> {
-        if let Some(s) = self.statements.get(&sql) {
-            return Ok(s.clone());
-        }
-        let s = self
-            .client
-            .prepare(&sql)
-            .await
-            .map_err(Error::pg(format!("preparing {sql}")))?;
-        self.statements.insert(sql, s.clone());
-        Ok(s)
-    }
-
-    /// Run `sql` with one text array per listed column of `rows`.
-    async fn exec_arrays(&mut self, sql: String, rows: &[&[Datum]], cols: &[usize]) -> Result<u64> {
-        let stmt = self.statement(sql).await?;
-        let arrays: Vec<Vec<Option<&str>>> = cols
-            .iter()
-            .map(|&c| rows.iter().map(|r| r.get(c).and_then(text)).collect())
-            .collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(&stmt, &params)
-            .await
-            .map_err(Error::pg("applying changes"))
-    }
-
-    /// Run `sql` with scalar text parameters.
-    async fn exec_values(&mut self, sql: String, values: &[Option<&str>]) -> Result<u64> {
-        let stmt = self.statement(sql).await?;
-        let params: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(&stmt, &params)
-            .await
-            .map_err(Error::pg("applying changes"))
     }
 
     /// Write everything pending into the open destination transaction (opening it if needed).
@@ -259,238 +233,39 @@ impl Applier {
 
     /// Write a batch into the open destination transaction (opening it if needed).
     pub async fn write(&mut self, batch: Batch) -> Result<()> {
-        if batch.tables.is_empty() {
-            return Ok(());
-        }
-        self.begin().await?;
-        for (table, ops) in &batch.tables {
-            if table.is_keyless() {
-                self.apply_keyless(table, ops).await?;
-                continue;
-            }
-            self.client
-                .batch_execute("SAVEPOINT cdc_table")
-                .await
-                .map_err(Error::pg("savepoint"))?;
-            match self.apply_set(table, &reduce(ops, &table.key)).await {
-                Ok(()) => {}
-                Err(e) if e.sqlstate() == Some("23505") => {
-                    tracing::debug!(table = %table.dest, "unique conflict in set-based apply; replaying in source order");
-                    self.client
-                        .batch_execute("ROLLBACK TO SAVEPOINT cdc_table")
-                        .await
-                        .map_err(Error::pg("rollback to savepoint"))?;
-                    self.apply_in_order(table, ops).await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.session.write(batch).await
     }
 
-    /// Write the final states of one keyed table's keys.
-    async fn apply_set(&mut self, t: &TableMap, finals: &[Final<'_>]) -> Result<()> {
-        let deletes: Vec<&[Datum]> = finals
-            .iter()
-            .filter_map(|f| match f {
-                Final::Delete(r) => Some(*r),
-                _ => None,
-            })
-            .collect();
-        if !deletes.is_empty() {
-            self.exec_arrays(sql::delete(t), &deletes, &t.key).await?;
-        }
-        let all: Vec<usize> = (0..t.columns.len()).collect();
-        // Full rows of keys that existed before the batch go through a plain UPDATE when the
-        // table has columns to set; the others through the upsert.
-        let update_sql = sql::update_present(t, &all);
-        let mut full: Vec<&[Datum]> = Vec::new();
-        let mut existing: Vec<&[Datum]> = Vec::new();
-        let mut partial: HashMap<Vec<usize>, Vec<&[Datum]>> = HashMap::new();
-        for f in finals {
-            let Some(row) = f.written() else { continue };
-            if row.contains(&Datum::UnchangedToast) {
-                let present: Vec<usize> = (0..row.len())
-                    .filter(|&i| row[i] != Datum::UnchangedToast)
-                    .collect();
-                partial.entry(present).or_default().push(row);
-            } else if matches!(f, Final::Update(_)) && update_sql.is_some() {
-                existing.push(row);
-            } else {
-                full.push(row);
-            }
-        }
-        if let Some((update_sql, cols)) = update_sql.filter(|_| !existing.is_empty()) {
-            let updated = self.exec_arrays(update_sql, &existing, &cols).await?;
-            if updated < existing.len() as u64 {
-                // The destination lacks rows the source had: the table has a snapshot `where`
-                // filter that streaming does not repeat, or the destination diverged. Write them
-                // anyway, as an upsert would have; rewriting the rows the UPDATE already set is
-                // harmless. Debug level: with a filter this is routine.
-                tracing::debug!(
-                    table = %t.dest,
-                    missing = existing.len() as u64 - updated,
-                    "rows updated on the source were missing on the destination; writing them with an upsert"
-                );
-                full.extend(existing);
-            }
-        }
-        if !full.is_empty() {
-            self.exec_arrays(sql::upsert(t), &full, &all).await?;
-        }
-        for (present, rows) in partial {
-            if let Some((stmt, cols)) = sql::update_present(t, &present) {
-                let updated = self.exec_arrays(stmt, &rows, &cols).await?;
-                let missing = rows.len() as u64 - updated.min(rows.len() as u64);
-                if missing > 0 {
-                    // Unlike full rows, these cannot be written: their unchanged TOAST values
-                    // are known only to the source, and a NULL or a guess would be wrong data.
-                    tracing::warn!(
-                        table = %t.dest,
-                        missing,
-                        "updates that kept TOAST values unchanged found no row on the destination and were not \
-                         written (a snapshot `where` filter left the row out, or the destination diverged); \
-                         `cdc verify` lists the differences, `cdc snapshot --force` copies the table again"
-                    );
-                    self.metrics.rows_missing(missing);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Keyed table, one change at a time in source order (the fallback path): the set-based
-    /// path applied to each change alone.
-    async fn apply_in_order(&mut self, t: &TableMap, ops: &[RowOp]) -> Result<()> {
-        for op in ops {
-            self.apply_set(t, &reduce(std::slice::from_ref(op), &t.key))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Keyless table (REPLICA IDENTITY FULL, no primary key): rows matched on all old values,
-    /// one change at a time; duplicates are allowed and exactly one of them is touched.
-    async fn apply_keyless(&mut self, t: &TableMap, ops: &[RowOp]) -> Result<()> {
-        let all: Vec<usize> = (0..t.columns.len()).collect();
-        let mut i = 0;
-        while i < ops.len() {
-            // A run of inserts goes in one statement: inserts commute with each other, and the
-            // run still sits between the updates and deletes around it.
-            let run = ops[i..]
-                .iter()
-                .take_while(|op| matches!(op, RowOp::Insert(_)))
-                .count();
-            if run > 0 {
-                let rows: Vec<&[Datum]> = ops[i..i + run]
-                    .iter()
-                    .map(|op| {
-                        if let RowOp::Insert(r) = op {
-                            r.as_slice()
-                        } else {
-                            unreachable!("run of inserts")
-                        }
-                    })
-                    .collect();
-                self.exec_arrays(sql::insert_plain(t), &rows, &all).await?;
-                i += run;
-                continue;
-            }
-            let op = &ops[i];
-            i += 1;
-            match op {
-                RowOp::Insert(_) => unreachable!("handled as a run"),
-                RowOp::Delete(old) => {
-                    let values: Vec<Option<&str>> = old.iter().map(text).collect();
-                    self.exec_values(sql::delete_one(t), &values).await?;
-                }
-                RowOp::Update { old, new } => {
-                    let old = old.as_ref().ok_or_else(|| {
-                        Error::Definite(format!(
-                            "update of {} carries no old row; set REPLICA IDENTITY FULL on the source table",
-                            t.source
-                        ))
-                    })?;
-                    let present: Vec<usize> = (0..new.len())
-                        .filter(|&i| new[i] != Datum::UnchangedToast)
-                        .collect();
-                    if let Some(stmt) = sql::update_one(t, &present) {
-                        let values: Vec<Option<&str>> = present
-                            .iter()
-                            .map(|&i| text(&new[i]))
-                            .chain(old.iter().map(text))
-                            .collect();
-                        self.exec_values(stmt, &values).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// TRUNCATE destination tables inside the open transaction, after what came before.
+    /// Empty destination tables inside the open transaction, after what came before.
     pub async fn truncate(
         &mut self,
         tables: &[Arc<TableMap>],
         restart_identity: bool,
     ) -> Result<()> {
         self.flush().await?;
-        self.begin().await?;
-        let names: Vec<String> = tables.iter().map(|t| t.dest.quoted()).collect();
-        let sql = format!(
-            "TRUNCATE {}{}",
-            names.join(", "),
-            if restart_identity {
-                " RESTART IDENTITY"
-            } else {
-                ""
-            }
-        );
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(Error::pg("applying TRUNCATE"))
+        self.session.truncate(tables, restart_identity).await
     }
 
-    /// Run DDL (a schema change) inside the open transaction, after what came before.
-    pub async fn execute_ddl(&mut self, sql: &str) -> Result<()> {
+    /// Repeat a source schema change inside the open transaction, after what came before.
+    pub async fn alter(&mut self, dest: &TableName, change: &SchemaChange) -> Result<()> {
         self.flush().await?;
-        self.begin().await?;
-        self.statements.clear();
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(Error::pg(format!("applying schema change: {sql}")))
+        self.session.alter(dest, change).await
     }
 
     /// Write what is pending, record `end_lsn` as applied, and commit.
     pub async fn commit(&mut self, end_lsn: Lsn, commit_time: PgTimestamp) -> Result<()> {
         self.flush().await?;
-        self.begin().await?;
-        let stmt = self.statement(self.store.update_applied_sql()).await?;
-        let time = commit_time.to_system_time();
-        self.client
-            .execute(&stmt, &[&self.slot, &end_lsn.to_string(), &time])
-            .await
-            .map_err(Error::pg("recording the applied position"))?;
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(Error::pg("committing to the destination"))?;
-        self.in_txn = false;
-        Ok(())
+        self.session.commit(&self.slot, end_lsn, commit_time).await
     }
 
     /// Abandon the open transaction and everything pending (it will be streamed again).
     pub async fn rollback(&mut self) -> Result<()> {
         self.pending.clear();
-        if self.in_txn {
-            self.in_txn = false;
-            self.client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(Error::pg("rolling back"))?;
-        }
-        Ok(())
+        self.session.rollback().await
+    }
+
+    /// Record `lsn` as applied while nothing is in flight.
+    pub async fn advance_idle(&mut self, lsn: Lsn) -> Result<()> {
+        self.session.advance_idle(&self.slot, lsn).await
     }
 }

@@ -3,12 +3,14 @@
 
 use crate::config::TableName;
 use crate::decode::Relation;
+use crate::destination::DestColumn;
 
 /// One replicated column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedColumn {
     pub name: String,
-    /// The destination column's type, qualified (`format_type` with an empty search path).
+    /// The destination column's type in the destination's own spelling (Postgres: qualified
+    /// `format_type`, used in casts).
     pub dest_type: String,
 }
 
@@ -30,17 +32,19 @@ impl TableMap {
         self.key.is_empty()
     }
 
-    /// Build the map from a Relation message and the destination's columns
-    /// (`(name, type, is_primary_key)`, generated columns excluded).
+    /// Build the map from a Relation message and the destination's columns (generated
+    /// columns excluded).
     pub fn new(
         rel: &Relation,
         source: TableName,
         dest: TableName,
-        dest_columns: &[(String, String, bool)],
+        dest_columns: &[DestColumn],
     ) -> Result<Self, String> {
         let mut columns = Vec::with_capacity(rel.columns.len());
         for c in &rel.columns {
-            let Some((_, ty, _)) = dest_columns.iter().find(|(n, _, _)| *n == c.name) else {
+            let Some(DestColumn { type_name: ty, .. }) =
+                dest_columns.iter().find(|d| d.name == c.name)
+            else {
                 return Err(format!(
                     "column {} of {source} does not exist in {dest}",
                     c.name
@@ -52,7 +56,10 @@ impl TableMap {
             });
         }
         let mut key = Vec::new();
-        for (name, _, is_pk) in dest_columns {
+        for DestColumn {
+            name, key: is_pk, ..
+        } in dest_columns
+        {
             if *is_pk {
                 let pos = columns
                     .iter()

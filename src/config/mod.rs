@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::conninfo::{ConnInfo, Secret};
+use crate::destination::Target;
 pub use table_name::TableName;
 pub use validate::{Origin, Problem};
 
@@ -329,8 +330,24 @@ impl Config {
         )
     }
 
-    /// Connection settings of the destination, with the password resolved.
+    /// Where the destination is: a DuckDB file, or a Postgres database (password resolved).
+    pub fn destination_target(&self) -> Result<Target, Problem> {
+        match Target::duckdb_path(&self.destination.url.0) {
+            Some(path) => path
+                .map(Target::DuckDb)
+                .map_err(|e| Problem::file("destination.url", e)),
+            None => self.destination_conninfo().map(Target::Postgres),
+        }
+    }
+
+    /// Connection settings of a Postgres destination, with the password resolved.
     pub fn destination_conninfo(&self) -> Result<ConnInfo, Problem> {
+        if Target::duckdb_path(&self.destination.url.0).is_some() {
+            return Err(Problem::file(
+                "destination.url",
+                "this command works with Postgres destinations only so far, and destination.url names a DuckDB file",
+            ));
+        }
         resolve(
             "destination",
             &self.destination.url,

@@ -61,7 +61,14 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
     };
 
     let src = check_url(&mut add, "source.url", &c.source.url.0);
-    let dst = check_url(&mut add, "destination.url", &c.destination.url.0);
+    let dst = match crate::destination::Target::duckdb_path(&c.destination.url.0) {
+        Some(Ok(_)) => None,
+        Some(Err(e)) => {
+            add("destination.url".into(), e);
+            None
+        }
+        None => check_url(&mut add, "destination.url", &c.destination.url.0),
+    };
     if let (Some(s), Some(d)) = (&src, &dst) {
         if s.host == d.host && s.port == d.port && s.dbname == d.dbname {
             add(

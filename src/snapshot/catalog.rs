@@ -20,6 +20,9 @@ pub struct ColumnDef {
     pub type_sql: String,
     pub type_oid: u32,
     pub not_null: bool,
+    /// Declared array dimensions (`int[][]`: 2; 0 for a non-array). Postgres does not enforce
+    /// them; a destination with fixed nesting (DuckDB lists) relies on them.
+    pub dims: usize,
     /// Expression of a `GENERATED ALWAYS AS (...) STORED` column: never copied, recomputed.
     pub generated: Option<String>,
 }
@@ -176,7 +179,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
     let columns = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
-                    CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END
+                    CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END, a.attndims
                FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
@@ -191,6 +194,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
             type_oid: r.get(2),
             not_null: r.get(3),
             generated: r.get(4),
+            dims: r.get::<_, i32>(5).max(0) as usize,
         })
         .collect();
     let primary_key = client

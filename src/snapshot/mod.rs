@@ -19,10 +19,8 @@
 
 pub mod catalog;
 pub mod copy;
-pub mod ddl;
 pub mod prereq;
 mod progress;
-pub mod state;
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -34,12 +32,12 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, TableName};
 use crate::conninfo::ConnInfo;
+use crate::destination::{CopyFormat, Destination, SnapshotTable};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::copy_out::CopySource;
 use crate::source::replication::{quote_ident, ReplicationClient};
 use catalog::TableSchema;
-use state::StateStore;
 
 /// What a snapshot run did.
 #[derive(Debug, Clone)]
@@ -68,28 +66,44 @@ struct Job {
     schema: TableSchema,
     destination: TableName,
     filter: Option<String>,
-    binary: bool,
+    format: CopyFormat,
     bytes: AtomicU64,
+}
+
+impl Job {
+    fn target(&self) -> SnapshotTable<'_> {
+        SnapshotTable {
+            schema: &self.schema,
+            destination: &self.destination,
+        }
+    }
 }
 
 /// Run the snapshot described by `config`. With `force`, redo a completed one and replace
 /// existing destination tables.
 pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
+    let dest = crate::destination::open(config).await?;
+    run_into(config, &dest, force).await
+}
+
+/// [`run`] into a destination already opened.
+pub async fn run_into(
+    config: &Config,
+    dest: &Arc<dyn Destination>,
+    force: bool,
+) -> Result<SnapshotReport> {
     let started = Instant::now();
     let src_info = config.source_conninfo()?;
-    let dst_info = config.destination_conninfo()?;
     let slot = config.source.slot.as_str();
     let publication = config.source.publication.as_str();
     let src = crate::pg::connect(&src_info).await?;
     catalog::prepare_session(&src).await?;
-    let dst = crate::pg::connect(&dst_info).await?;
-    let store = StateStore::new(&config.destination.state_schema);
-    store.ensure(&dst).await?;
+    dest.ensure_state().await?;
 
-    let previous = store.load(&dst, slot).await?;
+    let previous = dest.load_state(slot).await?;
     if let Some(p) = previous.as_ref().filter(|p| p.snapshot_completed && !force) {
         tracing::info!(slot, lsn = %p.consistent_lsn.unwrap_or_default(), "snapshot already complete; nothing to do");
-        let tables = store.table_rows(&dst, slot).await?;
+        let tables = dest.snapshot_tables(slot).await?;
         return Ok(SnapshotReport {
             consistent_lsn: p.consistent_lsn.unwrap_or_default(),
             already_complete: true,
@@ -138,7 +152,7 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
     let replace = force || previous.is_some();
     let checked = prereq::check(
         &src,
-        &dst,
+        dest.as_ref(),
         &wanted,
         publication,
         &config.destination.state_schema,
@@ -163,7 +177,7 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
             })??;
         repl.close().await;
     }
-    store.delete(&dst, slot).await?;
+    dest.delete_state(slot).await?;
     let via_root = checked.tables.iter().any(|t| t.partitioned);
     let created_publication = ensure_publication(
         &src,
@@ -173,8 +187,19 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
         via_root,
     )
     .await?;
-    create_destination_tables(&dst, &checked, &pairs, replace).await?;
-    store.begin_snapshot(&dst, slot, publication).await?;
+    let targets: Vec<SnapshotTable<'_>> = checked
+        .tables
+        .iter()
+        .zip(&pairs)
+        .map(|(schema, (_, d))| SnapshotTable {
+            schema,
+            destination: d,
+        })
+        .collect();
+    dest.create_tables(&targets, &checked.types, replace)
+        .await?;
+    drop(targets);
+    dest.begin_snapshot(slot, publication).await?;
 
     let mut repl = ReplicationClient::connect(&src_info).await?;
     let created = repl.create_logical_slot(slot, true).await?;
@@ -184,8 +209,7 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
             .snapshot_name
             .clone()
             .ok_or_else(|| Error::Definite("the server exported no snapshot".into()))?;
-        store
-            .set_consistent_point(&dst, slot, created.consistent_point)
+        dest.set_consistent_point(slot, created.consistent_point)
             .await?;
         let jobs: Vec<Job> = checked
             .tables
@@ -193,7 +217,7 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
             .zip(&pairs)
             .zip(&config.tables)
             .map(|((schema, (_, d)), t)| Job {
-                binary: schema.binary_copy_safe(),
+                format: dest.copy_format(&schema),
                 schema,
                 destination: d.clone(),
                 filter: t.filter.clone(),
@@ -205,17 +229,14 @@ pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
             n => n,
         };
         let tid_ranges = repl.server_version_num() >= 140000;
-        copy_all(
-            &src_info, &dst_info, &store, slot, &snapshot, jobs, workers, tid_ranges,
-        )
-        .await
+        copy_all(&src_info, dest, slot, &snapshot, jobs, workers, tid_ranges).await
     }
     .await;
     match result {
         Ok(tables) => {
             // The copies are committed; the exported snapshot may now end.
             repl.close().await;
-            store.complete_snapshot(&dst, slot).await?;
+            dest.complete_snapshot(slot).await?;
             tracing::info!(slot, lsn = %created.consistent_point, "snapshot complete");
             Ok(SnapshotReport {
                 consistent_lsn: created.consistent_point,
@@ -316,53 +337,11 @@ async fn ensure_publication(
     Ok(false)
 }
 
-/// Types, schemas and empty tables on the destination, in one transaction.
-async fn create_destination_tables(
-    dst: &Client,
-    checked: &prereq::Checked,
-    pairs: &[(TableName, TableName)],
-    replace: bool,
-) -> Result<()> {
-    let mut sql = vec!["BEGIN".to_owned()];
-    let mut schemas: Vec<&str> = pairs.iter().map(|(_, d)| d.schema.as_str()).collect();
-    schemas.sort();
-    schemas.dedup();
-    sql.extend(schemas.iter().map(|s| ddl::create_schema(s)));
-    if replace {
-        sql.extend(
-            pairs
-                .iter()
-                .map(|(_, d)| format!("DROP TABLE IF EXISTS {}", d.quoted())),
-        );
-    }
-    for t in &checked.types {
-        let exists: bool = dst
-            .query_one("SELECT to_regtype($1) IS NOT NULL", &[&t.name()])
-            .await
-            .map_err(Error::pg("looking for destination types"))?
-            .get(0);
-        if let (false, Some(create)) = (exists, ddl::create_type(t)) {
-            let schema = t.name().split('.').next().unwrap_or("public");
-            sql.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
-            sql.push(create);
-        }
-    }
-    for (t, (_, d)) in checked.tables.iter().zip(pairs) {
-        sql.push(ddl::create_table(d, t));
-    }
-    sql.push("COMMIT".into());
-    dst.batch_execute(&sql.join(";\n"))
-        .await
-        .map_err(Error::pg("creating destination tables"))
-}
-
 /// Copy every table with `workers` connections that share the exported snapshot, then
 /// finish each table (keys, indexes, state) as soon as all its ranges are in.
-#[allow(clippy::too_many_arguments)]
 async fn copy_all(
     src_info: &ConnInfo,
-    dst_info: &ConnInfo,
-    store: &StateStore,
+    dest: &Arc<dyn Destination>,
     slot: &str,
     snapshot: &str,
     jobs: Vec<Job>,
@@ -383,8 +362,8 @@ async fn copy_all(
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     for _ in 0..workers {
         let (jobs, queue, done) = (jobs.clone(), queue.clone(), done_tx.clone());
-        let (src_info, dst_info, snapshot) =
-            (src_info.clone(), dst_info.clone(), snapshot.to_owned());
+        let (src_info, snapshot) = (src_info.clone(), snapshot.to_owned());
+        let mut loader = dest.loader().await?;
         tasks.spawn(async move {
             let mut src = CopySource::connect(&src_info).await?;
             src.execute(&format!(
@@ -392,15 +371,16 @@ async fn copy_all(
                 crate::source::replication::quote_literal(&snapshot)
             ))
             .await?;
-            let dst = crate::pg::connect(&dst_info).await?;
             loop {
                 let Some((i, range)) = queue.lock().expect("queue lock").pop_front() else {
                     break;
                 };
                 let job = &jobs[i];
-                let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), job.binary);
-                let inn = copy::copy_in_sql(&job.destination, &job.schema, job.binary);
-                let rows = copy::copy_range(&mut src, &dst, &out, &inn, &job.bytes).await?;
+                let binary = job.format == CopyFormat::Binary;
+                let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), binary);
+                let rows = loader
+                    .load(&mut src, &out, &job.target(), &job.bytes)
+                    .await?;
                 let _ = done.send((i, rows));
             }
             src.execute("COMMIT").await?;
@@ -423,12 +403,20 @@ async fn copy_all(
                     remaining[i].1 += rows;
                     if remaining[i].0 == 0 {
                         progress.table_copied(i, remaining[i].1);
-                        let (jobs, dst_info, store, slot, permits) =
-                            (jobs.clone(), dst_info.clone(), store.clone(), slot.to_owned(), finish_slots.clone());
+                        let (jobs, dest, slot, permits) =
+                            (jobs.clone(), dest.clone(), slot.to_owned(), finish_slots.clone());
                         let rows = remaining[i].1;
                         finishing.spawn(async move {
                             let _permit = permits.acquire_owned().await.expect("semaphore open");
-                            finish_table(&dst_info, &store, &slot, &jobs[i], rows).await.map(|r| (i, r))
+                            let job = &jobs[i];
+                            let skipped = dest.finish_table(&slot, &job.target(), rows).await?;
+                            Ok((i, TableReport {
+                                source: job.schema.name.clone(),
+                                destination: job.destination.clone(),
+                                rows,
+                                bytes: job.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                                skipped_indexes: skipped,
+                            }))
                         });
                     }
                 }
@@ -452,58 +440,4 @@ async fn copy_all(
         .into_iter()
         .map(|r| r.expect("every table finished"))
         .collect())
-}
-
-/// Primary key, indexes and the "table done" record, in one destination transaction.
-async fn finish_table(
-    dst_info: &ConnInfo,
-    store: &StateStore,
-    slot: &str,
-    job: &Job,
-    rows: u64,
-) -> Result<TableReport> {
-    let dst = crate::pg::connect(dst_info).await?;
-    let d = &job.destination;
-    let ctx = format!("finishing {d}");
-    dst.batch_execute("BEGIN; SET LOCAL maintenance_work_mem = '256MB'")
-        .await
-        .map_err(Error::pg(ctx.clone()))?;
-    if let Some(pk) = ddl::add_primary_key(d, &job.schema) {
-        dst.batch_execute(&pk)
-            .await
-            .map_err(Error::pg(format!("adding the primary key of {d}")))?;
-    }
-    if let Some(ri) = ddl::replica_identity(d, &job.schema) {
-        dst.batch_execute(&ri)
-            .await
-            .map_err(Error::pg(ctx.clone()))?;
-    }
-    let mut skipped = Vec::new();
-    for idx in &job.schema.indexes {
-        // An index whose expression uses something the destination lacks is skipped, not fatal:
-        // the rows are correct without it.
-        let sql = format!("SAVEPOINT idx; {}", ddl::create_index(d, idx));
-        if let Err(e) = dst.batch_execute(&sql).await {
-            let why = e
-                .as_db_error()
-                .map(|db| db.message().to_owned())
-                .unwrap_or_else(|| e.to_string());
-            tracing::warn!(table = %d, index = %idx.name, error = %why, "index not created on the destination");
-            dst.batch_execute("ROLLBACK TO SAVEPOINT idx")
-                .await
-                .map_err(Error::pg(ctx.clone()))?;
-            skipped.push(idx.name.clone());
-        }
-    }
-    let record = store.table_done_sql(slot, &job.schema.name.to_string(), &d.to_string(), rows);
-    dst.batch_execute(&format!("{record}; COMMIT"))
-        .await
-        .map_err(Error::pg(ctx))?;
-    Ok(TableReport {
-        source: job.schema.name.clone(),
-        destination: d.clone(),
-        rows,
-        bytes: job.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        skipped_indexes: skipped,
-    })
 }

@@ -5,6 +5,7 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, TableSchema, UserType};
 use crate::config::TableName;
+use crate::destination::{Destination, SnapshotTable};
 use crate::error::{Error, Result};
 use crate::source::replication::quote_ident;
 
@@ -29,7 +30,7 @@ pub struct Wanted<'a> {
 /// dropped and recreated); `replace_tables` allows existing destination tables to be replaced.
 pub async fn check(
     src: &Client,
-    dst: &Client,
+    dest: &dyn Destination,
     wanted: &[Wanted<'_>],
     publication: &str,
     state_schema: &str,
@@ -186,16 +187,18 @@ pub async fn check(
         .flat_map(|t| t.columns.iter().map(|c| c.type_oid))
         .collect();
     let types = catalog::user_types(src, &type_oids).await?;
-    check_destination(
-        dst,
-        wanted,
-        &tables,
-        &types,
-        state_schema,
-        replace_tables,
-        &mut problems,
-    )
-    .await?;
+    let targets: Vec<SnapshotTable<'_>> = wanted
+        .iter()
+        .zip(&tables)
+        .map(|(w, schema)| SnapshotTable {
+            schema,
+            destination: w.destination,
+        })
+        .collect();
+    problems.extend(
+        dest.check(&targets, &types, state_schema, replace_tables)
+            .await?,
+    );
 
     if problems.is_empty() {
         Ok(Checked {
@@ -206,90 +209,4 @@ pub async fn check(
     } else {
         Err(Error::Prerequisites(problems))
     }
-}
-
-async fn check_destination(
-    dst: &Client,
-    wanted: &[Wanted<'_>],
-    tables: &[TableSchema],
-    types: &[UserType],
-    state_schema: &str,
-    replace_tables: bool,
-    problems: &mut Vec<String>,
-) -> Result<()> {
-    let pg = |what: &'static str| Error::pg(what);
-    let mut schemas: Vec<&str> = wanted
-        .iter()
-        .map(|w| w.destination.schema.as_str())
-        .collect();
-    schemas.push(state_schema);
-    schemas.sort();
-    schemas.dedup();
-    for schema in schemas {
-        let ok: bool = dst
-            .query_one(
-                "SELECT CASE WHEN to_regnamespace(quote_ident($1)) IS NULL
-                             THEN has_database_privilege(current_database(), 'CREATE')
-                             ELSE has_schema_privilege(to_regnamespace(quote_ident($1)), 'CREATE') END",
-                &[&schema],
-            )
-            .await
-            .map_err(pg("checking destination privileges"))?
-            .get(0);
-        if !ok {
-            problems.push(format!(
-                "the destination role cannot create tables in schema {schema}: GRANT CREATE ON SCHEMA {0} \
-                 (or, if it does not exist yet, GRANT CREATE ON DATABASE) to it",
-                quote_ident(schema)
-            ));
-        }
-    }
-    for (w, _) in wanted.iter().zip(tables) {
-        let exists: bool = dst
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&w.destination.quoted()],
-            )
-            .await
-            .map_err(pg("looking for destination tables"))?
-            .get(0);
-        if exists && !replace_tables {
-            problems.push(format!(
-                "destination table {} already exists: drop it, or run `cdc snapshot --force` to replace it",
-                w.destination
-            ));
-        }
-    }
-    for t in types {
-        let oid: Option<u32> = dst
-            .query_one("SELECT to_regtype($1)::oid", &[&t.name()])
-            .await
-            .map_err(pg("looking for destination types"))?
-            .get(0);
-        let existing: Option<Vec<String>> = match oid {
-            None => None,
-            Some(oid) => Some(
-                dst.query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", &[&oid])
-                    .await
-                    .map_err(pg("reading destination enum"))?
-                    .into_iter()
-                    .map(|r| r.get(0))
-                    .collect(),
-            ),
-        };
-        match (t, existing) {
-            (UserType::External { name, kind }, None) => problems.push(format!(
-                "type {name} ({kind} type, e.g. from an extension) does not exist on the destination: install it \
-                 there first (for an extension: CREATE EXTENSION ...)"
-            )),
-            (UserType::Enum { name, labels }, Some(dest_labels)) if *labels != dest_labels => {
-                problems.push(format!(
-                    "enum {name} exists on the destination with labels {dest_labels:?}, the source has {labels:?}: \
-                     align them (ALTER TYPE ... ADD VALUE) or drop the destination type"
-                ))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

@@ -32,9 +32,9 @@ use tokio_postgres::Client;
 use crate::apply::{Applier, RowOp, TableMap};
 use crate::config::{ApplyConfig, TableName};
 use crate::decode::{LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
+use crate::destination::{DestColumn, SchemaChange, SourceType};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::replication::quote_ident;
 use speculate::Speculation;
 use spill::StreamedTxns;
 
@@ -378,20 +378,11 @@ impl Streamer {
 
     /// Nothing is in flight and the server has sent everything up to `wal_end`: record it as
     /// applied, so that an idle publication does not pin WAL. Returns whether it advanced.
-    pub async fn advance_idle(
-        &mut self,
-        wal_end: Lsn,
-        store: &crate::snapshot::state::StateStore,
-        slot: &str,
-    ) -> Result<bool> {
+    pub async fn advance_idle(&mut self, wal_end: Lsn) -> Result<bool> {
         if !self.is_idle() || wal_end <= self.applied {
             return Ok(false);
         }
-        self.applier
-            .client()
-            .execute(&store.advance_idle_sql(), &[&slot, &wal_end.to_string()])
-            .await
-            .map_err(Error::pg("recording the idle position"))?;
+        self.applier.advance_idle(wal_end).await?;
         self.applied = wal_end;
         Ok(true)
     }
@@ -411,14 +402,13 @@ impl Streamer {
             return Ok(true);
         };
         let mut dest_cols = self.applier.dest_columns(&dest).await?;
-        let ddl = self.schema_changes(&r, &src, &dest, &dest_cols).await?;
-        if !ddl.is_empty() {
+        let change = self.schema_change(&r, &src, &dest, &dest_cols).await?;
+        if !change.is_empty() {
             if !allow_ddl {
                 return Ok(false);
             }
-            tracing::info!(table = %dest, ddl = %ddl.join("; "), "applying a source schema change to the destination");
             self.start_batch();
-            self.applier.execute_ddl(&ddl.join(";\n")).await?;
+            self.applier.alter(&dest, &change).await?;
             dest_cols = self.applier.dest_columns(&dest).await?;
         }
         let map = TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?;
@@ -426,65 +416,51 @@ impl Streamer {
         Ok(true)
     }
 
-    /// DDL that makes `dest` match the relation: added columns, dropped columns, changed types.
-    async fn schema_changes(
-        &self,
+    /// What makes `dest` match the relation: added columns, dropped columns, changed types.
+    async fn schema_change(
+        &mut self,
         r: &Relation,
         src: &TableName,
         dest: &TableName,
-        dest_cols: &[(String, String, bool)],
-    ) -> Result<Vec<String>> {
+        dest_cols: &[DestColumn],
+    ) -> Result<SchemaChange> {
         let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
         let mods: Vec<i32> = r.columns.iter().map(|c| c.type_modifier).collect();
-        let types: Vec<String> = self
+        let types: Vec<SourceType> = self
             .catalog
             .query("SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS x(t, m, o) ORDER BY o", &[&oids, &mods])
             .await
             .map_err(Error::pg("reading source column types"))?
             .into_iter()
-            .map(|row| row.get(0))
+            .zip(&oids)
+            .map(|(row, &oid)| SourceType { sql: row.get(0), oid })
             .collect();
-        let dest_names: HashSet<&str> = dest_cols.iter().map(|(n, _, _)| n.as_str()).collect();
         let src_names: HashSet<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
-        let added: Vec<(&str, &str)> = r
-            .columns
-            .iter()
-            .zip(&types)
-            .filter(|(c, _)| !dest_names.contains(c.name.as_str()))
-            .map(|(c, t)| (c.name.as_str(), t.as_str()))
-            .collect();
-        let dropped: Vec<&str> = dest_cols
-            .iter()
-            .map(|(n, _, _)| n.as_str())
-            .filter(|n| !src_names.contains(n))
-            .collect();
-        if !added.is_empty() && !dropped.is_empty() {
-            return Err(Error::Definite(format!(
-                "{src} changed shape: columns {dropped:?} disappeared and {:?} appeared (a rename?). cdc cannot tell \
-                 which is which: apply the change to {dest} by hand (ALTER TABLE ... RENAME COLUMN ...), then restart",
-                added.iter().map(|(n, _)| n).collect::<Vec<_>>()
-            )));
-        }
-        let t = dest.quoted();
-        let mut ddl: Vec<String> = added
-            .iter()
-            .map(|(n, ty)| format!("ALTER TABLE {t} ADD COLUMN {} {ty}", quote_ident(n)))
-            .collect();
-        ddl.extend(
-            dropped
-                .iter()
-                .map(|n| format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n))),
-        );
+        let mut change = SchemaChange::default();
         for (c, ty) in r.columns.iter().zip(&types) {
-            if let Some((_, dest_ty, _)) = dest_cols.iter().find(|(n, _, _)| *n == c.name) {
-                if dest_ty != ty {
-                    let col = quote_ident(&c.name);
-                    ddl.push(format!(
-                        "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::text::{ty}"
-                    ));
+            match dest_cols.iter().find(|d| d.name == c.name) {
+                None => change.added.push((c.name.clone(), ty.clone())),
+                Some(d) => {
+                    if d.type_name != self.applier.session().type_for(ty)? {
+                        change.retyped.push((c.name.clone(), ty.clone()));
+                    }
                 }
             }
         }
-        Ok(ddl)
+        change.dropped = dest_cols
+            .iter()
+            .map(|d| d.name.as_str())
+            .filter(|n| !src_names.contains(n))
+            .map(str::to_owned)
+            .collect();
+        if !change.added.is_empty() && !change.dropped.is_empty() {
+            return Err(Error::Definite(format!(
+                "{src} changed shape: columns {:?} disappeared and {:?} appeared (a rename?). cdc cannot tell \
+                 which is which: apply the change to {dest} by hand (ALTER TABLE ... RENAME COLUMN ...), then restart",
+                change.dropped,
+                change.added.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            )));
+        }
+        Ok(change)
     }
 }

@@ -2,7 +2,7 @@
 //! is cast to the destination column's type, which is exactly what COPY's text format does,
 //! so values arrive byte-exact. Every identifier is quoted.
 
-use super::table::TableMap;
+use crate::apply::TableMap;
 use crate::source::replication::quote_ident;
 
 /// `unnest($1::text[], ...) AS u(c0, ...)` for the given column positions, parameters from 1.
@@ -182,8 +182,8 @@ pub fn update_one(t: &TableMap, present: &[usize]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::table::MappedColumn;
     use super::*;
+    use crate::apply::MappedColumn;
     use crate::config::TableName;
 
     fn table(key: Vec<usize>) -> TableMap {

@@ -14,18 +14,10 @@
 
 use tokio_postgres::Client;
 
+use crate::destination::PipelineState;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::replication::{quote_ident, quote_literal};
-
-/// What the destination remembers about a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipelineState {
-    pub slot: String,
-    pub consistent_lsn: Option<Lsn>,
-    pub applied_lsn: Option<Lsn>,
-    pub snapshot_completed: bool,
-}
 
 /// Handle on the state tables in one schema.
 #[derive(Debug, Clone)]
@@ -72,12 +64,22 @@ impl StateStore {
         ))
     }
 
-    /// The state of `slot`, if the destination has any.
+    /// The state of `slot`, if the destination has any (none when the state tables do not
+    /// exist yet; a permission error is an error).
     pub async fn load(&self, dest: &Client, slot: &str) -> Result<Option<PipelineState>> {
+        let exists: bool = dest
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.t("pipeline")])
+            .await
+            .map_err(Error::pg("looking for the pipeline state"))?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
         let row = dest
             .query_opt(
                 &format!(
-                    "SELECT consistent_lsn::text, applied_lsn::text, snapshot_completed_at IS NOT NULL
+                    "SELECT consistent_lsn::text, applied_lsn::text, snapshot_completed_at IS NOT NULL,
+                            applied_commit_time
                        FROM {} WHERE slot = $1",
                     self.t("pipeline")
                 ),
@@ -91,6 +93,7 @@ impl StateStore {
             consistent_lsn: lsn(r.get(0)),
             applied_lsn: lsn(r.get(1)),
             snapshot_completed: r.get(2),
+            applied_commit_time: r.get(3),
         }))
     }
 

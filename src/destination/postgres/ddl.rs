@@ -6,8 +6,8 @@
 //! row by row. Foreign keys are never copied: changes are applied table by table, and a
 //! constraint across tables would reject valid intermediate states.
 
-use super::catalog::{IndexDef, TableSchema, UserType};
 use crate::config::TableName;
+use crate::snapshot::catalog::{IndexDef, TableSchema, UserType};
 use crate::source::replication::{quote_ident, quote_literal};
 
 /// `CREATE SCHEMA IF NOT EXISTS`.
@@ -98,10 +98,20 @@ pub fn create_index(dest: &TableName, idx: &IndexDef) -> String {
     )
 }
 
+/// `COPY ... FROM STDIN` with the columns the source side copies, in the same order.
+pub fn copy_in(dest: &TableName, table: &TableSchema, binary: bool) -> String {
+    let format = if binary { " (FORMAT binary)" } else { "" };
+    format!(
+        "COPY {} ({}) FROM STDIN{format}",
+        dest.quoted(),
+        crate::snapshot::copy::column_list(table)
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::catalog::ColumnDef;
     use super::*;
+    use crate::snapshot::catalog::ColumnDef;
 
     fn table() -> TableSchema {
         let col = |name: &str, ty: &str, not_null: bool| ColumnDef {
@@ -109,6 +119,7 @@ mod tests {
             type_sql: ty.into(),
             type_oid: 23,
             not_null,
+            dims: 0,
             generated: None,
         };
         let mut total = col("Total", "numeric(10,2)", false);
@@ -146,6 +157,11 @@ mod tests {
         assert!(replica_identity(&dest, &table())
             .unwrap()
             .ends_with("REPLICA IDENTITY FULL"));
+        assert_eq!(
+            copy_in(&dest, &table(), true),
+            "COPY \"Analytics\".\"orders\" (\"id\", \"tags\") FROM STDIN (FORMAT binary)",
+            "generated columns are recomputed, not copied"
+        );
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! The one connection to the DuckDB file in this process, opened only while needed.
+//!
+//! Opening the same file twice in one process would give two independent databases over one
+//! file, so every part of cdc shares this handle. `run` executes a closure on the connection in
+//! a blocking thread, opening the file first if it is closed and closing it afterwards unless
+//! something holds a [`Pin`] (an open transaction, a snapshot in progress): other processes
+//! can open the file whenever cdc is between two pieces of work.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use duckdb::Connection;
+
+use crate::error::{Error, Result};
+
+/// How long to wait for another process to let go of the file before giving up (the run
+/// loop then retries with its own backoff).
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Handle {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Connection>,
+    pins: usize,
+}
+
+/// Keeps the file open while it lives.
+pub struct Pin(Arc<Handle>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("duckdb handle lock");
+        state.pins -= 1;
+        if state.pins == 0 {
+            state.conn = None;
+        }
+    }
+}
+
+impl Handle {
+    /// A handle on `path`; its directory must exist (the file is created on first open).
+    pub fn new(path: &Path) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Definite(format!(
+                "cannot use DuckDB file {}: directory {} does not exist; create it or fix destination.url",
+                path.display(),
+                dir.display()
+            )));
+        }
+        Ok(Handle {
+            path: path.to_owned(),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Keep the file open until the returned `Pin` is dropped.
+    pub fn pin(self: &Arc<Self>) -> Pin {
+        self.state.lock().expect("duckdb handle lock").pins += 1;
+        Pin(self.clone())
+    }
+
+    /// Run `f` on the connection in a blocking thread; `what` names the work in errors.
+    pub async fn run<T, F>(self: &Arc<Self>, what: impl Into<String>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
+    {
+        let me = self.clone();
+        let what = what.into();
+        tokio::task::spawn_blocking(move || me.run_blocking(&what, f))
+            .await
+            .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))?
+    }
+
+    fn run_blocking<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Connection) -> duckdb::Result<T>,
+    ) -> Result<T> {
+        let mut state = self.state.lock().expect("duckdb handle lock");
+        if state.conn.is_none() {
+            state.conn = Some(self.open()?);
+        }
+        let result = f(state.conn.as_ref().expect("opened above"));
+        if state.pins == 0 {
+            // Closing checkpoints the file and lets other processes in.
+            state.conn = None;
+        }
+        result.map_err(Error::duck(format!("{what} ({})", self.path.display())))
+    }
+
+    /// Open the file, waiting (with backoff) while another process holds it.
+    fn open(&self) -> Result<Connection> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match Connection::open(&self.path) {
+                Ok(c) => {
+                    // Values print and parse in UTC, as on the Postgres side.
+                    let _ = c.execute_batch("SET TimeZone = 'UTC'");
+                    return Ok(c);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
+                        if started.elapsed() >= BUSY_WAIT {
+                            return Err(Error::DuckDbBusy {
+                                path: self.path.display().to_string(),
+                                detail: msg,
+                            });
+                        }
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                    return Err(Error::Definite(format!(
+                        "cannot open DuckDB file {}: {msg}. destination.url must name a DuckDB database file \
+                         (created if missing) in a writable directory",
+                        self.path.display()
+                    )));
+                }
+            }
+        }
+    }
+}

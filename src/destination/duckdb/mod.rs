@@ -1,0 +1,452 @@
+//! DuckDB as a destination: one embedded file (`duckdb:PATH`), tables typed by `types.rs`,
+//! the pipeline state in `state_schema` of the same file.
+//!
+//! ```text
+//!  snapshot: COPY text ─► copy_text (rows) ─► types::to_duckdb_text ─► Appender into a VARCHAR
+//!            staging table ─► INSERT INTO t SELECT CAST(...) ─► (per table) PRIMARY KEY, record
+//!  stream:   Batch ─► reduce ─► stage ─► one MERGE per table (key order) ─► position ─► COMMIT
+//! ```
+//!
+//! **Other processes can read the file.** DuckDB lets one process write *or* several read, and
+//! a second process cannot even open a file a writer holds. So cdc holds the file only while
+//! it works: a snapshot holds it throughout, `cdc run` from the first write of a batch to its
+//! commit, and every other operation for its own duration (`handle.rs`). Between batches the
+//! file is closed and readers get in; while a reader holds it, cdc waits and retries (the
+//! changes wait in the slot, nothing is lost). The batch limits (`apply.batch_max_wait_ms`)
+//! set how often cdc takes the file, hence the trade-off between freshness and readability.
+//!
+//! **Exactly once**: the rows and the applied position commit in one DuckDB transaction.
+
+mod apply;
+mod copy_text;
+mod handle;
+pub mod types;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use duckdb::params;
+
+use super::{CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::snapshot::catalog::{TableSchema, UserType};
+use crate::source::copy_out::CopySource;
+use crate::source::replication::{quote_ident, quote_literal};
+use handle::{Handle, Pin};
+
+/// Rows staged before they are moved into the destination table during a snapshot.
+const LOAD_BATCH_ROWS: usize = 50_000;
+
+/// A DuckDB file.
+pub struct DuckDbDestination {
+    handle: Arc<Handle>,
+    schema: String,
+}
+
+impl DuckDbDestination {
+    /// Check that the file can be opened (created if missing) as a DuckDB database.
+    pub async fn open(path: &Path, state_schema: &str) -> Result<Self> {
+        let handle = Arc::new(Handle::new(path)?);
+        handle.run("opening the DuckDB file", |_| Ok(())).await?;
+        Ok(DuckDbDestination {
+            handle,
+            schema: quote_ident(state_schema),
+        })
+    }
+
+    fn t(&self, table: &str) -> String {
+        format!("{}.{table}", self.schema)
+    }
+}
+
+/// The DuckDB types of the columns a snapshot copies, in COPY order.
+fn copied_types(t: &TableSchema) -> Vec<String> {
+    t.copied_columns()
+        .map(|c| types::duck_type(c.type_oid, &c.type_sql, c.dims))
+        .collect()
+}
+
+#[async_trait]
+impl Destination for DuckDbDestination {
+    fn kind(&self) -> &'static str {
+        "duckdb"
+    }
+
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::Transactional
+    }
+
+    fn concurrent_sessions(&self) -> bool {
+        // One connection in one process: no second session to apply ahead with.
+        false
+    }
+
+    async fn ensure_state(&self) -> Result<()> {
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {pipeline} (
+                 slot VARCHAR PRIMARY KEY,
+                 publication VARCHAR NOT NULL,
+                 consistent_lsn UBIGINT,
+                 applied_lsn UBIGINT,
+                 applied_commit_time TIMESTAMPTZ,
+                 snapshot_started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 snapshot_completed_at TIMESTAMPTZ);
+             CREATE TABLE IF NOT EXISTS {tables} (
+                 slot VARCHAR NOT NULL,
+                 source_table VARCHAR NOT NULL,
+                 destination_table VARCHAR NOT NULL,
+                 rows BIGINT NOT NULL,
+                 completed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 PRIMARY KEY (slot, source_table));",
+            schema = self.schema,
+            pipeline = self.t("pipeline"),
+            tables = self.t("snapshot_tables"),
+        );
+        self.handle
+            .run(
+                "creating the cdc state tables in the DuckDB file",
+                move |c| c.execute_batch(&sql),
+            )
+            .await
+    }
+
+    async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>> {
+        let (schema, pipeline, slot) = (self.schema.clone(), self.t("pipeline"), slot.to_owned());
+        self.handle
+            .run("reading pipeline state", move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
+                        AND quote_ident(schema_name) = ? AND table_name = 'pipeline'",
+                    params![schema],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(None);
+                }
+                let mut stmt = c.prepare(&format!(
+                    "SELECT consistent_lsn, applied_lsn, snapshot_completed_at IS NOT NULL,
+                            epoch_us(applied_commit_time) FROM {pipeline} WHERE slot = ?"
+                ))?;
+                let mut rows = stmt.query(params![slot])?;
+                let Some(r) = rows.next()? else {
+                    return Ok(None);
+                };
+                let micros: Option<i64> = r.get(3)?;
+                Ok(Some(PipelineState {
+                    slot: slot.clone(),
+                    consistent_lsn: r.get::<_, Option<u64>>(0)?.map(Lsn),
+                    applied_lsn: r.get::<_, Option<u64>>(1)?.map(Lsn),
+                    snapshot_completed: r.get(2)?,
+                    applied_commit_time: micros.map(|us| {
+                        std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+                    }),
+                }))
+            })
+            .await
+    }
+
+    async fn delete_state(&self, slot: &str) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE slot = $1; DELETE FROM {} WHERE slot = $1",
+            self.t("snapshot_tables"),
+            self.t("pipeline")
+        );
+        let slot = slot.to_owned();
+        self.handle
+            .run("deleting pipeline state", move |c| {
+                for stmt in sql.split("; ") {
+                    c.execute(stmt, params![slot])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (slot, publication) VALUES (?, ?)",
+            self.t("pipeline")
+        );
+        let (slot, publication) = (slot.to_owned(), publication.to_owned());
+        self.handle
+            .run("recording the snapshot start", move |c| {
+                c.execute(&sql, params![slot, publication]).map(|_| ())
+            })
+            .await
+    }
+
+    async fn set_consistent_point(&self, slot: &str, lsn: Lsn) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET consistent_lsn = ? WHERE slot = ?",
+            self.t("pipeline")
+        );
+        let slot = slot.to_owned();
+        self.handle
+            .run("recording the consistent point", move |c| {
+                c.execute(&sql, params![lsn.0, slot]).map(|_| ())
+            })
+            .await
+    }
+
+    async fn complete_snapshot(&self, slot: &str) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET snapshot_completed_at = now(), applied_lsn = consistent_lsn WHERE slot = ?",
+            self.t("pipeline")
+        );
+        let slot = slot.to_owned();
+        self.handle
+            .run("recording the snapshot completion", move |c| {
+                c.execute(&sql, params![slot]).map(|_| ())
+            })
+            .await
+    }
+
+    async fn snapshot_tables(&self, slot: &str) -> Result<Vec<(String, i64)>> {
+        let sql = format!(
+            "SELECT source_table, rows FROM {} WHERE slot = ? ORDER BY source_table",
+            self.t("snapshot_tables")
+        );
+        let slot = slot.to_owned();
+        self.handle
+            .run("reading snapshot table state", move |c| {
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(params![slot], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn check(
+        &self,
+        tables: &[SnapshotTable<'_>],
+        _types: &[UserType],
+        _state_schema: &str,
+        replace: bool,
+    ) -> Result<Vec<String>> {
+        let names: Vec<(String, String, String)> = tables
+            .iter()
+            .map(|t| {
+                (
+                    t.destination.schema.clone(),
+                    t.destination.name.clone(),
+                    t.destination.to_string(),
+                )
+            })
+            .collect();
+        let existing = self
+            .handle
+            .run("looking for destination tables", move |c| {
+                let mut found = Vec::new();
+                for (schema, name, shown) in names {
+                    let n: i64 = c.query_row(
+                        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()
+                            AND schema_name = ? AND table_name = ?",
+                        params![schema, name],
+                        |r| r.get(0),
+                    )?;
+                    if n > 0 {
+                        found.push(shown);
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        Ok(if replace {
+            Vec::new()
+        } else {
+            existing
+                .into_iter()
+                .map(|t| {
+                    format!(
+                        "destination table {t} already exists in the DuckDB file: drop it, or run \
+                         `cdc snapshot --force` to replace it"
+                    )
+                })
+                .collect()
+        })
+    }
+
+    async fn create_tables(
+        &self,
+        tables: &[SnapshotTable<'_>],
+        _types: &[UserType],
+        replace: bool,
+    ) -> Result<()> {
+        let mut sql = vec!["BEGIN TRANSACTION".to_owned()];
+        let mut schemas: Vec<&str> = tables
+            .iter()
+            .map(|t| t.destination.schema.as_str())
+            .collect();
+        schemas.sort();
+        schemas.dedup();
+        sql.extend(
+            schemas
+                .iter()
+                .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s))),
+        );
+        for t in tables {
+            if replace {
+                sql.push(format!("DROP TABLE IF EXISTS {}", t.destination.quoted()));
+            }
+            // Generated columns are left out: their Postgres expressions are not DuckDB's.
+            let cols: Vec<String> = t
+                .schema
+                .copied_columns()
+                .map(|c| {
+                    let ty = types::duck_type(c.type_oid, &c.type_sql, c.dims);
+                    let null = if c.not_null { " NOT NULL" } else { "" };
+                    format!("{} {ty}{null}", quote_ident(&c.name))
+                })
+                .collect();
+            sql.push(format!(
+                "CREATE TABLE {} ({})",
+                t.destination.quoted(),
+                cols.join(", ")
+            ));
+        }
+        sql.push("COMMIT".into());
+        let sql = sql.join(";\n");
+        self.handle
+            .run("creating destination tables", move |c| {
+                c.execute_batch(&sql)
+            })
+            .await
+    }
+
+    fn copy_format(&self, _table: &TableSchema) -> CopyFormat {
+        CopyFormat::Text
+    }
+
+    async fn loader(&self) -> Result<Box<dyn Loader>> {
+        Ok(Box::new(DuckLoader {
+            handle: self.handle.clone(),
+            _pin: self.handle.pin(),
+        }))
+    }
+
+    async fn finish_table(
+        &self,
+        slot: &str,
+        table: &SnapshotTable<'_>,
+        rows: u64,
+    ) -> Result<Vec<String>> {
+        let d = table.destination.quoted();
+        let mut sql = vec!["BEGIN TRANSACTION".to_owned()];
+        if !table.schema.primary_key.is_empty() {
+            let cols: Vec<String> = table
+                .schema
+                .primary_key
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect();
+            sql.push(format!(
+                "ALTER TABLE {d} ADD PRIMARY KEY ({})",
+                cols.join(", ")
+            ));
+        }
+        sql.push(format!(
+            "INSERT INTO {} (slot, source_table, destination_table, rows) VALUES ({}, {}, {}, {rows})",
+            self.t("snapshot_tables"),
+            quote_literal(slot),
+            quote_literal(&table.schema.name.to_string()),
+            quote_literal(&table.destination.to_string()),
+        ));
+        sql.push("COMMIT".into());
+        let sql = sql.join(";\n");
+        self.handle
+            .run(format!("finishing {}", table.destination), move |c| {
+                c.execute_batch(&sql)
+            })
+            .await?;
+        // Secondary indexes would slow every load and merge of an analytical copy, and their
+        // Postgres definitions are not DuckDB's: none are created.
+        let skipped: Vec<String> = table
+            .schema
+            .indexes
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
+        if !skipped.is_empty() {
+            tracing::info!(table = %table.destination, indexes = ?skipped, "secondary indexes are not created in DuckDB");
+        }
+        Ok(skipped)
+    }
+
+    async fn session(&self, metrics: Arc<Metrics>) -> Result<Box<dyn Session>> {
+        Ok(Box::new(apply::DuckSession::new(
+            self.handle.clone(),
+            self.t("pipeline"),
+            metrics,
+        )))
+    }
+}
+
+/// Snapshot rows in COPY text format, staged and moved into the table in large blocks.
+struct DuckLoader {
+    handle: Arc<Handle>,
+    /// The file stays open for the whole snapshot.
+    _pin: Pin,
+}
+
+#[async_trait]
+impl Loader for DuckLoader {
+    async fn load(
+        &mut self,
+        src: &mut CopySource,
+        out_sql: &str,
+        table: &SnapshotTable<'_>,
+        bytes: &AtomicU64,
+    ) -> Result<u64> {
+        let types = Arc::new(copied_types(table.schema));
+        let names: Arc<Vec<String>> = Arc::new(
+            table
+                .schema
+                .copied_columns()
+                .map(|c| c.name.clone())
+                .collect(),
+        );
+        let dest = table.destination.quoted();
+        let shown = table.destination.to_string();
+        src.copy_out(out_sql).await?;
+        let mut reader = copy_text::RowReader::default();
+        let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(LOAD_BATCH_ROWS);
+        let mut total = 0u64;
+        let bad = |e: String| Error::Definite(format!("loading {shown}: {e}"));
+        loop {
+            let chunk = src.next_chunk().await?;
+            let Some(chunk) = chunk else { break };
+            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            reader
+                .feed(&chunk, |mut row| {
+                    for ((v, ty), name) in row.iter_mut().zip(types.iter()).zip(names.iter()) {
+                        if let Some(text) = v {
+                            let converted = types::to_duckdb_text(ty, text)
+                                .map_err(|e| format!("column {name}: {e}"))?;
+                            if let std::borrow::Cow::Owned(o) = converted {
+                                *text = o;
+                            }
+                        }
+                    }
+                    rows.push(row);
+                    Ok(())
+                })
+                .map_err(bad)?;
+            if rows.len() >= LOAD_BATCH_ROWS {
+                total += rows.len() as u64;
+                let block = std::mem::replace(&mut rows, Vec::with_capacity(LOAD_BATCH_ROWS));
+                apply::insert_rows(&self.handle, &dest, &names, &types, block).await?;
+            }
+        }
+        reader.finish().map_err(bad)?;
+        if !rows.is_empty() {
+            total += rows.len() as u64;
+            apply::insert_rows(&self.handle, &dest, &names, &types, rows).await?;
+        }
+        Ok(total)
+    }
+}

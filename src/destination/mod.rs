@@ -1,0 +1,243 @@
+//! Where rows go: one trait per seam, one folder per kind of destination.
+//!
+//! ```text
+//!  snapshot ─► Destination::{check, create_tables, loader ─► Loader::load, finish_table}
+//!  stream ──► Applier (Pending, destination-neutral) ─► Session::{write, truncate, alter,
+//!                                                               commit(position), rollback}
+//!  run, status, verify ─► Destination::{load_state, ...}
+//! ```
+//!
+//! A destination is chosen by the scheme of `destination.url`: `postgresql://` / `postgres://`
+//! or a libpq key=value string ([`postgres`]), `duckdb:` ([`duckdb`]). No SQL crosses these
+//! traits: each destination speaks its own dialect, maps Postgres types to its own, and
+//! converts the Postgres text form of values itself.
+//!
+//! **Exactly-once effect.** [`Session::commit`] stores the source position in the same
+//! destination transaction as the data before it ([`Guarantee::Transactional`]); a destination
+//! without multi-statement transactions must instead make a replay write the same final state
+//! ([`Guarantee::Idempotent`]). The run loop relies only on "after `commit` returns, the data and
+//! the position are durable together, and `load_state` returns that position".
+
+pub mod duckdb;
+pub mod postgres;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::apply::{Batch, TableMap};
+use crate::config::{Config, TableName};
+use crate::conninfo::ConnInfo;
+use crate::decode::PgTimestamp;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::snapshot::catalog::{TableSchema, UserType};
+use crate::source::copy_out::CopySource;
+
+/// What the destination remembers about a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PipelineState {
+    pub slot: String,
+    pub consistent_lsn: Option<Lsn>,
+    pub applied_lsn: Option<Lsn>,
+    /// Source commit time of the last applied transaction (for lag in seconds).
+    pub applied_commit_time: Option<SystemTime>,
+    pub snapshot_completed: bool,
+}
+
+/// One column of a destination table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestColumn {
+    pub name: String,
+    /// The column's type in the destination's own spelling (compared with [`Session::type_for`]).
+    pub type_name: String,
+    /// Part of the primary key (rows are matched on these).
+    pub key: bool,
+}
+
+/// A source column's type: `format_type` text (qualified) and its OID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceType {
+    pub sql: String,
+    pub oid: u32,
+}
+
+/// A source table's change of shape, to repeat on its destination table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaChange {
+    pub added: Vec<(String, SourceType)>,
+    pub dropped: Vec<String>,
+    /// Columns whose destination type no longer matches the source's.
+    pub retyped: Vec<(String, SourceType)>,
+}
+
+impl SchemaChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.dropped.is_empty() && self.retyped.is_empty()
+    }
+}
+
+/// How a destination makes a crash harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Data and position commit in one transaction.
+    Transactional,
+    /// Writes are deterministic and a replay from the stored position leaves the same state.
+    Idempotent,
+}
+
+/// The shape a snapshot's `COPY ... TO STDOUT` must produce for [`Loader::load`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Binary,
+}
+
+/// One table of a snapshot: its source schema and destination name.
+pub struct SnapshotTable<'a> {
+    pub schema: &'a TableSchema,
+    pub destination: &'a TableName,
+}
+
+/// A destination: its state, its snapshot steps, and sessions that apply changes.
+#[async_trait]
+pub trait Destination: Send + Sync {
+    /// Short name for logs and errors (`postgres`, `duckdb`).
+    fn kind(&self) -> &'static str;
+    fn guarantee(&self) -> Guarantee;
+    /// Whether two sessions may hold open write transactions at once, with row locks
+    /// ordering them: the apply-ahead path (`stream/speculate.rs`) needs it.
+    fn concurrent_sessions(&self) -> bool;
+
+    /// Create the state schema and tables if missing.
+    async fn ensure_state(&self) -> Result<()>;
+    /// The state of `slot`, if any. `Ok(None)` also when the state tables do not exist yet.
+    async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>>;
+    /// Forget `slot` and its per-table records.
+    async fn delete_state(&self, slot: &str) -> Result<()>;
+    /// Record that a snapshot of `slot` is starting (before the slot exists).
+    async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()>;
+    async fn set_consistent_point(&self, slot: &str, lsn: Lsn) -> Result<()>;
+    /// Mark the snapshot complete: the applied position becomes the consistent point.
+    async fn complete_snapshot(&self, slot: &str) -> Result<()>;
+    /// Rows copied per source table of `slot`.
+    async fn snapshot_tables(&self, slot: &str) -> Result<Vec<(String, i64)>>;
+
+    /// Destination-side prerequisites of a snapshot, as problems with their fixes.
+    async fn check(
+        &self,
+        tables: &[SnapshotTable<'_>],
+        types: &[UserType],
+        state_schema: &str,
+        replace: bool,
+    ) -> Result<Vec<String>>;
+    /// Create schemas, types and empty tables like their sources (keys come in `finish_table`).
+    async fn create_tables(
+        &self,
+        tables: &[SnapshotTable<'_>],
+        types: &[UserType],
+        replace: bool,
+    ) -> Result<()>;
+    /// What a snapshot COPY of `table` must produce for this destination's loader.
+    fn copy_format(&self, table: &TableSchema) -> CopyFormat;
+    /// A connection that bulk-loads COPY output (one per snapshot worker).
+    async fn loader(&self) -> Result<Box<dyn Loader>>;
+    /// After every range of a table is in: keys, indexes, and the "table done" record, at
+    /// once. Returns the indexes that could not be created.
+    async fn finish_table(
+        &self,
+        slot: &str,
+        table: &SnapshotTable<'_>,
+        rows: u64,
+    ) -> Result<Vec<String>>;
+
+    /// A session that applies changes.
+    async fn session(&self, metrics: Arc<Metrics>) -> Result<Box<dyn Session>>;
+}
+
+/// Bulk loading of a snapshot.
+#[async_trait]
+pub trait Loader: Send {
+    /// Run `out_sql` (a `COPY ... TO STDOUT` in [`Destination::copy_format`]) on `src` and load
+    /// its rows into `table.destination`; returns the row count. `bytes` counts the data.
+    async fn load(
+        &mut self,
+        src: &mut CopySource,
+        out_sql: &str,
+        table: &SnapshotTable<'_>,
+        bytes: &AtomicU64,
+    ) -> Result<u64>;
+}
+
+/// A destination session applying changes inside one open transaction at a time.
+#[async_trait]
+pub trait Session: Send {
+    /// Columns of a destination table (generated columns left out: they are recomputed).
+    async fn columns(&mut self, table: &TableName) -> Result<Vec<DestColumn>>;
+    /// The destination type a source column of type `source` gets.
+    fn type_for(&self, source: &SourceType) -> Result<String>;
+    /// Whether a transaction is open.
+    fn in_transaction(&self) -> bool;
+    /// Write a batch of changes into the open transaction (opening it if needed).
+    async fn write(&mut self, batch: Batch) -> Result<()>;
+    /// Empty tables inside the open transaction.
+    async fn truncate(&mut self, tables: &[Arc<TableMap>], restart_identity: bool) -> Result<()>;
+    /// Repeat a source schema change inside the open transaction.
+    async fn alter(&mut self, table: &TableName, change: &SchemaChange) -> Result<()>;
+    /// Record `end_lsn` (and the source commit time) as applied and commit.
+    async fn commit(&mut self, slot: &str, end_lsn: Lsn, commit_time: PgTimestamp) -> Result<()>;
+    /// Abandon the open transaction.
+    async fn rollback(&mut self) -> Result<()>;
+    /// Move the applied position to `lsn` outside any transaction (nothing in flight).
+    async fn advance_idle(&mut self, slot: &str, lsn: Lsn) -> Result<()>;
+}
+
+/// Where `destination.url` points.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Postgres(ConnInfo),
+    DuckDb(PathBuf),
+}
+
+impl Target {
+    /// A `duckdb:` URL's path (`duckdb:relative/path`, `duckdb:///absolute/path`), or `None`
+    /// for any other URL.
+    pub fn duckdb_path(url: &str) -> Option<Result<PathBuf, String>> {
+        let rest = url.strip_prefix("duckdb:")?;
+        let path = match rest.strip_prefix("//") {
+            Some(abs) if abs.starts_with('/') => abs.to_owned(),
+            Some(_) => {
+                return Some(Err(format!(
+                    "{url:?}: a DuckDB URL is duckdb:RELATIVE/PATH or duckdb:///ABSOLUTE/PATH (three slashes)"
+                )))
+            }
+            None => rest.to_owned(),
+        };
+        if path.is_empty() || path.ends_with('/') {
+            return Some(Err(format!(
+                "{url:?} names no file: use e.g. duckdb:///var/lib/cdc/analytics.duckdb"
+            )));
+        }
+        Some(Ok(PathBuf::from(path)))
+    }
+}
+
+/// Open the configured destination.
+pub async fn open(config: &Config) -> Result<Arc<dyn Destination>> {
+    let schema = &config.destination.state_schema;
+    Ok(match config.destination_target()? {
+        Target::Postgres(info) => Arc::new(postgres::PgDestination::new(info, schema)),
+        Target::DuckDb(path) => Arc::new(duckdb::DuckDbDestination::open(&path, schema).await?),
+    })
+}
+
+/// A destination table that is missing where it should exist.
+pub(crate) fn missing_table(table: &TableName) -> Error {
+    Error::Definite(format!(
+        "destination table {table} does not exist: run `cdc snapshot --force` to recreate the pipeline"
+    ))
+}

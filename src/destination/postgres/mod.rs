@@ -1,0 +1,349 @@
+//! Postgres as a destination: tables created with the source's exact types, COPY for the
+//! snapshot, set-based statements over text arrays cast to the destination types for changes,
+//! and the pipeline state in `state_schema` of the same database.
+
+mod apply;
+pub mod ddl;
+mod sql;
+pub mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::SinkExt;
+use tokio::sync::OnceCell;
+use tokio_postgres::Client;
+
+use super::{CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable};
+use crate::conninfo::ConnInfo;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::snapshot::catalog::{TableSchema, UserType};
+use crate::source::copy_out::CopySource;
+use crate::source::replication::quote_ident;
+pub use apply::PgSession;
+use state::StateStore;
+
+/// A Postgres destination database.
+pub struct PgDestination {
+    info: ConnInfo,
+    store: StateStore,
+    /// The session for state and DDL, opened on first use.
+    admin: OnceCell<Client>,
+}
+
+impl PgDestination {
+    pub fn new(info: ConnInfo, state_schema: &str) -> Self {
+        PgDestination {
+            info,
+            store: StateStore::new(state_schema),
+            admin: OnceCell::new(),
+        }
+    }
+
+    async fn admin(&self) -> Result<&Client> {
+        self.admin
+            .get_or_try_init(|| crate::pg::connect(&self.info))
+            .await
+    }
+}
+
+/// Connect a session whose search path is empty: every name we send is qualified, and type
+/// names come back qualified from `format_type`.
+pub(crate) async fn connect_qualified(info: &ConnInfo, what: &'static str) -> Result<Client> {
+    let client = crate::pg::connect(info).await?;
+    client
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(Error::pg(what))?;
+    Ok(client)
+}
+
+#[async_trait]
+impl Destination for PgDestination {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::Transactional
+    }
+
+    fn concurrent_sessions(&self) -> bool {
+        true
+    }
+
+    async fn ensure_state(&self) -> Result<()> {
+        self.store.ensure(self.admin().await?).await
+    }
+
+    async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>> {
+        self.store.load(self.admin().await?, slot).await
+    }
+
+    async fn delete_state(&self, slot: &str) -> Result<()> {
+        self.store.delete(self.admin().await?, slot).await
+    }
+
+    async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {
+        self.store
+            .begin_snapshot(self.admin().await?, slot, publication)
+            .await
+    }
+
+    async fn set_consistent_point(&self, slot: &str, lsn: Lsn) -> Result<()> {
+        self.store
+            .set_consistent_point(self.admin().await?, slot, lsn)
+            .await
+    }
+
+    async fn complete_snapshot(&self, slot: &str) -> Result<()> {
+        self.store
+            .complete_snapshot(self.admin().await?, slot)
+            .await
+    }
+
+    async fn snapshot_tables(&self, slot: &str) -> Result<Vec<(String, i64)>> {
+        self.store.table_rows(self.admin().await?, slot).await
+    }
+
+    async fn check(
+        &self,
+        tables: &[SnapshotTable<'_>],
+        types: &[UserType],
+        state_schema: &str,
+        replace: bool,
+    ) -> Result<Vec<String>> {
+        let dst = self.admin().await?;
+        let pg = |what: &'static str| Error::pg(what);
+        let mut problems = Vec::new();
+        let mut schemas: Vec<&str> = tables
+            .iter()
+            .map(|t| t.destination.schema.as_str())
+            .collect();
+        schemas.push(state_schema);
+        schemas.sort();
+        schemas.dedup();
+        for schema in schemas {
+            let ok: bool = dst
+                .query_one(
+                    "SELECT CASE WHEN to_regnamespace(quote_ident($1)) IS NULL
+                                 THEN has_database_privilege(current_database(), 'CREATE')
+                                 ELSE has_schema_privilege(to_regnamespace(quote_ident($1)), 'CREATE') END",
+                    &[&schema],
+                )
+                .await
+                .map_err(pg("checking destination privileges"))?
+                .get(0);
+            if !ok {
+                problems.push(format!(
+                    "the destination role cannot create tables in schema {schema}: GRANT CREATE ON SCHEMA {0} \
+                     (or, if it does not exist yet, GRANT CREATE ON DATABASE) to it",
+                    quote_ident(schema)
+                ));
+            }
+        }
+        for t in tables {
+            let exists: bool = dst
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&t.destination.quoted()],
+                )
+                .await
+                .map_err(pg("looking for destination tables"))?
+                .get(0);
+            if exists && !replace {
+                problems.push(format!(
+                    "destination table {} already exists: drop it, or run `cdc snapshot --force` to replace it",
+                    t.destination
+                ));
+            }
+        }
+        for t in types {
+            let oid: Option<u32> = dst
+                .query_one("SELECT to_regtype($1)::oid", &[&t.name()])
+                .await
+                .map_err(pg("looking for destination types"))?
+                .get(0);
+            let existing: Option<Vec<String>> = match oid {
+                None => None,
+                Some(oid) => Some(
+                    dst.query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", &[&oid])
+                        .await
+                        .map_err(pg("reading destination enum"))?
+                        .into_iter()
+                        .map(|r| r.get(0))
+                        .collect(),
+                ),
+            };
+            match (t, existing) {
+                (UserType::External { name, kind }, None) => problems.push(format!(
+                    "type {name} ({kind} type, e.g. from an extension) does not exist on the destination: install it \
+                     there first (for an extension: CREATE EXTENSION ...)"
+                )),
+                (UserType::Enum { name, labels }, Some(dest_labels)) if *labels != dest_labels => {
+                    problems.push(format!(
+                        "enum {name} exists on the destination with labels {dest_labels:?}, the source has {labels:?}: \
+                         align them (ALTER TYPE ... ADD VALUE) or drop the destination type"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(problems)
+    }
+
+    async fn create_tables(
+        &self,
+        tables: &[SnapshotTable<'_>],
+        types: &[UserType],
+        replace: bool,
+    ) -> Result<()> {
+        let dst = self.admin().await?;
+        let mut sql = vec!["BEGIN".to_owned()];
+        let mut schemas: Vec<&str> = tables
+            .iter()
+            .map(|t| t.destination.schema.as_str())
+            .collect();
+        schemas.sort();
+        schemas.dedup();
+        sql.extend(schemas.iter().map(|s| ddl::create_schema(s)));
+        if replace {
+            sql.extend(
+                tables
+                    .iter()
+                    .map(|t| format!("DROP TABLE IF EXISTS {}", t.destination.quoted())),
+            );
+        }
+        for t in types {
+            let exists: bool = dst
+                .query_one("SELECT to_regtype($1) IS NOT NULL", &[&t.name()])
+                .await
+                .map_err(Error::pg("looking for destination types"))?
+                .get(0);
+            if let (false, Some(create)) = (exists, ddl::create_type(t)) {
+                let schema = t.name().split('.').next().unwrap_or("public");
+                sql.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+                sql.push(create);
+            }
+        }
+        for t in tables {
+            sql.push(ddl::create_table(t.destination, t.schema));
+        }
+        sql.push("COMMIT".into());
+        dst.batch_execute(&sql.join(";\n"))
+            .await
+            .map_err(Error::pg("creating destination tables"))
+    }
+
+    fn copy_format(&self, table: &TableSchema) -> CopyFormat {
+        if table.binary_copy_safe() {
+            CopyFormat::Binary
+        } else {
+            CopyFormat::Text
+        }
+    }
+
+    async fn loader(&self) -> Result<Box<dyn Loader>> {
+        Ok(Box::new(PgLoader {
+            client: crate::pg::connect(&self.info).await?,
+        }))
+    }
+
+    async fn finish_table(
+        &self,
+        slot: &str,
+        table: &SnapshotTable<'_>,
+        rows: u64,
+    ) -> Result<Vec<String>> {
+        // A connection of its own: several tables finish at once.
+        let dst = crate::pg::connect(&self.info).await?;
+        let d = table.destination;
+        let schema = table.schema;
+        let ctx = format!("finishing {d}");
+        dst.batch_execute("BEGIN; SET LOCAL maintenance_work_mem = '256MB'")
+            .await
+            .map_err(Error::pg(ctx.clone()))?;
+        if let Some(pk) = ddl::add_primary_key(d, schema) {
+            dst.batch_execute(&pk)
+                .await
+                .map_err(Error::pg(format!("adding the primary key of {d}")))?;
+        }
+        if let Some(ri) = ddl::replica_identity(d, schema) {
+            dst.batch_execute(&ri)
+                .await
+                .map_err(Error::pg(ctx.clone()))?;
+        }
+        let mut skipped = Vec::new();
+        for idx in &schema.indexes {
+            // An index whose expression uses something the destination lacks is skipped, not
+            // fatal: the rows are correct without it.
+            let sql = format!("SAVEPOINT idx; {}", ddl::create_index(d, idx));
+            if let Err(e) = dst.batch_execute(&sql).await {
+                let why = e
+                    .as_db_error()
+                    .map(|db| db.message().to_owned())
+                    .unwrap_or_else(|| e.to_string());
+                tracing::warn!(table = %d, index = %idx.name, error = %why, "index not created on the destination");
+                dst.batch_execute("ROLLBACK TO SAVEPOINT idx")
+                    .await
+                    .map_err(Error::pg(ctx.clone()))?;
+                skipped.push(idx.name.clone());
+            }
+        }
+        let record =
+            self.store
+                .table_done_sql(slot, &schema.name.to_string(), &d.to_string(), rows);
+        dst.batch_execute(&format!("{record}; COMMIT"))
+            .await
+            .map_err(Error::pg(ctx))?;
+        Ok(skipped)
+    }
+
+    async fn session(&self, metrics: Arc<Metrics>) -> Result<Box<dyn Session>> {
+        let client = connect_qualified(&self.info, "preparing the apply session").await?;
+        Ok(Box::new(PgSession::new(
+            client,
+            self.store.clone(),
+            metrics,
+        )))
+    }
+}
+
+/// COPY output of the source streamed straight into `COPY ... FROM STDIN`.
+struct PgLoader {
+    client: Client,
+}
+
+#[async_trait]
+impl Loader for PgLoader {
+    async fn load(
+        &mut self,
+        src: &mut CopySource,
+        out_sql: &str,
+        table: &SnapshotTable<'_>,
+        bytes: &AtomicU64,
+    ) -> Result<u64> {
+        let binary = table.schema.binary_copy_safe();
+        let in_sql = ddl::copy_in(table.destination, table.schema, binary);
+        src.copy_out(out_sql).await?;
+        let sink = self
+            .client
+            .copy_in(&in_sql)
+            .await
+            .map_err(Error::pg(format!("starting {in_sql}")))?;
+        let mut sink = std::pin::pin!(sink);
+        while let Some(chunk) = src.next_chunk().await? {
+            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            sink.send(chunk)
+                .await
+                .map_err(Error::pg(format!("copying rows ({out_sql})")))?;
+        }
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(Error::pg(format!("finishing {in_sql}")))
+    }
+}
