@@ -5,6 +5,7 @@ mod harness;
 mod cli;
 mod decoder_fixtures;
 mod docker;
+mod duckdb;
 mod replication;
 mod run;
 mod run_faults;

@@ -53,7 +53,7 @@ pub struct PipelineState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestColumn {
     pub name: String,
-    /// The column's type in the destination's own spelling (compared with [`Session::type_for`]).
+    /// The column's type in the destination's own spelling (see [`Session::type_matches`]).
     pub type_name: String,
     /// Part of the primary key (rows are matched on these).
     pub key: bool,
@@ -178,8 +178,9 @@ pub trait Loader: Send {
 pub trait Session: Send {
     /// Columns of a destination table (generated columns left out: they are recomputed).
     async fn columns(&mut self, table: &TableName) -> Result<Vec<DestColumn>>;
-    /// The destination type a source column of type `source` gets.
-    fn type_for(&self, source: &SourceType) -> Result<String>;
+    /// Whether a destination column of type `dest_type` still fits a source column of type
+    /// `source` (else the stream retypes it).
+    fn type_matches(&self, dest_type: &str, source: &SourceType) -> bool;
     /// Whether a transaction is open.
     fn in_transaction(&self) -> bool;
     /// Write a batch of changes into the open transaction (opening it if needed).

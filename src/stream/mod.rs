@@ -441,7 +441,7 @@ impl Streamer {
             match dest_cols.iter().find(|d| d.name == c.name) {
                 None => change.added.push((c.name.clone(), ty.clone())),
                 Some(d) => {
-                    if d.type_name != self.applier.session().type_for(ty)? {
+                    if !self.applier.session().type_matches(&d.type_name, ty) {
                         change.retyped.push((c.name.clone(), ty.clone()));
                     }
                 }

@@ -44,6 +44,8 @@ const LOAD_BATCH_ROWS: usize = 50_000;
 /// A DuckDB file.
 pub struct DuckDbDestination {
     handle: Arc<Handle>,
+    /// The state schema's name, and quoted.
+    schema_name: String,
     schema: String,
 }
 
@@ -54,6 +56,7 @@ impl DuckDbDestination {
         handle.run("opening the DuckDB file", |_| Ok(())).await?;
         Ok(DuckDbDestination {
             handle,
+            schema_name: state_schema.to_owned(),
             schema: quote_ident(state_schema),
         })
     }
@@ -116,12 +119,16 @@ impl Destination for DuckDbDestination {
     }
 
     async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>> {
-        let (schema, pipeline, slot) = (self.schema.clone(), self.t("pipeline"), slot.to_owned());
+        let (schema, pipeline, slot) = (
+            self.schema_name.clone(),
+            self.t("pipeline"),
+            slot.to_owned(),
+        );
         self.handle
             .run("reading pipeline state", move |c| {
                 let exists: bool = c.query_row(
                     "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
-                        AND quote_ident(schema_name) = ? AND table_name = 'pipeline'",
+                        AND schema_name = ? AND table_name = 'pipeline'",
                     params![schema],
                     |r| r.get(0),
                 )?;

@@ -229,9 +229,9 @@ impl Session for PgSession {
             .collect())
     }
 
-    fn type_for(&self, source: &SourceType) -> Result<String> {
+    fn type_matches(&self, dest_type: &str, source: &SourceType) -> bool {
         // The destination declares the source's exact type (created beforehand if user-defined).
-        Ok(source.sql.clone())
+        dest_type == source.sql
     }
 
     fn in_transaction(&self) -> bool {

@@ -1,0 +1,401 @@
+//! Postgres → DuckDB against a real source and a real DuckDB file: every type by snapshot and
+//! by stream, each change kind, a concurrent reader in another process, kill -9, bad input.
+//!
+//! `cdc run` runs as its own process here (DuckDB allows one process to write *or* several
+//! to read a file), and this test process is the other reader: it opens the file read-only
+//! between cdc's batches, as an analyst's process would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use duckdb::{AccessMode, Config, Connection};
+
+use crate::harness::{unique, wait_for, Pipeline};
+use crate::run::FAST;
+
+/// A pipeline whose destination is a DuckDB file in a fresh temporary directory.
+async fn duck_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, PathBuf) {
+    let mut p = Pipeline::new(prefix, ddl, &format!("{tables}{FAST}")).await;
+    let dir = std::env::temp_dir().join(unique("cdc-duckdb"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("analytics.duckdb");
+    let start = p.config_text.find("[destination]\nurl = ").unwrap();
+    let end = start + p.config_text[start..].find("\n[status]").unwrap();
+    p.config_text.replace_range(
+        start..end,
+        &format!("[destination]\nurl = \"duckdb://{}\"", file.display()),
+    );
+    (p, file)
+}
+
+fn cdc(p: &Pipeline, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cdc"));
+    c.args([
+        "--config",
+        p.config_file().to_str().unwrap(),
+        "--log-format",
+        "json",
+    ])
+    .args(args)
+    .env("CDC_LOG", "warn");
+    c
+}
+
+/// A `cdc run` process, killed when dropped (also when a test fails).
+struct RunProcess(Child);
+
+impl RunProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RunProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_run(p: &Pipeline) -> RunProcess {
+    RunProcess(
+        cdc(p, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn cdc run"),
+    )
+}
+
+/// `sql` on the file opened read-only, every value as DuckDB prints it (`NULL` for null);
+/// `None` while the file or the table is not there yet. Waits while cdc holds the file.
+fn read(file: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
+    if !file.exists() {
+        return None;
+    }
+    let conn = loop {
+        let config = Config::default().access_mode(AccessMode::ReadOnly).unwrap();
+        match Connection::open_with_flags(file, config) {
+            Ok(c) => break c,
+            Err(e) if e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("opening {}: {e}", file.display()),
+        }
+    };
+    let mut stmt = conn.prepare(sql).ok()?;
+    let mut rows = stmt.query([]).ok()?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().unwrap() {
+        let n = r.as_ref().column_count();
+        out.push(
+            (0..n)
+                .map(|i| {
+                    r.get::<_, Option<String>>(i)
+                        .unwrap()
+                        .unwrap_or_else(|| "NULL".into())
+                })
+                .collect(),
+        );
+    }
+    Some(out)
+}
+
+async fn wait_rows(file: &Path, sql: &str, expected: Vec<Vec<String>>) {
+    wait_for(
+        &format!("DuckDB to show {expected:?} for {sql}"),
+        Duration::from_secs(60),
+        || {
+            let ok = read(file, sql).as_ref() == Some(&expected);
+            async move { ok }
+        },
+    )
+    .await;
+}
+
+fn row(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+/// Every column of `types` as VARCHAR, for one id.
+const TYPES_ROW: &str = "SELECT i2::VARCHAR, i8::VARCHAR, n::VARCHAR, nw::VARCHAR, f4::VARCHAR, f8::VARCHAR, f8n::VARCHAR,
+        b::VARCHAR, t::VARCHAR, c::VARCHAR, \"by\"::VARCHAR, d::VARCHAR, dbc::VARCHAR, ts::VARCHAR, tstz::VARCHAR,
+        tm::VARCHAR, iv::VARCHAR, u::VARCHAR, j::VARCHAR, arr::VARCHAR, arr2::VARCHAR, tarr::VARCHAR,
+        mood::VARCHAR, ip::VARCHAR, m::VARCHAR, r::VARCHAR, dinf::VARCHAR, length(bigtext)::VARCHAR, md5(bigtext)
+   FROM public.types WHERE id = ";
+
+const TYPES_DDL: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TABLE types (
+        id int PRIMARY KEY, i2 int2, i8 int8, n numeric(12,3), nw numeric, f4 float4, f8 float8, f8n float8,
+        b bool, t text, c char(3), by bytea, d date, dbc date, ts timestamp, tstz timestamptz, tm time,
+        iv interval, u uuid, j jsonb, arr int[], arr2 int[][], tarr text[], mood mood, ip inet, m money,
+        r int4range, dinf date, bigtext text);
+    ALTER TABLE types ALTER COLUMN bigtext SET STORAGE EXTERNAL;";
+
+fn types_insert(id: i32) -> String {
+    format!(
+        "INSERT INTO types VALUES ({id}, -32768, 9223372036854775807, 123456789.125,
+            123456789012345678901234567890123456789012.000000000000000000000001, 1.5, 0.1, 'NaN',
+            true, E'tab\\there \"q\" ''s'' é😀', 'ab', '\\x00ff41', '2024-02-29', '0044-03-15 BC',
+            '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.5+02', '23:59:59.999999',
+            '1 year 2 mons -3 days -04:05:06.5', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+            '{{\"b\": [1, 2], \"a\": null}}', '{{1,NULL,3}}', '{{{{1,2}},{{3,4}}}}', '{{\"x y\",NULL,\"q\\\"z\"}}',
+            'happy', '192.168.0.1/24', 12.34, '[1,5)', 'infinity', repeat('toast', 20000))"
+    )
+}
+
+/// How DuckDB prints the row `types_insert` writes.
+fn types_expected() -> Vec<String> {
+    row(&[
+        "-32768",
+        "9223372036854775807",
+        "123456789.125",
+        "123456789012345678901234567890123456789012.000000000000000000000001",
+        "1.5",
+        "0.1",
+        "nan",
+        "true",
+        "tab\there \"q\" 's' é😀",
+        "ab ",
+        "\\x00\\xFFA",
+        "2024-02-29",
+        "0044-03-15 (BC)",
+        "2024-01-02 03:04:05.123456",
+        "2024-01-02 01:04:05.5+00",
+        "23:59:59.999999",
+        "1 year 2 months -3 days -04:05:06.5",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{\"a\": null, \"b\": [1, 2]}",
+        "[1, NULL, 3]",
+        "[[1, 2], [3, 4]]",
+        "[x y, NULL, 'q\"z']",
+        "happy",
+        "192.168.0.1/24",
+        "$12.34",
+        "[1,5)",
+        "infinity",
+        "100000",
+        "395ef85816b3ae1f321360959cacbf6d", // md5 of the 100,000-byte TOASTed text,
+    ])
+}
+
+#[tokio::test]
+async fn every_type_and_change_kind_arrives_exactly_in_duckdb() {
+    let (p, file) = duck_pipeline(
+        "duck_types",
+        &format!(
+            "{TYPES_DDL}
+             {};
+             CREATE TABLE k (id int PRIMARY KEY, v text);
+             INSERT INTO k SELECT g, 'v' || g FROM generate_series(1, 5) g;
+             CREATE TABLE dup (a int, b text); ALTER TABLE dup REPLICA IDENTITY FULL;
+             INSERT INTO dup VALUES (1, 'x'), (1, 'x'), (2, NULL);",
+            types_insert(1)
+        ),
+        "[[tables]]\nsource = \"public.types\"\n[[tables]]\nsource = \"public.k\"\n[[tables]]\nsource = \"public.dup\"\n",
+    )
+    .await;
+    let mut child = spawn_run(&p);
+
+    // By snapshot.
+    wait_rows(&file, &format!("{TYPES_ROW}1"), vec![types_expected()]).await;
+    let types: Vec<Vec<String>> = read(
+        &file,
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'types' AND column_name IN ('n', 'nw', 'tstz', 'arr2', 'by', 'j') ORDER BY column_name",
+    )
+    .unwrap();
+    assert_eq!(
+        types,
+        vec![
+            row(&["arr2", "INTEGER[][]"]),
+            row(&["by", "BLOB"]),
+            row(&["j", "JSON"]),
+            row(&["n", "DECIMAL(12,3)"]),
+            row(&["nw", "VARCHAR"]),
+            row(&["tstz", "TIMESTAMP WITH TIME ZONE"]),
+        ],
+        "native types where exact, text where DuckDB has no exact type"
+    );
+
+    // By stream: the same values arrive the same way.
+    p.src_sql.batch_execute(&types_insert(2)).await.unwrap();
+    wait_rows(&file, &format!("{TYPES_ROW}2"), vec![types_expected()]).await;
+
+    // TOAST-unchanged: an update of another column keeps the large value.
+    p.src_sql
+        .batch_execute("UPDATE types SET i2 = 7 WHERE id = 2")
+        .await
+        .unwrap();
+    let mut expected = types_expected();
+    expected[0] = "7".into();
+    wait_rows(&file, &format!("{TYPES_ROW}2"), vec![expected]).await;
+
+    // Each change kind, a key change, and duplicates in a keyless table.
+    p.src_sql
+        .batch_execute(
+            "BEGIN;
+             UPDATE k SET v = 'changed' WHERE id = 1;
+             DELETE FROM k WHERE id = 2;
+             UPDATE k SET id = 30 WHERE id = 3;
+             INSERT INTO k VALUES (6, 'six');
+             INSERT INTO k VALUES (7, 'seven'); UPDATE k SET v = 'seven!' WHERE id = 7; DELETE FROM k WHERE id = 7;
+             COMMIT;
+             DELETE FROM dup WHERE ctid = (SELECT ctid FROM dup WHERE a = 1 LIMIT 1);
+             UPDATE dup SET b = 'was null' WHERE a = 2;
+             INSERT INTO dup VALUES (1, 'x');",
+        )
+        .await
+        .unwrap();
+    wait_rows(
+        &file,
+        "SELECT id::VARCHAR, v FROM public.k ORDER BY id",
+        vec![
+            row(&["1", "changed"]),
+            row(&["4", "v4"]),
+            row(&["5", "v5"]),
+            row(&["6", "six"]),
+            row(&["30", "v3"]),
+        ],
+    )
+    .await;
+    wait_rows(
+        &file,
+        "SELECT a::VARCHAR, b FROM public.dup ORDER BY a, b",
+        vec![row(&["1", "x"]), row(&["1", "x"]), row(&["2", "was null"])],
+    )
+    .await;
+
+    // An added column, then TRUNCATE.
+    p.src_sql
+        .batch_execute(
+            "ALTER TABLE k ADD COLUMN extra numeric(5,1); INSERT INTO k VALUES (8, 'eight', 2.5)",
+        )
+        .await
+        .unwrap();
+    wait_rows(
+        &file,
+        "SELECT id::VARCHAR, extra::VARCHAR FROM public.k WHERE id IN (1, 8) ORDER BY id",
+        vec![row(&["1", "NULL"]), row(&["8", "2.5"])],
+    )
+    .await;
+    p.src_sql.batch_execute("TRUNCATE dup").await.unwrap();
+    wait_rows(
+        &file,
+        "SELECT count(*)::VARCHAR FROM public.dup",
+        vec![row(&["0"])],
+    )
+    .await;
+
+    // `cdc status` reads the same file while `cdc run` streams into it.
+    let status = cdc(&p, &["status", "--json"]).output().unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["snapshot_complete"], true);
+    assert!(report["applied_lsn"].is_string());
+
+    child.kill();
+}
+
+#[tokio::test]
+async fn killing_cdc_run_into_duckdb_loses_and_duplicates_nothing() {
+    let (p, file) = duck_pipeline(
+        "duck_kill",
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE events (n bigint, note text); ALTER TABLE events REPLICA IDENTITY FULL;
+         INSERT INTO orders (v) SELECT 0 FROM generate_series(1, 1000);",
+        "[[tables]]\nsource = \"public.orders\"\n[[tables]]\nsource = \"public.events\"\n",
+    )
+    .await;
+    let mut child = spawn_run(&p);
+    let mut kills = 0;
+    for round in 0..40 {
+        // Each transaction: one new order, one changed order, one event (duplicates allowed).
+        p.src_sql
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO orders (v) VALUES ({round});
+                 UPDATE orders SET v = v + 1 WHERE id = {};
+                 INSERT INTO events VALUES ({}, 'e'); COMMIT;",
+                round % 50 + 1,
+                round % 7
+            ))
+            .await
+            .unwrap();
+        if round % 8 == 7 {
+            child.kill();
+            kills += 1;
+            child = spawn_run(&p);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let src_orders: (i64, i64) = {
+        let r = p
+            .src_sql
+            .query_one("SELECT count(*), sum(v)::int8 FROM orders", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    wait_rows(
+        &file,
+        "SELECT count(*)::VARCHAR, sum(v)::VARCHAR FROM public.orders",
+        vec![row(&[&src_orders.0.to_string(), &src_orders.1.to_string()])],
+    )
+    .await;
+    let events: Vec<Vec<String>> = {
+        let rows = p
+            .src_sql
+            .query(
+                "SELECT n::text, count(*)::text FROM events GROUP BY n ORDER BY n",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| vec![r.get(0), r.get(1)]).collect()
+    };
+    wait_rows(
+        &file,
+        "SELECT n::VARCHAR, count(*)::VARCHAR FROM public.events GROUP BY n ORDER BY n",
+        events,
+    )
+    .await;
+    assert!(kills >= 4);
+    child.kill();
+}
+
+#[tokio::test]
+async fn bad_duckdb_destinations_are_refused_clearly_and_leave_no_slot() {
+    let (mut p, file) = duck_pipeline(
+        "duck_bad",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "[[tables]]\nsource = \"public.t\"\n",
+    )
+    .await;
+    // A directory that does not exist.
+    let missing = file.parent().unwrap().join("no/such/dir/x.duckdb");
+    let good = p.config_text.clone();
+    p.config_text = good.replace(&file.display().to_string(), &missing.display().to_string());
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+
+    // A file that is not a DuckDB database.
+    std::fs::write(&file, "not a database at all, just text").unwrap();
+    p.config_text = good.clone();
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("cannot open DuckDB file"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "not a database at all, just text",
+        "the file is left as it was"
+    );
+    assert_eq!(p.slot_count().await, 0, "no slot left behind");
+}
