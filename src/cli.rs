@@ -110,7 +110,17 @@ pub enum Command {
         /// How long to run the sample write load.
         #[arg(long, default_value_t = 5, value_name = "SECONDS")]
         seconds: u64,
+        /// Where the rows go: a throwaway Postgres, or a DuckDB file in a temporary directory.
+        #[arg(long, value_enum, default_value_t = DemoDestination::Postgres)]
+        destination: DemoDestination,
     },
+}
+
+/// The destination of `cdc demo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoDestination {
+    Postgres,
+    Duckdb,
 }
 
 /// `cdc verify` flags.

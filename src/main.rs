@@ -100,8 +100,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             eprintln!("error: {e:#}");
             verify_exit::ERROR
         })),
-        Command::Demo { seconds } => {
-            cdc::demo::run(std::time::Duration::from_secs(seconds)).await?;
+        Command::Demo {
+            seconds,
+            destination,
+        } => {
+            cdc::demo::run(std::time::Duration::from_secs(seconds), destination).await?;
             Ok(exit::OK)
         }
         Command::Snapshot { force } => {

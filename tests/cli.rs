@@ -171,3 +171,19 @@ fn the_demo_replicates_a_live_load_from_a_throwaway_server() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_demo_replicates_into_a_duckdb_file_read_by_another_process() {
+    let out = cdc(
+        &["demo", "--destination", "duckdb", "--seconds", "2"],
+        &[("CDC_LOG_FORMAT", "json")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("the DuckDB file caught up"), "{text}");
+    assert!(text.contains("identical to the source"), "{text}");
+    assert!(
+        text.contains("`cdc status` (exit code 0") && text.contains("HEALTHY"),
+        "{text}"
+    );
+}
