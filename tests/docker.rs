@@ -86,4 +86,9 @@ fn dockerfile_builds_a_non_root_image_with_a_status_health_check() {
     assert!(text.contains("\nUSER cdc\n"), "runs as a non-root user");
     assert!(text.contains("HEALTHCHECK") && text.contains("\"status\", \"--require-active\""));
     assert!(text.contains("cargo build --release --locked --bin cdc"));
+    assert!(
+        text.contains("COPY --from=build /src/target/duckdb-lib/libduckdb.so /usr/local/lib/")
+            && text.contains("RUN ldconfig"),
+        "the image carries the DuckDB library the binary links"
+    );
 }

@@ -299,7 +299,27 @@ async fn every_type_and_change_kind_arrives_exactly_in_duckdb() {
     assert_eq!(report["snapshot_complete"], true);
     assert!(report["applied_lsn"].is_string());
 
+    // `cdc tables` reads the source only; `cdc verify` says plainly what it cannot do yet.
+    let tables = cdc(&p, &["tables"]).output().unwrap();
+    assert_eq!(
+        tables.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&tables.stderr)
+    );
+    let verify = cdc(&p, &["verify"]).output().unwrap();
+    assert_eq!(verify.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&verify.stderr).contains("Postgres destinations only"));
+
     child.kill();
+    let teardown = cdc(&p, &["teardown", "--yes"]).output().unwrap();
+    assert_eq!(
+        teardown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&teardown.stderr)
+    );
+    assert_eq!(p.slot_count().await, 0, "teardown dropped the slot");
 }
 
 #[tokio::test]
