@@ -163,7 +163,7 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
     let (source, destination, pairs, default_recheck_ms) = match (&args.source, &args.destination) {
         (Some(src), Some(dst)) => (
             standalone_conninfo("--source", src, "CDC_SOURCE_PASSWORD")?,
-            standalone_conninfo("--destination", dst, "CDC_DESTINATION_PASSWORD")?,
+            standalone_target(dst)?,
             verify::pairs_from_args(&args.tables)?,
             0,
         ),
@@ -174,7 +174,7 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
             (
                 config.source_conninfo().map_err(cdc::error::Error::from)?,
                 config
-                    .destination_conninfo()
+                    .destination_target()
                     .map_err(cdc::error::Error::from)?,
                 verify::pairs_from_config(&config, &args.tables)?,
                 5000,
@@ -191,7 +191,7 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
         recheck_rounds: args.recheck_rounds,
         ..Options::default()
     };
-    let report = verify::verify(&source, &destination, &pairs, &options, &|event| match event {
+    let report = verify::verify_into(&source, &destination, &pairs, &options, &|event| match event {
         Event::TableStarted { pair } => {
             tracing::info!(source = %pair.source, destination = %pair.destination, "comparing")
         }
@@ -260,6 +260,20 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
 }
 
 /// A connection string from the command line; the password may come from `password_var`.
+/// `--destination`: a DuckDB file URL, or a Postgres connection string.
+fn standalone_target(url: &str) -> anyhow::Result<cdc::destination::Target> {
+    match cdc::destination::Target::duckdb_path(url) {
+        Some(path) => Ok(cdc::destination::Target::DuckDb(
+            path.map_err(|e| anyhow::anyhow!("--destination {e}"))?,
+        )),
+        None => Ok(cdc::destination::Target::Postgres(standalone_conninfo(
+            "--destination",
+            url,
+            "CDC_DESTINATION_PASSWORD",
+        )?)),
+    }
+}
+
 fn standalone_conninfo(flag: &str, url: &str, password_var: &str) -> anyhow::Result<ConnInfo> {
     let mut info =
         ConnInfo::parse(url).with_context(|| format!("{flag} is not a valid connection string"))?;

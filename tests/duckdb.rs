@@ -62,7 +62,7 @@ fn spawn_run(p: &Pipeline) -> RunProcess {
     RunProcess(
         cdc(p, &["run"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn cdc run"),
     )
@@ -299,7 +299,8 @@ async fn every_type_and_change_kind_arrives_exactly_in_duckdb() {
     assert_eq!(report["snapshot_complete"], true);
     assert!(report["applied_lsn"].is_string());
 
-    // `cdc tables` reads the source only; `cdc verify` says plainly what it cannot do yet.
+    // `cdc tables` reads the source only; `cdc verify` compares every row of every type while
+    // `cdc run` keeps streaming into the file.
     let tables = cdc(&p, &["tables"]).output().unwrap();
     assert_eq!(
         tables.status.code(),
@@ -307,9 +308,27 @@ async fn every_type_and_change_kind_arrives_exactly_in_duckdb() {
         "{}",
         String::from_utf8_lossy(&tables.stderr)
     );
-    let verify = cdc(&p, &["verify"]).output().unwrap();
-    assert_eq!(verify.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&verify.stderr).contains("Postgres destinations only"));
+    let verify = cdc(
+        &p,
+        &[
+            "verify",
+            "--format",
+            "json",
+            "--table",
+            "public.types",
+            "--table",
+            "public.k",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     child.kill();
     let teardown = cdc(&p, &["teardown", "--yes"]).output().unwrap();
@@ -418,4 +437,61 @@ async fn bad_duckdb_destinations_are_refused_clearly_and_leave_no_slot() {
         "the file is left as it was"
     );
     assert_eq!(p.slot_count().await, 0, "no slot left behind");
+}
+
+#[tokio::test]
+async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
+    let (p, file) = duck_pipeline(
+        "duck_verify",
+        "CREATE TABLE t (id int PRIMARY KEY, name text, amount numeric(10,2), at timestamptz, tags text[]);
+         INSERT INTO t SELECT g, 'n' || g, g / 3.0, '2024-01-01 00:00+00'::timestamptz + g * interval '1 minute',
+                              ARRAY['a', NULL] FROM generate_series(1, 2000) g;",
+        "[[tables]]\nsource = \"public.t\"\n",
+    )
+    .await;
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |p: &Pipeline| {
+        let out = cdc(p, &["verify", "--format", "json"]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, report) = verify(&p);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["tables"][0]["source_rows"], 2000);
+
+    // Plant one difference of each kind in the file (nothing else has it open).
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(
+        "DELETE FROM public.t WHERE id = 7;
+         UPDATE public.t SET amount = 1.01 WHERE id = 1500;
+         INSERT INTO public.t VALUES (5000, 'extra', 0, NULL, NULL);",
+    )
+    .unwrap();
+    drop(conn);
+    let (code, report) = verify(&p);
+    assert_eq!(code, Some(1), "{report}");
+    let t = &report["tables"][0];
+    assert_eq!(t["missing"][0]["key"]["id"], "7", "{t}");
+    assert_eq!(t["missing"][0]["source"]["name"], "n7", "{t}");
+    assert_eq!(t["different"][0]["key"]["id"], "1500", "{t}");
+    assert_eq!(t["different"][0]["columns"][0]["column"], "amount", "{t}");
+    assert_eq!(t["different"][0]["columns"][0]["source"], "500.00", "{t}");
+    assert_eq!(
+        t["different"][0]["columns"][0]["destination"], "1.01",
+        "{t}"
+    );
+    assert_eq!(t["extra"][0]["key"]["id"], "5000", "{t}");
+    let count = |kind: &str| t[kind].as_array().unwrap().len();
+    assert_eq!(
+        (count("missing"), count("different"), count("extra")),
+        (1, 1, 1),
+        "{t}"
+    );
+    cdc(&p, &["teardown", "--yes"]).output().unwrap();
 }

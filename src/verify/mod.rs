@@ -32,6 +32,10 @@ pub use report::{Report, TableReport};
 
 use crate::config::{Config, TableName};
 use crate::conninfo::ConnInfo;
+use crate::destination::duckdb::verify::{
+    self as duckdb_verify, CompareSpec, DuckDbReader, DuckTable,
+};
+use crate::destination::Target;
 use crate::error::{Error, Result};
 use plan::{quote_ident, Side, TableInfo};
 
@@ -160,10 +164,28 @@ fn split_pair(arg: &str) -> (&str, Option<&str>) {
     (arg, None)
 }
 
-/// Compare every pair; `observe` hears about progress.
+/// Compare every pair between two Postgres databases; `observe` hears about progress.
 pub async fn verify(
     source: &ConnInfo,
     destination: &ConnInfo,
+    pairs: &[TablePair],
+    options: &Options,
+    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
+) -> Result<Report> {
+    let destination = Target::Postgres(destination.clone());
+    verify_into(source, &destination, pairs, options, observe).await
+}
+
+/// The destination side of a comparison.
+enum Dest {
+    Postgres(Client),
+    DuckDb(DuckDbReader),
+}
+
+/// Compare every pair between a Postgres source and any destination.
+pub async fn verify_into(
+    source: &ConnInfo,
+    destination: &Target,
     pairs: &[TablePair],
     options: &Options,
     observe: &(dyn Fn(&Event<'_>) + Send + Sync),
@@ -178,11 +200,15 @@ pub async fn verify(
             "--key applies to one table: pass exactly one --table with it".into(),
         ));
     }
-    let (src, dst) = tokio::try_join!(session(source), session(destination))?;
+    let src = session(source).await?;
+    let dst = match destination {
+        Target::Postgres(info) => Dest::Postgres(session(info).await?),
+        Target::DuckDb(path) => Dest::DuckDb(DuckDbReader::open(path)?),
+    };
     let mut tables = Vec::with_capacity(pairs.len());
     for pair in pairs {
         observe(&Event::TableStarted { pair });
-        tables.push(verify_table(&src, &dst, pair, options, observe).await?);
+        tables.push(verify_table(&src, source, &dst, pair, options, observe).await?);
     }
     Ok(Report::new(tables))
 }
@@ -199,16 +225,23 @@ async fn session(info: &ConnInfo) -> Result<Client> {
 
 async fn verify_table(
     src: &Client,
-    dst: &Client,
+    source: &ConnInfo,
+    dst: &Dest,
     pair: &TablePair,
     options: &Options,
     observe: &(dyn Fn(&Event<'_>) + Send + Sync),
 ) -> Result<TableReport> {
     let started = Instant::now();
-    let (si, di) = tokio::try_join!(
-        plan::read_table(src, &pair.source),
-        plan::read_table(dst, &pair.destination)
-    )?;
+    let (si, di) = match dst {
+        Dest::Postgres(dst) => tokio::try_join!(
+            plan::read_table(src, &pair.source),
+            plan::read_table(dst, &pair.destination)
+        )?,
+        Dest::DuckDb(reader) => (
+            plan::read_table(src, &pair.source).await?,
+            reader.table(&pair.destination).await?.map(duck_info),
+        ),
+    };
     let si =
         si.ok_or_else(|| Error::Definite(format!("source table {} does not exist", pair.source)))?;
     let di = di.ok_or_else(|| {
@@ -217,32 +250,50 @@ async fn verify_table(
             pair.destination
         ))
     })?;
-    let shape = Shape::of(pair, &si, &di, &options.key)?;
+    let shape = Shape::of(
+        pair,
+        &si,
+        &di,
+        &options.key,
+        matches!(dst, Dest::Postgres(_)),
+    )?;
     let src_side = shape.side(&pair.source, &si, pair.source_filter.clone());
-    let dst_side = shape.side(&pair.destination, &di, None);
     check_no_null_keys(src, &src_side, &si, &pair.source, "source").await?;
-    check_no_null_keys(dst, &dst_side, &di, &pair.destination, "destination").await?;
-
-    let bisect_pair = bisect::Pair {
-        src,
-        dst,
-        src_side: &src_side,
-        dst_side: &dst_side,
-        key_positions: shape.key_positions.clone(),
-        label: pair.source.to_string(),
-    };
-    let limits = bisect::Limits {
-        leaf_rows: options.leaf_rows.max(1),
-        fanout: if shape.key.len() == 1 {
-            options.fanout.max(2)
-        } else {
-            options.fanout.clamp(2, 32)
-        },
-        max_differences: options.max_differences.max(1),
-    };
     let mut stats = Stats::default();
-    let outcome = bisect::compare(&bisect_pair, limits, &mut stats).await?;
-    let mut differences = outcome.differences;
+    let (counts, mut differences, truncated) = match dst {
+        Dest::Postgres(dst) => {
+            let dst_side = shape.side(&pair.destination, &di, None);
+            check_no_null_keys(dst, &dst_side, &di, &pair.destination, "destination").await?;
+            let bisect_pair = bisect::Pair {
+                src,
+                dst,
+                src_side: &src_side,
+                dst_side: &dst_side,
+                key_positions: shape.key_positions.clone(),
+                label: pair.source.to_string(),
+            };
+            let limits = bisect::Limits {
+                leaf_rows: options.leaf_rows.max(1),
+                fanout: if shape.key.len() == 1 {
+                    options.fanout.max(2)
+                } else {
+                    options.fanout.clamp(2, 32)
+                },
+                max_differences: options.max_differences.max(1),
+            };
+            let outcome = bisect::compare(&bisect_pair, limits, &mut stats).await?;
+            (
+                (outcome.source_rows, outcome.destination_rows),
+                outcome.differences,
+                outcome.truncated,
+            )
+        }
+        Dest::DuckDb(reader) => {
+            let (counts, differences, truncated) =
+                duck_compare(reader, source, pair, &shape, &di, options, &mut stats).await?;
+            (counts, differences, truncated)
+        }
+    };
     let mut rounds = 0;
     while !differences.is_empty()
         && rounds < options.recheck_rounds
@@ -260,8 +311,30 @@ async fn verify_table(
             .enumerate()
             .map(|(i, d)| (d.key().clone(), i))
             .collect();
-        let keys: Vec<Key> = differences.iter().map(|d| d.key().clone()).collect();
-        differences = bisect::recompare_keys(&bisect_pair, &keys, &mut stats).await?;
+        differences = match dst {
+            Dest::Postgres(dst) => {
+                let dst_side = shape.side(&pair.destination, &di, None);
+                let bisect_pair = bisect::Pair {
+                    src,
+                    dst,
+                    src_side: &src_side,
+                    dst_side: &dst_side,
+                    key_positions: shape.key_positions.clone(),
+                    label: pair.source.to_string(),
+                };
+                let keys: Vec<Key> = differences.iter().map(|d| d.key().clone()).collect();
+                bisect::recompare_keys(&bisect_pair, &keys, &mut stats).await?
+            }
+            // A second whole look; only differences seen in both looks stand.
+            Dest::DuckDb(reader) => {
+                duck_compare(reader, source, pair, &shape, &di, options, &mut stats)
+                    .await?
+                    .1
+                    .into_iter()
+                    .filter(|d| order.contains_key(d.key()))
+                    .collect()
+            }
+        };
         differences.sort_by_key(|d| order.get(d.key()).copied().unwrap_or(usize::MAX));
         rounds += 1;
     }
@@ -279,12 +352,91 @@ async fn verify_table(
             only_in_source: shape.only_in_source,
             only_in_destination: shape.only_in_destination,
         },
-        (outcome.source_rows, outcome.destination_rows),
+        counts,
         differences,
-        outcome.truncated,
+        truncated,
         rounds,
         stats,
         started.elapsed(),
+    ))
+}
+
+/// A DuckDB table described as the comparison plans it.
+fn duck_info(t: DuckTable) -> TableInfo {
+    TableInfo {
+        columns: t
+            .columns
+            .into_iter()
+            .map(|(name, type_sql, not_null)| plan::Column {
+                collatable: type_sql == "VARCHAR",
+                name,
+                type_sql,
+                not_null,
+            })
+            .collect(),
+        primary_key: t.primary_key,
+    }
+}
+
+/// One look at a table in a DuckDB file: ((source rows, destination rows), differences,
+/// truncated).
+#[allow(clippy::type_complexity)]
+async fn duck_compare(
+    reader: &DuckDbReader,
+    source: &ConnInfo,
+    pair: &TablePair,
+    shape: &Shape,
+    di: &TableInfo,
+    options: &Options,
+    stats: &mut Stats,
+) -> Result<((i64, i64), Vec<Difference>, bool)> {
+    let types: Vec<String> = shape
+        .columns
+        .iter()
+        .map(|c| {
+            di.columns
+                .iter()
+                .find(|d| &d.name == c)
+                .map(|d| d.type_sql.clone())
+                .unwrap_or_else(|| "VARCHAR".into())
+        })
+        .collect();
+    let spec = CompareSpec {
+        source: &pair.source,
+        source_filter: pair.source_filter.as_deref(),
+        destination: &pair.destination,
+        key: &shape.key,
+        columns: &shape.columns,
+        max_differences: options.max_differences.max(1),
+    };
+    let c = reader.compare(source, &spec, &types).await?;
+    stats.queries += c.queries;
+    stats.rows_fetched += c.source_rows as u64;
+    let key_of = |row: &duckdb_verify::Texts| -> Key {
+        shape
+            .key_positions
+            .iter()
+            .map(|&i| row[i].clone().unwrap_or_default())
+            .collect()
+    };
+    let mut differences: Vec<Difference> = Vec::new();
+    differences.extend(c.missing.into_iter().map(|r| Difference::Missing {
+        key: key_of(&r),
+        source: r,
+    }));
+    differences.extend(c.changed.into_iter().map(|(s, d)| Difference::Changed {
+        key: key_of(&s),
+        source: s,
+        destination: d,
+    }));
+    differences.extend(c.extra.into_iter().map(|r| Difference::Extra {
+        key: key_of(&r),
+        destination: r,
+    }));
+    Ok((
+        (c.source_rows, c.destination_rows),
+        differences,
+        c.truncated,
     ))
 }
 
@@ -303,6 +455,7 @@ impl Shape {
         si: &TableInfo,
         di: &TableInfo,
         key_override: &[String],
+        compare_types: bool,
     ) -> Result<Shape> {
         let key = if !key_override.is_empty() {
             key_override.to_vec()
@@ -339,7 +492,9 @@ impl Shape {
             .iter()
             .map(|k| columns.iter().position(|c| c == k).unwrap_or_default())
             .collect();
-        for k in &key {
+        // Types of two Postgres databases can be compared by name; a DuckDB column's type
+        // is always spelled differently (and its sort order is the typed one on both sides).
+        for k in key.iter().filter(|_| compare_types) {
             let types: Vec<&str> = [si, di]
                 .iter()
                 .filter_map(|info| info.columns.iter().find(|c| &c.name == k))

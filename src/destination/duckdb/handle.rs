@@ -20,6 +20,8 @@ const BUSY_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Handle {
     path: PathBuf,
+    /// Opened read-only (`cdc verify`, `cdc status` readers never write).
+    read_only: bool,
     state: Mutex<State>,
 }
 
@@ -58,7 +60,22 @@ impl Handle {
         }
         Ok(Handle {
             path: path.to_owned(),
+            read_only: false,
             state: Mutex::new(State::default()),
+        })
+    }
+
+    /// A read-only handle on an existing file.
+    pub fn read_only(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::Definite(format!(
+                "there is no DuckDB file at {}: check destination.url (`cdc snapshot` creates the file)",
+                path.display()
+            )));
+        }
+        Ok(Handle {
+            read_only: true,
+            ..Handle::new(path)?
         })
     }
 
@@ -103,7 +120,14 @@ impl Handle {
         let started = Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
-            match Connection::open(&self.path) {
+            let opened = if self.read_only {
+                duckdb::Config::default()
+                    .access_mode(duckdb::AccessMode::ReadOnly)
+                    .and_then(|config| Connection::open_with_flags(&self.path, config))
+            } else {
+                Connection::open(&self.path)
+            };
+            match opened {
                 Ok(c) => {
                     // Values print and parse in UTC, as on the Postgres side.
                     let _ = c.execute_batch("SET TimeZone = 'UTC'");

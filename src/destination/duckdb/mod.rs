@@ -21,6 +21,7 @@ mod apply;
 mod copy_text;
 mod handle;
 pub mod types;
+pub mod verify;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

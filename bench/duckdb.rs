@@ -1,0 +1,202 @@
+//! `cargo bench --bench duckdb`: Postgres → DuckDB, against the ceiling a user could script.
+//!
+//! (a) Snapshot of pgbench_accounts (`BENCH_SCALE` × 100,000 rows) into a fresh DuckDB file:
+//!     `cdc snapshot` against `psql -c "COPY … TO STDOUT (FORMAT csv)" | duckdb FILE -c "COPY …
+//!     FROM '/dev/stdin'"` (the DuckDB CLI from PyPI `duckdb-cli`), into a table with and
+//!     without a primary key, alternated in each repetition.
+//! (b) Backlog drain: `BENCH_TXNS` pgbench TPC-B transactions (3 keyed row changes each to the
+//!     replicated tables) written while `cdc run` is stopped; then `cdc run` drains them. Done
+//!     when the slot has confirmed the source's WAL position taken after the load.
+//!
+//! Prints each repetition, medians, ratios, and `cdc`'s peak RSS. `BENCH_REPS` (default 3),
+//! `BENCH_DUCKDB_CLI` (default `duckdb` on PATH), `BENCH_LOG` (cdc's log filter).
+
+#[path = "common.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdc::local_pg::{find_bindir, SUPERUSER};
+use common::{cdc_binary, env_or, median, pgbench, psql, rss_kib, start_servers, timed};
+
+fn main() {
+    let scale = env_or("BENCH_SCALE", 50);
+    let reps = env_or("BENCH_REPS", 3) as usize;
+    let txns = env_or("BENCH_TXNS", 100_000);
+    let duckdb_cli = std::env::var("BENCH_DUCKDB_CLI").unwrap_or_else(|_| "duckdb".into());
+    let (source, _dest) = start_servers(
+        &["shared_buffers = '512MB'", "max_wal_size = '8GB'"],
+        (true, false),
+    );
+    let bindir = find_bindir().unwrap();
+    eprintln!(
+        "generating pgbench scale {scale} ({} rows)...",
+        scale * 100_000
+    );
+    pgbench(
+        &source,
+        "postgres",
+        &["-i", "-q", "-I", "dtgvp", "-s", &scale.to_string()],
+    );
+    let dir = std::env::temp_dir().join(format!("cdc-bench-duckdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bench.duckdb");
+    let config = dir.join("cdc.toml");
+    let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let write_config = |tables: &[&str]| {
+        let tables: String = tables
+            .iter()
+            .map(|t| format!("[[tables]]\nsource = \"public.{t}\"\n"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = \"duckdb://{}\"\n\
+                 [status]\nlisten = \"127.0.0.1:0\"\n{tables}",
+                source.url("postgres"),
+                file.display()
+            ),
+        )
+        .unwrap();
+    };
+    let cdc = |args: &[&str]| {
+        let mut cmd = Command::new(cdc_binary());
+        cmd.args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+            .args(args)
+            .env("CDC_LOG", &log);
+        cmd
+    };
+    let fresh = || {
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_file(file.with_extension("duckdb.wal"));
+    };
+
+    // (a) Snapshot.
+    write_config(&["pgbench_accounts"]);
+    let copy_out = format!(
+        "PGPASSWORD={sp} {psql} -X -h 127.0.0.1 -p {s} -U {u} -d postgres -c 'COPY pgbench_accounts TO STDOUT (FORMAT csv)'",
+        sp = source.password(),
+        psql = bindir.join("psql").display(),
+        s = source.port(),
+        u = SUPERUSER,
+    );
+    let ceiling = |key: bool| {
+        fresh();
+        let pk = if key { " PRIMARY KEY" } else { "" };
+        let script = format!(
+            "{copy_out} | {duckdb_cli} {f} -c \"CREATE TABLE pgbench_accounts (aid INTEGER NOT NULL{pk}, bid INTEGER, \
+             abalance INTEGER, filler VARCHAR); COPY pgbench_accounts FROM '/dev/stdin' (FORMAT csv)\"",
+            f = file.display()
+        );
+        let mut cmd = Command::new("bash");
+        cmd.args(["-o", "pipefail", "-c", &script]);
+        timed(cmd).0
+    };
+    let (mut with_key, mut without_key, mut ours, mut peaks) = (vec![], vec![], vec![], vec![]);
+    for rep in 1..=reps {
+        let k = ceiling(true);
+        let n = ceiling(false);
+        fresh();
+        psql(&source, "postgres", "SELECT pg_drop_replication_slot('bench') FROM pg_replication_slots WHERE slot_name = 'bench'");
+        let (c, peak) = timed(cdc(&["snapshot", "--force"]));
+        eprintln!(
+            "rep {rep}: ceiling with key {k:.2}s, without key {n:.2}s, cdc snapshot {c:.2}s (peak RSS {:.1} MiB)",
+            peak as f64 / 1024.0
+        );
+        with_key.push(k);
+        without_key.push(n);
+        ours.push(c);
+        peaks.push(peak);
+    }
+    let (k, n, c) = (median(with_key), median(without_key), median(ours));
+    println!("rows: {}", scale * 100_000);
+    println!("ceiling psql COPY csv | duckdb COPY FROM stdin, with primary key: median {k:.2}s");
+    println!("ceiling without primary key: median {n:.2}s");
+    println!("cdc snapshot into DuckDB (primary key included): median {c:.2}s");
+    println!(
+        "ratio cdc/ceiling-with-key: {:.2}, cdc/ceiling-without-key: {:.2}",
+        c / k,
+        c / n
+    );
+    println!(
+        "cdc snapshot peak RSS: max {:.1} MiB",
+        *peaks.iter().max().unwrap() as f64 / 1024.0
+    );
+
+    // (b) Backlog drain.
+    if txns == 0 {
+        return;
+    }
+    fresh();
+    write_config(&["pgbench_accounts", "pgbench_tellers", "pgbench_branches"]);
+    psql(&source, "postgres", "SELECT pg_drop_replication_slot('bench') FROM pg_replication_slots WHERE slot_name = 'bench'");
+    timed(cdc(&["snapshot", "--force"]));
+    eprintln!("writing a backlog of {txns} pgbench transactions...");
+    pgbench(
+        &source,
+        "postgres",
+        &["-n", "-c", "2", "-j", "2", "-t", &(txns / 2).to_string()],
+    );
+    let target = source_lsn(&source);
+    let mut child = cdc(&["run"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start cdc run");
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kib(&child));
+        if confirmed_at_least(&source, &target) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "drain did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    let changes = txns * 3;
+    println!(
+        "backlog drain: {txns} transactions ({changes} row changes) in {secs:.2}s: {:.0} changes/s, peak RSS {:.1} MiB",
+        changes as f64 / secs,
+        peak as f64 / 1024.0
+    );
+}
+
+fn query(server: &cdc::local_pg::LocalPostgres, sql: &str) -> String {
+    let out = Command::new(find_bindir().unwrap().join("psql"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", server.password())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn source_lsn(server: &cdc::local_pg::LocalPostgres) -> String {
+    query(server, "SELECT pg_current_wal_lsn()")
+}
+
+fn confirmed_at_least(server: &cdc::local_pg::LocalPostgres, lsn: &str) -> bool {
+    query(
+        server,
+        &format!("SELECT coalesce(confirmed_flush_lsn >= '{lsn}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
+    ) == "t"
+}
