@@ -9,7 +9,8 @@
 //!     when the slot has confirmed the source's WAL position taken after the load.
 //!
 //! Prints each repetition, medians, ratios, and `cdc`'s peak RSS. `BENCH_REPS` (default 3),
-//! `BENCH_DUCKDB_CLI` (default `duckdb` on PATH), `BENCH_LOG` (cdc's log filter).
+//! `BENCH_DUCKDB_CLI` (default `duckdb` on PATH), `BENCH_LOG` (cdc's log filter),
+//! `BENCH_BATCH_ROWS` (`apply.batch_max_rows`; unset: the DuckDB destination's default).
 
 #[path = "common.rs"]
 mod common;
@@ -44,6 +45,9 @@ fn main() {
     let file = dir.join("bench.duckdb");
     let config = dir.join("cdc.toml");
     let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let batch_rows = std::env::var("BENCH_BATCH_ROWS")
+        .map(|n| format!("[apply]\nbatch_max_rows = {n}\n"))
+        .unwrap_or_default();
     let write_config = |tables: &[&str]| {
         let tables: String = tables
             .iter()
@@ -53,7 +57,7 @@ fn main() {
             &config,
             format!(
                 "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = \"duckdb://{}\"\n\
-                 [status]\nlisten = \"127.0.0.1:0\"\n{tables}",
+                 [status]\nlisten = \"127.0.0.1:0\"\n{batch_rows}{tables}",
                 source.url("postgres"),
                 file.display()
             ),

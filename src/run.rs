@@ -181,7 +181,10 @@ async fn stream_once(
         spare,
         catalog,
         config.table_pairs(),
-        config.apply.clone(),
+        config
+            .apply
+            .clone()
+            .with_default_rows(dest.default_batch_rows()),
         applied,
         metrics.clone(),
     );

@@ -125,8 +125,9 @@ pub struct SnapshotConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplyConfig {
-    /// A destination transaction holds at most this many changed rows...
-    pub batch_max_rows: usize,
+    /// A destination transaction holds at most this many changed rows (default: the
+    /// destination's, see [`crate::destination::Destination::default_batch_rows`])...
+    pub batch_max_rows: Option<usize>,
     /// ...and at most this many bytes of row data...
     pub batch_max_bytes: usize,
     /// ...and waits at most this long for more source transactions (the latency bound).
@@ -138,7 +139,7 @@ pub struct ApplyConfig {
 impl Default for ApplyConfig {
     fn default() -> Self {
         ApplyConfig {
-            batch_max_rows: 10_000,
+            batch_max_rows: None,
             batch_max_bytes: 64 << 20,
             batch_max_wait_ms: 500,
             max_memory_bytes: 128 << 20,
@@ -147,9 +148,23 @@ impl Default for ApplyConfig {
 }
 
 impl ApplyConfig {
+    /// The batch row limit when the configuration sets none.
+    pub const DEFAULT_BATCH_ROWS: usize = 10_000;
+
+    /// The row limit of a batch.
+    pub fn batch_rows(&self) -> usize {
+        self.batch_max_rows.unwrap_or(Self::DEFAULT_BATCH_ROWS)
+    }
+
+    /// These limits with the row limit set to `rows` unless the configuration sets one.
+    pub fn with_default_rows(mut self, rows: usize) -> Self {
+        self.batch_max_rows.get_or_insert(rows);
+        self
+    }
+
     /// Whether a batch of `rows` changes holding `bytes` of row data must be written now.
     pub fn batch_full(&self, rows: usize, bytes: usize) -> bool {
-        rows >= self.batch_max_rows || bytes >= self.batch_max_bytes
+        rows >= self.batch_rows() || bytes >= self.batch_max_bytes
     }
 }
 

@@ -36,7 +36,11 @@ fn minimal_config_gets_defaults() {
     let c = load(MINIMAL).unwrap();
     assert_eq!(c.source.slot, "cdc");
     assert_eq!(c.destination.state_schema, "cdc");
-    assert_eq!(c.apply.batch_max_rows, 10_000);
+    assert_eq!(
+        c.apply.batch_max_rows, None,
+        "the destination's default applies"
+    );
+    assert_eq!(c.apply.batch_rows(), 10_000);
     let (src, dst) = &c.table_pairs()[0];
     assert_eq!(src, dst);
 }

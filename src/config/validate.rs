@@ -167,7 +167,10 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
     }
 
     for (field, value) in [
-        ("apply.batch_max_rows", c.apply.batch_max_rows as u64),
+        (
+            "apply.batch_max_rows",
+            c.apply.batch_max_rows.map_or(1, |n| n as u64),
+        ),
         ("apply.batch_max_bytes", c.apply.batch_max_bytes as u64),
         ("apply.batch_max_wait_ms", c.apply.batch_max_wait_ms),
         ("apply.max_memory_bytes", c.apply.max_memory_bytes as u64),

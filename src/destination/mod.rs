@@ -112,6 +112,10 @@ pub trait Destination: Send + Sync {
     /// Whether two sessions may hold open write transactions at once, with row locks
     /// ordering them: the apply-ahead path (`stream/speculate.rs`) needs it.
     fn concurrent_sessions(&self) -> bool;
+    /// Changed rows per destination transaction when `apply.batch_max_rows` is not set.
+    fn default_batch_rows(&self) -> usize {
+        crate::config::ApplyConfig::DEFAULT_BATCH_ROWS
+    }
 
     /// Create the state schema and tables if missing.
     async fn ensure_state(&self) -> Result<()>;

@@ -38,6 +38,28 @@ use crate::lsn::Lsn;
 use speculate::Speculation;
 use spill::StreamedTxns;
 
+/// Where the stream is relative to source transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceTxn {
+    /// Between transactions.
+    Outside,
+    /// Inside one whose changes are applied.
+    Applying,
+    /// Inside one applied before a restart (its commit precedes the recorded position).
+    Skipping,
+}
+
+impl SourceTxn {
+    /// Entering a transaction that commits at `commit_lsn`, with `applied` recorded.
+    fn begin(commit_lsn: Lsn, applied: Lsn) -> Self {
+        if commit_lsn < applied {
+            SourceTxn::Skipping
+        } else {
+            SourceTxn::Applying
+        }
+    }
+}
+
 /// Counters since start, for logs and metrics.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -59,8 +81,8 @@ pub struct Streamer {
     /// (see `speculate.rs`), while no speculation uses it.
     spare: Option<Applier>,
     speculation: Option<Speculation>,
-    /// Inside a source transaction: whether it is skipped (applied before a restart).
-    txn: Option<bool>,
+    /// Where the stream is relative to source transactions.
+    txn: SourceTxn,
     /// End LSN and time of the last source commit written into the open destination
     /// transaction but not yet committed there.
     included: Option<(Lsn, PgTimestamp)>,
@@ -107,7 +129,7 @@ impl Streamer {
             streamed: StreamedTxns::new(limits.max_memory_bytes, std::env::temp_dir()),
             spare,
             speculation: None,
-            txn: None,
+            txn: SourceTxn::Outside,
             included: None,
             batch_started: None,
             batch_rows: 0,
@@ -127,7 +149,7 @@ impl Streamer {
     /// Nothing received is waiting to be applied: no open source transaction, no uncommitted
     /// destination work, no buffered in-progress transaction.
     pub fn is_idle(&self) -> bool {
-        self.txn.is_none()
+        self.txn == SourceTxn::Outside
             && self.included.is_none()
             && !self.applier.in_transaction()
             && self.streamed.is_empty()
@@ -137,7 +159,7 @@ impl Streamer {
     /// When the open batch must be committed (the latency bound), if one is waiting.
     pub fn commit_deadline(&self) -> Option<Instant> {
         match (self.txn, self.included, self.batch_started) {
-            (None, Some(_), Some(start)) => {
+            (SourceTxn::Outside, Some(_), Some(start)) => {
                 Some(start + Duration::from_millis(self.limits.batch_max_wait_ms))
             }
             _ => None,
@@ -199,7 +221,7 @@ impl Streamer {
         match msg {
             LogicalMessage::Begin(b) => {
                 // Applied before a restart: its commit precedes the recorded end of the last one.
-                self.txn = Some(b.final_lsn < self.applied);
+                self.txn = SourceTxn::begin(b.final_lsn, self.applied);
             }
             LogicalMessage::Commit(c) => {
                 return self.end_transaction(c.end_lsn, c.commit_time).await
@@ -215,7 +237,7 @@ impl Streamer {
                 }
             }
             LogicalMessage::Truncate(t) => {
-                if self.txn != Some(true) {
+                if self.txn != SourceTxn::Skipping {
                     let mut maps = Vec::new();
                     for id in &t.relation_ids {
                         if let Some(m) = self.mapping(*id)? {
@@ -259,7 +281,7 @@ impl Streamer {
         time: PgTimestamp,
     ) -> Result<Option<Lsn>> {
         let (mut replay, aborted) = self.streamed.take(xid)?;
-        self.txn = Some(commit_lsn < self.applied);
+        self.txn = SourceTxn::begin(commit_lsn, self.applied);
         let mut decoder = PgOutputDecoder::inside_stream(xid);
         while let Some(m) = replay.next_message()? {
             let msg = decoder.decode(m).map_err(|source| Error::Decode {
@@ -296,7 +318,7 @@ impl Streamer {
     }
 
     async fn push(&mut self, relation_id: u32, op: RowOp) -> Result<()> {
-        if self.txn == Some(true) {
+        if self.txn == SourceTxn::Skipping {
             return Ok(());
         }
         let Some(map) = self.mapping(relation_id)? else {
@@ -321,7 +343,7 @@ impl Streamer {
     }
 
     async fn end_transaction(&mut self, end_lsn: Lsn, time: PgTimestamp) -> Result<Option<Lsn>> {
-        let skipped = self.txn.take() == Some(true);
+        let skipped = std::mem::replace(&mut self.txn, SourceTxn::Outside) == SourceTxn::Skipping;
         if skipped {
             return Ok(None);
         }
@@ -330,7 +352,7 @@ impl Streamer {
         self.included = Some((end_lsn, time));
         self.start_batch();
         let waited = self.batch_started.map_or(Duration::ZERO, |s| s.elapsed());
-        if self.batch_rows >= self.limits.batch_max_rows
+        if self.batch_rows >= self.limits.batch_rows()
             || self.batch_bytes >= self.limits.batch_max_bytes
             || waited >= Duration::from_millis(self.limits.batch_max_wait_ms)
         {
@@ -341,7 +363,7 @@ impl Streamer {
 
     /// Commit the open batch if it holds whole source transactions; returns the new position.
     pub async fn commit(&mut self) -> Result<Option<Lsn>> {
-        if self.txn.is_some() {
+        if self.txn != SourceTxn::Outside {
             return Ok(None);
         }
         let Some((lsn, time)) = self.included.take() else {
@@ -365,8 +387,8 @@ impl Streamer {
 
     /// On shutdown: commit whole transactions, roll back a partial one.
     pub async fn finish(&mut self) -> Result<()> {
-        if self.txn.is_some() {
-            self.txn = None;
+        if self.txn != SourceTxn::Outside {
+            self.txn = SourceTxn::Outside;
             self.included = None;
             self.applier.rollback().await?;
         }

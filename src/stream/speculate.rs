@@ -122,7 +122,10 @@ impl Streamer {
     /// The first chunk of a streamed transaction: apply it ahead if the spare session is free.
     /// Its fallback copy goes straight to disk.
     pub(super) fn begin_speculation(&mut self, xid: u32) -> Result<()> {
-        if self.speculation.is_some() || self.txn.is_some() || self.spare.is_none() {
+        if self.speculation.is_some()
+            || self.txn != super::SourceTxn::Outside
+            || self.spare.is_none()
+        {
             return Ok(());
         }
         self.streamed.keep_on_disk(xid)?;

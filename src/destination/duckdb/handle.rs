@@ -39,7 +39,12 @@ impl Drop for Pin {
         let mut state = self.0.state.lock().expect("duckdb handle lock");
         state.pins -= 1;
         if state.pins == 0 {
+            let started = Instant::now();
             state.conn = None;
+            tracing::trace!(
+                close_ms = started.elapsed().as_millis() as u64,
+                "duckdb unpinned"
+            );
         }
     }
 }
@@ -104,14 +109,24 @@ impl Handle {
         f: impl FnOnce(&Connection) -> duckdb::Result<T>,
     ) -> Result<T> {
         let mut state = self.state.lock().expect("duckdb handle lock");
+        let started = Instant::now();
         if state.conn.is_none() {
             state.conn = Some(self.open()?);
         }
+        let opened = started.elapsed();
         let result = f(state.conn.as_ref().expect("opened above"));
+        let worked = started.elapsed() - opened;
         if state.pins == 0 {
             // Closing checkpoints the file and lets other processes in.
             state.conn = None;
         }
+        tracing::trace!(
+            what,
+            open_ms = opened.as_millis() as u64,
+            work_ms = worked.as_millis() as u64,
+            close_ms = (started.elapsed() - opened - worked).as_millis() as u64,
+            "duckdb"
+        );
         result.map_err(Error::duck(format!("{what} ({})", self.path.display())))
     }
 
@@ -131,6 +146,9 @@ impl Handle {
                 Ok(c) => {
                     // Values print and parse in UTC, as on the Postgres side.
                     let _ = c.execute_batch("SET TimeZone = 'UTC'");
+                    if let Ok(extra) = std::env::var("CDC_DUCKDB_EXPERIMENT") {
+                        c.execute_batch(&extra).map_err(Error::duck("experiment"))?;
+                    }
                     return Ok(c);
                 }
                 Err(e) => {
