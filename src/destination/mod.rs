@@ -95,6 +95,7 @@ pub enum Guarantee {
 pub enum CopyFormat {
     Text,
     Binary,
+    Csv,
 }
 
 /// One table of a snapshot: its source schema and destination name.

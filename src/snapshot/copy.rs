@@ -9,6 +9,7 @@
 //! one destination table.
 
 use super::catalog::TableSchema;
+use crate::destination::CopyFormat;
 use crate::source::replication::quote_ident;
 
 /// Tables smaller than two of these (in 8 kB pages, i.e. 64 MiB) are copied in one piece.
@@ -95,7 +96,12 @@ pub fn plan_ranges(pages: i64, jobs: usize, tid_range_scans: bool) -> Vec<PageRa
 }
 
 /// The source side: a `COPY ... TO STDOUT` statement for `part` of `table`.
-pub fn copy_out_sql(table: &TableSchema, part: Part, filter: Option<&str>, binary: bool) -> String {
+pub fn copy_out_sql(
+    table: &TableSchema,
+    part: Part,
+    filter: Option<&str>,
+    format: CopyFormat,
+) -> String {
     let cols = column_list(table);
     let range = part.pages;
     let relation = match part.leaf.and_then(|i| table.leaves.get(i)) {
@@ -112,7 +118,11 @@ pub fn copy_out_sql(table: &TableSchema, part: Part, filter: Option<&str>, binar
     if let Some(f) = filter {
         conds.push(format!("({f})"));
     }
-    let format = if binary { " (FORMAT binary)" } else { "" };
+    let format = match format {
+        CopyFormat::Text => "",
+        CopyFormat::Binary => " (FORMAT binary)",
+        CopyFormat::Csv => " (FORMAT csv)",
+    };
     // COPY reads a partitioned table, or a partition into its root's column order, only
     // through a query.
     if conds.is_empty() && !table.partitioned {
@@ -250,7 +260,7 @@ mod tests {
             pages: WHOLE,
         };
         assert_eq!(
-            copy_out_sql(&t, whole, None, true),
+            copy_out_sql(&t, whole, None, CopyFormat::Binary),
             "COPY \"public\".\"T\" (\"a\", \"C\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
@@ -264,7 +274,7 @@ mod tests {
                     }
                 },
                 Some("a > 1"),
-                false
+                CopyFormat::Text
             ),
             "COPY (SELECT \"a\", \"C\" FROM \"public\".\"T\" WHERE ctid >= '(10,0)'::tid AND (a > 1)) TO STDOUT"
         );
@@ -278,7 +288,7 @@ mod tests {
             ..t.clone()
         };
         assert_eq!(
-            copy_out_sql(&parts, whole, None, true),
+            copy_out_sql(&parts, whole, None, CopyFormat::Binary),
             "COPY (SELECT \"a\", \"C\" FROM \"public\".\"T\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
@@ -289,9 +299,9 @@ mod tests {
                     pages: WHOLE
                 },
                 None,
-                true
+                CopyFormat::Csv
             ),
-            "COPY (SELECT \"a\", \"C\" FROM ONLY \"p\".\"T_1\") TO STDOUT (FORMAT binary)"
+            "COPY (SELECT \"a\", \"C\" FROM ONLY \"p\".\"T_1\") TO STDOUT (FORMAT csv)"
         );
     }
 }

@@ -376,8 +376,7 @@ async fn copy_all(
                     break;
                 };
                 let job = &jobs[i];
-                let binary = job.format == CopyFormat::Binary;
-                let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), binary);
+                let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), job.format);
                 let rows = loader
                     .load(&mut src, &out, &job.target(), &job.bytes)
                     .await?;

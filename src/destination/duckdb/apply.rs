@@ -77,32 +77,26 @@ fn append(c: &Connection, stage: &str, rows: &[Vec<Option<String>>]) -> duckdb::
 }
 
 /// Insert text rows (already rewritten by `to_duckdb_text`) into `dest`'s `names` columns.
-pub(super) async fn insert_rows(
-    handle: &Arc<Handle>,
+pub(super) fn insert_rows(
+    c: &Connection,
     dest: &str,
-    names: &Arc<Vec<String>>,
-    types: &Arc<Vec<String>>,
-    rows: Vec<Vec<Option<String>>>,
-) -> Result<()> {
+    names: &[String],
+    types: &[String],
+    rows: &[Vec<Option<String>>],
+) -> duckdb::Result<()> {
     let cols: Vec<String> = names.iter().map(|n| quote_ident(n)).collect();
     let casts: Vec<String> = types
         .iter()
         .enumerate()
         .map(|(i, ty)| cast_expr(ty, &format!("c{i}")))
         .collect();
-    let n = names.len();
-    let sql_tail = format!(
-        "INSERT INTO {dest} ({}) SELECT {} FROM temp.main.",
+    let stage = stage(c, names.len())?;
+    append(c, &stage, rows)?;
+    c.execute_batch(&format!(
+        "INSERT INTO {dest} ({}) SELECT {} FROM temp.main.{stage}; DELETE FROM temp.main.{stage}",
         cols.join(", "),
         casts.join(", ")
-    );
-    handle
-        .run(format!("loading rows into {dest}"), move |c| {
-            let stage = stage(c, n)?;
-            append(c, &stage, &rows)?;
-            c.execute_batch(&format!("{sql_tail}{stage}; DELETE FROM temp.main.{stage}"))
-        })
-        .await
+    ))
 }
 
 /// A value for DuckDB: the Postgres text rewritten for the column's type.

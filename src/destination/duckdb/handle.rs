@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 /// loop then retries with its own backoff).
 const BUSY_WAIT: Duration = Duration::from_secs(30);
 
+/// DuckDB's buffer pool limit (it spills to a temporary file beyond it).
+const MEMORY_LIMIT: &str = "128MB";
+
 pub struct Handle {
     path: PathBuf,
     /// Opened read-only (`cdc verify`, `cdc status` readers never write).
@@ -90,6 +93,27 @@ impl Handle {
         Pin(self.clone())
     }
 
+    /// Another connection to the same open database (for work in parallel, e.g. snapshot
+    /// loaders), with the file kept open while the returned `Pin` lives.
+    pub fn connection(self: &Arc<Self>) -> Result<(Connection, Pin)> {
+        let pin = self.pin();
+        let mut state = self.state.lock().expect("duckdb handle lock");
+        if state.conn.is_none() {
+            state.conn = Some(self.open()?);
+        }
+        let conn = state
+            .conn
+            .as_ref()
+            .expect("opened above")
+            .try_clone()
+            .map_err(Error::duck(format!(
+                "connecting to {}",
+                self.path.display()
+            )))?;
+        drop(state);
+        Ok((conn, pin))
+    }
+
     /// Run `f` on the connection in a blocking thread; `what` names the work in errors.
     pub async fn run<T, F>(self: &Arc<Self>, what: impl Into<String>, f: F) -> Result<T>
     where
@@ -144,11 +168,11 @@ impl Handle {
             };
             match opened {
                 Ok(c) => {
-                    // Values print and parse in UTC, as on the Postgres side.
+                    // Values print and parse in UTC, as on the Postgres side. DuckDB's buffer
+                    // pool would grow to 80% of the machine's memory; cdc is a sidecar.
                     let _ = c.execute_batch("SET TimeZone = 'UTC'");
-                    if let Ok(extra) = std::env::var("CDC_DUCKDB_EXPERIMENT") {
-                        c.execute_batch(&extra).map_err(Error::duck("experiment"))?;
-                    }
+                    c.execute_batch(&format!("SET memory_limit = '{MEMORY_LIMIT}'"))
+                        .map_err(Error::duck("limiting DuckDB's memory"))?;
                     return Ok(c);
                 }
                 Err(e) => {

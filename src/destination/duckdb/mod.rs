@@ -18,13 +18,14 @@
 //! **Exactly once**: the rows and the applied position commit in one DuckDB transaction.
 
 mod apply;
+mod copy_in;
 mod copy_text;
 mod handle;
 pub mod types;
 pub mod verify;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,10 +38,8 @@ use crate::metrics::Metrics;
 use crate::snapshot::catalog::{TableSchema, UserType};
 use crate::source::copy_out::CopySource;
 use crate::source::replication::{quote_ident, quote_literal};
+use copy_in::CopyIn;
 use handle::{Handle, Pin};
-
-/// Rows staged before they are moved into the destination table during a snapshot.
-const LOAD_BATCH_ROWS: usize = 50_000;
 
 /// A DuckDB file.
 pub struct DuckDbDestination {
@@ -309,7 +308,7 @@ impl Destination for DuckDbDestination {
                 sql.push(format!("DROP TABLE IF EXISTS {}", t.destination.quoted()));
             }
             // Generated columns are left out: their Postgres expressions are not DuckDB's.
-            let cols: Vec<String> = t
+            let mut cols: Vec<String> = t
                 .schema
                 .copied_columns()
                 .map(|c| {
@@ -318,6 +317,17 @@ impl Destination for DuckDbDestination {
                     format!("{} {ty}{null}", quote_ident(&c.name))
                 })
                 .collect();
+            // The key is declared before the load: building it afterwards is faster in
+            // DuckDB (1.7 s against 2.5 s for 5M rows) but takes 300 MB of memory at once.
+            if !t.schema.primary_key.is_empty() {
+                let key: Vec<String> = t
+                    .schema
+                    .primary_key
+                    .iter()
+                    .map(|c| quote_ident(c))
+                    .collect();
+                cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+            }
             sql.push(format!(
                 "CREATE TABLE {} ({})",
                 t.destination.quoted(),
@@ -333,14 +343,19 @@ impl Destination for DuckDbDestination {
             .await
     }
 
-    fn copy_format(&self, _table: &TableSchema) -> CopyFormat {
-        CopyFormat::Text
+    fn copy_format(&self, table: &TableSchema) -> CopyFormat {
+        copy_in::format(&copied_types(table))
     }
 
     async fn loader(&self) -> Result<Box<dyn Loader>> {
+        // A connection per worker: DuckDB appends to tables from several at once.
+        let handle = self.handle.clone();
+        let (conn, pin) = tokio::task::spawn_blocking(move || handle.connection())
+            .await
+            .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))??;
         Ok(Box::new(DuckLoader {
-            handle: self.handle.clone(),
-            _pin: self.handle.pin(),
+            copy_in: CopyIn::new(conn),
+            _pin: pin,
         }))
     }
 
@@ -350,29 +365,14 @@ impl Destination for DuckDbDestination {
         table: &SnapshotTable<'_>,
         rows: u64,
     ) -> Result<Vec<String>> {
-        let d = table.destination.quoted();
-        let mut sql = vec!["BEGIN TRANSACTION".to_owned()];
-        if !table.schema.primary_key.is_empty() {
-            let cols: Vec<String> = table
-                .schema
-                .primary_key
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect();
-            sql.push(format!(
-                "ALTER TABLE {d} ADD PRIMARY KEY ({})",
-                cols.join(", ")
-            ));
-        }
-        sql.push(format!(
+        // The key was declared with the table (see `create_tables`): only the record.
+        let sql = format!(
             "INSERT INTO {} (slot, source_table, destination_table, rows) VALUES ({}, {}, {}, {rows})",
             self.t("snapshot_tables"),
             quote_literal(slot),
             quote_literal(&table.schema.name.to_string()),
             quote_literal(&table.destination.to_string()),
-        ));
-        sql.push("COMMIT".into());
-        let sql = sql.join(";\n");
+        );
         self.handle
             .run(format!("finishing {}", table.destination), move |c| {
                 c.execute_batch(&sql)
@@ -401,9 +401,9 @@ impl Destination for DuckDbDestination {
     }
 }
 
-/// Snapshot rows in COPY text format, staged and moved into the table in large blocks.
+/// A snapshot worker's connection: loads ranges through `CopyIn`.
 struct DuckLoader {
-    handle: Arc<Handle>,
+    copy_in: CopyIn,
     /// The file stays open for the whole snapshot.
     _pin: Pin,
 }
@@ -417,51 +417,20 @@ impl Loader for DuckLoader {
         table: &SnapshotTable<'_>,
         bytes: &AtomicU64,
     ) -> Result<u64> {
-        let types = Arc::new(copied_types(table.schema));
-        let names: Arc<Vec<String>> = Arc::new(
-            table
-                .schema
-                .copied_columns()
-                .map(|c| c.name.clone())
-                .collect(),
-        );
-        let dest = table.destination.quoted();
-        let shown = table.destination.to_string();
-        src.copy_out(out_sql).await?;
-        let mut reader = copy_text::RowReader::default();
-        let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(LOAD_BATCH_ROWS);
-        let mut total = 0u64;
-        let bad = |e: String| Error::Definite(format!("loading {shown}: {e}"));
-        loop {
-            let chunk = src.next_chunk().await?;
-            let Some(chunk) = chunk else { break };
-            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            reader
-                .feed(&chunk, |mut row| {
-                    for ((v, ty), name) in row.iter_mut().zip(types.iter()).zip(names.iter()) {
-                        if let Some(text) = v {
-                            let converted = types::to_duckdb_text(ty, text)
-                                .map_err(|e| format!("column {name}: {e}"))?;
-                            if let std::borrow::Cow::Owned(o) = converted {
-                                *text = o;
-                            }
-                        }
-                    }
-                    rows.push(row);
-                    Ok(())
-                })
-                .map_err(bad)?;
-            if rows.len() >= LOAD_BATCH_ROWS {
-                total += rows.len() as u64;
-                let block = std::mem::replace(&mut rows, Vec::with_capacity(LOAD_BATCH_ROWS));
-                apply::insert_rows(&self.handle, &dest, &names, &types, block).await?;
-            }
-        }
-        reader.finish().map_err(bad)?;
-        if !rows.is_empty() {
-            total += rows.len() as u64;
-            apply::insert_rows(&self.handle, &dest, &names, &types, rows).await?;
-        }
-        Ok(total)
+        let names: Vec<String> = table
+            .schema
+            .copied_columns()
+            .map(|c| c.name.clone())
+            .collect();
+        self.copy_in
+            .load(
+                src,
+                out_sql,
+                &table.destination.quoted(),
+                &names,
+                &copied_types(table.schema),
+                bytes,
+            )
+            .await
     }
 }

@@ -1,10 +1,9 @@
 //! `cdc verify` against a DuckDB file: the comparison runs inside DuckDB.
 //!
 //! DuckDB cannot compute Postgres' `hashtextextended`, so the range-hash descent that verify
-//! runs on two Postgres servers does not apply. Instead the source's rows are read once
-//! (`COPY … TO STDOUT`, text), converted exactly as the snapshot converts them
-//! (`types::to_duckdb_text` and the per-type cast) into a temporary table of the destination's
-//! column types, and three queries find the rows missing from the destination, the rows that
+//! runs on two Postgres servers does not apply. Instead the source's rows are read once and
+//! loaded exactly as the snapshot loads them (`copy_in::CopyIn`) into a temporary table of the
+//! destination's column types, and three queries find the rows missing from the destination, the rows that
 //! differ (`IS DISTINCT FROM` on typed values: an equal value is equal whatever its text), and
 //! the extra ones. Both sides' values are reported as DuckDB prints them.
 //!
@@ -13,17 +12,16 @@
 //! stays bounded: rows are loaded in blocks, and DuckDB spills a large temporary table to disk.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use duckdb::params;
 
-use super::apply::insert_rows;
-use super::copy_text::RowReader;
+use super::copy_in::{self, CopyIn};
 use super::handle::Handle;
-use super::types::to_duckdb_text;
-use super::LOAD_BATCH_ROWS;
 use crate::config::TableName;
 use crate::conninfo::ConnInfo;
+use crate::destination::CopyFormat;
 use crate::error::{Error, Result};
 use crate::source::copy_out::CopySource;
 use crate::source::replication::quote_ident;
@@ -112,77 +110,61 @@ impl DuckDbReader {
         spec: &CompareSpec<'_>,
         types: &[String],
     ) -> Result<Comparison> {
-        // The temporary table lives in this connection: keep it open throughout.
-        let _pin = self.handle.pin();
-        let staged = "temp.main.cdc_verify_source";
+        // A connection of its own: the temporary table lives in it.
+        let handle = self.handle.clone();
+        let (conn, _pin) = tokio::task::spawn_blocking(move || handle.connection())
+            .await
+            .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))??;
         let typed: Vec<String> = types
             .iter()
             .enumerate()
             .map(|(i, t)| format!("c{i} {t}"))
             .collect();
-        let create = format!(
+        conn.execute_batch(&format!(
             "CREATE OR REPLACE TEMP TABLE cdc_verify_source ({})",
             typed.join(", ")
-        );
-        self.handle
-            .run("preparing the comparison", move |c| {
-                c.execute_batch(&create)
-            })
-            .await?;
+        ))
+        .map_err(Error::duck("preparing the comparison"))?;
 
         let cols: Vec<String> = spec.columns.iter().map(|c| quote_ident(c)).collect();
         let filter = spec
             .source_filter
             .map_or(String::new(), |f| format!(" WHERE ({f})"));
+        let format = match copy_in::format(types) {
+            CopyFormat::Csv => " (FORMAT csv)",
+            _ => "",
+        };
         let copy = format!(
-            "COPY (SELECT {} FROM {}{filter}) TO STDOUT",
+            "COPY (SELECT {} FROM {}{filter}) TO STDOUT{format}",
             cols.join(", "),
             spec.source.quoted()
         );
         let mut src = CopySource::connect(source).await?;
         src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        src.copy_out(&copy).await?;
-        let names: Arc<Vec<String>> = Arc::new((0..types.len()).map(|i| format!("c{i}")).collect());
-        let types_arc: Arc<Vec<String>> = Arc::new(types.to_vec());
-        let mut reader = RowReader::default();
-        let mut rows: Vec<Vec<Option<String>>> = Vec::new();
-        let mut source_rows = 0i64;
-        let bad = |e: String| Error::Definite(format!("reading {}: {e}", spec.source));
-        while let Some(chunk) = src.next_chunk().await? {
-            reader
-                .feed(&chunk, |mut row| {
-                    for ((v, ty), name) in row.iter_mut().zip(types).zip(spec.columns) {
-                        if let Some(text) = v {
-                            let converted = to_duckdb_text(ty, text)
-                                .map_err(|e| format!("column {name}: {e}"))?;
-                            if let std::borrow::Cow::Owned(o) = converted {
-                                *text = o;
-                            }
-                        }
-                    }
-                    rows.push(row);
-                    Ok(())
-                })
-                .map_err(bad)?;
-            if rows.len() >= LOAD_BATCH_ROWS {
-                source_rows += rows.len() as i64;
-                let block = std::mem::take(&mut rows);
-                insert_rows(&self.handle, staged, &names, &types_arc, block).await?;
-            }
-        }
-        reader.finish().map_err(bad)?;
+        let names: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
+        let mut copy_in = CopyIn::new(conn);
+        let source_rows = copy_in
+            .load(
+                &mut src,
+                &copy,
+                "temp.main.cdc_verify_source",
+                &names,
+                types,
+                &AtomicU64::new(0),
+            )
+            .await? as i64;
         src.execute("COMMIT").await?;
         src.close().await;
-        if !rows.is_empty() {
-            source_rows += rows.len() as i64;
-            insert_rows(&self.handle, staged, &names, &types_arc, rows).await?;
-        }
+        let conn = copy_in.into_connection();
 
         let dest = spec.destination.quoted();
         let n = spec.columns.len();
         let source_view: Vec<String> = (0..n).map(|i| format!("c{i} AS {}", cols[i])).collect();
-        let s = format!("(SELECT {} FROM {staged})", source_view.join(", "));
+        let s = format!(
+            "(SELECT {} FROM temp.main.cdc_verify_source)",
+            source_view.join(", ")
+        );
         let on: Vec<String> = spec
             .key
             .iter()
@@ -225,44 +207,44 @@ impl DuckDbReader {
         let count_sql = format!("SELECT count(*) FROM {dest}");
         let max = spec.max_differences;
         let what = format!("comparing {} with {}", spec.source, spec.destination);
-        self.handle
-            .run(what, move |c| {
-                let fetch = |sql: &str, width: usize| -> duckdb::Result<Vec<Texts>> {
-                    let mut stmt = c.prepare(sql)?;
-                    let rows = stmt.query_map([], |r| {
-                        (0..width).map(|i| r.get::<_, Option<String>>(i)).collect()
-                    })?;
-                    rows.collect()
-                };
-                let destination_rows: i64 = c.query_row(&count_sql, [], |r| r.get(0))?;
-                let mut out = Comparison {
-                    source_rows,
-                    destination_rows,
-                    missing: fetch(&missing_sql, n)?,
-                    changed: fetch(&changed_sql, 2 * n)?
-                        .into_iter()
-                        .map(|mut r| {
-                            let d = r.split_off(n);
-                            (r, d)
-                        })
-                        .collect(),
-                    extra: fetch(&extra_sql, n)?,
-                    truncated: false,
-                    queries: 4,
-                };
-                let total = out.missing.len() + out.changed.len() + out.extra.len();
-                if total > max {
-                    out.truncated = true;
-                    let mut room = max;
-                    for list in [&mut out.missing, &mut out.extra] {
-                        list.truncate(room);
-                        room -= list.len();
-                    }
-                    out.changed.truncate(room);
+        tokio::task::spawn_blocking(move || {
+            let fetch = |sql: &str, width: usize| -> duckdb::Result<Vec<Texts>> {
+                let mut stmt = conn.prepare(sql)?;
+                let rows = stmt.query_map([], |r| {
+                    (0..width).map(|i| r.get::<_, Option<String>>(i)).collect()
+                })?;
+                rows.collect()
+            };
+            let destination_rows: i64 = conn.query_row(&count_sql, [], |r| r.get(0))?;
+            let mut out = Comparison {
+                source_rows,
+                destination_rows,
+                missing: fetch(&missing_sql, n)?,
+                changed: fetch(&changed_sql, 2 * n)?
+                    .into_iter()
+                    .map(|mut r| {
+                        let d = r.split_off(n);
+                        (r, d)
+                    })
+                    .collect(),
+                extra: fetch(&extra_sql, n)?,
+                truncated: false,
+                queries: 4,
+            };
+            let total = out.missing.len() + out.changed.len() + out.extra.len();
+            if total > max {
+                out.truncated = true;
+                let mut room = max;
+                for list in [&mut out.missing, &mut out.extra] {
+                    list.truncate(room);
+                    room -= list.len();
                 }
-                c.execute_batch("DROP TABLE IF EXISTS temp.main.cdc_verify_source")?;
-                Ok(out)
-            })
-            .await
+                out.changed.truncate(room);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))?
+        .map_err(Error::duck(what))
     }
 }
