@@ -4,6 +4,9 @@
 //!     `cdc snapshot` against `psql -c "COPY … TO STDOUT (FORMAT csv)" | duckdb FILE -c "COPY …
 //!     FROM '/dev/stdin'"` (the DuckDB CLI from PyPI `duckdb-cli`), into a table with and
 //!     without a primary key, alternated in each repetition.
+//!     What a user would pick instead runs in the same repetitions when installed: the seed
+//!     tool `pgwarehouse sync` (PyPI `pgwarehouse` 0.1.5) and `sling run` (PyPI
+//!     `sling-linux-amd64` 1.4.11, offline with DuckDB's installed extensions).
 //! (b) Backlog drain: `BENCH_TXNS` pgbench TPC-B transactions (3 keyed row changes each to the
 //!     replicated tables) written while `cdc run` is stopped; then `cdc run` drains them. Done
 //!     when the slot has confirmed the source's WAL position taken after the load.
@@ -98,9 +101,62 @@ fn main() {
         timed(cmd).0
     };
     let (mut with_key, mut without_key, mut ours, mut peaks) = (vec![], vec![], vec![], vec![]);
+    let (mut pgw_times, mut sling_times) = (vec![], vec![]);
+    let pgwarehouse = which("pgwarehouse");
+    let sling = sling_binary();
+    let pgw_config = dir.join("pgwarehouse.yml");
+    std::fs::write(
+        &pgw_config,
+        format!(
+            "postgres:\n  pghost: 127.0.0.1\n  pgport: {}\n  pgdatabase: postgres\n  pguser: {SUPERUSER}\n  \
+             pgpassword: '{}'\n  pgsslmode: disable\nwarehouse:\n  backend: duckdb\n  duckdb_path: {}\n",
+            source.port(),
+            source.password(),
+            file.display()
+        ),
+    )
+    .unwrap();
     for rep in 1..=reps {
         let k = ceiling(true);
         let n = ceiling(false);
+        if let Some(bin) = &pgwarehouse {
+            fresh();
+            let _ = std::fs::remove_dir_all(dir.join("pgw-data"));
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config")
+                .arg(&pgw_config)
+                .arg("--data")
+                .arg(dir.join("pgw-data"))
+                .args(["sync", "pgbench_accounts"])
+                // It runs psql with the PG* variables, and sets PGPORT only from the environment.
+                .env("PGPASSWORD", source.password())
+                .env("PGPORT", source.port().to_string())
+                .env("PGSSLMODE", "disable")
+                .stderr(Stdio::null());
+            let (secs, peak) = timed(cmd);
+            eprintln!("rep {rep}: pgwarehouse sync {secs:.2}s (peak RSS {:.1} MiB)", peak as f64 / 1024.0);
+            pgw_times.push(secs);
+        }
+        if let Some(bin) = &sling {
+            fresh();
+            let mut cmd = Command::new(bin);
+            cmd.args(["run", "--src-conn"])
+                .arg(format!(
+                    "postgresql://{SUPERUSER}:{}@127.0.0.1:{}/postgres?sslmode=disable",
+                    source.password(),
+                    source.port()
+                ))
+                .args(["--src-stream", "public.pgbench_accounts", "--tgt-conn"])
+                .arg(format!("duckdb://{}?copy_method=csv_files", file.display()))
+                .args(["--tgt-object", "main.pgbench_accounts", "--mode", "full-refresh"])
+                .env("DUCKDB_USE_INSTALLED_EXTENSIONS", "true")
+                .env("DUCKDB_PATH", which(&duckdb_cli).unwrap_or_else(|| duckdb_cli.clone().into()))
+                .env("SLING_HOME_DIR", dir.join("sling-home"))
+                .stderr(Stdio::null());
+            let (secs, peak) = timed(cmd);
+            eprintln!("rep {rep}: sling run {secs:.2}s (peak RSS {:.1} MiB)", peak as f64 / 1024.0);
+            sling_times.push(secs);
+        }
         fresh();
         psql(&source, "postgres", "SELECT pg_drop_replication_slot('bench') FROM pg_replication_slots WHERE slot_name = 'bench'");
         let (c, peak) = timed(cdc(&["snapshot", "--force"]));
@@ -127,6 +183,12 @@ fn main() {
         "cdc snapshot peak RSS: max {:.1} MiB",
         *peaks.iter().max().unwrap() as f64 / 1024.0
     );
+    for (name, times) in [("pgwarehouse sync", pgw_times), ("sling run", sling_times)] {
+        if !times.is_empty() {
+            let t = median(times);
+            println!("{name}: median {t:.2}s; cdc is {:.2}x faster", t / c);
+        }
+    }
 
     // (b) Backlog drain.
     if txns == 0 {
@@ -203,4 +265,23 @@ fn confirmed_at_least(server: &cdc::local_pg::LocalPostgres, lsn: &str) -> bool 
         server,
         &format!("SELECT coalesce(confirmed_flush_lsn >= '{lsn}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
     ) == "t"
+}
+
+/// The path of `name` on PATH, if it is installed.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The sling binary the PyPI package ships, if it is installed.
+fn sling_binary() -> Option<std::path::PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sling_linux_amd64, os; print(os.path.join(os.path.dirname(sling_linux_amd64.__file__), 'bin', 'sling-linux-amd64'))"])
+        .output()
+        .ok()?;
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    path.is_file().then_some(path)
 }

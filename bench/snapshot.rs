@@ -7,6 +7,14 @@
 //! Every variant also reports the CPU the whole machine used while it ran (both servers,
 //! psql, cdc), which says whether it was bound by the cores.
 //!
+//! What users compare us with also runs, each into a fresh database per repetition:
+//! `pg_dump -t pgbench_accounts | psql` (table, rows, primary key) and, when installed (Debian
+//! package `pgcopydb`), `pgcopydb clone` of the source database (its other pgbench tables are
+//! tiny; `--table-jobs` and `--index-jobs` = `BENCH_JOBS` or the cores).
+//!
+//! `BENCH_CDC_BASELINE=PATH` runs another cdc binary (an earlier commit's) the same way in each
+//! repetition, to compare two versions in one run.
+//!
 //! Prints each repetition, the medians, their ratios, and the peak RSS of `cdc`.
 //! `BENCH_SCALE` (default 50 = 5 million rows), `BENCH_REPS` (default 3), `BENCH_JOBS`
 //! (`snapshot.jobs`, default 0 = cores) and `BENCH_LOG` (cdc's log filter) tune it.
@@ -57,6 +65,22 @@ fn main() {
 
     let (mut pipe_times, mut cdc_times, mut keyed_times, mut peaks) =
         (vec![], vec![], vec![], vec![]);
+    let (mut dump_times, mut pgcopydb_times) = (vec![], vec![]);
+    // Another cdc binary (e.g. an earlier commit's) run the same way in each repetition.
+    let baseline_bin = std::env::var_os("BENCH_CDC_BASELINE").map(std::path::PathBuf::from);
+    let mut baseline_times = vec![];
+    let pgcopydb = which("pgcopydb");
+    let jobs = match std::env::var("BENCH_JOBS").ok().and_then(|j| j.parse::<usize>().ok()) {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let url = |server: &cdc::local_pg::LocalPostgres, db: &str| {
+        format!(
+            "postgresql://{SUPERUSER}:{}@127.0.0.1:{}/{db}",
+            server.password(),
+            server.port()
+        )
+    };
     let (mut pipe_cpu, mut cdc_cpu, mut keyed_cpu) = (vec![], vec![], vec![]);
     for rep in 1..=reps {
         let pipe = format!(
@@ -89,27 +113,72 @@ fn main() {
         };
         let (pipe_s, pipe_c) = run_pipe(false);
         let (keyed_s, keyed_c) = run_pipe(true);
+        let fresh_db = |name: &str| {
+            psql(&dest, "postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+            psql(&dest, "postgres", &format!("CREATE DATABASE {name}"));
+        };
+        fresh_db("viadump");
+        let mut dump = Command::new("bash");
+        dump.args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "{} -d '{}' -t pgbench_accounts | {} -X -q -d '{}'",
+                bindir.join("pg_dump").display(),
+                url(&source, "postgres"),
+                bindir.join("psql").display(),
+                url(&dest, "viadump")
+            ),
+        ]);
+        let (dump_s, _) = timed(dump);
+        dump_times.push(dump_s);
+        let copydb_s = pgcopydb.as_ref().map(|bin| {
+            fresh_db("viapgcopydb");
+            let work = std::env::temp_dir().join(format!("cdc-bench-pgcopydb-{rep}"));
+            let _ = std::fs::remove_dir_all(&work);
+            let mut cmd = Command::new(bin);
+            cmd.args(["clone", "--source", &url(&source, "postgres"), "--target", &url(&dest, "viapgcopydb")])
+                .args(["--table-jobs", &jobs.to_string(), "--index-jobs", &jobs.to_string()])
+                .arg("--dir")
+                .arg(&work)
+                .env("PATH", format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap_or_default()))
+                .stderr(std::process::Stdio::null());
+            let (secs, _) = timed(cmd);
+            pgcopydb_times.push(secs);
+            secs
+        });
 
-        let mut cmd = Command::new(&cdc_bin);
-        cmd.args([
-            "--config",
-            config.to_str().unwrap(),
-            "--log-format",
-            "json",
-            "snapshot",
-            "--force",
-        ])
-        .env(
-            "CDC_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        let before = machine_cpu();
-        let (cdc_s, peak_kib) = timed(cmd);
-        let cdc_c = busy_between(before, machine_cpu()).0;
+        let snapshot = |bin: &std::path::Path| {
+            let mut cmd = Command::new(bin);
+            cmd.args([
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+                "snapshot",
+                "--force",
+            ])
+            .env(
+                "CDC_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+            let before = machine_cpu();
+            let (secs, peak_kib) = timed(cmd);
+            (secs, peak_kib, busy_between(before, machine_cpu()).0)
+        };
+        if let Some(bin) = &baseline_bin {
+            let (secs, _, cpu) = snapshot(bin);
+            eprintln!("rep {rep}: baseline cdc {secs:.2}s ({cpu:.1} CPU-s)");
+            baseline_times.push(secs);
+        }
+        let (cdc_s, peak_kib, cdc_c) = snapshot(&cdc_bin);
         eprintln!(
             "rep {rep}: psql pipe {pipe_s:.2}s ({pipe_c:.1} CPU-s), pipe + key {keyed_s:.2}s ({keyed_c:.1} CPU-s), \
-             cdc snapshot {cdc_s:.2}s ({cdc_c:.1} CPU-s, peak RSS {:.1} MiB)",
-            peak_kib as f64 / 1024.0
+             cdc snapshot {cdc_s:.2}s ({cdc_c:.1} CPU-s, peak RSS {:.1} MiB), pg_dump | psql {dump_s:.2}s, \
+             pgcopydb clone {}",
+            peak_kib as f64 / 1024.0,
+            copydb_s.map_or("not installed".into(), |s| format!("{s:.2}s"))
         );
         pipe_times.push(pipe_s);
         keyed_times.push(keyed_s);
@@ -133,8 +202,27 @@ fn main() {
         cc / cores,
         cc / cores / p
     );
+    if !baseline_times.is_empty() {
+        let b = median(baseline_times);
+        println!("baseline cdc binary: median {b:.2}s; this cdc / baseline: {:.2}", c / b);
+    }
+    let d = median(dump_times);
+    println!("pg_dump -t | psql (key included): median {d:.2}s; cdc is {:.2}x faster", d / c);
+    if !pgcopydb_times.is_empty() {
+        let g = median(pgcopydb_times);
+        println!("pgcopydb clone (key included): median {g:.2}s; cdc is {:.2}x faster", g / c);
+    }
     println!(
         "cdc peak RSS: max {:.1} MiB",
         *peaks.iter().max().unwrap() as f64 / 1024.0
     );
+}
+
+/// The path of `name` on PATH, if it is installed.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }

@@ -43,6 +43,23 @@ pub async fn connect(info: &ConnInfo) -> Result<Client> {
     Ok(client)
 }
 
+/// Empty `search_path` on a session: every name we send is qualified, and `format_type` and
+/// `pg_get_indexdef` qualify every non-`pg_catalog` name, so derived SQL means the same thing
+/// on any server whatever its search path.
+pub async fn qualify_names(client: &Client) -> Result<()> {
+    client
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(Error::pg("emptying the session's search_path"))
+}
+
+/// [`connect`], then [`qualify_names`].
+pub async fn connect_qualified(info: &ConnInfo) -> Result<Client> {
+    let client = connect(info).await?;
+    qualify_names(&client).await?;
+    Ok(client)
+}
+
 /// Run a connection's I/O until the client goes away; its errors surface on the client too.
 async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
     if let Err(e) = conn.await {

@@ -148,11 +148,7 @@ async fn stream_once(
     })?;
     let applied = state.applied_lsn.unwrap_or_default();
 
-    let catalog = crate::pg::connect(&src_info).await?;
-    catalog
-        .batch_execute("SET search_path = ''")
-        .await
-        .map_err(Error::pg("preparing the source catalog session"))?;
+    let catalog = crate::pg::connect_qualified(&src_info).await?;
     check_slot(&catalog, slot, applied).await?;
 
     let mut repl = ReplicationClient::connect(&src_info).await?;

@@ -291,6 +291,17 @@ async fn every_type_and_change_kind_arrives_exactly_in_duckdb() {
         vec![row(&["1", "NULL"]), row(&["8", "2.5"])],
     )
     .await;
+    p.src_sql
+        .batch_execute("ALTER TABLE k DROP COLUMN extra; INSERT INTO k VALUES (9, 'nine')")
+        .await
+        .unwrap();
+    wait_rows(
+        &file,
+        "SELECT count(*)::VARCHAR FROM duckdb_columns() WHERE table_name = 'k' AND column_name = 'extra'",
+        vec![row(&["0"])],
+    )
+    .await;
+    wait_rows(&file, "SELECT v FROM public.k WHERE id = 9", vec![row(&["nine"])]).await;
     p.src_sql.batch_execute("TRUNCATE dup").await.unwrap();
     wait_rows(
         &file,
@@ -506,4 +517,54 @@ async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
         "{t}"
     );
     cdc(&p, &["teardown", "--yes"]).output().unwrap();
+}
+
+#[tokio::test]
+async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tables() {
+    let (p, file) = duck_pipeline(
+        "duck_pgbench",
+        "SELECT 1",
+        "[[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_branches\"\n\
+         [[tables]]\nsource = \"public.pgbench_tellers\"\n[[tables]]\nsource = \"public.pgbench_history\"\n",
+    )
+    .await;
+    let pgbench = |args: &[&str]| {
+        let mut c = Command::new(cdc::local_pg::find_bindir().unwrap().join("pgbench"));
+        c.args(args)
+            .args(["-h", "127.0.0.1", "-U", cdc::local_pg::SUPERUSER])
+            .args(["-p", &crate::harness::servers().source.port().to_string(), &p.src.dbname])
+            .env("PGPASSWORD", crate::harness::servers().source.password())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    assert!(pgbench(&["-i", "-q", "-s", "1"]).status().unwrap().success());
+    p.src_sql
+        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    // The load starts with the snapshot and goes on while changes stream.
+    let mut load = pgbench(&["-T", "6", "-c", "2", "-j", "1"]).spawn().unwrap();
+    let _run = spawn_run(&p);
+    assert!(load.wait().unwrap().success(), "pgbench run failed");
+    for (table, digest) in [
+        ("pgbench_accounts", "count(*)::text || ' ' || sum(aid::bigint * 7 + abalance)::text"),
+        ("pgbench_branches", "count(*)::text || ' ' || sum(bid::bigint * 7 + bbalance)::text"),
+        ("pgbench_tellers", "count(*)::text || ' ' || sum(tid::bigint * 7 + tbalance)::text"),
+        ("pgbench_history", "count(*)::text || ' ' || sum(tid::bigint * 7 + delta)::text"),
+    ] {
+        let expected: String = p
+            .src_sql
+            .query_one(&format!("SELECT {digest} FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        let duck = digest.replace("::text", "::VARCHAR").replace("::bigint", "::BIGINT");
+        wait_rows(
+            &file,
+            &format!("SELECT {duck} FROM public.{table}"),
+            vec![vec![expected]],
+        )
+        .await;
+    }
 }

@@ -121,10 +121,7 @@ impl UserType {
 
 /// A SQL session for catalog reads (`search_path` emptied for the reasons above).
 pub async fn prepare_session(client: &Client) -> Result<()> {
-    client
-        .batch_execute("SET search_path = ''")
-        .await
-        .map_err(Error::pg("preparing catalog session"))
+    crate::pg::qualify_names(client).await
 }
 
 /// Read one table; `None` when it does not exist.

@@ -48,10 +48,7 @@ pub(super) struct TableInfo {
 pub(super) async fn read_table(client: &Client, table: &TableName) -> Result<Option<TableInfo>> {
     let ctx = || format!("reading the catalog for {table}");
     // An empty search_path makes format_type qualify every non-pg_catalog type name.
-    client
-        .batch_execute("SET search_path = ''")
-        .await
-        .map_err(Error::pg(ctx()))?;
+    crate::pg::qualify_names(client).await?;
     let columns = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attcollation <> 0, a.attnotnull

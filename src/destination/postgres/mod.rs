@@ -50,17 +50,6 @@ impl PgDestination {
     }
 }
 
-/// Connect a session whose search path is empty: every name we send is qualified, and type
-/// names come back qualified from `format_type`.
-pub(crate) async fn connect_qualified(info: &ConnInfo, what: &'static str) -> Result<Client> {
-    let client = crate::pg::connect(info).await?;
-    client
-        .batch_execute("SET search_path = ''")
-        .await
-        .map_err(Error::pg(what))?;
-    Ok(client)
-}
-
 #[async_trait]
 impl Destination for PgDestination {
     fn kind(&self) -> &'static str {
@@ -303,7 +292,7 @@ impl Destination for PgDestination {
     }
 
     async fn session(&self, metrics: Arc<Metrics>) -> Result<Box<dyn Session>> {
-        let client = connect_qualified(&self.info, "preparing the apply session").await?;
+        let client = crate::pg::connect_qualified(&self.info).await?;
         Ok(Box::new(PgSession::new(
             client,
             self.store.clone(),
