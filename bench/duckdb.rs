@@ -134,7 +134,10 @@ fn main() {
                 .env("PGSSLMODE", "disable")
                 .stderr(Stdio::null());
             let (secs, peak) = timed(cmd);
-            eprintln!("rep {rep}: pgwarehouse sync {secs:.2}s (peak RSS {:.1} MiB)", peak as f64 / 1024.0);
+            eprintln!(
+                "rep {rep}: pgwarehouse sync {secs:.2}s (peak RSS {:.1} MiB)",
+                peak as f64 / 1024.0
+            );
             pgw_times.push(secs);
         }
         if let Some(bin) = &sling {
@@ -148,13 +151,24 @@ fn main() {
                 ))
                 .args(["--src-stream", "public.pgbench_accounts", "--tgt-conn"])
                 .arg(format!("duckdb://{}?copy_method=csv_files", file.display()))
-                .args(["--tgt-object", "main.pgbench_accounts", "--mode", "full-refresh"])
+                .args([
+                    "--tgt-object",
+                    "main.pgbench_accounts",
+                    "--mode",
+                    "full-refresh",
+                ])
                 .env("DUCKDB_USE_INSTALLED_EXTENSIONS", "true")
-                .env("DUCKDB_PATH", which(&duckdb_cli).unwrap_or_else(|| duckdb_cli.clone().into()))
+                .env(
+                    "DUCKDB_PATH",
+                    which(&duckdb_cli).unwrap_or_else(|| duckdb_cli.clone().into()),
+                )
                 .env("SLING_HOME_DIR", dir.join("sling-home"))
                 .stderr(Stdio::null());
             let (secs, peak) = timed(cmd);
-            eprintln!("rep {rep}: sling run {secs:.2}s (peak RSS {:.1} MiB)", peak as f64 / 1024.0);
+            eprintln!(
+                "rep {rep}: sling run {secs:.2}s (peak RSS {:.1} MiB)",
+                peak as f64 / 1024.0
+            );
             sling_times.push(secs);
         }
         fresh();

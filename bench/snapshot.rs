@@ -70,7 +70,10 @@ fn main() {
     let baseline_bin = std::env::var_os("BENCH_CDC_BASELINE").map(std::path::PathBuf::from);
     let mut baseline_times = vec![];
     let pgcopydb = which("pgcopydb");
-    let jobs = match std::env::var("BENCH_JOBS").ok().and_then(|j| j.parse::<usize>().ok()) {
+    let jobs = match std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+    {
         Some(n) if n > 0 => n,
         _ => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
@@ -114,7 +117,11 @@ fn main() {
         let (pipe_s, pipe_c) = run_pipe(false);
         let (keyed_s, keyed_c) = run_pipe(true);
         let fresh_db = |name: &str| {
-            psql(&dest, "postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+            psql(
+                &dest,
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {name}"),
+            );
             psql(&dest, "postgres", &format!("CREATE DATABASE {name}"));
         };
         fresh_db("viadump");
@@ -138,12 +145,30 @@ fn main() {
             let work = std::env::temp_dir().join(format!("cdc-bench-pgcopydb-{rep}"));
             let _ = std::fs::remove_dir_all(&work);
             let mut cmd = Command::new(bin);
-            cmd.args(["clone", "--source", &url(&source, "postgres"), "--target", &url(&dest, "viapgcopydb")])
-                .args(["--table-jobs", &jobs.to_string(), "--index-jobs", &jobs.to_string()])
-                .arg("--dir")
-                .arg(&work)
-                .env("PATH", format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap_or_default()))
-                .stderr(std::process::Stdio::null());
+            cmd.args([
+                "clone",
+                "--source",
+                &url(&source, "postgres"),
+                "--target",
+                &url(&dest, "viapgcopydb"),
+            ])
+            .args([
+                "--table-jobs",
+                &jobs.to_string(),
+                "--index-jobs",
+                &jobs.to_string(),
+            ])
+            .arg("--dir")
+            .arg(&work)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bindir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .stderr(std::process::Stdio::null());
             let (secs, _) = timed(cmd);
             pgcopydb_times.push(secs);
             secs
@@ -204,13 +229,22 @@ fn main() {
     );
     if !baseline_times.is_empty() {
         let b = median(baseline_times);
-        println!("baseline cdc binary: median {b:.2}s; this cdc / baseline: {:.2}", c / b);
+        println!(
+            "baseline cdc binary: median {b:.2}s; this cdc / baseline: {:.2}",
+            c / b
+        );
     }
     let d = median(dump_times);
-    println!("pg_dump -t | psql (key included): median {d:.2}s; cdc is {:.2}x faster", d / c);
+    println!(
+        "pg_dump -t | psql (key included): median {d:.2}s; cdc is {:.2}x faster",
+        d / c
+    );
     if !pgcopydb_times.is_empty() {
         let g = median(pgcopydb_times);
-        println!("pgcopydb clone (key included): median {g:.2}s; cdc is {:.2}x faster", g / c);
+        println!(
+            "pgcopydb clone (key included): median {g:.2}s; cdc is {:.2}x faster",
+            g / c
+        );
     }
     println!(
         "cdc peak RSS: max {:.1} MiB",

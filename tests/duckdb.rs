@@ -301,7 +301,12 @@ async fn every_type_and_change_kind_arrives_exactly_in_duckdb() {
         vec![row(&["0"])],
     )
     .await;
-    wait_rows(&file, "SELECT v FROM public.k WHERE id = 9", vec![row(&["nine"])]).await;
+    wait_rows(
+        &file,
+        "SELECT v FROM public.k WHERE id = 9",
+        vec![row(&["nine"])],
+    )
+    .await;
     p.src_sql.batch_execute("TRUNCATE dup").await.unwrap();
     wait_rows(
         &file,
@@ -532,13 +537,20 @@ async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tabl
         let mut c = Command::new(cdc::local_pg::find_bindir().unwrap().join("pgbench"));
         c.args(args)
             .args(["-h", "127.0.0.1", "-U", cdc::local_pg::SUPERUSER])
-            .args(["-p", &crate::harness::servers().source.port().to_string(), &p.src.dbname])
+            .args([
+                "-p",
+                &crate::harness::servers().source.port().to_string(),
+                &p.src.dbname,
+            ])
             .env("PGPASSWORD", crate::harness::servers().source.password())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c
     };
-    assert!(pgbench(&["-i", "-q", "-s", "1"]).status().unwrap().success());
+    assert!(pgbench(&["-i", "-q", "-s", "1"])
+        .status()
+        .unwrap()
+        .success());
     p.src_sql
         .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
         .await
@@ -548,10 +560,22 @@ async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tabl
     let _run = spawn_run(&p);
     assert!(load.wait().unwrap().success(), "pgbench run failed");
     for (table, digest) in [
-        ("pgbench_accounts", "count(*)::text || ' ' || sum(aid::bigint * 7 + abalance)::text"),
-        ("pgbench_branches", "count(*)::text || ' ' || sum(bid::bigint * 7 + bbalance)::text"),
-        ("pgbench_tellers", "count(*)::text || ' ' || sum(tid::bigint * 7 + tbalance)::text"),
-        ("pgbench_history", "count(*)::text || ' ' || sum(tid::bigint * 7 + delta)::text"),
+        (
+            "pgbench_accounts",
+            "count(*)::text || ' ' || sum(aid::bigint * 7 + abalance)::text",
+        ),
+        (
+            "pgbench_branches",
+            "count(*)::text || ' ' || sum(bid::bigint * 7 + bbalance)::text",
+        ),
+        (
+            "pgbench_tellers",
+            "count(*)::text || ' ' || sum(tid::bigint * 7 + tbalance)::text",
+        ),
+        (
+            "pgbench_history",
+            "count(*)::text || ' ' || sum(tid::bigint * 7 + delta)::text",
+        ),
     ] {
         let expected: String = p
             .src_sql
@@ -559,7 +583,9 @@ async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tabl
             .await
             .unwrap()
             .get(0);
-        let duck = digest.replace("::text", "::VARCHAR").replace("::bigint", "::BIGINT");
+        let duck = digest
+            .replace("::text", "::VARCHAR")
+            .replace("::bigint", "::BIGINT");
         wait_rows(
             &file,
             &format!("SELECT {duck} FROM public.{table}"),
