@@ -94,7 +94,7 @@ pub enum Error {
         source: duckdb::Error,
     },
     /// Another process holds the DuckDB file (DuckDB allows one writer, or readers only).
-    #[error("the DuckDB file {path} is held by another process: {detail}")]
+    #[error("the DuckDB file {path} is held by another process (waited 30 s): {detail}. DuckDB lets one process write or several read; readers should open it read-only, query and close")]
     DuckDbBusy { path: String, detail: String },
     #[error("prerequisites not met, nothing was changed:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Prerequisites(Vec<String>),

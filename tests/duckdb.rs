@@ -465,6 +465,17 @@ async fn bad_duckdb_destinations_are_refused_clearly_and_leave_no_slot() {
         "the file is left as it was"
     );
     assert_eq!(p.slot_count().await, 0, "no slot left behind");
+
+    // A file another process holds: cdc waits (30 s), then says so with the transient exit
+    // code, and leaves nothing behind.
+    std::fs::remove_file(&file).unwrap();
+    let holder = Connection::open(&file).unwrap();
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("held by another process"), "{err}");
+    drop(holder);
+    assert_eq!(p.slot_count().await, 0, "no slot left behind");
 }
 
 #[tokio::test]
