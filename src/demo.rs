@@ -134,20 +134,7 @@ pub async fn run(load: Duration, destination: DemoDestination) -> Result<()> {
             }
         }
     }
-    let transactions = writer
-        .await
-        .map_err(|e| Error::Definite(format!("demo writer panicked: {e}")))??;
-    // What an operator or a health check sees while it runs.
-    let bounds = crate::status::Bounds {
-        max_lag_bytes: config.status.max_lag_bytes,
-        max_lag_seconds: config.status.max_lag_seconds,
-        require_active: true,
-    };
-    let report = crate::status::check(&config, &bounds).await?;
-    println!(
-        "\n`cdc status` (exit code {} for scripts and health checks):\n{report}",
-        report.exit_code()
-    );
+    let transactions = finish_load(writer, &config).await?;
     let _ = stop.send(true);
     pipeline
         .await
@@ -210,6 +197,25 @@ async fn write_load(
         }
         Ok::<u64, Error>(n)
     }))
+}
+
+/// Wait for the write load to end, then print what `cdc status` says of the running pipeline
+/// (what an operator or a health check sees). Returns the number of transactions written.
+async fn finish_load(writer: tokio::task::JoinHandle<Result<u64>>, config: &Config) -> Result<u64> {
+    let transactions = writer
+        .await
+        .map_err(|e| Error::Definite(format!("demo writer panicked: {e}")))??;
+    let bounds = crate::status::Bounds {
+        max_lag_bytes: config.status.max_lag_bytes,
+        max_lag_seconds: config.status.max_lag_seconds,
+        require_active: true,
+    };
+    let report = crate::status::check(config, &bounds).await?;
+    println!(
+        "\n`cdc status` (exit code {} for scripts and health checks):\n{report}",
+        report.exit_code()
+    );
+    Ok(transactions)
 }
 
 /// Rows of the DuckDB file's `orders`, read-only (waiting while `cdc run` holds the file);
@@ -311,19 +317,7 @@ async fn run_duckdb(load: Duration) -> Result<()> {
             break;
         }
     }
-    let transactions = writer
-        .await
-        .map_err(|e| Error::Definite(format!("demo writer panicked: {e}")))??;
-    let bounds = crate::status::Bounds {
-        max_lag_bytes: config.status.max_lag_bytes,
-        max_lag_seconds: config.status.max_lag_seconds,
-        require_active: true,
-    };
-    let report = crate::status::check(&config, &bounds).await?;
-    println!(
-        "\n`cdc status` (exit code {} for scripts and health checks):\n{report}",
-        report.exit_code()
-    );
+    let transactions = finish_load(writer, &config).await?;
     let _ = child.0.start_kill();
     let _ = child.0.wait().await;
     println!(

@@ -544,20 +544,7 @@ async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tabl
          [[tables]]\nsource = \"public.pgbench_tellers\"\n[[tables]]\nsource = \"public.pgbench_history\"\n",
     )
     .await;
-    let pgbench = |args: &[&str]| {
-        let mut c = Command::new(cdc::local_pg::find_bindir().unwrap().join("pgbench"));
-        c.args(args)
-            .args(["-h", "127.0.0.1", "-U", cdc::local_pg::SUPERUSER])
-            .args([
-                "-p",
-                &crate::harness::servers().source.port().to_string(),
-                &p.src.dbname,
-            ])
-            .env("PGPASSWORD", crate::harness::servers().source.password())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c
-    };
+    let pgbench = |args: &[&str]| p.pgbench(args);
     assert!(pgbench(&["-i", "-q", "-s", "1"])
         .status()
         .unwrap()

@@ -4,9 +4,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
+use cdc::local_pg::{LocalPostgres, Options};
 
-use crate::harness::{rows_text, servers, wait_for, Pipeline};
+use crate::harness::{rows_text, wait_for, Pipeline};
 use crate::run::{start, wait_synced, FAST};
 
 fn spawn_run(p: &Pipeline) -> Child {
@@ -212,23 +212,7 @@ async fn pgbench_during_snapshot_and_streaming_replicates_every_row() {
         ),
     )
     .await;
-    let pgbench = |args: &[&str]| {
-        let mut c = Command::new(find_bindir().unwrap().join("pgbench"));
-        c.args(args)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                SUPERUSER,
-                "-p",
-                &servers().source.port().to_string(),
-                &p.src.dbname,
-            ])
-            .env("PGPASSWORD", servers().source.password())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c
-    };
+    let pgbench = |args: &[&str]| p.pgbench(args);
     assert!(pgbench(&["-i", "-q", "-s", "1"])
         .status()
         .unwrap()

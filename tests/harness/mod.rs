@@ -245,6 +245,20 @@ impl Pipeline {
         .await;
     }
 
+    /// pgbench with `args` against this pipeline's source database (output discarded).
+    pub fn pgbench(&self, args: &[&str]) -> std::process::Command {
+        let source = &servers().source;
+        let mut c =
+            std::process::Command::new(cdc::local_pg::find_bindir().unwrap().join("pgbench"));
+        c.args(args)
+            .args(["-h", "127.0.0.1", "-U", cdc::local_pg::SUPERUSER])
+            .args(["-p", &source.port().to_string(), &self.src.dbname])
+            .env("PGPASSWORD", source.password())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    }
+
     pub async fn publication_count(&self) -> i64 {
         self.src_sql
             .query_one("SELECT count(*) FROM pg_publication", &[])
