@@ -592,3 +592,43 @@ async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tabl
         .await;
     }
 }
+
+#[tokio::test]
+async fn added_columns_with_defaults_are_backfilled_in_duckdb() {
+    let (p, file) = duck_pipeline(
+        "duck_add_default",
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, g FROM generate_series(1, 2000) g;",
+        "[[tables]]\nsource = \"public.t\"\n",
+    )
+    .await;
+    let _run = spawn_run(&p);
+    wait_rows(
+        &file,
+        "SELECT count(*)::VARCHAR FROM public.t",
+        vec![row(&["2000"])],
+    )
+    .await;
+    p.src_sql
+        .batch_execute(
+            "ALTER TABLE t ADD COLUMN score int DEFAULT 7, ADD COLUMN tag uuid DEFAULT gen_random_uuid();
+             UPDATE t SET v = -1 WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let expected: String = p
+        .src_sql
+        .query_one(
+            "SELECT count(*) FILTER (WHERE score = 7)::text || ' ' || md5(string_agg(tag::text, ',' ORDER BY id)) FROM t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_rows(
+        &file,
+        "SELECT count(*) FILTER (WHERE score = 7)::VARCHAR || ' ' || md5(string_agg(tag::VARCHAR, ',' ORDER BY id)) FROM public.t",
+        vec![vec![expected]],
+    )
+    .await;
+}

@@ -176,8 +176,10 @@ pub fn toast_rows_missing(metrics: &Metrics, t: &TableMap, missing: u64) {
             table = %t.dest,
             missing,
             "updates that kept TOAST values unchanged found no row on the destination and were not \
-             written (a snapshot `where` filter left the row out, or the destination diverged); \
-             `cdc verify` lists the differences, `cdc snapshot --force` copies the table again"
+             written (a snapshot `where` filter left the row out, or the destination diverged; \
+             while new columns are backfilled, rows inserted meanwhile are counted here too, and \
+             their inserts follow in the stream); `cdc verify` lists the differences, \
+             `cdc snapshot --force` copies the table again"
         );
         metrics.rows_missing(missing);
     }

@@ -18,6 +18,7 @@
 //! LSN. A source transaction whose commit LSN is below the applied position was applied
 //! before a restart and is skipped whole.
 
+mod backfill;
 pub mod enum_labels;
 mod speculate;
 pub mod spill;
@@ -433,9 +434,44 @@ impl Streamer {
             self.applier.alter(&dest, &change).await?;
             dest_cols = self.applier.dest_columns(&dest).await?;
         }
-        let map = TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?;
-        self.relations.insert(r.id, Some(Arc::new(map)));
+        let map = Arc::new(TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?);
+        self.relations.insert(r.id, Some(map.clone()));
+        if !change.added.is_empty() {
+            let added: Vec<String> = change.added.into_iter().map(|(n, _)| n).collect();
+            self.backfill(&map, &added).await?;
+        }
         Ok(true)
+    }
+
+    /// Give the destination's existing rows the source's values of added columns that have
+    /// them (see `backfill.rs`), inside the open destination transaction.
+    async fn backfill(&mut self, map: &Arc<TableMap>, added: &[String]) -> Result<()> {
+        let columns = backfill::columns_with_values(&self.catalog, map, added).await?;
+        if columns.is_empty() {
+            return Ok(());
+        }
+        if map.is_keyless() {
+            tracing::warn!(table = %map.dest, columns = ?columns,
+                "the source filled new columns of a table without a key; its rows cannot be matched, so they \
+                 keep NULL there on the destination: `cdc snapshot --force` copies the table again");
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut reader = backfill::Reader::open(&self.catalog, map, &columns).await?;
+        let mut rows = 0u64;
+        loop {
+            let ops = reader.next(&self.catalog).await?;
+            if ops.is_empty() {
+                break;
+            }
+            for op in ops {
+                rows += 1;
+                self.push(map.relation_id, op).await?;
+            }
+        }
+        tracing::info!(table = %map.dest, columns = ?columns, rows, ms = started.elapsed().as_millis() as u64,
+            "new columns with defaults on the source: their values for existing rows were read from the source by key");
+        Ok(())
     }
 
     /// What makes `dest` match the relation: added columns, dropped columns, changed types.
