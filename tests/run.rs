@@ -665,3 +665,29 @@ async fn added_columns_with_defaults_get_the_sources_values_for_existing_rows() 
     assert!(zeros[0].parse::<i64>().unwrap() > 2800, "{zeros:?}");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn retyped_columns_show_the_sources_converted_values() {
+    let p = pipeline(
+        "run_retype",
+        "CREATE TABLE t (id int PRIMARY KEY, v int, w text);
+         INSERT INTO t SELECT g, g, 'w' || g FROM generate_series(1, 2000) g;",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    let r = start(&p).await;
+    // The source converts with an expression the destination cannot guess from the old text.
+    p.src_sql
+        .batch_execute(
+            "ALTER TABLE t ALTER COLUMN v TYPE numeric(10,2) USING v / 4.0;
+             UPDATE t SET w = 'first change after' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    wait_synced(
+        &p,
+        "SELECT count(*)::text || ' ' || md5(string_agg(t::text, ',' ORDER BY id)) FROM t",
+    )
+    .await;
+    r.stop().await;
+}

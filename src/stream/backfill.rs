@@ -1,10 +1,12 @@
-//! Values of columns the source gained while streaming, for the rows it already had.
+//! Values of columns the source gained (or retyped) while streaming, for the rows it already had.
 //!
 //! `ALTER TABLE … ADD COLUMN … DEFAULT 0` stores the default as the column's "missing value";
 //! a volatile default (`now()`, `gen_random_uuid()`) rewrites the table with a value per row.
-//! Postgres publishes neither: the stream only shows rows changed afterwards. So when a
-//! Relation message brings a new column that has a default (`atthasdef`, `atthasmissing`), the
-//! destination's rows get the source's values, read now by key:
+//! Postgres publishes neither: the stream only shows rows changed afterwards. Likewise an
+//! `ALTER COLUMN … TYPE … USING expr` converts every row on the source in a way the destination
+//! cannot repeat from the old values. So when a Relation message brings a new column that has
+//! a default (`atthasdef`, `atthasmissing`) or a column of a new type, the destination's rows
+//! get the source's values, read now by key:
 //!
 //! ```text
 //!  Relation (position P) ─► ALTER on the destination ─► SELECT key, new columns FROM source

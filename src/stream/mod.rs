@@ -436,24 +436,34 @@ impl Streamer {
         }
         let map = Arc::new(TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?);
         self.relations.insert(r.id, Some(map.clone()));
-        if !change.added.is_empty() {
+        if !change.added.is_empty() || !change.retyped.is_empty() {
             let added: Vec<String> = change.added.into_iter().map(|(n, _)| n).collect();
-            self.backfill(&map, &added).await?;
+            let retyped: Vec<String> = change.retyped.into_iter().map(|(n, _)| n).collect();
+            self.backfill(&map, &added, retyped).await?;
         }
         Ok(true)
     }
 
     /// Give the destination's existing rows the source's values of added columns that have
-    /// them (see `backfill.rs`), inside the open destination transaction.
-    async fn backfill(&mut self, map: &Arc<TableMap>, added: &[String]) -> Result<()> {
-        let columns = backfill::columns_with_values(&self.catalog, map, added).await?;
+    /// them and of retyped columns (the source converted them with its own cast or `USING`
+    /// expression, which the destination cannot repeat), see `backfill.rs`; inside the open
+    /// destination transaction.
+    async fn backfill(
+        &mut self,
+        map: &Arc<TableMap>,
+        added: &[String],
+        retyped: Vec<String>,
+    ) -> Result<()> {
+        let mut columns = backfill::columns_with_values(&self.catalog, map, added).await?;
+        columns.extend(retyped);
         if columns.is_empty() {
             return Ok(());
         }
         if map.is_keyless() {
             tracing::warn!(table = %map.dest, columns = ?columns,
-                "the source filled new columns of a table without a key; its rows cannot be matched, so they \
-                 keep NULL there on the destination: `cdc snapshot --force` copies the table again");
+                "the source filled new or retyped columns of a table without a key; its rows cannot be matched, so \
+                 the destination keeps NULL (new columns) or its own conversion (retyped ones) there: `cdc snapshot \
+                 --force` copies the table again");
             return Ok(());
         }
         let started = Instant::now();
@@ -470,7 +480,7 @@ impl Streamer {
             }
         }
         tracing::info!(table = %map.dest, columns = ?columns, rows, ms = started.elapsed().as_millis() as u64,
-            "new columns with defaults on the source: their values for existing rows were read from the source by key");
+            "new columns with defaults, or retyped columns, on the source: their values for existing rows were read from the source by key");
         Ok(())
     }
 
