@@ -623,13 +623,14 @@ async fn added_columns_with_defaults_get_the_sources_values_for_existing_rows() 
     .await;
     let r = start(&p).await;
     // A constant default (kept as the column's missing value), volatile defaults (the table is
-    // rewritten with a value per row), and a plain nullable column. (A stored generated column
-    // added while streaming is not handled yet: Postgres before 18 does not publish it.)
+    // rewritten with a value per row), a stored generated column (not in Relation messages
+    // before Postgres 18: recomputed by the destination), and a plain nullable column.
     p.src_sql
         .batch_execute(
             "ALTER TABLE t ADD COLUMN score int DEFAULT 0;
              ALTER TABLE t ADD COLUMN tag uuid DEFAULT gen_random_uuid(),
                            ADD COLUMN at timestamptz DEFAULT clock_timestamp(),
+                           ADD COLUMN twice int GENERATED ALWAYS AS (v * 2) STORED,
                            ADD COLUMN note text;",
         )
         .await
@@ -658,7 +659,8 @@ async fn added_columns_with_defaults_get_the_sources_values_for_existing_rows() 
     writer.await.unwrap();
     wait_synced(
         &p,
-        "SELECT count(*)::text || ' ' || md5(string_agg(t::text, ',' ORDER BY id)) FROM t",
+        // By name: the generated column is appended after the others on the destination.
+        "SELECT count(*)::text || ' ' || md5(string_agg(row(id, v, score, tag, at, twice, note)::text, ',' ORDER BY id)) FROM t",
     )
     .await;
     let zeros = rows_text(&p.dst_sql, "SELECT count(*)::text FROM t WHERE score = 0").await;

@@ -73,11 +73,17 @@ pub struct SchemaChange {
     pub dropped: Vec<String>,
     /// Columns whose destination type no longer matches the source's.
     pub retyped: Vec<(String, SourceType)>,
+    /// Stored generated columns the source gained (not in Relation messages before Postgres
+    /// 18): name, type, expression. Only for destinations that keep generated columns.
+    pub added_generated: Vec<(String, SourceType, String)>,
 }
 
 impl SchemaChange {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.dropped.is_empty() && self.retyped.is_empty()
+        self.added.is_empty()
+            && self.dropped.is_empty()
+            && self.retyped.is_empty()
+            && self.added_generated.is_empty()
     }
 }
 
@@ -188,6 +194,11 @@ pub trait Session: Send {
     fn type_matches(&self, dest_type: &str, source: &SourceType) -> bool;
     /// Whether a transaction is open.
     fn in_transaction(&self) -> bool;
+    /// The stored generated columns the destination table has, or `None` when this destination
+    /// leaves generated columns out (they are then never added).
+    async fn generated_columns(&mut self, _table: &TableName) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
     /// Write a batch of changes into the open transaction (opening it if needed).
     async fn write(&mut self, batch: Batch) -> Result<()>;
     /// Empty tables inside the open transaction.

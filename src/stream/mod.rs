@@ -521,6 +521,33 @@ impl Streamer {
             .filter(|n| !src_names.contains(n))
             .map(str::to_owned)
             .collect();
+        if let Some(have) = self.applier.session().generated_columns(dest).await? {
+            // Postgres before 18 leaves stored generated columns out of Relation messages:
+            // the source catalog says which the destination lacks.
+            let rows = self
+                .catalog
+                .query(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid,
+                            pg_get_expr(d.adbin, d.adrelid)
+                       FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                      WHERE a.attrelid = to_regclass($1) AND a.attgenerated = 's' AND NOT a.attisdropped
+                      ORDER BY a.attnum",
+                    &[&src.quoted()],
+                )
+                .await
+                .map_err(Error::pg(format!("reading the generated columns of {src}")))?;
+            change.added_generated = rows
+                .into_iter()
+                .filter(|r| !have.contains(&r.get::<_, String>(0)))
+                .map(|r| {
+                    let ty = SourceType {
+                        sql: r.get(1),
+                        oid: r.get(2),
+                    };
+                    (r.get(0), ty, r.get(3))
+                })
+                .collect();
+        }
         if !change.added.is_empty() && !change.dropped.is_empty() {
             return Err(Error::Definite(format!(
                 "{src} changed shape: columns {:?} disappeared and {:?} appeared (a rename?). cdc cannot tell \

@@ -238,6 +238,19 @@ impl Session for PgSession {
         self.in_txn
     }
 
+    async fn generated_columns(&mut self, dest: &TableName) -> Result<Option<Vec<String>>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text FROM pg_attribute
+                  WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated <> ''",
+                &[&dest.quoted()],
+            )
+            .await
+            .map_err(Error::pg(format!("reading the generated columns of {dest}")))?;
+        Ok(Some(rows.into_iter().map(|r| r.get(0)).collect()))
+    }
+
     async fn write(&mut self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -348,6 +361,13 @@ fn alter_sql(dest: &TableName, change: &SchemaChange) -> Vec<String> {
             .iter()
             .map(|n| format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n))),
     );
+    ddl.extend(change.added_generated.iter().map(|(n, ty, expr)| {
+        format!(
+            "ALTER TABLE {t} ADD COLUMN {} {} GENERATED ALWAYS AS ({expr}) STORED",
+            quote_ident(n),
+            ty.sql
+        )
+    }));
     for (n, ty) in &change.retyped {
         let col = quote_ident(n);
         let ty = &ty.sql;
