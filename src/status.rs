@@ -1,7 +1,8 @@
 //! `cdc status`: one look at a pipeline's health, for people (`Display`) and scripts (JSON).
 //!
 //! Verdicts, in priority order, map to exit codes (see `cli::exit`): cannot connect (3), slot
-//! missing / WAL lost / inactive when `--require-active` (2), lag above the bounds (1), healthy (0).
+//! missing / WAL lost / inactive when `--require-active` / a configured table neither copied nor
+//! streamed (2), lag above the bounds (1), healthy (0).
 //! Lag in bytes is WAL the slot still has to deliver (`pg_current_wal_lsn() - confirmed_flush_lsn`);
 //! lag in seconds is the age of the last applied source commit, counted only while WAL is pending
 //! (an idle, caught-up pipeline has no lag however old its last commit is).
@@ -239,6 +240,15 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
             Verdict::SlotProblem,
             format!("replication slot {slot} is not being consumed: is `cdc run` running?"),
         )
+    } else if let Some(missing) = not_replicated(&r) {
+        (
+            Verdict::SlotProblem,
+            format!(
+                "configured tables {} are neither copied nor streamed (added to the configuration after the \
+                 snapshot): `cdc snapshot --force` copies every table again",
+                missing.join(", ")
+            ),
+        )
     } else if r.lag_bytes.unwrap_or(0) > bounds.max_lag_bytes as i64 {
         (
             Verdict::Lagging,
@@ -263,6 +273,24 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
     r.verdict = verdict;
     r.reason = reason;
     Ok(r)
+}
+
+/// Configured tables a completed snapshot did not copy, or that the publication lacks: nothing
+/// replicates them, so the pipeline is not healthy whatever its lag.
+fn not_replicated(r: &StatusReport) -> Option<Vec<String>> {
+    if !r.snapshot_complete {
+        return None;
+    }
+    let mut missing: Vec<String> = r
+        .tables
+        .iter()
+        .filter(|t| t.snapshot_rows.is_none())
+        .map(|t| t.source.clone())
+        .chain(r.publication_missing.iter().cloned())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    (!missing.is_empty()).then_some(missing)
 }
 
 /// `2026-11-30 12:01:15.123456+00`, as Postgres prints a timestamptz in UTC.

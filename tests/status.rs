@@ -211,15 +211,20 @@ async fn an_update_that_cannot_be_written_whole_is_counted_and_never_filled_with
         || async { counter(&http_get(port, "/metrics").await.1, series) == 1 },
     )
     .await;
-    assert_eq!(
-        rows_text(
-            &p.dst_sql,
-            "SELECT id || ' ' || title || ' ' || length(body) FROM public.docs ORDER BY id"
-        )
-        .await,
-        ["1 one! 18000"],
-        "the present row is updated, the missing one is not invented"
-    );
+    // The counter moves when the batch is written, before it commits: wait for the commit.
+    crate::harness::wait_for(
+        "the present row to be updated, the missing one not invented",
+        std::time::Duration::from_secs(30),
+        || async {
+            rows_text(
+                &p.dst_sql,
+                "SELECT id || ' ' || title || ' ' || length(body) FROM public.docs ORDER BY id",
+            )
+            .await
+                == ["1 one! 18000"]
+        },
+    )
+    .await;
     r.stop().await;
 }
 
@@ -358,5 +363,27 @@ async fn tables_lists_what_can_be_replicated_and_why_not() {
     assert!(
         line("public.full_rows ").contains("replica identity full"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_table_configured_after_the_snapshot_makes_status_unhealthy() {
+    let mut p = Pipeline::new(
+        "status_added",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);",
+        &format!("[[tables]]\nsource = \"public.t\"{FAST}"),
+    )
+    .await;
+    let r = start(&p).await;
+    r.stop().await;
+    assert_eq!(status(&p, &[]).status.code(), Some(0));
+    p.config_text
+        .push_str("\n[[tables]]\nsource = \"public.u\"\n");
+    let out = status(&p, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("configured tables public.u are neither copied nor streamed"),
+        "{}",
+        stdout(&out)
     );
 }
