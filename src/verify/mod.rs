@@ -260,18 +260,24 @@ async fn verify_table(
     let src_side = shape.side(&pair.source, &si, pair.source_filter.clone());
     check_no_null_keys(src, &src_side, &si, &pair.source, "source").await?;
     let mut stats = Stats::default();
-    let (counts, mut differences, truncated) = match dst {
+    let dst_side = shape.side(&pair.destination, &di, None);
+    // How this table is looked at, built once for the first look and the rechecks.
+    let look = match dst {
         Dest::Postgres(dst) => {
-            let dst_side = shape.side(&pair.destination, &di, None);
             check_no_null_keys(dst, &dst_side, &di, &pair.destination, "destination").await?;
-            let bisect_pair = bisect::Pair {
+            Look::Ranges(bisect::Pair {
                 src,
                 dst,
                 src_side: &src_side,
                 dst_side: &dst_side,
                 key_positions: shape.key_positions.clone(),
                 label: pair.source.to_string(),
-            };
+            })
+        }
+        Dest::DuckDb(reader) => Look::Whole(reader),
+    };
+    let (counts, mut differences, truncated) = match &look {
+        Look::Ranges(bisect_pair) => {
             let limits = bisect::Limits {
                 leaf_rows: options.leaf_rows.max(1),
                 fanout: if shape.key.len() == 1 {
@@ -281,17 +287,15 @@ async fn verify_table(
                 },
                 max_differences: options.max_differences.max(1),
             };
-            let outcome = bisect::compare(&bisect_pair, limits, &mut stats).await?;
+            let outcome = bisect::compare(bisect_pair, limits, &mut stats).await?;
             (
                 (outcome.source_rows, outcome.destination_rows),
                 outcome.differences,
                 outcome.truncated,
             )
         }
-        Dest::DuckDb(reader) => {
-            let (counts, differences, truncated) =
-                duck_compare(reader, source, pair, &shape, &di, options, &mut stats).await?;
-            (counts, differences, truncated)
+        Look::Whole(reader) => {
+            duck_compare(reader, source, pair, &shape, &di, options, &mut stats).await?
         }
     };
     let mut rounds = 0;
@@ -311,22 +315,13 @@ async fn verify_table(
             .enumerate()
             .map(|(i, d)| (d.key().clone(), i))
             .collect();
-        differences = match dst {
-            Dest::Postgres(dst) => {
-                let dst_side = shape.side(&pair.destination, &di, None);
-                let bisect_pair = bisect::Pair {
-                    src,
-                    dst,
-                    src_side: &src_side,
-                    dst_side: &dst_side,
-                    key_positions: shape.key_positions.clone(),
-                    label: pair.source.to_string(),
-                };
+        differences = match &look {
+            Look::Ranges(bisect_pair) => {
                 let keys: Vec<Key> = differences.iter().map(|d| d.key().clone()).collect();
-                bisect::recompare_keys(&bisect_pair, &keys, &mut stats).await?
+                bisect::recompare_keys(bisect_pair, &keys, &mut stats).await?
             }
             // A second whole look; only differences seen in both looks stand.
-            Dest::DuckDb(reader) => {
+            Look::Whole(reader) => {
                 duck_compare(reader, source, pair, &shape, &di, options, &mut stats)
                     .await?
                     .1
@@ -359,6 +354,12 @@ async fn verify_table(
         stats,
         started.elapsed(),
     ))
+}
+
+/// How a table is compared: range hashes on two Postgres servers, or a whole look inside DuckDB.
+enum Look<'a> {
+    Ranges(bisect::Pair<'a>),
+    Whole(&'a DuckDbReader),
 }
 
 /// A DuckDB table described as the comparison plans it.
