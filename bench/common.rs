@@ -153,3 +153,12 @@ pub fn busy_between(before: (f64, f64), after: (f64, f64)) -> (f64, f64) {
     let all = after.1 - before.1;
     (busy, if all > 0.0 { busy / all } else { 0.0 })
 }
+
+/// The path of `name` on PATH, if it is installed.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}

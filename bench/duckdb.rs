@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cdc::local_pg::{find_bindir, SUPERUSER};
-use common::{cdc_binary, env_or, median, pgbench, psql, rss_kib, start_servers, timed};
+use common::{cdc_binary, env_or, median, pgbench, psql, rss_kib, start_servers, timed, which};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
@@ -279,15 +279,6 @@ fn confirmed_at_least(server: &cdc::local_pg::LocalPostgres, lsn: &str) -> bool 
         server,
         &format!("SELECT coalesce(confirmed_flush_lsn >= '{lsn}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
     ) == "t"
-}
-
-/// The path of `name` on PATH, if it is installed.
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 /// The sling binary the PyPI package ships, if it is installed.

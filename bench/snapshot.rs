@@ -27,6 +27,7 @@ use std::process::Command;
 use cdc::local_pg::{find_bindir, SUPERUSER};
 use common::{
     busy_between, cdc_binary, env_or, machine_cpu, median, pgbench, psql, start_servers, timed,
+    which,
 };
 
 fn main() {
@@ -250,13 +251,4 @@ fn main() {
         "cdc peak RSS: max {:.1} MiB",
         *peaks.iter().max().unwrap() as f64 / 1024.0
     );
-}
-
-/// The path of `name` on PATH, if it is installed.
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }

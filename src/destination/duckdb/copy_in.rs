@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::apply::insert_rows;
 use super::copy_text::RowReader;
+use super::handle::{blocking, joined};
 use super::types::{cast_expr, reads_postgres_text, to_duckdb_text};
 use crate::destination::CopyFormat;
 use crate::error::{Error, Result};
@@ -131,9 +132,7 @@ impl CopyIn {
         }
         .await;
         drop(pipe);
-        let (conn, inserted) = insert
-            .await
-            .map_err(|e| Error::Definite(format!("DuckDB load task failed: {e}")))?;
+        let (conn, inserted) = joined(insert).await?;
         self.conn = Some(conn);
         // DuckDB's error says more than a broken pipe.
         let rows = inserted.map_err(Error::duck(format!("loading rows into {dest}")))?;
@@ -198,12 +197,11 @@ impl CopyIn {
             .take()
             .expect("connection returned after each load");
         let (dest_owned, names, types) = (dest.to_owned(), names.to_vec(), types.to_vec());
-        let (conn, result) = tokio::task::spawn_blocking(move || {
+        let (conn, result) = blocking(move || {
             let result = insert_rows(&conn, &dest_owned, &names, &types, &rows);
             (conn, result)
         })
-        .await
-        .map_err(|e| Error::Definite(format!("DuckDB load task failed: {e}")))?;
+        .await?;
         self.conn = Some(conn);
         result.map_err(Error::duck(format!("loading rows into {dest}")))
     }

@@ -21,6 +21,17 @@ const BUSY_WAIT: Duration = Duration::from_secs(30);
 /// DuckDB's buffer pool limit (it spills to a temporary file beyond it).
 const MEMORY_LIMIT: &str = "128MB";
 
+/// Run `f` on a blocking thread (every DuckDB call blocks).
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    joined(tokio::task::spawn_blocking(f)).await
+}
+
+/// The outcome of a blocking task started earlier.
+pub async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T> {
+    task.await
+        .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))
+}
+
 pub struct Handle {
     path: PathBuf,
     /// Opened read-only (`cdc verify`, `cdc status` readers never write).
@@ -95,7 +106,12 @@ impl Handle {
 
     /// Another connection to the same open database (for work in parallel, e.g. snapshot
     /// loaders), with the file kept open while the returned `Pin` lives.
-    pub fn connection(self: &Arc<Self>) -> Result<(Connection, Pin)> {
+    pub async fn connection(self: &Arc<Self>) -> Result<(Connection, Pin)> {
+        let me = self.clone();
+        blocking(move || me.connection_blocking()).await?
+    }
+
+    fn connection_blocking(self: &Arc<Self>) -> Result<(Connection, Pin)> {
         let pin = self.pin();
         let mut state = self.state.lock().expect("duckdb handle lock");
         if state.conn.is_none() {
@@ -122,9 +138,7 @@ impl Handle {
     {
         let me = self.clone();
         let what = what.into();
-        tokio::task::spawn_blocking(move || me.run_blocking(&what, f))
-            .await
-            .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))?
+        blocking(move || me.run_blocking(&what, f)).await?
     }
 
     fn run_blocking<T>(

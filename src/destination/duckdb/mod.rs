@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use duckdb::params;
 
 use super::{CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::snapshot::catalog::{TableSchema, UserType};
@@ -349,10 +349,7 @@ impl Destination for DuckDbDestination {
 
     async fn loader(&self) -> Result<Box<dyn Loader>> {
         // A connection per worker: DuckDB appends to tables from several at once.
-        let handle = self.handle.clone();
-        let (conn, pin) = tokio::task::spawn_blocking(move || handle.connection())
-            .await
-            .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))??;
+        let (conn, pin) = self.handle.connection().await?;
         Ok(Box::new(DuckLoader {
             copy_in: CopyIn::new(conn),
             _pin: pin,

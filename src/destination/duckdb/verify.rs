@@ -18,7 +18,7 @@ use std::sync::Arc;
 use duckdb::params;
 
 use super::copy_in::{self, CopyIn};
-use super::handle::Handle;
+use super::handle::{blocking, Handle};
 use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::destination::CopyFormat;
@@ -111,10 +111,7 @@ impl DuckDbReader {
         types: &[String],
     ) -> Result<Comparison> {
         // A connection of its own: the temporary table lives in it.
-        let handle = self.handle.clone();
-        let (conn, _pin) = tokio::task::spawn_blocking(move || handle.connection())
-            .await
-            .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))??;
+        let (conn, _pin) = self.handle.connection().await?;
         let typed: Vec<String> = types
             .iter()
             .enumerate()
@@ -207,7 +204,7 @@ impl DuckDbReader {
         let count_sql = format!("SELECT count(*) FROM {dest}");
         let max = spec.max_differences;
         let what = format!("comparing {} with {}", spec.source, spec.destination);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let fetch = |sql: &str, width: usize| -> duckdb::Result<Vec<Texts>> {
                 let mut stmt = conn.prepare(sql)?;
                 let rows = stmt.query_map([], |r| {
@@ -243,8 +240,7 @@ impl DuckDbReader {
             }
             Ok(out)
         })
-        .await
-        .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))?
+        .await?
         .map_err(Error::duck(what))
     }
 }
