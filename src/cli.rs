@@ -84,7 +84,48 @@ pub enum Command {
         require_active: bool,
     },
     /// List the source's tables: row estimates, key or replica identity, replicable or not.
-    Tables,
+    Tables {
+        /// List the destination's tables instead: rows, size, sync strategy, last pass and its position.
+        #[arg(long)]
+        destination: bool,
+    },
+    /// Bring tables over by query, without a replication slot: one pass, or one every --every.
+    ///
+    /// Needs only SELECT on the source (any wal_level, a hot standby works). Each table's
+    /// `strategy` says how: new_rows, modified, xmin, reload, diff (default with a key; also
+    /// deletes), skip. Exit code: 0 every table synced, 1 some tables failed (named on stderr;
+    /// the others synced and committed), 65/69/78 as elsewhere.
+    Sync(SyncArgs),
+    /// Copy tables whole into new destination tables and swap them in (= `cdc sync --strategy reload`).
+    Reload {
+        /// Configured tables to reload (source or destination names).
+        #[arg(required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a configured table's rows to files (CSV with a header, plus a schema file).
+    Extract {
+        /// The configured table (source or destination name).
+        #[arg(value_name = "TABLE")]
+        table: String,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Only the rows the table's sync strategy would move now (from its stored position).
+        #[arg(long)]
+        delta: bool,
+    },
+    /// Load files written by `cdc extract` into the destination table (created if missing; rows upserted by key).
+    Load {
+        /// The configured table (source or destination name).
+        #[arg(value_name = "TABLE")]
+        table: String,
+        /// Directory `cdc extract` wrote.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// Write a commented configuration template (every option with its default).
     Init {
         /// Where to write it.
@@ -114,6 +155,32 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = DemoDestination::Postgres)]
         destination: DemoDestination,
     },
+}
+
+/// `cdc sync` flags.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Configured tables to sync (source or destination names); default: all of them.
+    #[arg(value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// Use this strategy for every table of this run instead of the configured ones.
+    #[arg(long, value_enum, value_name = "STRATEGY")]
+    pub strategy: Option<crate::config::Strategy>,
+    /// Repeat forever, a pass every DURATION (e.g. 30s, 15m, 1h); SIGTERM stops cleanly.
+    #[arg(long, value_name = "DURATION", value_parser = crate::sync::parse_duration)]
+    pub every: Option<std::time::Duration>,
+    /// Tables synced in parallel (Postgres destinations; a DuckDB file takes one at a time).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Print each pass's summary as JSON (one object per line) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit codes of `cdc sync` besides the shared ones.
+pub mod sync_exit {
+    /// Some tables failed (they are named on stderr); the others synced and committed.
+    pub const SOME_TABLES_FAILED: i32 = 1;
 }
 
 /// The destination of `cdc demo`.
@@ -159,6 +226,10 @@ pub struct VerifyArgs {
     /// Key ranges of at most this many rows are fetched and compared row by row.
     #[arg(long, default_value_t = 256, value_name = "ROWS")]
     pub leaf_rows: i64,
+    /// Then make the destination equal: insert missing rows, update different ones, delete
+    /// extra ones (values read from the source by key), and report what changed.
+    #[arg(long, conflicts_with = "source")]
+    pub repair: bool,
 }
 
 /// Output format of `cdc verify`.

@@ -42,6 +42,7 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod stream;
+pub mod sync;
 pub mod tables;
 pub mod teardown;
 pub mod tls;

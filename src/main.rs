@@ -47,8 +47,85 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let path = cli.config.clone();
+    let load = || -> anyhow::Result<Config> {
+        let config = Config::load(&path, &ProcessEnv).context("cannot use the configuration")?;
+        tracing::debug!(config = ?config, "configuration loaded");
+        Ok(config)
+    };
     match cli.command {
-        Command::Tables => {
+        Command::Tables { destination: true } => {
+            let config = load_config(&cli)?;
+            let tables = cdc::tables::destination(&config)
+                .await
+                .context("cannot list destination tables")?;
+            println!(
+                "{:<36} {:>12} {:>10}  {:<9} {:<27} position",
+                "destination table", "rows", "size", "strategy", "last pass"
+            );
+            for t in tables {
+                let rows = t.rows.map_or("(missing)".into(), |r| r.to_string());
+                let size = t
+                    .bytes
+                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+                let (last, position) = match &t.last_pass {
+                    Some(s) => (
+                        s.last_pass.map_or("-".into(), cdc::status::format_utc),
+                        format!(
+                            "{} ({} rows, {:.1}s)",
+                            s.position.as_deref().unwrap_or("-"),
+                            s.rows,
+                            s.seconds
+                        ),
+                    ),
+                    None => ("never".into(), "-".into()),
+                };
+                println!(
+                    "{:<36} {rows:>12} {size:>10}  {:<9} {last:<27} {position}",
+                    t.name, t.strategy
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Sync(args) => {
+            let config = load()?;
+            let options = cdc::sync::Options {
+                tables: args.tables,
+                strategy: args.strategy,
+                jobs: args.jobs,
+            };
+            sync(&config, &options, args.every, args.json).await
+        }
+        Command::Reload { tables, json } => {
+            let config = load()?;
+            let options = cdc::sync::Options {
+                tables,
+                strategy: Some(cdc::config::Strategy::Reload),
+                jobs: 1,
+            };
+            sync(&config, &options, None, json).await
+        }
+        Command::Extract { table, to, delta } => {
+            let config = load()?;
+            let written = cdc::sync::files::extract(&config, &table, &to, delta)
+                .await
+                .context("extract failed")?;
+            println!(
+                "Wrote {} rows of {table} to {}",
+                written.rows,
+                written.data.display()
+            );
+            Ok(exit::OK)
+        }
+        Command::Load { table, from } => {
+            let config = load()?;
+            let loaded = cdc::sync::files::load(&config, &table, &from)
+                .await
+                .context("load failed")?;
+            println!("Loaded {loaded} rows into {table}");
+            Ok(exit::OK)
+        }
+        Command::Tables { destination: false } => {
             let config = load_config(&cli)?;
             let tables = cdc::tables::list(&config)
                 .await
@@ -252,11 +329,85 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
             _ => {}
         }
     }
+    if args.repair && !report.equal {
+        let config =
+            Config::load(config_path, &ProcessEnv).context("cannot use the configuration")?;
+        let repaired = cdc::sync::repair_report(&config, &pairs, &report).await?;
+        for (table, r) in &repaired {
+            println!(
+                "Repaired {table}: {} inserted, {} updated, {} deleted",
+                r.inserted, r.updated, r.deleted
+            );
+        }
+        if report.tables.iter().any(|t| t.truncated) {
+            println!("The comparison stopped at --max-differences: run `cdc verify --repair` again for the rest.");
+        }
+    }
     Ok(if report.equal {
         verify_exit::EQUAL
     } else {
         verify_exit::DIFFERENT
     })
+}
+
+/// `cdc sync` / `cdc reload`: passes until done or stopped, each summarised; the exit code
+/// says whether every table synced.
+async fn sync(
+    config: &Config,
+    options: &cdc::sync::Options,
+    every: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested");
+        let _ = stop.send(true);
+    });
+    let mut print = |summary: &cdc::sync::Summary| {
+        use std::io::Write;
+        let text = if json {
+            serde_json::to_string(summary).unwrap_or_default() + "\n"
+        } else {
+            summary.to_string()
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        for t in summary.failed() {
+            eprintln!(
+                "error: {} failed: {}",
+                t.destination,
+                t.error.as_deref().unwrap_or_default()
+            );
+        }
+    };
+    let last = cdc::sync::run(config, options, every, stopped, &mut print)
+        .await
+        .context("sync failed")?;
+    Ok(match last {
+        Some(s) if !s.failed().is_empty() => cli_sync_failed(&s),
+        _ => exit::OK,
+    })
+}
+
+fn cli_sync_failed(s: &cdc::sync::Summary) -> i32 {
+    let names: Vec<&str> = s.failed().iter().map(|t| t.destination.as_str()).collect();
+    eprintln!(
+        "error: {} of {} tables failed: {}",
+        names.len(),
+        s.tables.len(),
+        names.join(", ")
+    );
+    if names.len() == s.tables.len() {
+        // Nothing synced: the kind of failure says whether to retry.
+        if s.failures_transient() {
+            exit::TRANSIENT
+        } else {
+            exit::DEFINITE
+        }
+    } else {
+        cdc::cli::sync_exit::SOME_TABLES_FAILED
+    }
 }
 
 /// A connection string from the command line; the password may come from `password_var`.

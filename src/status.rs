@@ -294,7 +294,7 @@ fn not_replicated(r: &StatusReport) -> Option<Vec<String>> {
 }
 
 /// `2026-11-30 12:01:15.123456+00`, as Postgres prints a timestamptz in UTC.
-fn format_utc(t: std::time::SystemTime) -> String {
+pub fn format_utc(t: std::time::SystemTime) -> String {
     let micros = match t.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_micros() as i64,
         Err(e) => -(e.duration().as_micros() as i64),

@@ -76,3 +76,37 @@ pub async fn list(config: &Config) -> Result<Vec<SourceTable>> {
         })
         .collect())
 }
+
+/// One configured table as the destination has it (`cdc tables --destination`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DestinationTable {
+    pub name: String,
+    pub source: String,
+    /// `None` when the table does not exist on the destination yet.
+    pub rows: Option<i64>,
+    pub bytes: Option<i64>,
+    /// The configured strategy, or `default` (diff with a key, reload without).
+    pub strategy: String,
+    /// The last `cdc sync` pass, if any.
+    pub last_pass: Option<crate::destination::SyncState>,
+}
+
+/// The configured tables on the destination: rows, size, strategy, last pass and position.
+pub async fn destination(config: &Config) -> Result<Vec<DestinationTable>> {
+    let dest = crate::destination::open(config).await?;
+    let states = dest.sync_states().await?;
+    let mut out = Vec::new();
+    for ((source, destination), t) in config.table_pairs().into_iter().zip(&config.tables) {
+        let size = dest.table_size(&destination).await?;
+        let name = destination.to_string();
+        out.push(DestinationTable {
+            last_pass: states.iter().find(|s| s.destination_table == name).cloned(),
+            name,
+            source: source.to_string(),
+            rows: size.as_ref().map(|s| s.rows),
+            bytes: size.and_then(|s| s.bytes),
+            strategy: t.strategy.map_or("default".into(), |s| s.to_string()),
+        });
+    }
+    Ok(out)
+}

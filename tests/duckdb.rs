@@ -15,7 +15,7 @@ use crate::harness::{unique, wait_for, Pipeline};
 use crate::run::FAST;
 
 /// A pipeline whose destination is a DuckDB file in a fresh temporary directory.
-async fn duck_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, PathBuf) {
+pub(crate) async fn duck_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, PathBuf) {
     let mut p = Pipeline::new(prefix, ddl, &format!("{tables}{FAST}")).await;
     let dir = std::env::temp_dir().join(unique("cdc-duckdb"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -29,7 +29,7 @@ async fn duck_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, Path
     (p, file)
 }
 
-fn cdc(p: &Pipeline, args: &[&str]) -> Command {
+pub(crate) fn cdc(p: &Pipeline, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cdc"));
     c.args([
         "--config",
@@ -70,7 +70,7 @@ fn spawn_run(p: &Pipeline) -> RunProcess {
 
 /// `sql` on the file opened read-only, every value as DuckDB prints it (`NULL` for null);
 /// `None` while the file or the table is not there yet. Waits while cdc holds the file.
-fn read(file: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
+pub(crate) fn read(file: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
     if !file.exists() {
         return None;
     }

@@ -11,5 +11,6 @@ mod run;
 mod run_faults;
 mod snapshot;
 mod status;
+mod sync;
 mod tls;
 mod verify;

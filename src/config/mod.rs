@@ -107,9 +107,93 @@ pub struct TableConfig {
     pub source: String,
     /// Destination table; defaults to the source's name.
     pub destination: Option<String>,
-    /// SQL condition applied to the snapshot copy only (see the README on filters).
+    /// SQL condition on source rows: the snapshot copy only (streaming), every pass (sync).
     #[serde(rename = "where")]
     pub filter: Option<String>,
+    /// How `cdc sync` brings this table over (default: `diff` with a key, `reload` without).
+    pub strategy: Option<Strategy>,
+    /// The column the `modified` strategy reads changes by (e.g. `updated_at`).
+    pub modified_column: Option<String>,
+    /// Days (UTC) on which a `cdc sync` pass reloads the table whatever its strategy:
+    /// weekdays (`"sun"`) or days of the month (`1`, `15`).
+    #[serde(default)]
+    pub reload_on: Vec<ReloadDay>,
+    /// At most this many rows per `cdc sync` pass (a trial run); the next pass goes on.
+    pub max_rows: Option<u64>,
+}
+
+/// A `cdc sync` strategy (`[[tables]] strategy`, `--strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[clap(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Rows whose key is above the highest key already synced (single orderable key).
+    NewRows,
+    /// Rows whose `modified_column` is at or above the last synced value, upserted.
+    Modified,
+    /// Rows written by transactions newer than the last pass (Postgres sources), upserted.
+    Xmin,
+    /// The whole table copied into a new table, swapped in atomically.
+    Reload,
+    /// Compare by key-range hashes, then insert missing, update different, delete extra rows.
+    Diff,
+    /// Not synced.
+    Skip,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::NewRows => "new_rows",
+            Strategy::Modified => "modified",
+            Strategy::Xmin => "xmin",
+            Strategy::Reload => "reload",
+            Strategy::Diff => "diff",
+            Strategy::Skip => "skip",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of `reload_on`: a weekday name or a day of the month.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ReloadDay {
+    MonthDay(i64),
+    Weekday(String),
+}
+
+impl ReloadDay {
+    /// Weekday names as written in `reload_on`, Monday first.
+    pub const WEEKDAYS: [&'static str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+    /// Whether the entry is valid: a day 1..=31 or a weekday's first three letters.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            ReloadDay::MonthDay(d) if (1..=31).contains(d) => Ok(()),
+            ReloadDay::MonthDay(d) => Err(format!("{d} is not a day of the month (1 to 31)")),
+            ReloadDay::Weekday(w) if Self::WEEKDAYS.contains(&w.to_ascii_lowercase().as_str()) => {
+                Ok(())
+            }
+            ReloadDay::Weekday(w) => Err(format!(
+                "{w:?} is not a weekday: use one of {}",
+                Self::WEEKDAYS.join(", ")
+            )),
+        }
+    }
+
+    /// Whether `day` (UTC: weekday 0 = Monday, day of month 1..=31) is this entry's day.
+    pub fn matches(&self, weekday: usize, month_day: u32) -> bool {
+        match self {
+            ReloadDay::MonthDay(d) => *d == i64::from(month_day),
+            ReloadDay::Weekday(w) => Self::WEEKDAYS[weekday % 7] == w.to_ascii_lowercase(),
+        }
+    }
 }
 
 /// `[snapshot]`

@@ -158,6 +158,29 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
                 }
             }
         }
+        if t.strategy == Some(super::Strategy::Modified) && t.modified_column.is_none() {
+            add(
+                format!("tables[{i}].modified_column"),
+                "is missing: strategy \"modified\" reads changes by a column, e.g. modified_column = \"updated_at\"".into(),
+            );
+        }
+        if t.modified_column.as_deref().is_some_and(|c| c.is_empty()) {
+            add(
+                format!("tables[{i}].modified_column"),
+                "is empty: name a column".into(),
+            );
+        }
+        for day in &t.reload_on {
+            if let Err(e) = day.check() {
+                add(format!("tables[{i}].reload_on"), e);
+            }
+        }
+        if t.max_rows == Some(0) {
+            add(
+                format!("tables[{i}].max_rows"),
+                "must be greater than 0".into(),
+            );
+        }
         if t.filter.as_deref().is_some_and(|w| w.trim().is_empty()) {
             add(
                 format!("tables[{i}].where"),

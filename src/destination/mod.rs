@@ -49,6 +49,38 @@ pub struct PipelineState {
     pub snapshot_completed: bool,
 }
 
+/// What `cdc sync` remembers about one destination table between passes.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct SyncState {
+    pub destination_table: String,
+    pub source_table: String,
+    pub strategy: String,
+    /// Where the next pass starts: the last key (`new_rows`), the last `modified_column`
+    /// value (`modified`), the xmin horizon (`xmin`), as text; none for `reload` and `diff`.
+    pub position: Option<String>,
+    /// When the last pass ended.
+    #[serde(serialize_with = "serialize_time")]
+    pub last_pass: Option<SystemTime>,
+    /// Rows the last pass wrote (inserted, updated or deleted).
+    pub rows: i64,
+    pub seconds: f64,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::status::format_utc(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A destination table's size, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableSize {
+    pub rows: i64,
+    /// Bytes on disk, where the destination can tell.
+    pub bytes: Option<i64>,
+}
+
 /// One column of a destination table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestColumn {
@@ -157,17 +189,32 @@ pub trait Destination: Send + Sync {
     fn copy_format(&self, table: &TableSchema) -> CopyFormat;
     /// A connection that bulk-loads COPY output (one per snapshot worker).
     async fn loader(&self) -> Result<Box<dyn Loader>>;
-    /// After every range of a table is in: keys, indexes, and the "table done" record, at
-    /// once. Returns the indexes that could not be created.
+    /// After every range of a table is in: keys, indexes, and (with a slot) the "table done"
+    /// record, at once. Returns the indexes that could not be created.
     async fn finish_table(
         &self,
-        slot: &str,
+        slot: Option<&str>,
         table: &SnapshotTable<'_>,
         rows: u64,
     ) -> Result<Vec<String>>;
 
     /// A session that applies changes.
     async fn session(&self, metrics: Arc<Metrics>) -> Result<Box<dyn Session>>;
+
+    /// Where a reload of `table` is built before [`Destination::replace_table`] swaps it in.
+    fn staging_name(&self, table: &TableName) -> TableName;
+    /// Replace `table` by `staging` (which then no longer exists) in one transaction:
+    /// readers see the old rows or the new ones, never an empty or half-loaded table.
+    async fn replace_table(&self, staging: &TableName, table: &TableName) -> Result<()>;
+    /// Drop a table if it exists (a staging table left by an interrupted reload).
+    async fn drop_table(&self, table: &TableName) -> Result<()>;
+    /// Rows (and bytes, where known) of a destination table; `None` when it does not exist.
+    async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>>;
+
+    /// The `cdc sync` state of every destination table that has one.
+    async fn sync_states(&self) -> Result<Vec<SyncState>>;
+    /// Record a table's `cdc sync` state (replacing the previous one).
+    async fn save_sync_state(&self, state: &SyncState) -> Result<()>;
 }
 
 /// Bulk loading of a snapshot.
@@ -205,6 +252,8 @@ pub trait Session: Send {
     async fn truncate(&mut self, tables: &[Arc<TableMap>], restart_identity: bool) -> Result<()>;
     /// Repeat a source schema change inside the open transaction.
     async fn alter(&mut self, table: &TableName, change: &SchemaChange) -> Result<()>;
+    /// Commit the open transaction without a source position (`cdc sync`, repairs).
+    async fn commit_rows(&mut self) -> Result<()>;
     /// Record `end_lsn` (and the source commit time) as applied and commit.
     async fn commit(&mut self, slot: &str, end_lsn: Lsn, commit_time: PgTimestamp) -> Result<()>;
     /// Abandon the open transaction.

@@ -62,7 +62,7 @@ pub struct TableReport {
 }
 
 /// One table to copy, with everything the workers need.
-struct Job {
+pub(crate) struct Job {
     schema: TableSchema,
     destination: TableName,
     filter: Option<String>,
@@ -71,6 +71,22 @@ struct Job {
 }
 
 impl Job {
+    /// Copy `schema` (its rows meeting `filter`) into `destination` of `dest`.
+    pub(crate) fn new(
+        dest: &dyn Destination,
+        schema: TableSchema,
+        destination: TableName,
+        filter: Option<String>,
+    ) -> Job {
+        Job {
+            format: dest.copy_format(&schema),
+            schema,
+            destination,
+            filter,
+            bytes: AtomicU64::new(0),
+        }
+    }
+
     fn target(&self) -> SnapshotTable<'_> {
         SnapshotTable {
             schema: &self.schema,
@@ -229,7 +245,16 @@ pub async fn run_into(
             n => n,
         };
         let tid_ranges = repl.server_version_num() >= 140000;
-        copy_all(&src_info, dest, slot, &snapshot, jobs, workers, tid_ranges).await
+        copy_all(
+            &src_info,
+            dest,
+            Some(slot),
+            &snapshot,
+            jobs,
+            workers,
+            tid_ranges,
+        )
+        .await
     }
     .await;
     match result {
@@ -338,11 +363,12 @@ async fn ensure_publication(
 }
 
 /// Copy every table with `workers` connections that share the exported snapshot, then
-/// finish each table (keys, indexes, state) as soon as all its ranges are in.
-async fn copy_all(
+/// finish each table (keys, indexes, and with a slot its state) as soon as all its ranges are
+/// in. Also `cdc sync`'s full copies, under a snapshot exported without a slot.
+pub(crate) async fn copy_all(
     src_info: &ConnInfo,
     dest: &Arc<dyn Destination>,
-    slot: &str,
+    slot: Option<&str>,
     snapshot: &str,
     jobs: Vec<Job>,
     workers: usize,
@@ -403,12 +429,12 @@ async fn copy_all(
                     if remaining[i].0 == 0 {
                         progress.table_copied(i, remaining[i].1);
                         let (jobs, dest, slot, permits) =
-                            (jobs.clone(), dest.clone(), slot.to_owned(), finish_slots.clone());
+                            (jobs.clone(), dest.clone(), slot.map(str::to_owned), finish_slots.clone());
                         let rows = remaining[i].1;
                         finishing.spawn(async move {
                             let _permit = permits.acquire_owned().await.expect("semaphore open");
                             let job = &jobs[i];
-                            let skipped = dest.finish_table(&slot, &job.target(), rows).await?;
+                            let skipped = dest.finish_table(slot.as_deref(), &job.target(), rows).await?;
                             Ok((i, TableReport {
                                 source: job.schema.name.clone(),
                                 destination: job.destination.clone(),

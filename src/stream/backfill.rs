@@ -26,6 +26,7 @@ use crate::apply::{RowOp, TableMap};
 use crate::decode::Datum;
 use crate::error::{Error, Result};
 use crate::source::replication::quote_ident;
+use crate::source::rows::RowCursor;
 
 /// Columns of `added` that existing rows of `map.source` hold values of (a default, a missing
 /// value, or a generated expression); empty when a plain NULL column was added.
@@ -61,14 +62,12 @@ pub fn select_sql(map: &TableMap, columns: &[String]) -> String {
     format!("SELECT {} FROM {}", list.join(", "), map.source.quoted())
 }
 
-/// Source rows read per round trip.
-pub const FETCH_ROWS: usize = 10_000;
-
 /// A cursor over every source row's key and `columns` (in a transaction of the catalog
-/// session), read `FETCH_ROWS` at a time as updates of those columns only.
+/// session), read a block at a time as updates of those columns only.
 pub struct Reader {
     positions: Vec<usize>,
     width: usize,
+    cursor: RowCursor,
     done: bool,
 }
 
@@ -85,15 +84,17 @@ impl Reader {
             )
             .collect();
         catalog
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; DECLARE cdc_backfill NO SCROLL CURSOR FOR {}",
-                select_sql(map, columns)
-            ))
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
-            .map_err(Error::pg(format!("reading {} for its new columns", map.source)))?;
+            .map_err(Error::pg(format!(
+                "reading {} for its new columns",
+                map.source
+            )))?;
+        let cursor = RowCursor::declare(catalog, "cdc_backfill", &select_sql(map, columns)).await?;
         Ok(Reader {
             positions,
             width: map.columns.len(),
+            cursor,
             done: false,
         })
     }
@@ -103,10 +104,7 @@ impl Reader {
         if self.done {
             return Ok(Vec::new());
         }
-        let rows = catalog
-            .query(&format!("FETCH {FETCH_ROWS} FROM cdc_backfill"), &[])
-            .await
-            .map_err(Error::pg("reading rows for new columns"))?;
+        let rows = self.cursor.next(catalog).await?;
         if rows.is_empty() {
             self.done = true;
             catalog
@@ -115,14 +113,11 @@ impl Reader {
                 .map_err(Error::pg("reading rows for new columns"))?;
         }
         Ok(rows
-            .iter()
+            .into_iter()
             .map(|row| {
                 let mut new = vec![Datum::UnchangedToast; self.width];
-                for (i, &pos) in self.positions.iter().enumerate() {
-                    new[pos] = match row.get::<_, Option<&str>>(i) {
-                        Some(v) => Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
-                        None => Datum::Null,
-                    };
+                for (value, &pos) in row.into_iter().zip(&self.positions) {
+                    new[pos] = value;
                 }
                 RowOp::Update { old: None, new }
             })

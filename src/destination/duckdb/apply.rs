@@ -450,6 +450,18 @@ impl Session for DuckSession {
             .await
     }
 
+    async fn commit_rows(&mut self) -> Result<()> {
+        if self.txn.is_some() {
+            self.handle
+                .run("committing to the DuckDB file", |c| {
+                    c.execute_batch("COMMIT")
+                })
+                .await?;
+            self.txn = None;
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self, slot: &str, end_lsn: Lsn, commit_time: PgTimestamp) -> Result<()> {
         self.begin().await?;
         let micros = commit_time

@@ -31,7 +31,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use duckdb::params;
 
-use super::{CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable};
+use super::{
+    CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable, SyncState,
+    TableSize,
+};
+use crate::config::TableName;
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -112,7 +116,16 @@ impl Destination for DuckDbDestination {
                  destination_table VARCHAR NOT NULL,
                  rows BIGINT NOT NULL,
                  completed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-                 PRIMARY KEY (slot, source_table));",
+                 PRIMARY KEY (slot, source_table));
+             CREATE TABLE IF NOT EXISTS {sync} (
+                 destination_table VARCHAR PRIMARY KEY,
+                 source_table VARCHAR NOT NULL,
+                 strategy VARCHAR NOT NULL,
+                 position VARCHAR,
+                 last_pass TIMESTAMPTZ,
+                 rows BIGINT NOT NULL DEFAULT 0,
+                 seconds DOUBLE NOT NULL DEFAULT 0);",
+            sync = self.t("sync_tables"),
             schema = self.schema,
             pipeline = self.t("pipeline"),
             tables = self.t("snapshot_tables"),
@@ -358,23 +371,25 @@ impl Destination for DuckDbDestination {
 
     async fn finish_table(
         &self,
-        slot: &str,
+        slot: Option<&str>,
         table: &SnapshotTable<'_>,
         rows: u64,
     ) -> Result<Vec<String>> {
         // The key was declared with the table (see `create_tables`): only the record.
-        let sql = format!(
-            "INSERT INTO {} (slot, source_table, destination_table, rows) VALUES ({}, {}, {}, {rows})",
-            self.t("snapshot_tables"),
-            quote_literal(slot),
-            quote_literal(&table.schema.name.to_string()),
-            quote_literal(&table.destination.to_string()),
-        );
-        self.handle
-            .run(format!("finishing {}", table.destination), move |c| {
-                c.execute_batch(&sql)
-            })
-            .await?;
+        if let Some(slot) = slot {
+            let sql = format!(
+                "INSERT INTO {} (slot, source_table, destination_table, rows) VALUES ({}, {}, {}, {rows})",
+                self.t("snapshot_tables"),
+                quote_literal(slot),
+                quote_literal(&table.schema.name.to_string()),
+                quote_literal(&table.destination.to_string()),
+            );
+            self.handle
+                .run(format!("finishing {}", table.destination), move |c| {
+                    c.execute_batch(&sql)
+                })
+                .await?;
+        }
         // Secondary indexes would slow every load and merge of an analytical copy, and their
         // Postgres definitions are not DuckDB's: none are created.
         let skipped: Vec<String> = table
@@ -395,6 +410,126 @@ impl Destination for DuckDbDestination {
             self.t("pipeline"),
             metrics,
         )))
+    }
+
+    fn staging_name(&self, table: &TableName) -> TableName {
+        // DuckDB renames within a schema only; its keys have no names to clash.
+        TableName {
+            schema: table.schema.clone(),
+            name: format!("{}__cdc_reload", table.name),
+        }
+    }
+
+    async fn replace_table(&self, staging: &TableName, table: &TableName) -> Result<()> {
+        let sql = format!(
+            "BEGIN TRANSACTION; DROP TABLE IF EXISTS {live}; ALTER TABLE {staged} RENAME TO {name}; COMMIT",
+            live = table.quoted(),
+            staged = staging.quoted(),
+            name = quote_ident(&table.name),
+        );
+        self.handle
+            .run(format!("swapping the reloaded {table} in"), move |c| {
+                let result = c.execute_batch(&sql);
+                if result.is_err() {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
+                result
+            })
+            .await
+    }
+
+    async fn drop_table(&self, table: &TableName) -> Result<()> {
+        let sql = format!("DROP TABLE IF EXISTS {}", table.quoted());
+        self.handle
+            .run(format!("dropping {table}"), move |c| c.execute_batch(&sql))
+            .await
+    }
+
+    async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {
+        let (schema, name, quoted) = (table.schema.clone(), table.name.clone(), table.quoted());
+        self.handle
+            .run(format!("sizing {table}"), move |c| {
+                let n: i64 = c.query_row(
+                    "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()
+                        AND schema_name = ? AND table_name = ?",
+                    params![schema, name],
+                    |r| r.get(0),
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                let rows: i64 =
+                    c.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |r| r.get(0))?;
+                Ok(Some(TableSize { rows, bytes: None }))
+            })
+            .await
+    }
+
+    async fn sync_states(&self) -> Result<Vec<SyncState>> {
+        let (schema, sync) = (self.schema_name.clone(), self.t("sync_tables"));
+        self.handle
+            .run("reading the sync state", move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
+                        AND schema_name = ? AND table_name = 'sync_tables'",
+                    params![schema],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(Vec::new());
+                }
+                let mut stmt = c.prepare(&format!(
+                    "SELECT destination_table, source_table, strategy, position, epoch_us(last_pass),
+                            rows, seconds FROM {sync} ORDER BY destination_table"
+                ))?;
+                let rows = stmt.query_map([], |r| {
+                    let micros: Option<i64> = r.get(4)?;
+                    Ok(SyncState {
+                        destination_table: r.get(0)?,
+                        source_table: r.get(1)?,
+                        strategy: r.get(2)?,
+                        position: r.get(3)?,
+                        last_pass: micros.map(|us| {
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_micros(us.max(0) as u64)
+                        }),
+                        rows: r.get(5)?,
+                        seconds: r.get(6)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn save_sync_state(&self, state: &SyncState) -> Result<()> {
+        let sql = format!(
+            "INSERT OR REPLACE INTO {} (destination_table, source_table, strategy, position, last_pass, rows, seconds)
+             VALUES (?, ?, ?, ?, make_timestamp(?)::TIMESTAMPTZ, ?, ?)",
+            self.t("sync_tables")
+        );
+        let s = state.clone();
+        let micros = s
+            .last_pass
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_micros() as i64);
+        self.handle
+            .run("recording the sync state", move |c| {
+                c.execute(
+                    &sql,
+                    params![
+                        s.destination_table,
+                        s.source_table,
+                        s.strategy,
+                        s.position,
+                        micros,
+                        s.rows,
+                        s.seconds
+                    ],
+                )
+                .map(|_| ())
+            })
+            .await
     }
 }
 

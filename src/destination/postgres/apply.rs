@@ -310,6 +310,17 @@ impl Session for PgSession {
             .map_err(Error::pg(format!("applying schema change: {sql}")))
     }
 
+    async fn commit_rows(&mut self) -> Result<()> {
+        if self.in_txn {
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(Error::pg("committing to the destination"))?;
+            self.in_txn = false;
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self, slot: &str, end_lsn: Lsn, commit_time: PgTimestamp) -> Result<()> {
         self.begin().await?;
         let stmt = self.statement(self.store.update_applied_sql()).await?;

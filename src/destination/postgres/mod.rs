@@ -15,7 +15,11 @@ use futures_util::SinkExt;
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
-use super::{CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable};
+use super::{
+    CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable, SyncState,
+    TableSize,
+};
+use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -29,6 +33,7 @@ use state::StateStore;
 /// A Postgres destination database.
 pub struct PgDestination {
     info: ConnInfo,
+    state_schema: String,
     store: StateStore,
     /// The session for state and DDL, opened on first use.
     admin: OnceCell<Client>,
@@ -38,6 +43,7 @@ impl PgDestination {
     pub fn new(info: ConnInfo, state_schema: &str) -> Self {
         PgDestination {
             info,
+            state_schema: state_schema.to_owned(),
             store: StateStore::new(state_schema),
             admin: OnceCell::new(),
         }
@@ -243,7 +249,7 @@ impl Destination for PgDestination {
 
     async fn finish_table(
         &self,
-        slot: &str,
+        slot: Option<&str>,
         table: &SnapshotTable<'_>,
         rows: u64,
     ) -> Result<Vec<String>> {
@@ -282,9 +288,10 @@ impl Destination for PgDestination {
                 skipped.push(idx.name.clone());
             }
         }
-        let record =
+        let record = slot.map_or(String::new(), |slot| {
             self.store
-                .table_done_sql(slot, &schema.name.to_string(), &d.to_string(), rows);
+                .table_done_sql(slot, &schema.name.to_string(), &d.to_string(), rows)
+        });
         dst.batch_execute(&format!("{record}; COMMIT"))
             .await
             .map_err(Error::pg(ctx))?;
@@ -298,6 +305,81 @@ impl Destination for PgDestination {
             self.store.clone(),
             metrics,
         )))
+    }
+
+    fn staging_name(&self, table: &TableName) -> TableName {
+        // The same name in a schema of its own: the staged table's key and indexes get the
+        // names the live ones have (index names are per schema), and move with the table.
+        TableName {
+            schema: format!("{}_reload_{}", self.state_schema, table.schema),
+            name: table.name.clone(),
+        }
+    }
+
+    async fn replace_table(&self, staging: &TableName, table: &TableName) -> Result<()> {
+        let mut sql = format!(
+            "BEGIN; DROP TABLE IF EXISTS {live}; ALTER TABLE {staged} SET SCHEMA {schema};",
+            live = table.quoted(),
+            staged = staging.quoted(),
+            schema = quote_ident(&table.schema),
+        );
+        if staging.name != table.name {
+            sql.push_str(&format!(
+                " ALTER TABLE {}.{} RENAME TO {};",
+                quote_ident(&table.schema),
+                quote_ident(&staging.name),
+                quote_ident(&table.name)
+            ));
+        }
+        sql.push_str(" COMMIT");
+        let dst = self.admin().await?;
+        let result = dst.batch_execute(&sql).await;
+        if result.is_err() {
+            let _ = dst.batch_execute("ROLLBACK").await;
+        }
+        result.map_err(Error::pg(format!("swapping the reloaded {table} in")))
+    }
+
+    async fn drop_table(&self, table: &TableName) -> Result<()> {
+        self.admin()
+            .await?
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", table.quoted()))
+            .await
+            .map_err(Error::pg(format!("dropping {table}")))
+    }
+
+    async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {
+        let dst = self.admin().await?;
+        let exists: bool = dst
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .map_err(Error::pg(format!("looking for {table}")))?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let row = dst
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {t}), pg_total_relation_size($1::text::regclass)",
+                    t = table.quoted()
+                ),
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(Error::pg(format!("sizing {table}")))?;
+        Ok(Some(TableSize {
+            rows: row.get(0),
+            bytes: Some(row.get(1)),
+        }))
+    }
+
+    async fn sync_states(&self) -> Result<Vec<SyncState>> {
+        self.store.sync_states(self.admin().await?).await
+    }
+
+    async fn save_sync_state(&self, state: &SyncState) -> Result<()> {
+        self.store.save_sync_state(self.admin().await?, state).await
     }
 }
 

@@ -4,6 +4,7 @@
 //!  pipeline(slot PK, publication, consistent_lsn, applied_lsn, applied_commit_time,
 //!           snapshot_started_at, snapshot_completed_at)
 //!  snapshot_tables(slot, source_table, destination_table, rows, completed_at)
+//!  sync_tables(destination_table PK, source_table, strategy, position, last_pass, rows, seconds)
 //! ```
 //!
 //! **A snapshot is complete only when `snapshot_completed_at` is set**, which happens in one
@@ -14,7 +15,7 @@
 
 use tokio_postgres::Client;
 
-use crate::destination::PipelineState;
+use crate::destination::{PipelineState, SyncState};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::replication::{quote_ident, quote_literal};
@@ -54,10 +55,19 @@ impl StateStore {
                  destination_table text NOT NULL,
                  rows bigint NOT NULL,
                  completed_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (slot, source_table));",
+                 PRIMARY KEY (slot, source_table));
+             CREATE TABLE IF NOT EXISTS {sync} (
+                 destination_table text PRIMARY KEY,
+                 source_table text NOT NULL,
+                 strategy text NOT NULL,
+                 position text,
+                 last_pass timestamptz,
+                 rows bigint NOT NULL DEFAULT 0,
+                 seconds double precision NOT NULL DEFAULT 0);",
             schema = self.schema,
             pipeline = self.t("pipeline"),
             tables = self.t("snapshot_tables"),
+            sync = self.t("sync_tables"),
         );
         dest.batch_execute(&sql).await.map_err(Error::pg(
             "creating the cdc state tables in the destination",
@@ -176,6 +186,69 @@ impl StateStore {
             "UPDATE {} SET applied_lsn = $2::text::pg_lsn WHERE slot = $1 AND applied_lsn < $2::text::pg_lsn",
             self.t("pipeline")
         )
+    }
+
+    /// Every table's `cdc sync` state (none when the state tables do not exist yet).
+    pub async fn sync_states(&self, dest: &Client) -> Result<Vec<SyncState>> {
+        let exists: bool = dest
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&self.t("sync_tables")],
+            )
+            .await
+            .map_err(Error::pg("looking for the sync state"))?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        Ok(dest
+            .query(
+                &format!(
+                    "SELECT destination_table, source_table, strategy, position, last_pass, rows, seconds
+                       FROM {} ORDER BY destination_table",
+                    self.t("sync_tables")
+                ),
+                &[],
+            )
+            .await
+            .map_err(Error::pg("reading the sync state"))?
+            .into_iter()
+            .map(|r| SyncState {
+                destination_table: r.get(0),
+                source_table: r.get(1),
+                strategy: r.get(2),
+                position: r.get(3),
+                last_pass: r.get(4),
+                rows: r.get(5),
+                seconds: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Record one table's `cdc sync` state.
+    pub async fn save_sync_state(&self, dest: &Client, s: &SyncState) -> Result<()> {
+        dest.execute(
+            &format!(
+                "INSERT INTO {} (destination_table, source_table, strategy, position, last_pass, rows, seconds)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (destination_table) DO UPDATE SET source_table = EXCLUDED.source_table,
+                   strategy = EXCLUDED.strategy, position = EXCLUDED.position,
+                   last_pass = EXCLUDED.last_pass, rows = EXCLUDED.rows, seconds = EXCLUDED.seconds",
+                self.t("sync_tables")
+            ),
+            &[
+                &s.destination_table,
+                &s.source_table,
+                &s.strategy,
+                &s.position,
+                &s.last_pass,
+                &s.rows,
+                &s.seconds,
+            ],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("recording the sync state"))
     }
 
     /// Rows copied per source table of `slot`, for reports.

@@ -1,0 +1,155 @@
+//! Make a destination table equal to its source after a comparison: delete the extra rows,
+//! and upsert the missing and different ones with their values read from the source now, by
+//! key (not the values the comparison printed: a DuckDB comparison prints DuckDB's text, and
+//! the source may have moved on since). `diff` passes and `cdc verify --repair` both use it.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use super::write::Writer;
+use crate::decode::Datum;
+use crate::destination::Destination;
+use crate::error::{Error, Result};
+use crate::snapshot::catalog::TableSchema;
+use crate::source::replication::quote_ident;
+use crate::verify::report::{Fields, TableReport};
+use crate::verify::TablePair;
+
+/// Keys looked up on the source per query.
+const KEYS_PER_QUERY: usize = 5_000;
+
+/// What a repair changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Repaired {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+impl Repaired {
+    pub fn add(&mut self, other: &Repaired) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+    }
+}
+
+/// Repair the differences of `report` (one table's comparison) on the destination, in
+/// transactions of `batch_rows` rows. `src` is a plain source session.
+pub async fn repair(
+    dest: &dyn Destination,
+    src: &Client,
+    schema: &TableSchema,
+    pair: &TablePair,
+    report: &TableReport,
+    batch_rows: usize,
+) -> Result<Repaired> {
+    let mut writer = Writer::open(dest, schema, &pair.destination, batch_rows).await?;
+    let mut done = Repaired::default();
+    for extra in &report.extra {
+        let key = extra
+            .key
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), datum(v.as_deref())))
+            .collect();
+        writer.delete(key).await?;
+        done.deleted += 1;
+    }
+    let missing: Vec<&Fields> = report.missing.iter().map(|m| &m.key).collect();
+    let different: Vec<&Fields> = report.different.iter().map(|d| &d.key).collect();
+    for (keys, count) in [
+        (missing, &mut done.inserted),
+        (different, &mut done.updated),
+    ] {
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            for row in rows_by_key(src, schema, pair, &report.key, chunk).await? {
+                writer.upsert(row).await?;
+                *count += 1;
+            }
+        }
+    }
+    writer.finish().await?;
+    tracing::info!(table = %pair.destination, inserted = done.inserted, updated = done.updated,
+        deleted = done.deleted, "repaired");
+    Ok(done)
+}
+
+fn datum(v: Option<&str>) -> Datum {
+    match v {
+        Some(v) => Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
+        None => Datum::Null,
+    }
+}
+
+/// The source rows (copied columns, as text) with these keys that the pair's filter keeps.
+async fn rows_by_key(
+    src: &Client,
+    schema: &TableSchema,
+    pair: &TablePair,
+    key: &[String],
+    keys: &[&Fields],
+) -> Result<Vec<Vec<Datum>>> {
+    let (sql, params) = by_key_sql(schema, pair, key, keys)?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let rows = src
+        .query(&sql, &refs)
+        .await
+        .map_err(Error::pg(format!("reading rows of {} by key", pair.source)))?;
+    Ok(rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| datum(r.get(i))).collect())
+        .collect())
+}
+
+/// `SELECT` of the rows with the given keys: one text array per key column, unnested and cast.
+fn by_key_sql(
+    schema: &TableSchema,
+    pair: &TablePair,
+    key: &[String],
+    keys: &[&Fields],
+) -> Result<(String, Vec<Vec<Option<String>>>)> {
+    let list: Vec<String> = schema
+        .copied_columns()
+        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .collect();
+    let mut params: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); key.len()];
+    for fields in keys {
+        for (i, k) in key.iter().enumerate() {
+            let value = fields
+                .0
+                .iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.clone());
+            params[i].push(value);
+        }
+    }
+    let mut casts = Vec::new();
+    for (i, k) in key.iter().enumerate() {
+        let ty = schema
+            .columns
+            .iter()
+            .find(|c| &c.name == k)
+            .map(|c| c.type_sql.as_str())
+            .ok_or_else(|| {
+                Error::Definite(format!("key column {k} is not a column of {}", schema.name))
+            })?;
+        casts.push(format!("u.c{i}::{ty}"));
+    }
+    let unnest: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
+    let cols: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    let mut sql = format!(
+        "SELECT {} FROM {} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+        list.join(", "),
+        schema.name.quoted(),
+        cols.join(", "),
+        casts.join(", "),
+        unnest.join(", "),
+        names.join(", ")
+    );
+    if let Some(f) = &pair.source_filter {
+        sql.push_str(&format!(" AND ({f})"));
+    }
+    Ok((sql, params))
+}

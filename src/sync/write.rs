@@ -1,0 +1,164 @@
+//! Rows into one destination table through a [`Session`], a destination transaction per
+//! `batch_rows`: how every strategy except a full copy writes.
+//!
+//! Upserts are updates without an old row: a destination matches them by key, updates the row
+//! it has, and inserts the ones it lacks (`Session::write` promises both). Deletes carry the key
+//! only. Each batch commits on its own, so a pass interrupted at any point leaves whole batches,
+//! and a rerun from the stored position writes the same rows again to the same effect.
+
+use std::sync::Arc;
+
+use crate::apply::{MappedColumn, Pending, RowOp, TableMap};
+use crate::config::TableName;
+use crate::decode::Datum;
+use crate::destination::{DestColumn, Destination, Session};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::snapshot::catalog::TableSchema;
+
+/// A session writing one table.
+pub struct Writer {
+    session: Box<dyn Session>,
+    map: Arc<TableMap>,
+    pending: Pending,
+    batch_rows: usize,
+    /// Rows handed to the destination so far.
+    pub written: u64,
+}
+
+impl Writer {
+    /// A writer into `table` for rows shaped like `source`'s copied columns.
+    pub async fn open(
+        dest: &dyn Destination,
+        source: &TableSchema,
+        table: &TableName,
+        batch_rows: usize,
+    ) -> Result<Writer> {
+        let mut session = dest.session(Arc::new(Metrics::default())).await?;
+        let columns = session.columns(table).await?;
+        let map = table_map(source, table, &columns)?;
+        Ok(Writer {
+            session,
+            map: Arc::new(map),
+            pending: Pending::default(),
+            batch_rows: batch_rows.max(1),
+            written: 0,
+        })
+    }
+
+    /// The table's columns, in the order rows must come in.
+    pub fn map(&self) -> &TableMap {
+        &self.map
+    }
+
+    /// Insert or update a whole row (values in `map().columns` order).
+    pub async fn upsert(&mut self, row: Vec<Datum>) -> Result<()> {
+        self.push(RowOp::Update {
+            old: None,
+            new: row,
+        })
+        .await
+    }
+
+    /// Insert a row known to be new (a table being filled, or a keyless one).
+    pub async fn insert(&mut self, row: Vec<Datum>) -> Result<()> {
+        self.push(RowOp::Insert(row)).await
+    }
+
+    /// Delete the row with this key (key columns by name).
+    pub async fn delete(&mut self, key: Vec<(String, Datum)>) -> Result<()> {
+        let mut row = vec![Datum::Null; self.map.columns.len()];
+        for (name, value) in key {
+            let pos = self
+                .map
+                .columns
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| {
+                    Error::Definite(format!("key column {name} is not in {}", self.map.dest))
+                })?;
+            row[pos] = value;
+        }
+        self.push(RowOp::Delete(row)).await
+    }
+
+    async fn push(&mut self, op: RowOp) -> Result<()> {
+        self.pending.push(&self.map, op);
+        if self.pending.rows() >= self.batch_rows {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Write and commit what is pending.
+    pub async fn flush(&mut self) -> Result<()> {
+        let rows = self.pending.rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let batch = self.pending.take_batch();
+        if let Err(e) = self.session.write(batch).await {
+            let _ = self.session.rollback().await;
+            return Err(e);
+        }
+        self.session.commit_rows().await?;
+        self.written += rows as u64;
+        Ok(())
+    }
+
+    /// Write the rest; the rows written in all.
+    pub async fn finish(mut self) -> Result<u64> {
+        self.flush().await?;
+        Ok(self.written)
+    }
+}
+
+/// The source's copied columns mapped onto the destination table, which must have the same
+/// columns (generated ones aside): a column on one side only is an error naming them all.
+pub fn table_map(source: &TableSchema, table: &TableName, dest: &[DestColumn]) -> Result<TableMap> {
+    let src: Vec<&str> = source.copied_columns().map(|c| c.name.as_str()).collect();
+    let only_src: Vec<&str> = src
+        .iter()
+        .copied()
+        .filter(|c| !dest.iter().any(|d| d.name == *c))
+        .collect();
+    let only_dst: Vec<&str> = dest
+        .iter()
+        .map(|d| d.name.as_str())
+        .filter(|d| !src.contains(d))
+        .collect();
+    if !only_src.is_empty() || !only_dst.is_empty() {
+        return Err(Error::Definite(format!(
+            "{table} does not have the columns of its source {}: only in the source: [{}]; only in the destination: [{}]. \
+             Align the destination table (or drop it: the next pass copies it anew)",
+            source.name,
+            only_src.join(", "),
+            only_dst.join(", ")
+        )));
+    }
+    let columns: Vec<MappedColumn> = src
+        .iter()
+        .map(|name| {
+            let d = dest
+                .iter()
+                .find(|d| d.name == *name)
+                .expect("checked above");
+            MappedColumn {
+                name: d.name.clone(),
+                dest_type: d.type_name.clone(),
+            }
+        })
+        .collect();
+    let key = dest
+        .iter()
+        .filter(|d| d.key)
+        .filter_map(|d| columns.iter().position(|c| c.name == d.name))
+        .collect();
+    Ok(TableMap {
+        relation_id: 0,
+        source: source.name.clone(),
+        dest: table.clone(),
+        columns,
+        key,
+    })
+}
