@@ -335,3 +335,241 @@ async fn a_keyless_table_is_reloaded_by_default_and_skip_skips() {
     .await;
     assert_eq!(exists, ["false"]);
 }
+
+#[tokio::test]
+async fn into_duckdb_every_strategy_keeps_its_promise() {
+    let ddl = format!(
+        "{ITEMS} CREATE TABLE d_items AS SELECT * FROM items; ALTER TABLE d_items ADD PRIMARY KEY (id);
+         CREATE TABLE x_items AS SELECT * FROM items; ALTER TABLE x_items ADD PRIMARY KEY (id);
+         CREATE TABLE r_items AS SELECT * FROM items;"
+    );
+    let (p, file) = duck_pipeline(
+        "sync_duck",
+        &ddl,
+        "[[tables]]\nsource = \"public.items\"\nstrategy = \"modified\"\nmodified_column = \"updated_at\"
+[[tables]]\nsource = \"public.d_items\"
+[[tables]]\nsource = \"public.x_items\"\nstrategy = \"xmin\"
+[[tables]]\nsource = \"public.r_items\"",
+    )
+    .await;
+    pass(&p, None).await;
+    for t in ["items", "d_items", "x_items", "r_items"] {
+        p.src_sql
+            .batch_execute(&format!(
+                "INSERT INTO {t} (id, name, price, updated_at) VALUES (101, 'new', 1, '2024-01-02 00:00:00+00');
+                 UPDATE {t} SET price = 99, updated_at = '2024-01-03 00:00:00+00' WHERE id = 5;
+                 DELETE FROM {t} WHERE id = 7;
+                 UPDATE {t} SET id = 1000, updated_at = '2024-01-03 00:00:00+00' WHERE id = 8;"
+            ))
+            .await
+            .unwrap();
+    }
+    let s = pass(&p, None).await;
+    let by = |name: &str| {
+        s.tables
+            .iter()
+            .find(|t| t.destination.ends_with(name))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by(".items").rows_read,
+        100,
+        "97 at the boundary + 101, 5, 1000"
+    );
+    assert_eq!(by(".x_items").rows_read, 3);
+    let d = by(".d_items");
+    assert_eq!((d.inserted, d.updated, d.deleted), (2, 1, 2));
+    assert!(by(".r_items").full_copy, "a keyless table is reloaded");
+    let q = |t: &str| {
+        format!("SELECT id::VARCHAR, name, price::VARCHAR, strftime(updated_at::TIMESTAMP, '%Y-%m-%d') FROM public.{t} WHERE id IN (5, 7, 8, 101, 1000) ORDER BY id")
+    };
+    let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let upserted = vec![
+        r(&["5", "item 5", "99.00", "2024-01-03"]),
+        r(&["7", "item 7", "10.50", "2024-01-01"]),
+        r(&["8", "item 8", "12.00", "2024-01-01"]),
+        r(&["101", "new", "1.00", "2024-01-02"]),
+        r(&["1000", "item 8", "12.00", "2024-01-03"]),
+    ];
+    assert_eq!(read(&file, &q("items")).unwrap(), upserted);
+    assert_eq!(read(&file, &q("x_items")).unwrap(), upserted);
+    let exact = vec![
+        r(&["5", "item 5", "99.00", "2024-01-03"]),
+        r(&["101", "new", "1.00", "2024-01-02"]),
+        r(&["1000", "item 8", "12.00", "2024-01-03"]),
+    ];
+    assert_eq!(read(&file, &q("d_items")).unwrap(), exact);
+    assert_eq!(read(&file, &q("r_items")).unwrap(), exact);
+    // The staging table of the reload is gone, and the state is in the file.
+    let tables = read(&file, "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM duckdb_tables() WHERE schema_name = 'public'").unwrap();
+    assert_eq!(tables, vec![r(&["d_items,items,r_items,x_items"])]);
+    let state = read(
+        &file,
+        "SELECT strategy, position FROM cdc.sync_tables WHERE destination_table = 'public.items'",
+    )
+    .unwrap();
+    assert_eq!(state, vec![r(&["modified", "2024-01-03 00:00:00+00"])]);
+}
+
+fn sync_cmd(p: &Pipeline, args: &[&str]) -> std::process::Command {
+    let mut c = cdc(p, args);
+    c.env("CDC_LOG", "error");
+    c
+}
+
+#[tokio::test]
+async fn every_repeats_passes_until_sigterm_and_json_summarises_each() {
+    let p = Pipeline::new("sync_every", ITEMS, "[[tables]]\nsource = \"public.items\"").await;
+    let mut child = sync_cmd(&p, &["sync", "--every", "1s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("a pass summary within 30 s")
+        .expect("cdc sync still running");
+    let first: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let t = &first["tables"][0];
+    assert_eq!(t["destination"], "public.items");
+    assert_eq!(t["strategy"], "diff");
+    assert_eq!(t["full_copy"], true);
+    assert_eq!(t["rows_read"], 100);
+    p.src_sql
+        .batch_execute("DELETE FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    // Some pass after the delete removes the row.
+    wait_for(
+        "the next pass to delete the row",
+        Duration::from_secs(30),
+        || async { rows_text(&p.dst_sql, "SELECT count(*)::text FROM items").await == ["99"] },
+    )
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "cdc sync did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code.code(), Some(0), "SIGTERM is a clean stop");
+}
+
+#[tokio::test]
+async fn a_failed_table_is_named_and_the_others_still_sync() {
+    let p = Pipeline::new(
+        "sync_fail",
+        &format!("{ITEMS} CREATE TABLE pairs (a int, b int, PRIMARY KEY (a, b)); INSERT INTO pairs VALUES (1, 2);"),
+        "[[tables]]\nsource = \"public.items\"\n[[tables]]\nsource = \"public.pairs\"\nstrategy = \"new_rows\"",
+    )
+    .await;
+    let out = sync_cmd(&p, &["sync", "--jobs", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("public.pairs")
+            && stderr.contains("single-column key")
+            && stderr.contains("modified"),
+        "{stderr}"
+    );
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM items").await,
+        ["100"]
+    );
+    // Every table failing with a definite problem: 65.
+    let out = sync_cmd(&p, &["sync", "public.pairs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(65));
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let p = Pipeline::new(
+        "sync_bad",
+        &format!("{ITEMS} CREATE TABLE log (msg text);"),
+        "[[tables]]\nsource = \"public.items\"\n[[tables]]\nsource = \"public.log\"",
+    )
+    .await;
+    // Configuration: unknown strategy, modified without its column.
+    let bad = |extra: &str| {
+        let text = p.config_text.replace(
+            "source = \"public.items\"",
+            &format!("source = \"public.items\"\n{extra}"),
+        );
+        let path = std::env::temp_dir().join(format!("{}_bad.toml", p.slot));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc"))
+            .args(["--config", path.to_str().unwrap(), "sync", "public.items"])
+            .env("CDC_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = bad("strategy = \"newest\"");
+    assert_eq!(code, Some(78));
+    assert!(err.contains("newest") && err.contains("new_rows"), "{err}");
+    let (code, err) = bad("strategy = \"modified\"");
+    assert_eq!(code, Some(78));
+    assert!(err.contains("modified_column"), "{err}");
+    let (code, err) = bad("strategy = \"modified\"\nmodified_column = \"nope\"");
+    assert_eq!(code, Some(65));
+    assert!(err.contains("\"nope\" is not a column"), "{err}");
+    let (code, err) = bad("where = \"price >>> 1\"");
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("public.items"), "{err}");
+    // A keyless table cannot be diffed.
+    let out = sync_cmd(&p, &["sync", "public.log", "--strategy", "diff"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no primary key") && err.contains("reload"),
+        "{err}"
+    );
+    // A destination table changed by hand: the columns are named, nothing is written.
+    assert_eq!(
+        sync_cmd(&p, &["sync"]).output().unwrap().status.code(),
+        Some(0)
+    );
+    p.dst_sql
+        .batch_execute("ALTER TABLE items ADD COLUMN note text; ALTER TABLE items DROP COLUMN name")
+        .await
+        .unwrap();
+    p.src_sql
+        .batch_execute("UPDATE items SET price = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    let out = sync_cmd(&p, &["sync", "public.items"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("only in the source: [name]")
+            && err.contains("only in the destination: [note]"),
+        "{err}"
+    );
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT price::text FROM items WHERE id = 1").await,
+        ["1.50"]
+    );
+}

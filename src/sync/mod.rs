@@ -702,7 +702,7 @@ async fn diff(
         let report = crate::verify::verify_into(
             &ctx.src_info,
             &ctx.target,
-            &[pair.clone()],
+            std::slice::from_ref(&pair),
             &options,
             &|_| {},
         )
