@@ -573,3 +573,221 @@ async fn bad_input_gets_clear_errors() {
         ["1.50"]
     );
 }
+
+#[tokio::test]
+async fn verify_repair_fixes_a_streamed_pipeline_and_sync_refuses_its_tables() {
+    let p = Pipeline::new(
+        "sync_repair",
+        ITEMS,
+        "[[tables]]\nsource = \"public.items\"",
+    )
+    .await;
+    let out = sync_cmd(&p, &["snapshot"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // While the slot exists the table belongs to `cdc run`.
+    let out = sync_cmd(&p, &["sync"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("streamed by `cdc run`"), "{err}");
+    // An incident: rows lost, changed and invented on the destination.
+    p.dst_sql
+        .batch_execute(
+            "DELETE FROM items WHERE id IN (1, 2); UPDATE items SET name = 'oops' WHERE id = 3;
+                        INSERT INTO items (id, name, updated_at) VALUES (500, 'ghost', now())",
+        )
+        .await
+        .unwrap();
+    let out = sync_cmd(&p, &["verify", "--repair", "--recheck-after-ms", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "differences were found: {stdout}"
+    );
+    assert!(
+        stdout.contains("Repaired public.items: 2 inserted, 1 updated, 1 deleted"),
+        "{stdout}"
+    );
+    assert_eq!(
+        all_rows(&p.src_sql, "items").await,
+        all_rows(&p.dst_sql, "items").await
+    );
+    let out = sync_cmd(&p, &["verify", "--recheck-after-ms", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    // Without the slot, sync may take the table over.
+    let out = sync_cmd(&p, &["teardown", "--yes"]).output().unwrap();
+    assert!(out.status.success());
+    let out = sync_cmd(&p, &["sync"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn reload_and_tables_destination_commands() {
+    let p = Pipeline::new(
+        "sync_cmds",
+        &format!("{ITEMS} CREATE TABLE other (id int PRIMARY KEY);"),
+        "[[tables]]\nsource = \"public.items\"\nstrategy = \"modified\"\nmodified_column = \"updated_at\"\n[[tables]]\nsource = \"public.other\"",
+    )
+    .await;
+    let out = sync_cmd(&p, &["tables", "--destination"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("public.items") && text.contains("(missing)") && text.contains("never"),
+        "{text}"
+    );
+    let out = sync_cmd(&p, &["reload", "public.items"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("reload*") && text.contains("100"), "{text}");
+    assert_eq!(
+        rows_text(
+            &p.dst_sql,
+            "SELECT (to_regclass('public.other') IS NULL)::text"
+        )
+        .await,
+        ["true"],
+        "only the named table"
+    );
+    let out = sync_cmd(&p, &["tables", "--destination"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("public.items"))
+        .unwrap();
+    assert!(
+        line.contains(" 100 ")
+            && line.contains("modified")
+            && line.contains("MiB")
+            && line.contains("2024-01-01 00:00:00+00 (100 rows"),
+        "{line}"
+    );
+    assert!(!text
+        .lines()
+        .find(|l| l.starts_with("public.other"))
+        .unwrap()
+        .contains("MiB"));
+    let out = sync_cmd(&p, &["reload"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "reload needs table names");
+}
+
+#[tokio::test]
+async fn extract_then_load_moves_a_table_through_files() {
+    let ddl =
+        "CREATE TABLE notes (id int PRIMARY KEY, body text, at timestamptz, tags text[], n numeric,
+                   updated_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00');
+        INSERT INTO notes (id, body, at, tags, n) VALUES
+            (1, '', '2021-06-16 20:14:09.221838+00', '{a,\"b c\"}', 1.50),
+            (2, NULL, NULL, NULL, NULL),
+            (3, E'line\\nbreak, \"quoted\" and é', '2020-01-01 00:00:00+00', '{}', -0.000001);";
+    let tables = "[[tables]]\nsource = \"public.notes\"\nstrategy = \"modified\"\nmodified_column = \"updated_at\"";
+    let a = Pipeline::new("sync_extract", ddl, tables).await;
+    let dir = std::env::temp_dir().join(crate::harness::unique("cdc-extract"));
+    let out = sync_cmd(
+        &a,
+        &["extract", "public.notes", "--to", dir.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Wrote 3 rows"));
+    let csv = std::fs::read_to_string(dir.join("public.notes.csv")).unwrap();
+    assert!(
+        csv.starts_with(
+            "id,body,at,tags,n,updated_at\n\"1\",\"\",\"2021-06-16 20:14:09.221838+00\""
+        ),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("\n\"2\",,,,,"),
+        "NULL is an unquoted empty field: {csv}"
+    );
+    // Loaded into another destination (the air gap), twice: the same rows, no duplicates.
+    let b = Pipeline::new("sync_load", "SELECT 1", tables).await;
+    for _ in 0..2 {
+        let out = sync_cmd(
+            &b,
+            &["load", "public.notes", "--from", dir.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        all_rows(&a.src_sql, "notes").await,
+        all_rows(&b.dst_sql, "notes").await
+    );
+    // A delta: what the next `modified` pass would move.
+    assert_eq!(
+        sync_cmd(&a, &["sync"]).output().unwrap().status.code(),
+        Some(0)
+    );
+    a.src_sql
+        .batch_execute(
+            "UPDATE notes SET body = 'changed', updated_at = '2024-02-01 00:00:00+00' WHERE id = 2",
+        )
+        .await
+        .unwrap();
+    let out = sync_cmd(
+        &a,
+        &[
+            "extract",
+            "public.notes",
+            "--to",
+            dir.to_str().unwrap(),
+            "--delta",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Wrote 3 rows"),
+        "boundary rows are re-read"
+    );
+    let out = sync_cmd(
+        &b,
+        &["load", "public.notes", "--from", dir.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        rows_text(&b.dst_sql, "SELECT body FROM notes WHERE id = 2").await,
+        ["changed"]
+    );
+    // A missing schema file means an incomplete extract.
+    std::fs::remove_file(dir.join("public.notes.schema.json")).unwrap();
+    let out = sync_cmd(
+        &b,
+        &["load", "public.notes", "--from", dir.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("incomplete"));
+}

@@ -315,51 +315,69 @@ fn chain(e: &Error) -> String {
     text
 }
 
-/// The strategy of a table for this pass.
-fn strategy_of(ctx: &Ctx<'_>, t: &Chosen<'_>, schema: &TableSchema) -> Result<Strategy> {
-    let configured = ctx.strategy.or(t.config.strategy);
-    let strategy = configured.unwrap_or(if schema.primary_key.is_empty() {
+/// A table's strategies for this pass: the one it keeps its position for (`base`), and the
+/// one this pass runs (`reload` on a `reload_on` day or by `cdc reload`, else `base`). A
+/// reload also records `base`'s position, so the passes after it go on from there.
+struct Strategies {
+    base: Strategy,
+    this_pass: Strategy,
+}
+
+/// The strategies of a table for this pass, checked against its source schema.
+fn strategy_of(ctx: &Ctx<'_>, t: &Chosen<'_>, schema: &TableSchema) -> Result<Strategies> {
+    let default = if schema.primary_key.is_empty() {
         Strategy::Reload
     } else {
         Strategy::Diff
-    });
+    };
+    let configured = t.config.strategy.unwrap_or(default);
+    let base = match ctx.strategy {
+        Some(Strategy::Reload) | None => configured,
+        Some(other) => other,
+    };
     let (weekday, day) = ctx.today;
-    if strategy != Strategy::Skip
-        && ctx.strategy.is_none()
-        && t.config.reload_on.iter().any(|d| d.matches(weekday, day))
-    {
-        return Ok(Strategy::Reload);
-    }
+    let reload_day = ctx.strategy.is_none()
+        && base != Strategy::Skip
+        && t.config.reload_on.iter().any(|d| d.matches(weekday, day));
+    let this_pass = if ctx.strategy == Some(Strategy::Reload) || reload_day {
+        Strategy::Reload
+    } else {
+        base
+    };
     let name = &t.source;
-    match strategy {
-        Strategy::NewRows if schema.primary_key.len() > 1 => Err(Error::Definite(format!(
-            "{name}: new_rows needs a single-column key, and the key is ({}): use strategy \"modified\" \
-             with a timestamp column, or \"diff\"",
-            schema.primary_key.join(", ")
-        ))),
-        Strategy::NewRows | Strategy::Diff | Strategy::Modified | Strategy::Xmin
-            if schema.primary_key.is_empty() =>
-        {
-            Err(Error::Definite(format!(
-                "{name} has no primary key: strategy {strategy} matches rows by key; use strategy \"reload\" \
-                 (or add a primary key on the source)"
-            )))
-        }
-        Strategy::Modified => {
-            let col = t.config.modified_column.as_deref().ok_or_else(|| {
-                Error::Definite(format!(
-                    "{name}: strategy \"modified\" needs modified_column in its [[tables]] entry"
-                ))
-            })?;
-            if read::column(schema, col).is_none() {
+    for strategy in [base, this_pass] {
+        match strategy {
+            Strategy::NewRows if schema.primary_key.len() > 1 => {
                 return Err(Error::Definite(format!(
-                    "{name}: modified_column {col:?} is not a column of the source table"
-                )));
+                    "{name}: new_rows needs a single-column key, and the key is ({}): use strategy \"modified\" \
+                     with a timestamp column, or \"diff\"",
+                    schema.primary_key.join(", ")
+                )))
             }
-            Ok(strategy)
+            Strategy::NewRows | Strategy::Diff | Strategy::Modified | Strategy::Xmin
+                if schema.primary_key.is_empty() =>
+            {
+                return Err(Error::Definite(format!(
+                    "{name} has no primary key: strategy {strategy} matches rows by key; use strategy \"reload\" \
+                     (or add a primary key on the source)"
+                )))
+            }
+            Strategy::Modified => {
+                let col = t.config.modified_column.as_deref().ok_or_else(|| {
+                    Error::Definite(format!(
+                        "{name}: strategy \"modified\" needs modified_column in its [[tables]] entry"
+                    ))
+                })?;
+                if read::column(schema, col).is_none() {
+                    return Err(Error::Definite(format!(
+                        "{name}: modified_column {col:?} is not a column of the source table"
+                    )));
+                }
+            }
+            _ => {}
         }
-        _ => Ok(strategy),
     }
+    Ok(Strategies { base, this_pass })
 }
 
 async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) -> Result<()> {
@@ -373,7 +391,10 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
                 t.source
             ))
         })?;
-    let strategy = strategy_of(ctx, t, &schema)?;
+    let Strategies {
+        base,
+        this_pass: strategy,
+    } = strategy_of(ctx, t, &schema)?;
     summary.strategy = strategy.to_string();
     if strategy == Strategy::Skip {
         return Ok(());
@@ -385,7 +406,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
             t.source, ctx.config.source.slot
         )));
     }
-    if strategy == Strategy::Modified {
+    if base == Strategy::Modified {
         let col = t.config.modified_column.as_deref().unwrap_or_default();
         warn_unindexed(&catalog, &schema, col).await;
     }
@@ -394,13 +415,13 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
     let position = ctx
         .states
         .get(&dest_name)
-        .filter(|s| s.strategy == strategy.name())
+        .filter(|s| s.strategy == base.name())
         .and_then(|s| s.position.clone());
     let exists = ctx.dest.table_size(&t.destination).await?.is_some();
     let reader = crate::pg::connect(&ctx.src_info).await?;
     let (rows, position) = if !exists || strategy == Strategy::Reload {
         summary.full_copy = true;
-        let (rows, position) = full_copy(ctx, t, &catalog, &reader, &schema, strategy).await?;
+        let (rows, position) = full_copy(ctx, t, &catalog, &reader, &schema, base).await?;
         summary.rows_read = rows;
         summary.inserted = rows;
         (rows, position)
@@ -430,7 +451,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
         .save_sync_state(&SyncState {
             destination_table: dest_name,
             source_table: t.source.to_string(),
-            strategy: strategy.name().into(),
+            strategy: base.name().into(),
             position,
             last_pass: Some(SystemTime::now()),
             rows: rows as i64,
