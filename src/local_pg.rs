@@ -112,6 +112,61 @@ fn check(status: io::Result<std::process::Output>, what: &str) -> io::Result<()>
 impl LocalPostgres {
     /// initdb, configure and start a new server.
     pub fn start(options: &Options) -> io::Result<Self> {
+        let mut server = Self::new_base()?;
+        let data = server.base.join("data");
+        check(
+            server
+                .command("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync"])
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                .arg(format!("--pwfile={}", server.base.join("pwfile").display()))
+                .output(),
+            "initdb",
+        )?;
+        server.configure(options)?;
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// A hot standby of `primary` (streaming replication from a base backup): read-only, as
+    /// a replica that `cdc sync` reads from.
+    pub fn start_standby(primary: &LocalPostgres) -> io::Result<Self> {
+        let mut server = Self::new_base()?;
+        server.password = primary.password.clone();
+        let data = server.base.join("data");
+        check(
+            server
+                .command("pg_basebackup")
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                ])
+                .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+                .env("PGPASSWORD", &primary.password)
+                .output(),
+            "pg_basebackup",
+        )?;
+        // Later lines win: this server's own socket directory and port.
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf"))?;
+        conf.push_str(&format!(
+            "\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            server.base.display()
+        ));
+        std::fs::write(data.join("postgresql.conf"), conf)?;
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// A fresh base directory with its password file and the watchdog that removes it.
+    fn new_base() -> io::Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let bindir = find_bindir()?;
         let as_postgres = running_as_root();
@@ -148,41 +203,33 @@ impl LocalPostgres {
                 "chown",
             )?;
         }
-        let data = base.join("data");
-        check(
-            server
-                .command("initdb")
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync"])
-                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-                .arg(format!("--pwfile={}", base.join("pwfile").display()))
-                .output(),
-            "initdb",
-        )?;
-        server.configure(options)?;
+        Ok(server)
+    }
+
+    /// Start the server on a free port.
+    fn launch(&mut self) -> io::Result<()> {
+        let data = self.base.join("data");
         // A free port can be taken by someone else before the server binds it: try a few.
         let mut last_err = None;
         for _ in 0..5 {
-            server.port = free_port()?;
-            std::fs::write(data.join("port.conf"), format!("port = {}\n", server.port))?;
-            server.chown(&data.join("port.conf"))?;
+            self.port = free_port()?;
+            std::fs::write(data.join("port.conf"), format!("port = {}\n", self.port))?;
+            self.chown(&data.join("port.conf"))?;
             match check(
-                server
-                    .command("pg_ctl")
+                self.command("pg_ctl")
                     .arg("-D")
                     .arg(&data)
                     .arg("-l")
-                    .arg(base.join("server.log"))
+                    .arg(self.base.join("server.log"))
                     .args(["-w", "-t", "60", "start"])
                     .output(),
                 "pg_ctl start",
             ) {
-                Ok(()) => return Ok(server),
+                Ok(()) => return Ok(()),
                 Err(e) => last_err = Some(e),
             }
         }
-        let log = std::fs::read_to_string(base.join("server.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.base.join("server.log")).unwrap_or_default();
         Err(io::Error::other(format!(
             "{}; server log:\n{log}",
             last_err.expect("tried at least once")

@@ -791,3 +791,190 @@ async fn extract_then_load_moves_a_table_through_files() {
     assert_eq!(out.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&out.stderr).contains("incomplete"));
 }
+
+#[tokio::test]
+async fn sync_reads_from_a_hot_standby() {
+    use cdc::local_pg::{LocalPostgres, Options as PgOptions};
+    let primary = tokio::task::spawn_blocking(|| LocalPostgres::start(&PgOptions::default()))
+        .await
+        .unwrap()
+        .expect("primary");
+    let admin = cdc::pg::connect(&primary.conninfo("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("{ITEMS} CREATE TABLE items2 AS SELECT * FROM items; ALTER TABLE items2 ADD PRIMARY KEY (id);"))
+        .await
+        .unwrap();
+    let primary = std::sync::Arc::new(primary);
+    let standby = {
+        let primary = primary.clone();
+        tokio::task::spawn_blocking(move || LocalPostgres::start_standby(&primary))
+            .await
+            .unwrap()
+            .expect("standby")
+    };
+    let replica = cdc::pg::connect(&standby.conninfo("postgres"))
+        .await
+        .unwrap();
+    let in_recovery = rows_text(&replica, "SELECT pg_is_in_recovery()::text").await;
+    assert_eq!(in_recovery, ["true"]);
+    let mut p = Pipeline::new("sync_standby", "SELECT 1", "").await;
+    let dst = p
+        .config_text
+        .split("[destination]")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    p.config_text = format!(
+        "[source]\nurl = {:?}\n[destination]{dst}\n[[tables]]\nsource = \"public.items\"\n[[tables]]\nsource = \"public.items2\"\nstrategy = \"xmin\"\n",
+        standby.url("postgres")
+    );
+    let wait_replayed = || async {
+        let lsn: String = admin
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        wait_for("the standby to replay", Duration::from_secs(30), || async {
+            replica
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        })
+        .await;
+    };
+    wait_replayed().await;
+    pass(&p, None).await;
+    admin
+        .batch_execute("DELETE FROM items WHERE id = 1; UPDATE items SET name = 'on the primary' WHERE id = 2; INSERT INTO items (id) VALUES (300);
+                        UPDATE items2 SET name = 'on the primary' WHERE id = 2; INSERT INTO items2 (id, updated_at) VALUES (300, now())")
+        .await
+        .unwrap();
+    wait_replayed().await;
+    let s = pass(&p, None).await;
+    assert_eq!(
+        (
+            s.tables[0].inserted,
+            s.tables[0].updated,
+            s.tables[0].deleted
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(s.tables[1].rows_read, 2, "xmin works on a standby too");
+    assert_eq!(
+        all_rows(&admin, "items").await,
+        all_rows(&p.dst_sql, "items").await
+    );
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT name FROM items2 WHERE id = 2").await,
+        ["on the primary"]
+    );
+    drop(standby);
+}
+
+/// Kill `cdc sync` with SIGKILL as soon as `moment` holds.
+async fn kill_when<F, Fut>(p: &Pipeline, args: &[&str], what: &str, moment: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut child = sync_cmd(p, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(what, Duration::from_secs(60), moment).await;
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        None,
+        "killed by a signal, not finished before it"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_inside_a_pass_then_a_clean_rerun_is_identical() {
+    let p = Pipeline::new(
+        "sync_kill",
+        "CREATE TABLE t (id int PRIMARY KEY, v text, updated_at timestamptz NOT NULL DEFAULT '2024-01-01');
+         CREATE INDEX ON t (updated_at);
+         INSERT INTO t (id, v) SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
+         CREATE TABLE u AS SELECT * FROM t; ALTER TABLE u ADD PRIMARY KEY (id);",
+        "[[tables]]\nsource = \"public.t\"\nstrategy = \"modified\"\nmodified_column = \"updated_at\"
+[[tables]]\nsource = \"public.u\"\n[apply]\nbatch_max_rows = 500\n[snapshot]\njobs = 2",
+    )
+    .await;
+    // Inside the first pass's copy: the staging table exists, nothing is swapped in yet.
+    kill_when(&p, &["sync", "public.t"], "the copy to start", || async {
+        rows_text(
+            &p.dst_sql,
+            "SELECT count(*)::text FROM pg_tables WHERE schemaname = 'cdc_reload_public'",
+        )
+        .await
+            == ["1"]
+    })
+    .await;
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT (to_regclass('public.t') IS NULL)::text").await,
+        ["true"],
+        "no half table is visible"
+    );
+    assert!(sync_cmd(&p, &["sync"]).status().unwrap().success());
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT count(*)::text FROM t").await,
+        ["60000"]
+    );
+    // Inside an incremental pass and a diff repair: some batches committed, the rest not.
+    p.src_sql
+        .batch_execute("UPDATE t SET v = 'changed', updated_at = '2024-02-01' WHERE id % 3 = 0;
+                        UPDATE u SET v = 'changed' WHERE id % 3 = 0; DELETE FROM u WHERE id % 7 = 0;")
+        .await
+        .unwrap();
+    kill_when(
+        &p,
+        &["sync", "public.t"],
+        "some batches of the pass",
+        || async {
+            let n: i64 = p
+                .dst_sql
+                .query_one("SELECT count(*) FROM t WHERE v = 'changed'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            n > 0
+        },
+    )
+    .await;
+    kill_when(
+        &p,
+        &["sync", "public.u"],
+        "some batches of the repair",
+        || async {
+            let n: i64 = p
+                .dst_sql
+                .query_one("SELECT count(*) FROM u WHERE v = 'changed'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            n > 0
+        },
+    )
+    .await;
+    assert!(sync_cmd(&p, &["sync"]).status().unwrap().success());
+    for table in ["t", "u"] {
+        let sum = |c| async move {
+            rows_text(
+                c,
+                &format!("SELECT count(*) || ':' || sum(hashtext(x::text)::bigint) FROM {table} x"),
+            )
+            .await
+        };
+        assert_eq!(sum(&p.src_sql).await, sum(&p.dst_sql).await, "{table}");
+    }
+}

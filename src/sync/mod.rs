@@ -701,6 +701,9 @@ async fn incremental(
     Ok((read, next))
 }
 
+/// Differences found per round of a `diff` pass.
+const DIFF_ROUND_ROWS: u64 = 100_000;
+
 /// `diff`: compare, repair what differs, and again while the comparison stopped at its limit.
 async fn diff(
     ctx: &Ctx<'_>,
@@ -716,8 +719,13 @@ async fn diff(
     let mut total = Repaired::default();
     let mut budget = t.config.max_rows.unwrap_or(u64::MAX);
     loop {
+        // Each round is a whole descent: find many differences per round (memory holds their
+        // keys and values), write them in batches.
         let options = crate::verify::Options {
-            max_differences: (ctx.batch_rows as u64).min(budget).max(1) as usize,
+            max_differences: DIFF_ROUND_ROWS
+                .max(ctx.batch_rows as u64)
+                .min(budget)
+                .max(1) as usize,
             ..crate::verify::Options::default()
         };
         let report = crate::verify::verify_into(
