@@ -162,3 +162,13 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// The sling binary the PyPI package `sling-linux-amd64` ships, if it is installed.
+pub fn sling_binary() -> Option<std::path::PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sling_linux_amd64, os; print(os.path.join(os.path.dirname(sling_linux_amd64.__file__), 'bin', 'sling-linux-amd64'))"])
+        .output()
+        .ok()?;
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    path.is_file().then_some(path)
+}

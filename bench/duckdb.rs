@@ -22,7 +22,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cdc::local_pg::{find_bindir, SUPERUSER};
-use common::{cdc_binary, env_or, median, pgbench, psql, rss_kib, start_servers, timed, which};
+use common::{
+    cdc_binary, env_or, median, pgbench, psql, rss_kib, sling_binary, start_servers, timed, which,
+};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
@@ -279,14 +281,4 @@ fn confirmed_at_least(server: &cdc::local_pg::LocalPostgres, lsn: &str) -> bool 
         server,
         &format!("SELECT coalesce(confirmed_flush_lsn >= '{lsn}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
     ) == "t"
-}
-
-/// The sling binary the PyPI package ships, if it is installed.
-fn sling_binary() -> Option<std::path::PathBuf> {
-    let out = Command::new("python3")
-        .args(["-c", "import sling_linux_amd64, os; print(os.path.join(os.path.dirname(sling_linux_amd64.__file__), 'bin', 'sling-linux-amd64'))"])
-        .output()
-        .ok()?;
-    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    path.is_file().then_some(path)
 }

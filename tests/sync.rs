@@ -978,3 +978,29 @@ async fn kill_9_inside_a_pass_then_a_clean_rerun_is_identical() {
         assert_eq!(sum(&p.src_sql).await, sum(&p.dst_sql).await, "{table}");
     }
 }
+
+#[tokio::test]
+async fn reload_on_today_reloads_and_keeps_the_position_of_the_strategy() {
+    // Today's weekday, as `reload_on` spells it (UTC).
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let today = ["thu", "fri", "sat", "sun", "mon", "tue", "wed"][(days % 7) as usize];
+    let p = Pipeline::new(
+        "sync_reload_on",
+        ITEMS,
+        &format!("[[tables]]\nsource = \"public.items\"\nstrategy = \"new_rows\"\nreload_on = [{today:?}]"),
+    )
+    .await;
+    pass(&p, None).await;
+    p.src_sql.batch_execute("UPDATE items SET name = 'seen by a reload' WHERE id = 1; INSERT INTO items (id) VALUES (150)").await.unwrap();
+    let t = pass(&p, None).await.tables.remove(0);
+    assert!(t.full_copy && t.strategy == "reload", "{t:?}");
+    assert_eq!(t.position.as_deref(), Some("150"), "new_rows goes on from the reload");
+    assert_eq!(rows_text(&p.dst_sql, "SELECT name FROM items WHERE id = 1").await, ["seen by a reload"]);
+    // `--strategy` for one run wins over reload_on.
+    let t = pass(&p, Some(Strategy::NewRows)).await.tables.remove(0);
+    assert!(!t.full_copy && t.rows_read == 0);
+}
