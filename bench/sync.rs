@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cdc::local_pg::{LocalPostgres, SUPERUSER};
-use common::{cdc_binary, env_or, median, pgbench, psql, sling_binary, start_servers, timed, timed_status, which};
+use common::{
+    cdc_binary, env_or, median, pgbench, psql, sling_binary, start_servers, timed, timed_status,
+    which,
+};
 
 struct Tools {
     dir: PathBuf,
@@ -118,7 +121,11 @@ fn main() {
     );
     let rows = scale * 100_000;
     eprintln!("generating {rows} accounts...");
-    pgbench(&source, "postgres", &["-i", "-q", "-I", "dtg", "-s", &scale.to_string()]);
+    pgbench(
+        &source,
+        "postgres",
+        &["-i", "-q", "-I", "dtg", "-s", &scale.to_string()],
+    );
     psql(
         &source,
         "postgres",
@@ -126,8 +133,9 @@ fn main() {
              timestamptz '2024-01-01 00:00:00+00' + aid * interval '1 millisecond' AS updated_at
            FROM pgbench_accounts;
          ALTER TABLE accounts ADD PRIMARY KEY (aid); CREATE INDEX ON accounts (updated_at);
-         DROP TABLE pgbench_accounts; VACUUM ANALYZE accounts;",
+         DROP TABLE pgbench_accounts;",
     );
+    psql(&source, "postgres", "VACUUM ANALYZE accounts");
     let dir = std::env::temp_dir().join(format!("cdc-bench-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tools = Tools {
@@ -151,7 +159,10 @@ fn main() {
         let (c, peak) = timed(tools.cdc(&ours_file, &["sync"]));
         peaks.push(peak);
         first[0].push(c);
-        eprintln!("rep {rep}: first pass: cdc sync {c:.2}s (peak RSS {:.1} MiB)", peak as f64 / 1024.0);
+        eprintln!(
+            "rep {rep}: first pass: cdc sync {c:.2}s (peak RSS {:.1} MiB)",
+            peak as f64 / 1024.0
+        );
         if let Some(bin) = &pgwarehouse {
             fresh(&pgw_file);
             let _ = std::fs::remove_dir_all(dir.join("pgw-data"));
@@ -178,7 +189,10 @@ fn main() {
         let (c, peak) = timed(tools.cdc(&ours_file, &["sync"]));
         peaks.push(peak);
         second[0].push(c);
-        eprintln!("rep {rep}: 1% second pass: cdc sync (modified) {c:.2}s (peak RSS {:.1} MiB)", peak as f64 / 1024.0);
+        eprintln!(
+            "rep {rep}: 1% second pass: cdc sync (modified) {c:.2}s (peak RSS {:.1} MiB)",
+            peak as f64 / 1024.0
+        );
         if let Some(bin) = &pgwarehouse {
             let (t, _) = timed(tools.pgwarehouse(
                 bin,
@@ -192,7 +206,14 @@ fn main() {
             let (t, _) = timed(tools.sling(
                 bin,
                 &sling_file,
-                &["--mode", "incremental", "--primary-key", "aid", "--update-key", "updated_at"],
+                &[
+                    "--mode",
+                    "incremental",
+                    "--primary-key",
+                    "aid",
+                    "--update-key",
+                    "updated_at",
+                ],
             ));
             second[2].push(t);
             eprintln!("rep {rep}: 1% second pass: sling incremental {t:.2}s");
@@ -232,7 +253,9 @@ fn main() {
         peaks.push(peak);
         reload_times.push(r);
         let (_, _) = timed_status(
-            tools.cdc(&ours_file, &["verify", "--recheck-after-ms", "0"]).stdout(Stdio::null()),
+            tools
+                .cdc(&ours_file, &["verify", "--recheck-after-ms", "0"])
+                .stdout(Stdio::null()),
             &[0],
         );
         eprintln!(

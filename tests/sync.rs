@@ -998,9 +998,41 @@ async fn reload_on_today_reloads_and_keeps_the_position_of_the_strategy() {
     p.src_sql.batch_execute("UPDATE items SET name = 'seen by a reload' WHERE id = 1; INSERT INTO items (id) VALUES (150)").await.unwrap();
     let t = pass(&p, None).await.tables.remove(0);
     assert!(t.full_copy && t.strategy == "reload", "{t:?}");
-    assert_eq!(t.position.as_deref(), Some("150"), "new_rows goes on from the reload");
-    assert_eq!(rows_text(&p.dst_sql, "SELECT name FROM items WHERE id = 1").await, ["seen by a reload"]);
+    assert_eq!(
+        t.position.as_deref(),
+        Some("150"),
+        "new_rows goes on from the reload"
+    );
+    assert_eq!(
+        rows_text(&p.dst_sql, "SELECT name FROM items WHERE id = 1").await,
+        ["seen by a reload"]
+    );
     // `--strategy` for one run wins over reload_on.
     let t = pass(&p, Some(Strategy::NewRows)).await.tables.remove(0);
     assert!(!t.full_copy && t.rows_read == 0);
+}
+
+#[tokio::test]
+async fn a_duckdb_file_named_like_a_schema_works() {
+    // DuckDB names the database after the file: in `cdc.duckdb`, `cdc.pipeline` could mean
+    // table `pipeline` of database `cdc` or of schema `cdc`, and DuckDB refuses to guess.
+    let (mut p, file) = duck_pipeline(
+        "sync_duck_name",
+        ITEMS,
+        "[[tables]]\nsource = \"public.items\"\ndestination = \"cdc.items\"",
+    )
+    .await;
+    let named = file.with_file_name("cdc.duckdb");
+    p.config_text = p
+        .config_text
+        .replace(file.to_str().unwrap(), named.to_str().unwrap());
+    pass(&p, None).await;
+    p.src_sql
+        .batch_execute("DELETE FROM items WHERE id = 3")
+        .await
+        .unwrap();
+    let t = pass(&p, None).await.tables.remove(0);
+    assert_eq!(t.deleted, 1);
+    let n = read(&named, "SELECT count(*)::VARCHAR FROM cdc.cdc.items").unwrap();
+    assert_eq!(n, vec![vec!["99".to_string()]]);
 }

@@ -381,6 +381,7 @@ fn strategy_of(ctx: &Ctx<'_>, t: &Chosen<'_>, schema: &TableSchema) -> Result<St
 }
 
 async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) -> Result<()> {
+    let started = Instant::now();
     let catalog = crate::pg::connect(&ctx.src_info).await?;
     catalog::prepare_session(&catalog).await?;
     let schema = catalog::read_table(&catalog, &t.source)
@@ -455,7 +456,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
             position,
             last_pass: Some(SystemTime::now()),
             rows: rows as i64,
-            seconds: summary.seconds,
+            seconds: started.elapsed().as_secs_f64(),
         })
         .await?;
     tracing::info!(table = %t.source, strategy = %strategy, rows, "table synced");

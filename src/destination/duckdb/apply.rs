@@ -125,7 +125,7 @@ fn key_match(t: &TableMap, left: &str, right: &str) -> String {
 
 /// The MERGE of one keyed table's staged final states: columns `c0..cN` (the table's), then
 /// `op` ('D' delete, 'U' upsert) and `keep` (one '0'/'1' per column: keep the destination's).
-fn merge_sql(t: &TableMap, stage: &str) -> String {
+fn merge_sql(t: &TableMap, dest: &str, stage: &str) -> String {
     let n = t.columns.len();
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let source: Vec<String> = t
@@ -163,7 +163,7 @@ fn merge_sql(t: &TableMap, stage: &str) -> String {
          WHEN MATCHED AND s.cdc_op = 'D' THEN DELETE
          WHEN MATCHED THEN {update}
          WHEN NOT MATCHED AND s.cdc_op = 'U' AND NOT contains(s.cdc_keep, '1') THEN INSERT ({cols}) VALUES ({values})",
-        dest = t.dest.quoted(),
+        dest = dest,
         source = source.join(", "),
         order = order.join(", "),
         on = key_match(t, "d", "s"),
@@ -217,7 +217,13 @@ fn all_match(t: &TableMap) -> String {
         .join(" AND ")
 }
 
-fn write_table(c: &Connection, t: &TableMap, ops: &[crate::apply::RowOp]) -> Result<u64> {
+/// Write one table's changes; `dest` is its qualified name.
+fn write_table(
+    c: &Connection,
+    t: &TableMap,
+    dest: &str,
+    ops: &[crate::apply::RowOp],
+) -> Result<u64> {
     let ctx = || format!("applying changes to {}", t.dest);
     let n = t.columns.len();
     if t.is_keyless() {
@@ -240,7 +246,7 @@ fn write_table(c: &Connection, t: &TableMap, ops: &[crate::apply::RowOp]) -> Res
                         .collect();
                     c.execute_batch(&format!(
                         "INSERT INTO {} ({}) SELECT {} FROM temp.main.{stage}",
-                        t.dest.quoted(),
+                        dest,
                         cols.join(", "),
                         casts.join(", ")
                     ))
@@ -252,7 +258,7 @@ fn write_table(c: &Connection, t: &TableMap, ops: &[crate::apply::RowOp]) -> Res
                         .collect::<Result<Vec<_>>>()?;
                     let sql = format!(
                         "DELETE FROM {d} WHERE rowid = (SELECT rowid FROM {d} WHERE {m} LIMIT 1)",
-                        d = t.dest.quoted(),
+                        d = dest,
                         m = all_match(t)
                     );
                     c.execute(&sql, params_from_iter(values.iter()))
@@ -284,7 +290,7 @@ fn write_table(c: &Connection, t: &TableMap, ops: &[crate::apply::RowOp]) -> Res
                         .collect::<Result<Vec<_>>>()?;
                     let sql = format!(
                         "UPDATE {d} SET {s} WHERE rowid = (SELECT rowid FROM {d} WHERE {m} LIMIT 1)",
-                        d = t.dest.quoted(),
+                        d = dest,
                         s = sets.join(", "),
                         m = all_match(t)
                     );
@@ -320,7 +326,7 @@ fn write_table(c: &Connection, t: &TableMap, ops: &[crate::apply::RowOp]) -> Res
                   WHERE contains(s.cdc_keep, '1') AND NOT EXISTS (SELECT 1 FROM {dest} AS d WHERE {on})",
                 casts = casts.join(", "),
                 keep = n + 1,
-                dest = t.dest.quoted(),
+                dest = dest,
                 on = key_match(t, "d", "s"),
             ),
             params![],
@@ -330,7 +336,7 @@ fn write_table(c: &Connection, t: &TableMap, ops: &[crate::apply::RowOp]) -> Res
     } else {
         0
     };
-    c.execute_batch(&merge_sql(t, &stage))
+    c.execute_batch(&merge_sql(t, dest, &stage))
         .map_err(Error::duck(ctx()))?;
     Ok(missing)
 }
@@ -391,13 +397,17 @@ impl Session for DuckSession {
         }
         self.begin().await?;
         // The batch's tables are written in one blocking call, which owns the batch.
-        let tables = batch.into_tables();
+        let tables: Vec<_> = batch
+            .into_tables()
+            .into_iter()
+            .map(|(t, ops)| (self.handle.qualified(&t.dest), t, ops))
+            .collect();
         let missing = self
             .handle
             .run("applying changes", move |c| {
                 Ok(tables
                     .iter()
-                    .map(|(t, ops)| (t.clone(), write_table(c, t, ops)))
+                    .map(|(dest, t, ops)| (t.clone(), write_table(c, t, dest, ops)))
                     .collect::<Vec<_>>())
             })
             .await?;
@@ -411,7 +421,7 @@ impl Session for DuckSession {
         self.begin().await?;
         let sql: Vec<String> = tables
             .iter()
-            .map(|t| format!("DELETE FROM {}", t.dest.quoted()))
+            .map(|t| format!("DELETE FROM {}", self.handle.qualified(&t.dest)))
             .collect();
         let sql = sql.join(";\n");
         self.handle
@@ -420,7 +430,7 @@ impl Session for DuckSession {
     }
 
     async fn alter(&mut self, dest: &TableName, change: &SchemaChange) -> Result<()> {
-        let t = dest.quoted();
+        let t = self.handle.qualified(dest);
         let mut ddl: Vec<String> = Vec::new();
         for (n, ty) in &change.added {
             ddl.push(format!(

@@ -34,6 +34,9 @@ pub async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T> {
 
 pub struct Handle {
     path: PathBuf,
+    /// The database's name inside DuckDB (its file's stem), quoted: every table is qualified
+    /// with it, since a two-part name `cdc.pipeline` is ambiguous in a file named `cdc.duckdb`.
+    catalog: std::sync::OnceLock<String>,
     /// Opened read-only (`cdc verify`, `cdc status` readers never write).
     read_only: bool,
     state: Mutex<State>,
@@ -79,6 +82,7 @@ impl Handle {
         }
         Ok(Handle {
             path: path.to_owned(),
+            catalog: std::sync::OnceLock::new(),
             read_only: false,
             state: Mutex::new(State::default()),
         })
@@ -96,6 +100,27 @@ impl Handle {
             read_only: true,
             ..Handle::new(path)?
         })
+    }
+
+    /// `table` qualified with the database name (known once the file was opened).
+    pub fn qualified(&self, table: &crate::config::TableName) -> String {
+        match self.catalog.get() {
+            Some(catalog) => format!("{catalog}.{}", table.quoted()),
+            None => table.quoted(),
+        }
+    }
+
+    /// `schema.name` (already quoted parts) qualified with the database name.
+    pub fn qualified_raw(&self, quoted_schema: &str, quoted_name: &str) -> String {
+        match self.catalog.get() {
+            Some(catalog) => format!("{catalog}.{quoted_schema}.{quoted_name}"),
+            None => format!("{quoted_schema}.{quoted_name}"),
+        }
+    }
+
+    /// The quoted database name, once known.
+    pub fn catalog(&self) -> Option<&str> {
+        self.catalog.get().map(String::as_str)
     }
 
     /// Keep the file open until the returned `Pin` is dropped.
@@ -187,6 +212,14 @@ impl Handle {
                     let _ = c.execute_batch("SET TimeZone = 'UTC'");
                     c.execute_batch(&format!("SET memory_limit = '{MEMORY_LIMIT}'"))
                         .map_err(Error::duck("limiting DuckDB's memory"))?;
+                    if self.catalog.get().is_none() {
+                        let name: String = c
+                            .query_row("SELECT current_database()", [], |r| r.get(0))
+                            .map_err(Error::duck("reading the database name"))?;
+                        let _ = self
+                            .catalog
+                            .set(crate::source::replication::quote_ident(&name));
+                    }
                     return Ok(c);
                 }
                 Err(e) => {

@@ -66,7 +66,15 @@ impl DuckDbDestination {
     }
 
     fn t(&self, table: &str) -> String {
-        format!("{}.{table}", self.schema)
+        self.handle.qualified_raw(&self.schema, table)
+    }
+
+    /// The state schema, qualified with the database name.
+    fn state_schema(&self) -> String {
+        match self.handle.catalog() {
+            Some(c) => format!("{c}.{}", self.schema),
+            None => self.schema.clone(),
+        }
     }
 }
 
@@ -126,7 +134,7 @@ impl Destination for DuckDbDestination {
                  rows BIGINT NOT NULL DEFAULT 0,
                  seconds DOUBLE NOT NULL DEFAULT 0);",
             sync = self.t("sync_tables"),
-            schema = self.schema,
+            schema = self.state_schema(),
             pipeline = self.t("pipeline"),
             tables = self.t("snapshot_tables"),
         );
@@ -311,14 +319,19 @@ impl Destination for DuckDbDestination {
             .collect();
         schemas.sort();
         schemas.dedup();
-        sql.extend(
-            schemas
-                .iter()
-                .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s))),
-        );
+        sql.extend(schemas.iter().map(|s| {
+            let schema = quote_ident(s);
+            match self.handle.catalog() {
+                Some(c) => format!("CREATE SCHEMA IF NOT EXISTS {c}.{schema}"),
+                None => format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+            }
+        }));
         for t in tables {
             if replace {
-                sql.push(format!("DROP TABLE IF EXISTS {}", t.destination.quoted()));
+                sql.push(format!(
+                    "DROP TABLE IF EXISTS {}",
+                    self.handle.qualified(t.destination)
+                ));
             }
             // Generated columns are left out: their Postgres expressions are not DuckDB's.
             let mut cols: Vec<String> = t
@@ -343,7 +356,7 @@ impl Destination for DuckDbDestination {
             }
             sql.push(format!(
                 "CREATE TABLE {} ({})",
-                t.destination.quoted(),
+                self.handle.qualified(t.destination),
                 cols.join(", ")
             ));
         }
@@ -365,6 +378,7 @@ impl Destination for DuckDbDestination {
         let (conn, pin) = self.handle.connection().await?;
         Ok(Box::new(DuckLoader {
             copy_in: CopyIn::new(conn),
+            handle: self.handle.clone(),
             _pin: pin,
         }))
     }
@@ -423,8 +437,8 @@ impl Destination for DuckDbDestination {
     async fn replace_table(&self, staging: &TableName, table: &TableName) -> Result<()> {
         let sql = format!(
             "BEGIN TRANSACTION; DROP TABLE IF EXISTS {live}; ALTER TABLE {staged} RENAME TO {name}; COMMIT",
-            live = table.quoted(),
-            staged = staging.quoted(),
+            live = self.handle.qualified(table),
+            staged = self.handle.qualified(staging),
             name = quote_ident(&table.name),
         );
         self.handle
@@ -439,14 +453,18 @@ impl Destination for DuckDbDestination {
     }
 
     async fn drop_table(&self, table: &TableName) -> Result<()> {
-        let sql = format!("DROP TABLE IF EXISTS {}", table.quoted());
+        let sql = format!("DROP TABLE IF EXISTS {}", self.handle.qualified(table));
         self.handle
             .run(format!("dropping {table}"), move |c| c.execute_batch(&sql))
             .await
     }
 
     async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {
-        let (schema, name, quoted) = (table.schema.clone(), table.name.clone(), table.quoted());
+        let (schema, name, quoted) = (
+            table.schema.clone(),
+            table.name.clone(),
+            self.handle.qualified(table),
+        );
         self.handle
             .run(format!("sizing {table}"), move |c| {
                 let n: i64 = c.query_row(
@@ -536,6 +554,7 @@ impl Destination for DuckDbDestination {
 /// A snapshot worker's connection: loads ranges through `CopyIn`.
 struct DuckLoader {
     copy_in: CopyIn,
+    handle: Arc<Handle>,
     /// The file stays open for the whole snapshot.
     _pin: Pin,
 }
@@ -558,7 +577,7 @@ impl Loader for DuckLoader {
             .load(
                 src,
                 out_sql,
-                &table.destination.quoted(),
+                &self.handle.qualified(table.destination),
                 &names,
                 &copied_types(table.schema),
                 bytes,

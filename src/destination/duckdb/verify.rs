@@ -155,7 +155,7 @@ impl DuckDbReader {
         src.close().await;
         let conn = copy_in.into_connection();
 
-        let dest = spec.destination.quoted();
+        let dest = self.handle.qualified(spec.destination);
         let n = spec.columns.len();
         let source_view: Vec<String> = (0..n).map(|i| format!("c{i} AS {}", cols[i])).collect();
         let s = format!(
