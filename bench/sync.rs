@@ -55,8 +55,7 @@ impl Tools {
             .arg(self.config(file))
             .args(["--log-format", "json"])
             .args(args)
-            .env("CDC_LOG", &self.log)
-            .stderr(Stdio::null());
+            .env("CDC_LOG", &self.log);
         cmd
     }
 
@@ -105,6 +104,20 @@ impl Tools {
             .stderr(Stdio::null());
         cmd
     }
+}
+
+/// Run `cmd`, printing its output if it fails; (seconds, peak RSS KiB).
+fn timed_ok(mut cmd: Command) -> (f64, u64) {
+    let started = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (started.elapsed().as_secs_f64(), 0)
 }
 
 fn fresh(file: &Path) {
@@ -228,6 +241,7 @@ fn main() {
                 rep + 500
             ),
         );
+        eprintln!("rep {rep}: changed 0.1% + 0.01%");
         let changed: u64 = rows / 1000 + rows / 10000;
         let reload_file = dir.join("cdc-reload.duckdb");
         fresh(&reload_file);
@@ -236,7 +250,12 @@ fn main() {
             .cdc(&ours_file, &["sync", "--strategy", "diff", "--json"])
             .output()
             .unwrap();
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("rep {rep}: diffed");
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let t = &summary["tables"][0];
         let n = ["inserted", "updated", "deleted"]
@@ -244,19 +263,22 @@ fn main() {
             .map(|k| t[k].as_u64().unwrap())
             .sum::<u64>();
         let secs = t["seconds"].as_f64().unwrap();
-        let (d, peak) = timed(tools.cdc(&ours_file, &["sync", "--strategy", "diff"]));
+        let (d, peak) = timed_ok(tools.cdc(&ours_file, &["sync", "--strategy", "diff"]));
         peaks.push(peak);
         // The first diff did the work; the timed one above is a no-change pass (the floor).
         diff_times.push(secs);
         moved.push(n as f64);
-        let (r, peak) = timed(tools.cdc(&reload_file, &["reload", "public.accounts"]));
+        let (r, peak) = timed_ok(tools.cdc(&reload_file, &["reload", "public.accounts"]));
         peaks.push(peak);
         reload_times.push(r);
-        let (_, _) = timed_status(
-            tools
-                .cdc(&ours_file, &["verify", "--recheck-after-ms", "0"])
-                .stdout(Stdio::null()),
-            &[0],
+        let verified = tools
+            .cdc(&ours_file, &["verify", "--recheck-after-ms", "0"])
+            .output()
+            .unwrap();
+        assert!(
+            verified.status.success(),
+            "differences left after diff:\n{}",
+            String::from_utf8_lossy(&verified.stdout)
         );
         eprintln!(
             "rep {rep}: 0.1%+0.01%: diff {secs:.2}s moving {n} rows for {changed} changed (no-change diff {d:.2}s), reload {r:.2}s; verify equal"

@@ -61,7 +61,8 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
             // Opened per attempt: a destination that restarted gets fresh sessions.
             let dest = crate::destination::open(config).await?;
             ensure_snapshot(config, &dest).await?;
-            stream_once(config, dest.as_ref(), &mut shutdown, &metrics).await
+            let joined = crate::snapshot::join::reconcile(config, &dest).await?;
+            stream_once(config, dest.as_ref(), joined, &mut shutdown, &metrics).await
         }
         .await;
         metrics.set_streaming(false);
@@ -135,6 +136,7 @@ impl Drop for AbortOnDrop {
 async fn stream_once(
     config: &Config,
     dest: &dyn Destination,
+    joined: std::collections::HashMap<crate::config::TableName, Lsn>,
     shutdown: &mut watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
@@ -184,6 +186,7 @@ async fn stream_once(
         applied,
         metrics.clone(),
     );
+    streamer.set_joined(joined);
     // The server's latest WAL position, for the lag gauge.
     let mut wal_end = applied;
     let mut decoder = PgOutputDecoder::new();

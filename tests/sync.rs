@@ -13,7 +13,7 @@ use crate::duckdb::{cdc, duck_pipeline, read};
 use crate::harness::{rows_text, wait_for, Pipeline};
 
 const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(10,2),
-        updated_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00');
+        updated_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00', code char(4) DEFAULT 'ab');
     CREATE INDEX ON items (updated_at);
     INSERT INTO items (id, name, price)
         SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, 100) g;";
@@ -401,6 +401,17 @@ async fn into_duckdb_every_strategy_keeps_its_promise() {
     ];
     assert_eq!(read(&file, &q("d_items")).unwrap(), exact);
     assert_eq!(read(&file, &q("r_items")).unwrap(), exact);
+    // char(n) keeps its padding whichever way a row came (a cast to text would trim it).
+    for t in ["items", "d_items", "x_items", "r_items"] {
+        let lengths = read(
+            &file,
+            &format!(
+                "SELECT DISTINCT length(code)::VARCHAR FROM public.{t} WHERE code IS NOT NULL"
+            ),
+        )
+        .unwrap();
+        assert_eq!(lengths, vec![r(&["4"])], "{t}");
+    }
     // The staging table of the reload is gone, and the state is in the file.
     let tables = read(&file, "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM duckdb_tables() WHERE schema_name = 'public'").unwrap();
     assert_eq!(tables, vec![r(&["d_items,items,r_items,x_items"])]);

@@ -78,6 +78,10 @@ pub struct SourceConfig {
     /// Silence from the server longer than this means the connection is dead.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Create the slot as a failover slot (Postgres 17+), synchronized to standbys that have
+    /// `sync_replication_slots = on`, so streaming survives a promotion.
+    #[serde(default)]
+    pub failover: bool,
     /// Password set by environment (`CDC_SOURCE_PASSWORD`); never read from the file.
     #[serde(skip)]
     pub password: Option<Secret>,

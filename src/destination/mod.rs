@@ -169,6 +169,20 @@ pub trait Destination: Send + Sync {
     async fn complete_snapshot(&self, slot: &str) -> Result<()>;
     /// Rows copied per source table of `slot`.
     async fn snapshot_tables(&self, slot: &str) -> Result<Vec<(String, i64)>>;
+    /// Tables that joined `slot`'s pipeline after its snapshot, with the position their copy
+    /// saw up to (their changes before it are skipped).
+    async fn joined_tables(&self, slot: &str) -> Result<Vec<(String, Lsn)>>;
+    /// Record a table copied into a running pipeline (after its rows are in place).
+    async fn record_join(
+        &self,
+        slot: &str,
+        source: &TableName,
+        destination: &TableName,
+        rows: u64,
+        at: Lsn,
+    ) -> Result<()>;
+    /// Forget a table that is no longer configured (its destination table stays).
+    async fn forget_table(&self, slot: &str, source: &TableName) -> Result<()>;
 
     /// Destination-side prerequisites of a snapshot, as problems with their fixes.
     async fn check(

@@ -19,6 +19,7 @@
 
 pub mod catalog;
 pub mod copy;
+pub mod join;
 pub mod prereq;
 mod progress;
 
@@ -218,7 +219,16 @@ pub async fn run_into(
     dest.begin_snapshot(slot, publication).await?;
 
     let mut repl = ReplicationClient::connect(&src_info).await?;
-    let created = repl.create_logical_slot(slot, true).await?;
+    let created = repl
+        .create_slot_with(
+            slot,
+            &crate::source::replication::SlotOptions {
+                export_snapshot: true,
+                temporary: false,
+                failover: config.source.failover,
+            },
+        )
+        .await?;
     tracing::info!(slot, lsn = %created.consistent_point, "slot created; copying under its snapshot");
     let result = async {
         let snapshot = created
@@ -293,7 +303,7 @@ pub async fn run_into(
 /// it was created by this call. With `via_root` (a table is partitioned), changes to its
 /// partitions must be published as changes of the configured root, or they would arrive
 /// under partition names no destination table has (Postgres 13+).
-async fn ensure_publication(
+pub(crate) async fn ensure_publication(
     src: &Client,
     publication: &str,
     pairs: &[(TableName, TableName)],

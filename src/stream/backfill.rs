@@ -52,12 +52,12 @@ pub async fn columns_with_values(
         .collect())
 }
 
-/// The query reading the key and `columns` of every source row, all as text.
+/// The query reading the key and `columns` of every source row (read as text by the cursor).
 pub fn select_sql(map: &TableMap, columns: &[String]) -> String {
     let key = map.key.iter().map(|&k| map.columns[k].name.as_str());
     let list: Vec<String> = key
         .chain(columns.iter().map(String::as_str))
-        .map(|c| format!("{}::text", quote_ident(c)))
+        .map(quote_ident)
         .collect();
     format!("SELECT {} FROM {}", list.join(", "), map.source.quoted())
 }
@@ -146,7 +146,7 @@ mod tests {
         };
         assert_eq!(
             select_sql(&map, &["New".into()]),
-            "SELECT \"id\"::text, \"New\"::text FROM \"public\".\"T\""
+            "SELECT \"id\", \"New\" FROM \"public\".\"T\""
         );
     }
 }

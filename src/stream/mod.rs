@@ -84,6 +84,11 @@ pub struct Streamer {
     speculation: Option<Speculation>,
     /// Where the stream is relative to source transactions.
     txn: SourceTxn,
+    /// Commit LSN of the source transaction being processed.
+    txn_commit: Lsn,
+    /// Tables that joined the pipeline after its snapshot, each copied under a snapshot taken
+    /// at this position: their changes in transactions committed before it are in the copy.
+    joined: HashMap<TableName, Lsn>,
     /// End LSN and time of the last source commit written into the open destination
     /// transaction but not yet committed there.
     included: Option<(Lsn, PgTimestamp)>,
@@ -131,6 +136,8 @@ impl Streamer {
             spare,
             speculation: None,
             txn: SourceTxn::Outside,
+            txn_commit: Lsn::default(),
+            joined: HashMap::new(),
             included: None,
             batch_started: None,
             batch_rows: 0,
@@ -140,6 +147,24 @@ impl Streamer {
             stats: Stats::default(),
             metrics,
         }
+    }
+
+    /// Tables copied after the snapshot, with the position each copy saw up to.
+    pub fn set_joined(&mut self, joined: HashMap<TableName, Lsn>) {
+        self.joined = joined;
+    }
+
+    /// Whether a joined table's copy still covers transactions ahead of the stream: their
+    /// commit position must be known before applying, so nothing is applied ahead meanwhile.
+    fn joining(&self) -> bool {
+        self.joined.values().any(|&at| at > self.applied)
+    }
+
+    /// Whether a change of `map` in the current transaction is already in its table's copy.
+    fn in_joined_copy(&self, map: &TableMap) -> bool {
+        self.joined
+            .get(&map.source)
+            .is_some_and(|&at| self.txn_commit < at)
     }
 
     /// The position the destination has committed.
@@ -223,6 +248,7 @@ impl Streamer {
             LogicalMessage::Begin(b) => {
                 // Applied before a restart: its commit precedes the recorded end of the last one.
                 self.txn = SourceTxn::begin(b.final_lsn, self.applied);
+                self.txn_commit = b.final_lsn;
             }
             LogicalMessage::Commit(c) => {
                 return self.end_transaction(c.end_lsn, c.commit_time).await
@@ -242,7 +268,9 @@ impl Streamer {
                     let mut maps = Vec::new();
                     for id in &t.relation_ids {
                         if let Some(m) = self.mapping(*id)? {
-                            maps.push(m);
+                            if !self.in_joined_copy(&m) {
+                                maps.push(m);
+                            }
                         }
                     }
                     if !maps.is_empty() {
@@ -283,6 +311,7 @@ impl Streamer {
     ) -> Result<Option<Lsn>> {
         let (mut replay, aborted) = self.streamed.take(xid)?;
         self.txn = SourceTxn::begin(commit_lsn, self.applied);
+        self.txn_commit = commit_lsn;
         let mut decoder = PgOutputDecoder::inside_stream(xid);
         while let Some(m) = replay.next_message()? {
             let msg = decoder.decode(m).map_err(|source| Error::Decode {
@@ -325,6 +354,9 @@ impl Streamer {
         let Some(map) = self.mapping(relation_id)? else {
             return Ok(());
         };
+        if self.in_joined_copy(&map) {
+            return Ok(());
+        }
         self.metrics.row(&map.dest.to_string(), op.kind());
         self.start_batch();
         let before = self.applier.pending_bytes();

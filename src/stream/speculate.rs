@@ -125,6 +125,7 @@ impl Streamer {
         if self.speculation.is_some()
             || self.txn != super::SourceTxn::Outside
             || self.spare.is_none()
+            || self.joining()
         {
             return Ok(());
         }

@@ -42,7 +42,7 @@ pub fn column<'a>(table: &'a TableSchema, name: &str) -> Option<&'a ColumnDef> {
     table.columns.iter().find(|c| c.name == name)
 }
 
-/// `SELECT` of every copied column as text, meeting `since` and the table's `filter`, ordered
+/// `SELECT` of every copied column (read as text by [`crate::source::rows`]), meeting `since` and the table's `filter`, ordered
 /// by `order` (then the key), at most `limit` rows.
 pub fn select_sql(
     table: &TableSchema,
@@ -53,7 +53,7 @@ pub fn select_sql(
 ) -> String {
     let list: Vec<String> = table
         .copied_columns()
-        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .map(|c| quote_ident(&c.name))
         .collect();
     let mut conditions = Vec::new();
     let typed = |name: &str, value: &str| {
@@ -80,7 +80,7 @@ pub fn select_sql(
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    // Qualified: a bare name would sort by the output column of that name, which is text.
+    // Qualified, so that the sort is by the table's column whatever the select list says.
     let qualified = |c: &str| format!("{}.{}", table.name.quoted(), quote_ident(c));
     let mut by: Vec<String> = order.map(qualified).into_iter().collect();
     by.extend(
@@ -174,7 +174,7 @@ mod tests {
         let t = table();
         assert_eq!(
             select_sql(&t, &Since::All, None, None, None),
-            "SELECT \"id\"::text, \"updated_at\"::text FROM \"public\".\"Orders\""
+            "SELECT \"id\", \"updated_at\" FROM \"public\".\"Orders\""
         );
         assert_eq!(
             select_sql(
@@ -184,7 +184,7 @@ mod tests {
                 None,
                 Some(10)
             ),
-            "SELECT \"id\"::text, \"updated_at\"::text FROM \"public\".\"Orders\" \
+            "SELECT \"id\", \"updated_at\" FROM \"public\".\"Orders\" \
              WHERE \"id\" > '41'::bigint ORDER BY \"public\".\"Orders\".\"id\" LIMIT 10"
         );
         assert_eq!(
@@ -195,7 +195,7 @@ mod tests {
                 Some("id % 2 = 0"),
                 None
             ),
-            "SELECT \"id\"::text, \"updated_at\"::text FROM \"public\".\"Orders\" \
+            "SELECT \"id\", \"updated_at\" FROM \"public\".\"Orders\" \
              WHERE \"updated_at\" >= '2024-01-01 00:00:00+00'::timestamp with time zone \
              AND (id % 2 = 0) ORDER BY \"public\".\"Orders\".\"updated_at\", \"public\".\"Orders\".\"id\""
         );

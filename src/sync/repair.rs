@@ -3,7 +3,6 @@
 //! key (not the values the comparison printed: a DuckDB comparison prints DuckDB's text, and
 //! the source may have moved on since). `diff` passes and `cdc verify --repair` both use it.
 
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::write::Writer;
@@ -90,16 +89,7 @@ async fn rows_by_key(
     key: &[String],
     keys: &[&Fields],
 ) -> Result<Vec<Vec<Datum>>> {
-    let (sql, params) = by_key_sql(schema, pair, key, keys)?;
-    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let rows = src
-        .query(&sql, &refs)
-        .await
-        .map_err(Error::pg(format!("reading rows of {} by key", pair.source)))?;
-    Ok(rows
-        .iter()
-        .map(|r| (0..r.len()).map(|i| datum(r.get(i))).collect())
-        .collect())
+    crate::source::rows::text_rows(src, &by_key_sql(schema, pair, key, keys)?).await
 }
 
 /// `SELECT` of the rows with the given keys: one text array per key column, unnested and cast.
@@ -108,22 +98,12 @@ fn by_key_sql(
     pair: &TablePair,
     key: &[String],
     keys: &[&Fields],
-) -> Result<(String, Vec<Vec<Option<String>>>)> {
+) -> Result<String> {
     let list: Vec<String> = schema
         .copied_columns()
-        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .map(|c| quote_ident(&c.name))
         .collect();
-    let mut params: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); key.len()];
-    for fields in keys {
-        for (i, k) in key.iter().enumerate() {
-            let value = fields
-                .0
-                .iter()
-                .find(|(n, _)| n == k)
-                .and_then(|(_, v)| v.clone());
-            params[i].push(value);
-        }
-    }
+    let mut arrays = Vec::new();
     let mut casts = Vec::new();
     for (i, k) in key.iter().enumerate() {
         let ty = schema
@@ -134,9 +114,20 @@ fn by_key_sql(
             .ok_or_else(|| {
                 Error::Definite(format!("key column {k} is not a column of {}", schema.name))
             })?;
+        let values: Vec<&str> = keys
+            .iter()
+            .map(|fields| {
+                fields
+                    .0
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .and_then(|(_, v)| v.as_deref())
+                    .unwrap_or_default()
+            })
+            .collect();
+        arrays.push(crate::source::rows::text_array_literal(&values));
         casts.push(format!("u.c{i}::{ty}"));
     }
-    let unnest: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
     let names: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
     let cols: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
     let mut sql = format!(
@@ -145,11 +136,11 @@ fn by_key_sql(
         schema.name.quoted(),
         cols.join(", "),
         casts.join(", "),
-        unnest.join(", "),
+        arrays.join(", "),
         names.join(", ")
     );
     if let Some(f) = &pair.source_filter {
         sql.push_str(&format!(" AND ({f})"));
     }
-    Ok((sql, params))
+    Ok(sql)
 }

@@ -125,6 +125,7 @@ impl Destination for DuckDbDestination {
                  rows BIGINT NOT NULL,
                  completed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                  PRIMARY KEY (slot, source_table));
+             ALTER TABLE {tables} ADD COLUMN IF NOT EXISTS joined_lsn UBIGINT;
              CREATE TABLE IF NOT EXISTS {sync} (
                  destination_table VARCHAR PRIMARY KEY,
                  source_table VARCHAR NOT NULL,
@@ -424,6 +425,58 @@ impl Destination for DuckDbDestination {
             self.t("pipeline"),
             metrics,
         )))
+    }
+
+    async fn joined_tables(&self, slot: &str) -> Result<Vec<(String, Lsn)>> {
+        let sql = format!(
+            "SELECT source_table, joined_lsn FROM {} WHERE slot = ? AND joined_lsn IS NOT NULL",
+            self.t("snapshot_tables")
+        );
+        let slot = slot.to_owned();
+        self.handle
+            .run("reading joined tables", move |c| {
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(params![slot], |r| {
+                    Ok((r.get::<_, String>(0)?, Lsn(r.get::<_, u64>(1)?)))
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn record_join(
+        &self,
+        slot: &str,
+        source: &TableName,
+        destination: &TableName,
+        rows: u64,
+        at: Lsn,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (slot, source_table, destination_table, rows, joined_lsn) VALUES (?, ?, ?, ?, ?)",
+            self.t("snapshot_tables")
+        );
+        let (slot, source, destination) =
+            (slot.to_owned(), source.to_string(), destination.to_string());
+        self.handle
+            .run("recording a joined table", move |c| {
+                c.execute(&sql, params![slot, source, destination, rows as i64, at.0])
+                    .map(|_| ())
+            })
+            .await
+    }
+
+    async fn forget_table(&self, slot: &str, source: &TableName) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE slot = ? AND source_table = ?",
+            self.t("snapshot_tables")
+        );
+        let (slot, source) = (slot.to_owned(), source.to_string());
+        self.handle
+            .run("forgetting a table", move |c| {
+                c.execute(&sql, params![slot, source]).map(|_| ())
+            })
+            .await
     }
 
     fn staging_name(&self, table: &TableName) -> TableName {

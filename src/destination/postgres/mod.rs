@@ -307,6 +307,36 @@ impl Destination for PgDestination {
         )))
     }
 
+    async fn joined_tables(&self, slot: &str) -> Result<Vec<(String, Lsn)>> {
+        self.store.joined_tables(self.admin().await?, slot).await
+    }
+
+    async fn record_join(
+        &self,
+        slot: &str,
+        source: &TableName,
+        destination: &TableName,
+        rows: u64,
+        at: Lsn,
+    ) -> Result<()> {
+        self.store
+            .record_join(
+                self.admin().await?,
+                slot,
+                &source.to_string(),
+                &destination.to_string(),
+                rows,
+                at,
+            )
+            .await
+    }
+
+    async fn forget_table(&self, slot: &str, source: &TableName) -> Result<()> {
+        self.store
+            .forget_table(self.admin().await?, slot, &source.to_string())
+            .await
+    }
+
     fn staging_name(&self, table: &TableName) -> TableName {
         // The same name in a schema of its own: the staged table's key and indexes get the
         // names the live ones have (index names are per schema), and move with the table.

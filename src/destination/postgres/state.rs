@@ -3,7 +3,7 @@
 //! ```text
 //!  pipeline(slot PK, publication, consistent_lsn, applied_lsn, applied_commit_time,
 //!           snapshot_started_at, snapshot_completed_at)
-//!  snapshot_tables(slot, source_table, destination_table, rows, completed_at)
+//!  snapshot_tables(slot, source_table, destination_table, rows, completed_at, joined_lsn)
 //!  sync_tables(destination_table PK, source_table, strategy, position, last_pass, rows, seconds)
 //! ```
 //!
@@ -56,6 +56,7 @@ impl StateStore {
                  rows bigint NOT NULL,
                  completed_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (slot, source_table));
+             ALTER TABLE {tables} ADD COLUMN IF NOT EXISTS joined_lsn pg_lsn;
              CREATE TABLE IF NOT EXISTS {sync} (
                  destination_table text PRIMARY KEY,
                  source_table text NOT NULL,
@@ -249,6 +250,66 @@ impl StateStore {
         .await
         .map(|_| ())
         .map_err(Error::pg("recording the sync state"))
+    }
+
+    /// Tables that joined after the snapshot, with their copy's position.
+    pub async fn joined_tables(&self, dest: &Client, slot: &str) -> Result<Vec<(String, Lsn)>> {
+        Ok(dest
+            .query(
+                &format!(
+                    "SELECT source_table, joined_lsn::text FROM {} WHERE slot = $1 AND joined_lsn IS NOT NULL",
+                    self.t("snapshot_tables")
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(Error::pg("reading joined tables"))?
+            .into_iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, String>(1).parse().ok()?)))
+            .collect())
+    }
+
+    /// Record a table that joined the pipeline.
+    pub async fn record_join(
+        &self,
+        dest: &Client,
+        slot: &str,
+        source: &str,
+        destination: &str,
+        rows: u64,
+        at: Lsn,
+    ) -> Result<()> {
+        dest.execute(
+            &format!(
+                "INSERT INTO {} (slot, source_table, destination_table, rows, joined_lsn)
+                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn)",
+                self.t("snapshot_tables")
+            ),
+            &[
+                &slot,
+                &source,
+                &destination,
+                &(rows as i64),
+                &at.to_string(),
+            ],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("recording a joined table"))
+    }
+
+    /// Forget one table of `slot`.
+    pub async fn forget_table(&self, dest: &Client, slot: &str, source: &str) -> Result<()> {
+        dest.execute(
+            &format!(
+                "DELETE FROM {} WHERE slot = $1 AND source_table = $2",
+                self.t("snapshot_tables")
+            ),
+            &[&slot, &source],
+        )
+        .await
+        .map(|_| ())
+        .map_err(Error::pg("forgetting a table"))
     }
 
     /// Rows copied per source table of `slot`, for reports.

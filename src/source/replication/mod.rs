@@ -58,6 +58,52 @@ pub struct CreatedSlot {
     pub snapshot_name: Option<String>,
 }
 
+/// How a slot is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotOptions {
+    /// Export a snapshot that sees exactly the data before the consistent point.
+    pub export_snapshot: bool,
+    /// Dropped when the session ends (a table joining a running pipeline uses one).
+    pub temporary: bool,
+    /// Synchronized to standbys so it survives a failover (Postgres 17+).
+    pub failover: bool,
+}
+
+/// The CREATE_REPLICATION_SLOT command for `server_version` (server_version_num), or why the
+/// server cannot do what `options` ask.
+pub fn create_slot_sql(
+    slot: &str,
+    options: &SlotOptions,
+    server_version: u32,
+) -> std::result::Result<String, String> {
+    if options.failover && server_version < 170000 {
+        return Err(format!(
+            "source.failover needs Postgres 17 or later (the source runs {}): remove it, or upgrade the source",
+            server_version / 10000
+        ));
+    }
+    let temporary = if options.temporary { " TEMPORARY" } else { "" };
+    let rest = if server_version >= 150000 {
+        let mut list = vec![if options.export_snapshot {
+            "SNAPSHOT 'export'"
+        } else {
+            "SNAPSHOT 'nothing'"
+        }];
+        if options.failover {
+            list.push("FAILOVER true");
+        }
+        format!(" ({})", list.join(", "))
+    } else if options.export_snapshot {
+        " EXPORT_SNAPSHOT".to_owned()
+    } else {
+        " NOEXPORT_SNAPSHOT".to_owned()
+    };
+    Ok(format!(
+        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput{rest}",
+        quote_ident(slot)
+    ))
+}
+
 /// Options of the pgoutput plugin for START_REPLICATION.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgOutputOptions {
@@ -214,21 +260,21 @@ impl ReplicationClient {
         slot: &str,
         export_snapshot: bool,
     ) -> Result<CreatedSlot> {
-        let snapshot = if self.server_version_num >= 150000 {
-            if export_snapshot {
-                " (SNAPSHOT 'export')"
-            } else {
-                " (SNAPSHOT 'nothing')"
-            }
-        } else if export_snapshot {
-            " EXPORT_SNAPSHOT"
-        } else {
-            " NOEXPORT_SNAPSHOT"
+        let options = SlotOptions {
+            export_snapshot,
+            ..SlotOptions::default()
         };
-        let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput{snapshot}",
-            quote_ident(slot)
-        );
+        self.create_slot_with(slot, &options).await
+    }
+
+    /// CREATE_REPLICATION_SLOT with `options`, in the syntax of the server's version.
+    pub async fn create_slot_with(
+        &mut self,
+        slot: &str,
+        options: &SlotOptions,
+    ) -> Result<CreatedSlot> {
+        let sql = create_slot_sql(slot, options, self.server_version_num)
+            .map_err(crate::error::Error::Definite)?;
         let rows = self.wire.simple_query(&sql).await?;
         let row = rows
             .first()
@@ -302,6 +348,39 @@ fn parse_server_version(v: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_created_in_each_versions_syntax() {
+        let export = SlotOptions {
+            export_snapshot: true,
+            ..SlotOptions::default()
+        };
+        assert_eq!(
+            create_slot_sql("s", &export, 140000).unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        let temporary = SlotOptions {
+            temporary: true,
+            ..export.clone()
+        };
+        assert_eq!(
+            create_slot_sql("s", &temporary, 150000).unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        );
+        let failover = SlotOptions {
+            failover: true,
+            ..export
+        };
+        assert_eq!(
+            create_slot_sql("s", &failover, 170000).unwrap(),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
+        );
+        let err = create_slot_sql("s", &failover, 160004).unwrap_err();
+        assert!(
+            err.contains("Postgres 17") && err.contains("runs 16"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn server_versions() {
