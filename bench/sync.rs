@@ -20,8 +20,7 @@ use std::process::{Command, Stdio};
 
 use cdc::local_pg::{LocalPostgres, SUPERUSER};
 use common::{
-    cdc_binary, env_or, median, pgbench, psql, sling_binary, start_servers, timed, timed_status,
-    which,
+    cdc_binary, env_or, median, pgbench, psql, sling_binary, start_servers, timed, which,
 };
 
 struct Tools {

@@ -215,6 +215,12 @@ pub trait Destination: Send + Sync {
     /// A session that applies changes.
     async fn session(&self, metrics: Arc<Metrics>) -> Result<Box<dyn Session>>;
 
+    /// Keep the destination open until the returned value is dropped (a `cdc sync` pass does
+    /// many small pieces of work); `None` where that changes nothing.
+    async fn hold(&self) -> Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+        Ok(None)
+    }
+
     /// Where a reload of `table` is built before [`Destination::replace_table`] swaps it in.
     fn staging_name(&self, table: &TableName) -> TableName;
     /// Replace `table` by `staging` (which then no longer exists) in one transaction:

@@ -163,6 +163,7 @@ pub async fn pass(config: &Config, options: &Options) -> Result<Summary> {
     let src_info = config.source_conninfo()?;
     let target = config.destination_target()?;
     let dest = crate::destination::open(config).await?;
+    let _held = dest.hold().await?;
     dest.ensure_state().await?;
     let states = dest
         .sync_states()

@@ -66,7 +66,34 @@ impl Drop for Pin {
     }
 }
 
+/// The handles alive in this process, by path: opening one file twice in a process would make
+/// two independent databases over it.
+static OPEN: Mutex<Vec<(PathBuf, std::sync::Weak<Handle>)>> = Mutex::new(Vec::new());
+
 impl Handle {
+    /// The process's handle on `path`: the one already open if any (a writable handle also
+    /// serves readers), else a new one (read-only if `read_only`).
+    pub fn shared(path: &Path, read_only: bool) -> Result<Arc<Self>> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let mut open = OPEN.lock().expect("duckdb registry lock");
+        open.retain(|(_, h)| h.strong_count() > 0);
+        if let Some(h) = open
+            .iter()
+            .filter(|(p, _)| *p == key)
+            .filter_map(|(_, h)| h.upgrade())
+            .find(|h| !h.read_only || read_only)
+        {
+            return Ok(h);
+        }
+        let handle = Arc::new(if read_only {
+            Handle::read_only(path)?
+        } else {
+            Handle::new(path)?
+        });
+        open.push((key, Arc::downgrade(&handle)));
+        Ok(handle)
+    }
+
     /// A handle on `path`; its directory must exist (the file is created on first open).
     pub fn new(path: &Path) -> Result<Self> {
         let dir = match path.parent() {

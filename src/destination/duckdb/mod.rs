@@ -56,7 +56,7 @@ pub struct DuckDbDestination {
 impl DuckDbDestination {
     /// Check that the file can be opened (created if missing) as a DuckDB database.
     pub async fn open(path: &Path, state_schema: &str) -> Result<Self> {
-        let handle = Arc::new(Handle::new(path)?);
+        let handle = Handle::shared(path, false)?;
         handle.run("opening the DuckDB file", |_| Ok(())).await?;
         Ok(DuckDbDestination {
             handle,
@@ -477,6 +477,11 @@ impl Destination for DuckDbDestination {
                 c.execute(&sql, params![slot, source]).map(|_| ())
             })
             .await
+    }
+
+    async fn hold(&self) -> Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+        // Each piece of work otherwise opens the file and checkpoints it on close.
+        Ok(Some(Box::new(self.handle.pin())))
     }
 
     fn staging_name(&self, table: &TableName) -> TableName {

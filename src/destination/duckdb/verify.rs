@@ -67,7 +67,7 @@ pub struct Comparison {
 impl DuckDbReader {
     pub fn open(path: &Path) -> Result<Self> {
         Ok(DuckDbReader {
-            handle: Arc::new(Handle::read_only(path)?),
+            handle: Handle::shared(path, true)?,
         })
     }
 
