@@ -693,3 +693,84 @@ async fn retyped_columns_show_the_sources_converted_values() {
     .await;
     r.stop().await;
 }
+
+/// Count and a hash of every row of `table`: equal on both sides when the tables are.
+fn fingerprint(table: &str) -> String {
+    format!("SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)::bigint), 0) FROM {table} t")
+}
+
+#[tokio::test]
+async fn a_table_added_to_the_configuration_joins_the_running_pipeline_under_load() {
+    let mut p = pipeline(
+        "run_join",
+        "SELECT 1",
+        "[[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_branches\"",
+    )
+    .await;
+    assert!(p
+        .pgbench(&["-i", "-q", "-s", "1"])
+        .status()
+        .unwrap()
+        .success());
+    p.src_sql
+        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    let r = start(&p).await;
+    // A write load on every table, the new ones included, across the restart and the copy.
+    let mut load = p.pgbench(&["-n", "-c", "2", "-T", "6"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    r.stop().await;
+    // pgbench_tellers has a key; pgbench_history has none (its copy must not double a row).
+    p.config_text = p.config_text.replace(
+        "[[tables]]\nsource = \"public.pgbench_branches\"",
+        "[[tables]]\nsource = \"public.pgbench_branches\"\n[[tables]]\nsource = \"public.pgbench_tellers\"\n[[tables]]\nsource = \"public.pgbench_history\"",
+    );
+    let r = start(&p).await;
+    assert!(tokio::task::spawn_blocking(move || load.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .success());
+    if r.task.is_finished() {
+        panic!("cdc run ended: {:?}", r.task.await);
+    }
+    for t in [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+    ] {
+        wait_synced(&p, &fingerprint(t)).await;
+    }
+    let joined = rows_text(
+        &p.dst_sql,
+        &format!("SELECT string_agg(source_table, ',' ORDER BY source_table) FROM cdc.snapshot_tables WHERE slot = '{}' AND joined_lsn IS NOT NULL", p.slot),
+    )
+    .await;
+    assert_eq!(joined, ["public.pgbench_history,public.pgbench_tellers"]);
+    r.stop().await;
+
+    // A table removed from the configuration stops being applied; its destination table stays.
+    p.config_text = p
+        .config_text
+        .replace("[[tables]]\nsource = \"public.pgbench_branches\"\n", "");
+    let r = start(&p).await;
+    let before = rows_text(&p.dst_sql, &fingerprint("pgbench_branches")).await;
+    p.src_sql
+        .batch_execute("UPDATE pgbench_branches SET bbalance = bbalance + 1; UPDATE pgbench_tellers SET tbalance = tbalance + 1")
+        .await
+        .unwrap();
+    wait_synced(&p, &fingerprint("pgbench_tellers")).await;
+    assert_eq!(
+        rows_text(&p.dst_sql, &fingerprint("pgbench_branches")).await,
+        before
+    );
+    let published = rows_text(
+        &p.src_sql,
+        &format!("SELECT count(*)::text FROM pg_publication_tables WHERE pubname = '{}' AND tablename = 'pgbench_branches'", p.slot),
+    )
+    .await;
+    assert_eq!(published, ["0"]);
+    r.stop().await;
+}
