@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{find_bindir, LocalPostgres, Options, SUPERUSER};
+use cdc::local_pg::{client_binary, find_bindir, LocalPostgres, Options, SUPERUSER};
 
 /// A numeric environment knob.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -49,7 +49,7 @@ fn conn_args(server: &LocalPostgres) -> Vec<String> {
 
 /// Run one SQL command with psql; panics on failure.
 pub fn psql(server: &LocalPostgres, db: &str, sql: &str) {
-    let status = Command::new(find_bindir().unwrap().join("psql"))
+    let status = Command::new(client_binary("psql").unwrap())
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
         .args(conn_args(server))
         .args(["-d", db, "-c", sql])
@@ -61,7 +61,7 @@ pub fn psql(server: &LocalPostgres, db: &str, sql: &str) {
 
 /// A psql command (not started) that prints `COPY (query) TO STDOUT` on its stdout.
 pub fn psql_copy_out(server: &LocalPostgres, db: &str, query: &str) -> Command {
-    let mut cmd = Command::new(find_bindir().unwrap().join("psql"));
+    let mut cmd = Command::new(client_binary("psql").unwrap());
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
         .args(conn_args(server))
         .args(["-d", db, "-c", &format!("COPY ({query}) TO STDOUT")])
@@ -71,7 +71,7 @@ pub fn psql_copy_out(server: &LocalPostgres, db: &str, query: &str) -> Command {
 
 /// Run pgbench with `args` against `db`; panics on failure.
 pub fn pgbench(server: &LocalPostgres, db: &str, args: &[&str]) {
-    let ok = Command::new(find_bindir().unwrap().join("pgbench"))
+    let ok = Command::new(client_binary("pgbench").unwrap())
         .args(args)
         .args(conn_args(server))
         .arg(db)

@@ -21,7 +21,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{find_bindir, SUPERUSER};
+use cdc::local_pg::{client_binary, find_bindir, SUPERUSER};
 use common::{
     cdc_binary, env_or, median, pgbench, psql, rss_kib, sling_binary, start_servers, timed, which,
 };
@@ -250,7 +250,7 @@ fn main() {
 }
 
 fn query(server: &cdc::local_pg::LocalPostgres, sql: &str) -> String {
-    let out = Command::new(find_bindir().unwrap().join("psql"))
+    let out = Command::new(client_binary("psql").unwrap())
         .args([
             "-X",
             "-A",

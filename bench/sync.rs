@@ -9,7 +9,8 @@
 //!     incremental --primary-key aid --update-key updated_at`;
 //! (c) 0.1% updated and 0.01% deleted, then `cdc sync --strategy diff` against `cdc reload`
 //!     on the same change (the file is copied before, so both start equal): time, rows moved,
-//!     and the differences left (`cdc verify`).
+//!     and the differences left (`cdc verify`); and the same diff against a reload into a
+//!     Postgres destination (range hashes on both servers).
 //! Prints each step, medians, ratios, and cdc's peak RSS.
 
 #[path = "common.rs"]
@@ -26,8 +27,12 @@ use common::{
 struct Tools {
     dir: PathBuf,
     source: LocalPostgres,
+    dest: LocalPostgres,
     log: String,
 }
+
+/// Stands for the Postgres destination where a DuckDB file is expected.
+const POSTGRES: &str = "postgres-destination";
 
 impl Tools {
     fn config(&self, file: &Path) -> PathBuf {
@@ -35,13 +40,17 @@ impl Tools {
             "{}.toml",
             file.file_stem().unwrap().to_string_lossy()
         ));
+        let url = if file == Path::new(POSTGRES) {
+            format!("{:?}", self.dest.url("postgres"))
+        } else {
+            format!("\"duckdb://{}\"", file.display())
+        };
         std::fs::write(
             &config,
             format!(
-                "[source]\nurl = {:?}\n[destination]\nurl = \"duckdb://{}\"\n\
+                "[source]\nurl = {:?}\n[destination]\nurl = {url}\n\
                  [[tables]]\nsource = \"public.accounts\"\nstrategy = \"modified\"\nmodified_column = \"updated_at\"\n",
                 self.source.url("postgres"),
-                file.display()
             ),
         )
         .unwrap();
@@ -106,8 +115,14 @@ impl Tools {
 }
 
 /// Run `cmd`, printing its output if it fails; (seconds, peak RSS KiB).
-fn timed_ok(mut cmd: Command) -> (f64, u64) {
+fn timed_ok(cmd: Command) -> (f64, u64) {
     let started = std::time::Instant::now();
+    timed_ok_output(cmd);
+    (started.elapsed().as_secs_f64(), 0)
+}
+
+/// Run `cmd`; its standard output, or a panic with everything it printed.
+fn timed_ok_output(mut cmd: Command) -> Vec<u8> {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -116,7 +131,7 @@ fn timed_ok(mut cmd: Command) -> (f64, u64) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (started.elapsed().as_secs_f64(), 0)
+    out.stdout
 }
 
 fn fresh(file: &Path) {
@@ -127,7 +142,7 @@ fn fresh(file: &Path) {
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
     let reps = env_or("BENCH_REPS", 3) as usize;
-    let (source, _dest) = start_servers(
+    let (source, dest) = start_servers(
         &["shared_buffers = '512MB'", "max_wal_size = '8GB'"],
         (false, false),
     );
@@ -153,6 +168,7 @@ fn main() {
     let tools = Tools {
         dir: dir.clone(),
         source,
+        dest,
         log: std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
     };
     let pgwarehouse = which("pgwarehouse");
@@ -162,6 +178,11 @@ fn main() {
         dir.join("pgw.duckdb"),
         dir.join("sling.duckdb"),
     );
+    // The Postgres destination: a first pass now, then the same passes as DuckDB, for diff
+    // against reload between two Postgres servers (range hashes on both sides).
+    let pg = Path::new(POSTGRES);
+    timed_ok(tools.cdc(pg, &["sync"]));
+    let (mut pg_diff, mut pg_reload) = (vec![], vec![]);
     let mut first: [Vec<f64>; 3] = Default::default();
     let mut second: [Vec<f64>; 3] = Default::default();
     let (mut diff_times, mut reload_times, mut moved, mut peaks) = (vec![], vec![], vec![], vec![]);
@@ -201,6 +222,7 @@ fn main() {
         let (c, peak) = timed(tools.cdc(&ours_file, &["sync"]));
         peaks.push(peak);
         second[0].push(c);
+        timed_ok(tools.cdc(pg, &["sync"]));
         eprintln!(
             "rep {rep}: 1% second pass: cdc sync (modified) {c:.2}s (peak RSS {:.1} MiB)",
             peak as f64 / 1024.0
@@ -279,6 +301,13 @@ fn main() {
             "differences left after diff:\n{}",
             String::from_utf8_lossy(&verified.stdout)
         );
+        let out = timed_ok_output(tools.cdc(pg, &["sync", "--strategy", "diff", "--json"]));
+        let summary: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let pd = summary["tables"][0]["seconds"].as_f64().unwrap();
+        let (pr, _) = timed_ok(tools.cdc(pg, &["reload", "public.accounts"]));
+        eprintln!("rep {rep}: 0.1%+0.01% into Postgres: diff {pd:.2}s, reload {pr:.2}s");
+        pg_diff.push(pd);
+        pg_reload.push(pr);
         eprintln!(
             "rep {rep}: 0.1%+0.01%: diff {secs:.2}s moving {n} rows for {changed} changed (no-change diff {d:.2}s), reload {r:.2}s; verify equal"
         );
@@ -306,6 +335,11 @@ fn main() {
         "0.1% updated + 0.01% deleted: diff median {d:.2}s moving median {:.0} rows for {} changed; reload median {r:.2}s (diff/reload {:.2})",
         median(moved),
         rows / 1000 + rows / 10000,
+        d / r
+    );
+    let (d, r) = (median(pg_diff), median(pg_reload));
+    println!(
+        "the same into Postgres: diff median {d:.2}s, reload median {r:.2}s (diff/reload {:.2})",
         d / r
     );
     println!(

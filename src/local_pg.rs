@@ -92,6 +92,41 @@ pub fn find_bindir() -> io::Result<PathBuf> {
     ))
 }
 
+/// A client program (`psql`, `pgbench`, `pg_basebackup`): from the server's directory when
+/// it has it, else from any other installed PostgreSQL (server-only packages such as npm's
+/// `@embedded-postgres` ship no client tools; clients talk to servers of other majors).
+pub fn client_binary(name: &str) -> io::Result<PathBuf> {
+    if let Ok(d) = find_bindir() {
+        if d.join(name).is_file() {
+            return Ok(d.join(name));
+        }
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort();
+    dirs.extend(versions.into_iter().rev().map(|(_, d)| d));
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {name} found: install the PostgreSQL client tools (Debian: postgresql-client)"),
+            )
+        })
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -304,7 +339,10 @@ impl LocalPostgres {
 
     /// A command for one of the server binaries, as the `postgres` user when we are root.
     pub fn command(&self, binary: &str) -> Command {
-        let path = self.bindir.join(binary);
+        let mut path = self.bindir.join(binary);
+        if !path.is_file() {
+            path = client_binary(binary).unwrap_or(path);
+        }
         if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(path);

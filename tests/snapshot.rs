@@ -568,3 +568,40 @@ async fn a_snapshot_that_fails_mid_copy_drops_its_slot_and_publication() {
         1000
     );
 }
+
+#[tokio::test]
+async fn failover_slots_from_postgres_17_and_a_clear_refusal_before() {
+    let mut p = crate::harness::Pipeline::new(
+        "snap_failover",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "[[tables]]\nsource = \"public.t\"",
+    )
+    .await;
+    p.config_text = p
+        .config_text
+        .replace("[destination]", "failover = true\n[destination]");
+    let version: i32 = p
+        .src_sql
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let result = cdc::snapshot::run(&p.config(), false).await;
+    if version >= 170000 {
+        result.expect("a failover slot");
+        let failover = crate::harness::rows_text(
+            &p.src_sql,
+            &format!(
+                "SELECT failover::text FROM pg_replication_slots WHERE slot_name = '{}'",
+                p.slot
+            ),
+        )
+        .await;
+        assert_eq!(failover, ["true"]);
+    } else {
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains("source.failover needs Postgres 17"), "{e}");
+        assert_eq!(p.slot_count().await, 0);
+        assert_eq!(p.publication_count().await, 0, "nothing was created");
+    }
+}

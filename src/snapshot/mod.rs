@@ -115,6 +115,23 @@ pub async fn run_into(
     let publication = config.source.publication.as_str();
     let src = crate::pg::connect(&src_info).await?;
     catalog::prepare_session(&src).await?;
+    if config.source.failover {
+        // Refused before anything is created (the slot would be the first thing to fail).
+        let version: i32 = src
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(Error::pg("reading the source version"))?
+            .get(0);
+        crate::source::replication::create_slot_sql(
+            slot,
+            &crate::source::replication::SlotOptions {
+                failover: true,
+                ..Default::default()
+            },
+            version as u32,
+        )
+        .map_err(Error::Definite)?;
+    }
     dest.ensure_state().await?;
 
     let previous = dest.load_state(slot).await?;

@@ -703,6 +703,9 @@ async fn incremental(
     Ok((read, next))
 }
 
+/// Buckets per level of a `diff` pass's descent.
+const DIFF_FANOUT: i64 = 1 << 16;
+
 /// Differences found per round of a `diff` pass.
 const DIFF_ROUND_ROWS: u64 = 100_000;
 
@@ -724,6 +727,10 @@ async fn diff(
         // Each round is a whole descent: find many differences per round (memory holds their
         // keys and values), write them in batches.
         let options = crate::verify::Options {
+            // Changes spread over the table make most of 256 buckets differ, and each would
+            // be hashed again one level down: cut the key range finer at once, so one scan
+            // per side finds the leaves (a single integer key; other keys stay at 32).
+            fanout: DIFF_FANOUT,
             max_differences: DIFF_ROUND_ROWS
                 .max(ctx.batch_rows as u64)
                 .min(budget)

@@ -122,6 +122,9 @@ pub(super) async fn compare(pair: &Pair<'_>, limits: Limits, stats: &mut Stats) 
     compare_by_quantiles(pair, limits, stats).await
 }
 
+/// Differing leaves of an integer key fetched per query.
+const LEAVES_PER_FETCH: usize = 64;
+
 /// Fetch and compare a leaf range, adding its differences; true when the difference limit
 /// stops the comparison.
 async fn leaf(
@@ -189,20 +192,45 @@ async fn compare_by_value(
         }
     }
     let mut progress = Progress::new();
+    let is_leaf = |(lo, hi): (i64, i64), s: &Summary, d: &Summary| {
+        s.count.max(d.count) <= limits.leaf_rows || hi - lo <= 1
+    };
     while let Some(((lo, hi), s, d)) = pending.pop() {
         progress.tick(pair, stats, outcome.differences.len(), pending.len());
-        if s.count.max(d.count) <= limits.leaf_rows || hi - lo <= 1 {
-            let range = int_range(lo, hi);
-            if leaf(
-                pair,
-                &range,
-                !pending.is_empty(),
-                limits,
-                stats,
-                &mut outcome,
-            )
-            .await?
-            {
+        if is_leaf((lo, hi), &s, &d) {
+            // The next leaves on the stack (in key order) are fetched with this one, in one
+            // query per side: many scattered differences would otherwise cost a round trip
+            // per leaf.
+            let mut ranges = vec![(lo, hi)];
+            let mut rows = s.count.max(d.count);
+            while let Some(((nlo, nhi), ns, nd)) = pending.last() {
+                let more = ns.count.max(nd.count);
+                if !is_leaf((*nlo, *nhi), ns, nd)
+                    || ranges.len() >= LEAVES_PER_FETCH
+                    || rows + more > limits.leaf_rows * LEAVES_PER_FETCH as i64
+                {
+                    break;
+                }
+                ranges.push((*nlo, *nhi));
+                rows += more;
+                pending.pop();
+            }
+            let found = if ranges.len() == 1 {
+                compare_rows(pair, &int_range(lo, hi), stats).await?
+            } else {
+                fetch_and_diff(
+                    pair,
+                    pair.src_side.fetch_int_ranges(&ranges),
+                    pair.dst_side.fetch_int_ranges(&ranges),
+                    stats,
+                )
+                .await?
+            };
+            outcome.differences.extend(found);
+            if outcome.differences.len() >= limits.max_differences {
+                outcome.truncated =
+                    outcome.differences.len() > limits.max_differences || !pending.is_empty();
+                outcome.differences.truncate(limits.max_differences);
                 break;
             }
             continue;

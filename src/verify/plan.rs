@@ -316,6 +316,31 @@ impl Side {
         Query { sql, params }
     }
 
+    /// Every compared column as text, for the rows of several integer key ranges `[lo, hi)` at
+    /// once (one query instead of one per leaf when many small ranges differ).
+    pub fn fetch_int_ranges(&self, ranges: &[(i64, i64)]) -> Query {
+        let key = self.key_expr();
+        let any: Vec<String> = ranges
+            .iter()
+            .map(|(lo, hi)| format!("({key} >= {lo} AND {key} < {hi})"))
+            .collect();
+        let mut conds = vec![format!("({})", any.join(" OR "))];
+        if let Some(f) = &self.filter {
+            conds.push(format!("({f})"));
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {}",
+            self.column_texts(),
+            self.table,
+            conds.join(" AND "),
+            self.key_order()
+        );
+        Query {
+            sql,
+            params: Vec::new(),
+        }
+    }
+
     /// Every compared column as text, for the rows with the given keys (one text array
     /// parameter per key column).
     pub fn fetch_keys(&self, keys: &[Key]) -> Query {

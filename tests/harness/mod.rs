@@ -248,8 +248,7 @@ impl Pipeline {
     /// pgbench with `args` against this pipeline's source database (output discarded).
     pub fn pgbench(&self, args: &[&str]) -> std::process::Command {
         let source = &servers().source;
-        let mut c =
-            std::process::Command::new(cdc::local_pg::find_bindir().unwrap().join("pgbench"));
+        let mut c = std::process::Command::new(cdc::local_pg::client_binary("pgbench").unwrap());
         c.args(args)
             .args(["-h", "127.0.0.1", "-U", cdc::local_pg::SUPERUSER])
             .args(["-p", &source.port().to_string(), &self.src.dbname])
