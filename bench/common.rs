@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{client_binary, find_bindir, LocalPostgres, Options, SUPERUSER};
+use cdc::local_pg::{client_binary, LocalPostgres, Options, SUPERUSER};
 
 /// A numeric environment knob.
 pub fn env_or(name: &str, default: u64) -> u64 {

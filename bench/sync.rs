@@ -11,7 +11,7 @@
 //!     on the same change (the file is copied before, so both start equal): time, rows moved,
 //!     and the differences left (`cdc verify`); and the same diff against a reload into a
 //!     Postgres destination (range hashes on both servers).
-//! Prints each step, medians, ratios, and cdc's peak RSS.
+//! Prints each step, medians, ratios, and cdc's peak RSS. `BENCH_SEEDS=0` skips the seed tools.
 
 #[path = "common.rs"]
 mod common;
@@ -171,8 +171,10 @@ fn main() {
         dest,
         log: std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
     };
-    let pgwarehouse = which("pgwarehouse");
-    let sling = sling_binary();
+    // BENCH_SEEDS=0 leaves the seed tools out (cdc's own numbers only).
+    let seeds = env_or("BENCH_SEEDS", 1) == 1;
+    let pgwarehouse = which("pgwarehouse").filter(|_| seeds);
+    let sling = sling_binary().filter(|_| seeds);
     let (ours_file, pgw_file, sling_file) = (
         dir.join("cdc.duckdb"),
         dir.join("pgw.duckdb"),

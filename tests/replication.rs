@@ -62,6 +62,21 @@ async fn run_all(sql: &tokio_postgres::Client, statements: &[&str]) {
     }
 }
 
+/// The options `cdc run` would use against `db`'s server (its version decides the protocol).
+async fn options_for(db: &ConnInfo, publication: &str) -> PgOutputOptions {
+    PgOutputOptions::for_server(server_version(db).await, publication)
+}
+
+async fn server_version(db: &ConnInfo) -> u32 {
+    let sql = cdc::pg::connect(db).await.unwrap();
+    let v: i32 = sql
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    v as u32
+}
+
 fn is_commit(m: &LogicalMessage) -> bool {
     matches!(m, LogicalMessage::Commit(_))
 }
@@ -69,12 +84,7 @@ fn is_commit(m: &LogicalMessage) -> bool {
 #[tokio::test]
 async fn scram_login_streams_every_basic_change_kind() {
     let (db, sql) = source_with("basic", fixtures::BASIC_SETUP).await;
-    let mut stream = start_stream(
-        &db,
-        "basic",
-        &PgOutputOptions::for_server(150000, "pub_basic"),
-    )
-    .await;
+    let mut stream = start_stream(&db, "basic", &options_for(&db, "pub_basic").await).await;
     sql.batch_execute(fixtures::BASIC_CHANGES).await.unwrap();
     let raw = capture(&mut stream, is_commit).await;
     fixtures::maybe_write("basic", &raw);
@@ -90,9 +100,16 @@ async fn origin_messages_are_decoded() {
         "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
     )
     .await;
-    let mut stream = start_stream(&db, "origin", &PgOutputOptions::for_server(150000, "p")).await;
+    let mut stream = start_stream(&db, "origin", &options_for(&db, "p").await).await;
     run_all(&sql, fixtures::ORIGIN_CHANGES).await;
-    let raw = capture(&mut stream, is_commit).await;
+    // Before Postgres 15 the walsender also sends transactions without published changes
+    // (here: creating the origin) as an empty Begin/Commit: skip those.
+    let raw = loop {
+        let raw = capture(&mut stream, is_commit).await;
+        if fixtures::decode_all(&raw).len() > 2 {
+            break raw;
+        }
+    };
     fixtures::maybe_write("origin", &raw);
     fixtures::check_origin(&fixtures::decode_all(&raw));
 }
@@ -104,7 +121,7 @@ async fn protocol_2_streams_large_transactions_and_messages() {
         "CREATE TABLE big (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE big;",
     )
     .await;
-    let mut options = PgOutputOptions::for_server(150000, "p");
+    let mut options = options_for(&db, "p").await;
     options.proto_version = 2;
     options.messages = true;
     let mut stream = start_stream(&db, "streamed", &options).await;
@@ -124,6 +141,10 @@ async fn two_phase_transactions_are_decoded() {
         "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t;",
     )
     .await;
+    if server_version(&db).await < 150000 {
+        eprintln!("two-phase decoding (pgoutput protocol 3) needs Postgres 15+: not applicable");
+        return;
+    }
     let mut repl = ReplicationClient::connect(&db).await.unwrap();
     repl.simple_query(
         "CREATE_REPLICATION_SLOT \"tp\" LOGICAL pgoutput (TWO_PHASE true, SNAPSHOT 'nothing')",
@@ -154,7 +175,7 @@ async fn confirmed_flush_follows_the_status_we_send() {
         "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
     )
     .await;
-    let mut stream = start_stream(&db, "confirm", &PgOutputOptions::for_server(150000, "p")).await;
+    let mut stream = start_stream(&db, "confirm", &options_for(&db, "p").await).await;
     sql.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
     let raw = capture(&mut stream, is_commit).await;
     let LogicalMessage::Commit(commit) = PgOutputDecoder::new()
@@ -201,7 +222,7 @@ async fn an_idle_stream_stays_alive_past_its_read_timeout() {
         .start_logical_replication(
             "idle",
             Lsn::INVALID,
-            &PgOutputOptions::for_server(150000, "p"),
+            &options_for(&db, "p").await,
             Duration::from_secs(2),
         )
         .await
@@ -382,7 +403,7 @@ async fn replica_identity_full_sends_the_old_row() {
          CREATE PUBLICATION p FOR TABLE nokey; INSERT INTO nokey VALUES (1, 'x');",
     )
     .await;
-    let mut stream = start_stream(&db, "full", &PgOutputOptions::for_server(150000, "p")).await;
+    let mut stream = start_stream(&db, "full", &options_for(&db, "p").await).await;
     sql.batch_execute("UPDATE nokey SET b = 'y'").await.unwrap();
     let msgs = fixtures::decode_all(&capture(&mut stream, is_commit).await);
     let rel = msgs

@@ -176,7 +176,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
     let columns = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
-                    CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END, a.attndims
+                    CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END, a.attndims::int4
                FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
