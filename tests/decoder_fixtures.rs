@@ -313,13 +313,15 @@ pub fn check_streamed(msgs: &[LogicalMessage]) {
             }
         })
         .collect();
-    let aborted = starts[0].xid;
     assert!(starts[0].first_segment);
     let LogicalMessage::StreamCommit(commit) = msgs.last().unwrap() else {
         panic!("must end with Stream Commit")
     };
     let committed = commit.xid;
-    assert_ne!(aborted, committed);
+    // The rolled-back transaction comes first as a stream that ends in a Stream Abort, except
+    // from Postgres 18 on, whose walsender drops a transaction it already knows aborted
+    // instead of streaming it.
+    let aborted = (starts[0].xid != committed).then_some(starts[0].xid);
     assert!(starts.iter().any(|s| s.xid == committed && s.first_segment));
     assert!(
         starts.iter().filter(|s| s.xid == committed).count() >= 2,
@@ -336,12 +338,14 @@ pub fn check_streamed(msgs: &[LogicalMessage]) {
             }
         })
         .collect();
-    assert!(
-        aborts
-            .iter()
-            .any(|a| a.xid == aborted && a.subxid == aborted),
-        "top-level abort: {aborts:?}"
-    );
+    if let Some(aborted) = aborted {
+        assert!(
+            aborts
+                .iter()
+                .any(|a| a.xid == aborted && a.subxid == aborted),
+            "top-level abort: {aborts:?}"
+        );
+    }
     let sub = aborts
         .iter()
         .find(|a| a.xid == committed)
