@@ -317,26 +317,28 @@ impl Side {
     }
 
     /// Every compared column as text, for the rows of several integer key ranges `[lo, hi)` at
-    /// once (one query instead of one per leaf when many small ranges differ).
+    /// once (one query instead of one per leaf when many small ranges differ). One branch per
+    /// range under UNION ALL, so each is an index range scan: ranges OR-ed in one WHERE can be
+    /// planned as a scan of the whole table.
     pub fn fetch_int_ranges(&self, ranges: &[(i64, i64)]) -> Query {
         let key = self.key_expr();
-        let any: Vec<String> = ranges
+        let filter = self
+            .filter
+            .as_ref()
+            .map_or(String::new(), |f| format!(" AND ({f})"));
+        let branches: Vec<String> = ranges
             .iter()
-            .map(|(lo, hi)| format!("({key} >= {lo} AND {key} < {hi})"))
+            .map(|(lo, hi)| {
+                format!(
+                    "(SELECT {} FROM {} WHERE {key} >= {lo} AND {key} < {hi}{filter} ORDER BY {})",
+                    self.column_texts(),
+                    self.table,
+                    self.key_order()
+                )
+            })
             .collect();
-        let mut conds = vec![format!("({})", any.join(" OR "))];
-        if let Some(f) = &self.filter {
-            conds.push(format!("({f})"));
-        }
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {}",
-            self.column_texts(),
-            self.table,
-            conds.join(" AND "),
-            self.key_order()
-        );
         Query {
-            sql,
+            sql: branches.join(" UNION ALL "),
             params: Vec::new(),
         }
     }
