@@ -947,36 +947,24 @@ async fn kill_9_inside_a_pass_then_a_clean_rerun_is_identical() {
                         UPDATE u SET v = 'changed' WHERE id % 3 = 0; DELETE FROM u WHERE id % 7 = 0;")
         .await
         .unwrap();
-    kill_when(
-        &p,
-        &["sync", "public.t"],
-        "some batches of the pass",
-        || async {
+    // `t` is a `modified` pass, `u` a diff repair.
+    for table in ["t", "u"] {
+        let args = ["sync".to_owned(), format!("public.{table}")];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kill_when(&p, &args, "some batches of the pass", || async {
             let n: i64 = p
                 .dst_sql
-                .query_one("SELECT count(*) FROM t WHERE v = 'changed'", &[])
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE v = 'changed'"),
+                    &[],
+                )
                 .await
                 .unwrap()
                 .get(0);
             n > 0
-        },
-    )
-    .await;
-    kill_when(
-        &p,
-        &["sync", "public.u"],
-        "some batches of the repair",
-        || async {
-            let n: i64 = p
-                .dst_sql
-                .query_one("SELECT count(*) FROM u WHERE v = 'changed'", &[])
-                .await
-                .unwrap()
-                .get(0);
-            n > 0
-        },
-    )
-    .await;
+        })
+        .await;
+    }
     assert!(sync_cmd(&p, &["sync"]).status().unwrap().success());
     for table in ["t", "u"] {
         let sum = |c| async move {

@@ -78,6 +78,16 @@ impl DuckDbDestination {
     }
 }
 
+/// Whether table `schema.name` exists in the open database.
+fn table_exists(c: &duckdb::Connection, schema: &str, name: &str) -> duckdb::Result<bool> {
+    c.query_row(
+        "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
+            AND schema_name = ? AND table_name = ?",
+        params![schema, name],
+        |r| r.get(0),
+    )
+}
+
 /// The DuckDB types of the columns a snapshot copies, in COPY order.
 fn copied_types(t: &TableSchema) -> Vec<String> {
     t.copied_columns()
@@ -155,13 +165,7 @@ impl Destination for DuckDbDestination {
         );
         self.handle
             .run("reading pipeline state", move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
-                        AND schema_name = ? AND table_name = 'pipeline'",
-                    params![schema],
-                    |r| r.get(0),
-                )?;
-                if !exists {
+                if !table_exists(c, &schema, "pipeline")? {
                     return Ok(None);
                 }
                 let mut stmt = c.prepare(&format!(
@@ -279,13 +283,7 @@ impl Destination for DuckDbDestination {
             .run("looking for destination tables", move |c| {
                 let mut found = Vec::new();
                 for (schema, name, shown) in names {
-                    let n: i64 = c.query_row(
-                        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()
-                            AND schema_name = ? AND table_name = ?",
-                        params![schema, name],
-                        |r| r.get(0),
-                    )?;
-                    if n > 0 {
+                    if table_exists(c, &schema, &name)? {
                         found.push(shown);
                     }
                 }
@@ -525,13 +523,7 @@ impl Destination for DuckDbDestination {
         );
         self.handle
             .run(format!("sizing {table}"), move |c| {
-                let n: i64 = c.query_row(
-                    "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()
-                        AND schema_name = ? AND table_name = ?",
-                    params![schema, name],
-                    |r| r.get(0),
-                )?;
-                if n == 0 {
+                if !table_exists(c, &schema, &name)? {
                     return Ok(None);
                 }
                 let rows: i64 =
@@ -545,13 +537,7 @@ impl Destination for DuckDbDestination {
         let (schema, sync) = (self.schema_name.clone(), self.t("sync_tables"));
         self.handle
             .run("reading the sync state", move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
-                        AND schema_name = ? AND table_name = 'sync_tables'",
-                    params![schema],
-                    |r| r.get(0),
-                )?;
-                if !exists {
+                if !table_exists(c, &schema, "sync_tables")? {
                     return Ok(Vec::new());
                 }
                 let mut stmt = c.prepare(&format!(
