@@ -103,20 +103,23 @@ pub async fn extract(config: &Config, table: &str, dir: &Path, delta: bool) -> R
     let mut out = std::io::BufWriter::new(std::fs::File::create(&data).map_err(file_error(&data))?);
     let mut src = CopySource::connect(&src_info).await?;
     src.copy_out(&copy).await?;
-    let mut newlines = 0u64;
+    // Records end at a newline outside quotes (a value may hold newlines; an escaped quote
+    // `""` toggles twice): counted as the chunks pass, the header included.
+    let (mut records, mut quoted) = (0u64, false);
     while let Some(chunk) = src.next_chunk().await? {
-        newlines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        for &b in chunk.iter() {
+            match b {
+                b'"' => quoted = !quoted,
+                b'\n' if !quoted => records += 1,
+                _ => {}
+            }
+        }
         out.write_all(&chunk).map_err(file_error(&data))?;
     }
     src.close().await;
     out.flush().map_err(file_error(&data))?;
     drop(out);
-    // Rows = records, not lines (a value may hold newlines): count them when it matters.
-    let rows = if newlines > 0 && has_quoted_newline(&data)? {
-        CsvReader::open(&data)?.count()? as u64
-    } else {
-        newlines.saturating_sub(1)
-    };
+    let rows = records.saturating_sub(1);
     let file = SchemaFile {
         source: t.source.to_string(),
         columns: schema
@@ -178,18 +181,6 @@ async fn delta_since(
         }
     };
     Ok((since, format!("{strategy} since {p}")))
-}
-
-fn has_quoted_newline(path: &Path) -> Result<bool> {
-    // Cheap check: a record spanning lines needs a quote count that is odd on some line.
-    let file = std::fs::File::open(path).map_err(file_error(path))?;
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line.map_err(file_error(path))?;
-        if line.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Load the files of `table` from `dir` into its destination table.
@@ -311,15 +302,6 @@ impl CsvReader {
             input: BufReader::new(Box::new(bytes)),
             path: PathBuf::from("test"),
         }
-    }
-
-    /// Count the records after the header.
-    pub fn count(mut self) -> Result<usize> {
-        let mut n: usize = 0;
-        while self.next_record()?.is_some() {
-            n += 1;
-        }
-        Ok(n.saturating_sub(1))
     }
 
     /// The next record, `None` at the end of the file. A record is read a line at a time

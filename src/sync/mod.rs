@@ -661,6 +661,12 @@ async fn incremental(
     begin_snapshot(reader).await?;
     let order = read::order_column(strategy, schema, t.config.modified_column.as_deref());
     let mut next = position.map(str::to_owned);
+    // This pass's snapshot: its xmin is the next xmin pass's horizon, its xmax this one's end.
+    let xids = if strategy == Strategy::Xmin {
+        Some(snapshot_xids(reader).await?)
+    } else {
+        None
+    };
     let since = match (strategy, position) {
         (_, None) => Since::All,
         (Strategy::NewRows, Some(p)) => Since::KeyAbove(p.to_owned()),
@@ -672,7 +678,7 @@ async fn incremental(
                     t.destination
                 ))
             })?;
-            let (_, xmax) = snapshot_xids(reader).await?;
+            let (_, xmax) = xids.expect("read for xmin");
             if xmax.saturating_sub(horizon) >= 1 << 31 {
                 tracing::warn!(table = %t.source,
                     "over 2^31 transactions since the last xmin pass: reading every row once (xmin wraps around)");
@@ -682,8 +688,8 @@ async fn incremental(
             }
         }
     };
-    if strategy == Strategy::Xmin {
-        next = Some(snapshot_xids(reader).await?.0.to_string());
+    if let Some((xmin, _)) = xids {
+        next = Some(xmin.to_string());
     }
     let limit = t.config.max_rows;
     let sql = read::select_sql(schema, &since, order, t.config.filter.as_deref(), limit);
