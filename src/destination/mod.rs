@@ -230,6 +230,8 @@ pub trait Destination: Send + Sync {
     async fn drop_table(&self, table: &TableName) -> Result<()>;
     /// Rows (and bytes, where known) of a destination table; `None` when it does not exist.
     async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>>;
+    /// Whether a destination table exists (without counting its rows).
+    async fn table_exists(&self, table: &TableName) -> Result<bool>;
 
     /// The `cdc sync` state of every destination table that has one.
     async fn sync_states(&self) -> Result<Vec<SyncState>>;

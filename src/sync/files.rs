@@ -225,7 +225,7 @@ pub async fn load(config: &Config, table: &str, dir: &Path) -> Result<u64> {
         leaves: Vec::new(),
     };
     let dest = crate::destination::open(config).await?;
-    if dest.table_size(&t.destination).await?.is_none() {
+    if !dest.table_exists(&t.destination).await? {
         let target = SnapshotTable {
             schema: &schema,
             destination: &t.destination,

@@ -419,7 +419,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
         .get(&dest_name)
         .filter(|s| s.strategy == base.name())
         .and_then(|s| s.position.clone());
-    let exists = ctx.dest.table_size(&t.destination).await?.is_some();
+    let exists = ctx.dest.table_exists(&t.destination).await?;
     let reader = crate::pg::connect(&ctx.src_info).await?;
     let (rows, position) = if !exists || strategy == Strategy::Reload {
         summary.full_copy = true;

@@ -515,6 +515,15 @@ impl Destination for DuckDbDestination {
             .await
     }
 
+    async fn table_exists(&self, table: &TableName) -> Result<bool> {
+        let (schema, name) = (table.schema.clone(), table.name.clone());
+        self.handle
+            .run(format!("looking for {table}"), move |c| {
+                table_exists(c, &schema, &name)
+            })
+            .await
+    }
+
     async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {
         let (schema, name, quoted) = (
             table.schema.clone(),

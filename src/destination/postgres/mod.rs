@@ -385,16 +385,21 @@ impl Destination for PgDestination {
             .map_err(Error::pg(format!("dropping {table}")))
     }
 
-    async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {
-        let dst = self.admin().await?;
-        let exists: bool = dst
+    async fn table_exists(&self, table: &TableName) -> Result<bool> {
+        Ok(self
+            .admin()
+            .await?
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
             .await
             .map_err(Error::pg(format!("looking for {table}")))?
-            .get(0);
-        if !exists {
+            .get(0))
+    }
+
+    async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {
+        if !self.table_exists(table).await? {
             return Ok(None);
         }
+        let dst = self.admin().await?;
         let row = dst
             .query_one(
                 &format!(
