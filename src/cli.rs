@@ -175,6 +175,13 @@ pub struct SyncArgs {
     /// Print each pass's summary as JSON (one object per line) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A value that does not fit its destination column (SQLite sources): `fail` stops the
+    /// table naming the row, `skip` writes the row to the rejects file and goes on.
+    #[arg(long, value_enum, default_value = "fail", value_name = "fail|skip")]
+    pub on_error: crate::sync::OnError,
+    /// Where `--on-error skip` appends rejected rows (one JSON object per line).
+    #[arg(long, default_value = "cdc-rejects.jsonl", value_name = "FILE")]
+    pub rejects: std::path::PathBuf,
 }
 
 /// Exit codes of `cdc sync` besides the shared ones.

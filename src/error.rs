@@ -93,6 +93,12 @@ pub enum Error {
         #[source]
         source: duckdb::Error,
     },
+    #[error("{context}")]
+    Sqlite {
+        context: String,
+        #[source]
+        source: rusqlite::Error,
+    },
     /// Another process holds the DuckDB file (DuckDB allows one writer, or readers only).
     #[error("the DuckDB file {path} is held by another process (waited 30 s): {detail}. DuckDB lets one process write or several read; readers should open it read-only, query and close")]
     DuckDbBusy { path: String, detail: String },
@@ -120,6 +126,12 @@ impl Error {
         match self {
             Error::Io { .. } | Error::Timeout { .. } | Error::DuckDbBusy { .. } => true,
             Error::Db { source, .. } => sqlstate_is_transient(&source.code),
+            // Another connection writing the SQLite file (a rollback-journal writer locks
+            // readers out while it commits).
+            Error::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
             Error::Postgres { source, .. } => match source.code() {
                 Some(code) => sqlstate_is_transient(code.code()),
                 // No SQLSTATE: the connection itself failed or closed.
@@ -144,6 +156,11 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn sqlite(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Sqlite { context, source }
     }
 
     pub(crate) fn duck(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Error {

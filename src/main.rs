@@ -93,6 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 tables: args.tables,
                 strategy: args.strategy,
                 jobs: args.jobs,
+                on_error: args.on_error,
+                rejects: args.rejects,
             };
             sync(&config, &options, args.every, args.json).await
         }
@@ -102,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 tables,
                 strategy: Some(cdc::config::Strategy::Reload),
                 jobs: 1,
+                ..Default::default()
             };
             sync(&config, &options, None, json).await
         }

@@ -124,6 +124,13 @@ pub struct TableConfig {
     pub reload_on: Vec<ReloadDay>,
     /// At most this many rows per `cdc sync` pass (a trial run); the next pass goes on.
     pub max_rows: Option<u64>,
+    /// Source column → destination column renames (`cdc sync` from SQLite), e.g.
+    /// `{ created_at = "created" }`.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, String>,
+    /// Source columns left out of the destination (`cdc sync` from SQLite).
+    #[serde(default)]
+    pub ignore_columns: Vec<String>,
 }
 
 /// A `cdc sync` strategy (`[[tables]] strategy`, `--strategy`).
@@ -423,8 +430,25 @@ impl Config {
         applied
     }
 
+    /// The SQLite file `source.url` names (`sqlite:PATH`), or `None` for a Postgres source.
+    pub fn sqlite_source(&self) -> Result<Option<PathBuf>, Problem> {
+        match crate::source::sqlite::path_of(&self.source.url.0) {
+            None => Ok(None),
+            Some(Ok(p)) => Ok(Some(p)),
+            Some(Err(e)) => Err(Problem::file("source.url", e)),
+        }
+    }
+
     /// Connection settings of the source, with the password resolved.
     pub fn source_conninfo(&self) -> Result<ConnInfo, Problem> {
+        if crate::source::sqlite::path_of(&self.source.url.0).is_some() {
+            return Err(Problem::file(
+                "source.url",
+                "names a SQLite file, which has no change stream: `cdc snapshot` and `cdc run` (and \
+                 this command) need a Postgres source. Keep a SQLite file's tables in sync with \
+                 `cdc sync` (`cdc sync --every 15m` repeats it as a sidecar would)",
+            ));
+        }
         resolve(
             "source",
             &self.source.url,

@@ -60,7 +60,14 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
         });
     };
 
-    let src = check_url(&mut add, "source.url", &c.source.url.0);
+    let src = match crate::source::sqlite::path_of(&c.source.url.0) {
+        Some(Ok(_)) => None,
+        Some(Err(e)) => {
+            add("source.url".into(), e);
+            None
+        }
+        None => check_url(&mut add, "source.url", &c.source.url.0),
+    };
     let dst = match crate::destination::Target::duckdb_path(&c.destination.url.0) {
         Some(Ok(_)) => None,
         Some(Err(e)) => {

@@ -91,6 +91,17 @@ pub struct DestColumn {
     pub key: bool,
 }
 
+/// A foreign key to create on a destination table (destination names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestForeignKey {
+    pub columns: Vec<String>,
+    pub references: TableName,
+    pub referenced_columns: Vec<String>,
+    /// `NO ACTION`, `CASCADE`, `SET NULL`, `SET DEFAULT` or `RESTRICT`.
+    pub on_delete: String,
+    pub on_update: String,
+}
+
 /// A source column's type: `format_type` text (qualified) and its OID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceType {
@@ -232,6 +243,14 @@ pub trait Destination: Send + Sync {
     async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>>;
     /// Whether a destination table exists (without counting its rows).
     async fn table_exists(&self, table: &TableName) -> Result<bool>;
+
+    /// Create a foreign key on `table` unless one on the same columns to the same table
+    /// exists; `Ok(true)` when created. Destinations that do not enforce foreign keys return
+    /// `Ok(false)`.
+    async fn ensure_foreign_key(&self, table: &TableName, fk: &DestForeignKey) -> Result<bool> {
+        let _ = (table, fk);
+        Ok(false)
+    }
 
     /// The `cdc sync` state of every destination table that has one.
     async fn sync_states(&self) -> Result<Vec<SyncState>>;

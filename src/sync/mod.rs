@@ -23,6 +23,7 @@
 pub mod files;
 mod read;
 mod repair;
+pub mod sqlite;
 mod write;
 
 use std::collections::HashMap;
@@ -54,6 +55,20 @@ pub struct Options {
     pub strategy: Option<Strategy>,
     /// Tables synced at once (1 for destinations without concurrent sessions).
     pub jobs: usize,
+    /// What a value that does not fit its destination column does (SQLite sources).
+    pub on_error: OnError,
+    /// Where `--on-error skip` writes rejected rows (JSON lines).
+    pub rejects: std::path::PathBuf,
+}
+
+/// `--on-error`: what a row with a value that does not fit its column does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Stop the table with an error naming the table, key, column and value.
+    #[default]
+    Fail,
+    /// Write the row to the rejects file and go on.
+    Skip,
 }
 
 /// What a pass did to one table.
@@ -70,6 +85,8 @@ pub struct TableSummary {
     /// Rows written as "insert or update" (incremental strategies cannot tell which).
     pub upserted: u64,
     pub deleted: u64,
+    /// Rows written to the rejects file (`--on-error skip`).
+    pub rejected: u64,
     pub seconds: f64,
     /// Where the next pass starts.
     pub position: Option<String>,
@@ -127,6 +144,10 @@ impl fmt::Display for Summary {
                 writeln!(f, "  FAILED: {e}")?;
             }
         }
+        let rejected: u64 = self.tables.iter().map(|t| t.rejected).sum();
+        if rejected > 0 {
+            writeln!(f, "{rejected} rows did not fit their columns and were written to the rejects file")?;
+        }
         if self.tables.iter().any(|t| t.full_copy) {
             writeln!(f, "* copied whole and swapped in (first pass or reload)")?;
         }
@@ -158,6 +179,9 @@ struct Ctx<'a> {
 /// Run one pass over the chosen tables. Errors of single tables are in the summary; an error
 /// that stops every table (configuration, destination unreachable) is returned.
 pub async fn pass(config: &Config, options: &Options) -> Result<Summary> {
+    if let Some(path) = config.sqlite_source()? {
+        return sqlite::pass(config, options, &path).await;
+    }
     let started = Instant::now();
     let chosen = choose(config, &options.tables)?;
     let src_info = config.source_conninfo()?;
@@ -325,22 +349,27 @@ struct Strategies {
 }
 
 /// The strategies of a table for this pass, checked against its source schema.
-fn strategy_of(ctx: &Ctx<'_>, t: &Chosen<'_>, schema: &TableSchema) -> Result<Strategies> {
+fn strategy_of(
+    cli: Option<Strategy>,
+    today: (usize, u32),
+    t: &Chosen<'_>,
+    schema: &TableSchema,
+) -> Result<Strategies> {
     let default = if schema.primary_key.is_empty() {
         Strategy::Reload
     } else {
         Strategy::Diff
     };
     let configured = t.config.strategy.unwrap_or(default);
-    let base = match ctx.strategy {
+    let base = match cli {
         Some(Strategy::Reload) | None => configured,
         Some(other) => other,
     };
-    let (weekday, day) = ctx.today;
-    let reload_day = ctx.strategy.is_none()
+    let (weekday, day) = today;
+    let reload_day = cli.is_none()
         && base != Strategy::Skip
         && t.config.reload_on.iter().any(|d| d.matches(weekday, day));
-    let this_pass = if ctx.strategy == Some(Strategy::Reload) || reload_day {
+    let this_pass = if cli == Some(Strategy::Reload) || reload_day {
         Strategy::Reload
     } else {
         base
@@ -396,7 +425,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
     let Strategies {
         base,
         this_pass: strategy,
-    } = strategy_of(ctx, t, &schema)?;
+    } = strategy_of(ctx.strategy, ctx.today, t, &schema)?;
     summary.strategy = strategy.to_string();
     if strategy == Strategy::Skip {
         return Ok(());

@@ -98,6 +98,32 @@ pub fn create_index(dest: &TableName, idx: &IndexDef) -> String {
     )
 }
 
+/// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY`, named like Postgres names its own.
+pub fn add_foreign_key(dest: &TableName, fk: &crate::destination::DestForeignKey) -> String {
+    let list = |cols: &[String]| cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let mut name = format!("{}_{}_fkey", dest.name, fk.columns.join("_"));
+    while name.len() > 63 {
+        name.pop();
+    }
+    let action = |a: &str| match a.to_ascii_uppercase().as_str() {
+        "CASCADE" => "CASCADE",
+        "SET NULL" => "SET NULL",
+        "SET DEFAULT" => "SET DEFAULT",
+        "RESTRICT" => "RESTRICT",
+        _ => "NO ACTION",
+    };
+    format!(
+        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {}",
+        dest.quoted(),
+        quote_ident(&name),
+        list(&fk.columns),
+        fk.references.quoted(),
+        list(&fk.referenced_columns),
+        action(&fk.on_delete),
+        action(&fk.on_update)
+    )
+}
+
 /// `COPY ... FROM STDIN` with the columns the source side copies, in the same order.
 pub fn copy_in(dest: &TableName, table: &TableSchema, binary: bool) -> String {
     let format = if binary { " (FORMAT binary)" } else { "" };

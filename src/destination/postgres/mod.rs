@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 use super::{
+    DestForeignKey,
     CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable, SyncState,
     TableSize,
 };
@@ -375,6 +376,40 @@ impl Destination for PgDestination {
             let _ = dst.batch_execute("ROLLBACK").await;
         }
         result.map_err(Error::pg(format!("swapping the reloaded {table} in")))
+    }
+
+    async fn ensure_foreign_key(&self, table: &TableName, fk: &DestForeignKey) -> Result<bool> {
+        let dst = self.admin().await?;
+        let exists: bool = dst
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' \
+                   AND c.conrelid = $1::regclass AND c.confrelid = $2::regclass \
+                   AND (SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                          FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord) \
+                          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) = $3::text[])",
+                &[&table.quoted(), &fk.references.quoted(), &fk.columns],
+            )
+            .await
+            .map_err(Error::pg(format!("looking for the foreign keys of {table}")))?
+            .get(0);
+        if exists {
+            return Ok(false);
+        }
+        let sql = ddl::add_foreign_key(table, fk);
+        dst.batch_execute(&sql).await.map_err(|e| {
+            let why = e
+                .as_db_error()
+                .map(|db| format!("{}{}", db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()))
+                .unwrap_or_else(|| e.to_string());
+            Error::Definite(format!(
+                "the foreign key of {table} ({}) referencing {} cannot be created: {why}. \
+                 The source has rows that break it (SQLite checks foreign keys only with \
+                 PRAGMA foreign_keys = ON): fix them there, and the next pass creates it",
+                fk.columns.join(", "),
+                fk.references
+            ))
+        })?;
+        Ok(true)
     }
 
     async fn drop_table(&self, table: &TableName) -> Result<()> {
