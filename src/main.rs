@@ -238,7 +238,37 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// `cdc verify`: compare, print or write the report, exit 0 (equal), 1 (differences), 2 (error).
 async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
-    use cdc::verify::{self, report::Format, Event, Options};
+
+    let sqlite = match (&args.source, &args.destination) {
+        (Some(_), Some(_)) => None,
+        _ => {
+            let config = Config::load(config_path, &ProcessEnv).context(
+                "cannot use the configuration (or pass --source, --destination and --table)",
+            )?;
+            match config.sqlite_source().map_err(cdc::error::Error::from)? {
+                Some(path) => Some(
+                    cdc::sync::sqlite::verify(&config, &path, &args.tables, args.max_differences)
+                        .await?,
+                ),
+                None => None,
+            }
+        }
+    };
+    let (report, pairs) = match sqlite {
+        Some(report) => (report, None),
+        None => {
+            let (report, pairs) = postgres_verify(config_path, &args).await?;
+            (report, Some(pairs))
+        }
+    };
+    verify_output(config_path, args, report, pairs).await
+}
+
+async fn postgres_verify(
+    config_path: &Path,
+    args: &VerifyArgs,
+) -> anyhow::Result<(cdc::verify::Report, Vec<cdc::verify::TablePair>)> {
+    use cdc::verify::{self, Event, Options};
 
     let (source, destination, pairs, default_recheck_ms) = match (&args.source, &args.destination) {
         (Some(src), Some(dst)) => (
@@ -289,6 +319,16 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
         Event::PassDone { .. } => {}
     })
     .await?;
+    Ok((report, pairs))
+}
+
+async fn verify_output(
+    config_path: &Path,
+    args: VerifyArgs,
+    report: cdc::verify::Report,
+    pairs: Option<Vec<cdc::verify::TablePair>>,
+) -> anyhow::Result<i32> {
+    use cdc::verify::report::Format;
     let format = match args.format {
         ReportFormat::Human => Format::Human,
         ReportFormat::Json => Format::Json,
@@ -335,7 +375,41 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
     if args.repair && !report.equal {
         let config =
             Config::load(config_path, &ProcessEnv).context("cannot use the configuration")?;
-        let repaired = cdc::sync::repair_report(&config, &pairs, &report).await?;
+        let repaired = match &pairs {
+            Some(pairs) => cdc::sync::repair_report(&config, pairs, &report).await?,
+            None => {
+                // A SQLite source: the repair is a diff pass over the tables that differ.
+                let options = cdc::sync::Options {
+                    tables: report
+                        .tables
+                        .iter()
+                        .filter(|t| !t.equal)
+                        .map(|t| t.source.clone())
+                        .collect(),
+                    strategy: Some(cdc::config::Strategy::Diff),
+                    jobs: 1,
+                    ..Default::default()
+                };
+                let summary = cdc::sync::pass(&config, &options).await?;
+                if let Some(t) = summary.tables.iter().find(|t| t.error.is_some()) {
+                    anyhow::bail!("repair of {} failed: {}", t.source, t.error.as_deref().unwrap_or_default());
+                }
+                summary
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.destination.clone(),
+                            cdc::sync::Repaired {
+                                inserted: t.inserted,
+                                updated: t.updated,
+                                deleted: t.deleted,
+                            },
+                        )
+                    })
+                    .collect()
+            }
+        };
         for (table, r) in &repaired {
             println!(
                 "Repaired {table}: {} inserted, {} updated, {} deleted",
