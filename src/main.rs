@@ -238,7 +238,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// `cdc verify`: compare, print or write the report, exit 0 (equal), 1 (differences), 2 (error).
 async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
-
     let sqlite = match (&args.source, &args.destination) {
         (Some(_), Some(_)) => None,
         _ => {
@@ -392,7 +391,11 @@ async fn verify_output(
                 };
                 let summary = cdc::sync::pass(&config, &options).await?;
                 if let Some(t) = summary.tables.iter().find(|t| t.error.is_some()) {
-                    anyhow::bail!("repair of {} failed: {}", t.source, t.error.as_deref().unwrap_or_default());
+                    anyhow::bail!(
+                        "repair of {} failed: {}",
+                        t.source,
+                        t.error.as_deref().unwrap_or_default()
+                    );
                 }
                 summary
                     .tables

@@ -10,6 +10,7 @@ mod replication;
 mod run;
 mod run_faults;
 mod snapshot;
+mod sqlite;
 mod status;
 mod sync;
 mod tls;

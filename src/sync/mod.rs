@@ -146,7 +146,10 @@ impl fmt::Display for Summary {
         }
         let rejected: u64 = self.tables.iter().map(|t| t.rejected).sum();
         if rejected > 0 {
-            writeln!(f, "{rejected} rows did not fit their columns and were written to the rejects file")?;
+            writeln!(
+                f,
+                "{rejected} rows did not fit their columns and were written to the rejects file"
+            )?;
         }
         if self.tables.iter().any(|t| t.full_copy) {
             writeln!(f, "* copied whole and swapped in (first pass or reload)")?;

@@ -164,7 +164,9 @@ pub async fn pass(config: &Config, options: &Options, path: &Path) -> Result<Sum
             .get(&t.source.to_string())
             .is_some_and(|s| !s.foreign_keys.is_empty())
     }) {
-        tracing::info!("foreign keys are not created on this destination (it does not enforce them)");
+        tracing::info!(
+            "foreign keys are not created on this destination (it does not enforce them)"
+        );
     }
     Ok(Summary {
         tables: summaries,
@@ -214,7 +216,11 @@ fn dependency_order<'a>(
     while !rest.is_empty() {
         let ready = rest
             .iter()
-            .position(|c| parents(&c.source.to_string()).iter().all(|p| done.contains(p)))
+            .position(|c| {
+                parents(&c.source.to_string())
+                    .iter()
+                    .all(|p| done.contains(p))
+            })
             .unwrap_or(0);
         let c = rest.remove(ready);
         done.push(c.source.to_string());
@@ -223,11 +229,7 @@ fn dependency_order<'a>(
     out
 }
 
-async fn sync_table(
-    ctx: &Ctx<'_>,
-    t: &Chosen<'_>,
-    summary: &mut TableSummary,
-) -> Result<Pending> {
+async fn sync_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) -> Result<Pending> {
     let started = Instant::now();
     let name = t.source.clone();
     let raw = with_source(ctx, move |s| catalog::read_table(&s.conn, &name))
@@ -311,7 +313,8 @@ async fn finish_table(
     }
     if !p.deletes.is_empty() {
         let schema = table_schema_for_writer(ctx, t).await?;
-        let mut writer = Writer::open(ctx.dest.as_ref(), &schema, &t.destination, ctx.batch_rows).await?;
+        let mut writer =
+            Writer::open(ctx.dest.as_ref(), &schema, &t.destination, ctx.batch_rows).await?;
         for key in p.deletes {
             writer.delete(key).await?;
             summary.deleted += 1;
@@ -346,7 +349,11 @@ fn select_sql(
     order: &[String],
     limit: Option<u64>,
 ) -> String {
-    let cols: Vec<String> = table.source_columns.iter().map(|c| quote_ident(c)).collect();
+    let cols: Vec<String> = table
+        .source_columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect();
     let mut sql = format!(
         "SELECT {} FROM {}.{}",
         cols.join(", "),
@@ -405,7 +412,13 @@ fn order_column(table: &SqliteTable, strategy: Strategy, modified: Option<&str>)
 }
 
 /// A query over `table` converting values to the writer's column types.
-fn query(table: &SqliteTable, writer: &Writer, sql: String, params: Vec<Value>, order: &[String]) -> Query {
+fn query(
+    table: &SqliteTable,
+    writer: &Writer,
+    sql: String,
+    params: Vec<Value>,
+    order: &[String],
+) -> Query {
     let map = writer.map();
     Query {
         sql,
@@ -527,7 +540,13 @@ async fn full_copy(
     dest.finish_table(None, &target, 0).await?;
     let mut writer = Writer::open(dest.as_ref(), &table.schema, &staging, ctx.batch_rows).await?;
     let order = order_column(table, base, t.config.modified_column.as_deref());
-    let sql = select_sql(table, t.config.filter.as_deref(), None, &order, t.config.max_rows);
+    let sql = select_sql(
+        table,
+        t.config.filter.as_deref(),
+        None,
+        &order,
+        t.config.max_rows,
+    );
     let q = query(table, &writer, sql, Vec::new(), &order);
     let done = copy(ctx, t, q, &mut writer, false, summary).await?;
     writer.finish().await?;
@@ -555,7 +574,11 @@ async fn incremental(
     summary: &mut TableSummary,
 ) -> Result<(Vec<Vec<(String, Datum)>>, Option<String>)> {
     let order = order_column(table, strategy, t.config.modified_column.as_deref());
-    let op = if strategy == Strategy::NewRows { ">" } else { ">=" };
+    let op = if strategy == Strategy::NewRows {
+        ">"
+    } else {
+        ">="
+    };
     let since = match (position, order.as_slice()) {
         (Some(_), [col]) => Some((col.as_str(), op)),
         _ => None,
@@ -564,9 +587,20 @@ async fn incremental(
         Some(_) => vec![Value::Text(position.unwrap_or_default().to_owned())],
         None => Vec::new(),
     };
-    let sql = select_sql(table, t.config.filter.as_deref(), since, &order, t.config.max_rows);
-    let mut writer =
-        Writer::open(ctx.dest.as_ref(), &table.schema, &t.destination, ctx.batch_rows).await?;
+    let sql = select_sql(
+        table,
+        t.config.filter.as_deref(),
+        since,
+        &order,
+        t.config.max_rows,
+    );
+    let mut writer = Writer::open(
+        ctx.dest.as_ref(),
+        &table.schema,
+        &t.destination,
+        ctx.batch_rows,
+    )
+    .await?;
     let q = query(table, &writer, sql, params, &order);
     let done = copy(ctx, t, q, &mut writer, true, summary).await?;
     writer.finish().await?;
@@ -595,8 +629,13 @@ async fn diff(
             t.source
         )));
     };
-    let mut writer =
-        Writer::open(ctx.dest.as_ref(), &table.schema, &t.destination, ctx.batch_rows).await?;
+    let mut writer = Writer::open(
+        ctx.dest.as_ref(),
+        &table.schema,
+        &t.destination,
+        ctx.batch_rows,
+    )
+    .await?;
     let key = source_key(table);
     let sql = select_sql(table, t.config.filter.as_deref(), None, &key, None);
     let mut q = query(table, &writer, sql.clone(), Vec::new(), &key);
@@ -934,12 +973,22 @@ pub async fn verify(
                 t.source
             )));
         }
-        let writer =
-            Writer::open(ctx.dest.as_ref(), &table.schema, &t.destination, ctx.batch_rows).await?;
+        let writer = Writer::open(
+            ctx.dest.as_ref(),
+            &table.schema,
+            &t.destination,
+            ctx.batch_rows,
+        )
+        .await?;
         let key = source_key(&table);
         let sql = select_sql(&table, t.config.filter.as_deref(), None, &key, None);
         let mut merge = Merge::open(&ctx, t, &table, &writer, info, sql, &key).await?;
-        let names: Vec<String> = writer.map().columns.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = writer
+            .map()
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let fields = |row: &[Datum], only: Option<&[usize]>| {
             Fields(
                 names
@@ -1039,7 +1088,11 @@ async fn foreign_keys(
             continue;
         };
         let dfk = DestForeignKey {
-            columns: fk.columns.iter().map(|c| dest_column(&t.source, c)).collect(),
+            columns: fk
+                .columns
+                .iter()
+                .map(|c| dest_column(&t.source, c))
+                .collect(),
             references: referenced.clone(),
             referenced_columns: fk
                 .referenced_columns

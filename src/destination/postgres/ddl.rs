@@ -100,7 +100,12 @@ pub fn create_index(dest: &TableName, idx: &IndexDef) -> String {
 
 /// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY`, named like Postgres names its own.
 pub fn add_foreign_key(dest: &TableName, fk: &crate::destination::DestForeignKey) -> String {
-    let list = |cols: &[String]| cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let list = |cols: &[String]| {
+        cols.iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut name = format!("{}_{}_fkey", dest.name, fk.columns.join("_"));
     while name.len() > 63 {
         name.pop();

@@ -16,9 +16,8 @@ use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 use super::{
-    DestForeignKey,
-    CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable, SyncState,
-    TableSize,
+    CopyFormat, DestForeignKey, Destination, Guarantee, Loader, PipelineState, Session,
+    SnapshotTable, SyncState, TableSize,
 };
 use crate::config::TableName;
 use crate::conninfo::ConnInfo;
@@ -356,7 +355,7 @@ impl Destination for PgDestination {
 
     async fn replace_table(&self, staging: &TableName, table: &TableName) -> Result<()> {
         let mut sql = format!(
-            "BEGIN; DROP TABLE IF EXISTS {live}; ALTER TABLE {staged} SET SCHEMA {schema};",
+            "BEGIN; CREATE SCHEMA IF NOT EXISTS {schema}; DROP TABLE IF EXISTS {live}; ALTER TABLE {staged} SET SCHEMA {schema};",
             live = table.quoted(),
             staged = staging.quoted(),
             schema = quote_ident(&table.schema),
@@ -383,7 +382,7 @@ impl Destination for PgDestination {
         let exists: bool = dst
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' \
-                   AND c.conrelid = $1::regclass AND c.confrelid = $2::regclass \
+                   AND c.conrelid = $1::text::regclass AND c.confrelid = $2::text::regclass \
                    AND (SELECT array_agg(a.attname::text ORDER BY k.ord) \
                           FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord) \
                           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) = $3::text[])",
@@ -399,7 +398,13 @@ impl Destination for PgDestination {
         dst.batch_execute(&sql).await.map_err(|e| {
             let why = e
                 .as_db_error()
-                .map(|db| format!("{}{}", db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()))
+                .map(|db| {
+                    format!(
+                        "{}{}",
+                        db.message(),
+                        db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+                    )
+                })
                 .unwrap_or_else(|| e.to_string());
             Error::Definite(format!(
                 "the foreign key of {table} ({}) referencing {} cannot be created: {why}. \

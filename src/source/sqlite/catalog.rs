@@ -8,8 +8,8 @@ use rusqlite::Connection;
 use super::types::{pg_type, Kind};
 use crate::config::TableName;
 use crate::error::{Error, Result};
-use crate::source::replication::quote_ident;
 use crate::snapshot::catalog::{ColumnDef, IndexDef, TableSchema};
+use crate::source::replication::quote_ident;
 
 /// A SQLite table as the destination sees it.
 #[derive(Debug, Clone)]
@@ -76,7 +76,9 @@ pub fn read_table(conn: &Connection, name: &TableName) -> Result<Option<SqliteTa
         .prepare(&format!("PRAGMA {db}.table_info({table})"))
         .map_err(Error::sqlite(ctx()))?;
     let cols: Vec<(String, String, bool, i64)> = stmt
-        .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0, r.get(5)?)))
+        .query_map([], |r| {
+            Ok((r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0, r.get(5)?))
+        })
         .and_then(|rows| rows.collect())
         .map_err(Error::sqlite(ctx()))?;
     let mut key: Vec<(i64, String)> = cols
@@ -105,7 +107,9 @@ pub fn read_table(conn: &Connection, name: &TableName) -> Result<Option<SqliteTa
     let indexes = read_indexes(conn, name)?;
     let foreign_keys = read_foreign_keys(conn, name)?;
     let estimated_rows: i64 = conn
-        .query_row(&format!("SELECT count(*) FROM {db}.{table}"), [], |r| r.get(0))
+        .query_row(&format!("SELECT count(*) FROM {db}.{table}"), [], |r| {
+            r.get(0)
+        })
         .map_err(Error::sqlite(ctx()))?;
     Ok(Some(SqliteTable {
         source_columns: cols.iter().map(|c| c.0.clone()).collect(),
@@ -132,12 +136,20 @@ fn read_indexes(conn: &Connection, name: &TableName) -> Result<Vec<IndexDef>> {
     let ctx = || format!("reading the SQLite indexes of {name}");
     let db = quote_ident(&name.schema);
     let mut stmt = conn
-        .prepare(&format!("PRAGMA {db}.index_list({})", quote_ident(&name.name)))
+        .prepare(&format!(
+            "PRAGMA {db}.index_list({})",
+            quote_ident(&name.name)
+        ))
         .map_err(Error::sqlite(ctx()))?;
     // seq, name, unique, origin (c, u, pk), partial
     let list: Vec<(String, bool, String, bool)> = stmt
         .query_map([], |r| {
-            Ok((r.get(1)?, r.get::<_, i64>(2)? != 0, r.get(3)?, r.get::<_, i64>(4)? != 0))
+            Ok((
+                r.get(1)?,
+                r.get::<_, i64>(2)? != 0,
+                r.get(3)?,
+                r.get::<_, i64>(4)? != 0,
+            ))
         })
         .and_then(|rows| rows.collect())
         .map_err(Error::sqlite(ctx()))?;
@@ -169,7 +181,10 @@ fn read_indexes(conn: &Connection, name: &TableName) -> Result<Vec<IndexDef>> {
             name: index_name,
             definition_tail: format!(
                 " USING btree ({})",
-                cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+                cols.iter()
+                    .map(|c| quote_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             unique,
         });
@@ -190,7 +205,15 @@ fn read_foreign_keys(conn: &Connection, name: &TableName) -> Result<Vec<ForeignK
     type Row = (i64, i64, String, String, Option<String>, String, String);
     let rows: Vec<Row> = stmt
         .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })
         .and_then(|rows| rows.collect())
         .map_err(Error::sqlite(ctx()))?;
@@ -261,16 +284,23 @@ impl SqliteTable {
                 self.source_columns.join(", ")
             )));
         }
-        if ignore.iter().any(|c| self.schema.primary_key.iter().any(|k| {
-            renames.get(c).unwrap_or(c) == k || c == k
-        })) {
+        if ignore.iter().any(|c| {
+            self.schema
+                .primary_key
+                .iter()
+                .any(|k| renames.get(c).unwrap_or(c) == k || c == k)
+        }) {
             return Err(Error::Definite(format!(
                 "{}: ignore_columns cannot leave out a primary-key column ({})",
                 self.schema.name,
                 self.schema.primary_key.join(", ")
             )));
         }
-        let keep: Vec<bool> = self.source_columns.iter().map(|c| !ignore.contains(c)).collect();
+        let keep: Vec<bool> = self
+            .source_columns
+            .iter()
+            .map(|c| !ignore.contains(c))
+            .collect();
         let mut i = 0;
         self.schema.columns.retain(|_| {
             i += 1;

@@ -80,7 +80,9 @@ impl SqliteSource {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(Error::sqlite(format!("cannot open the SQLite file {shown}")))?;
+        .map_err(Error::sqlite(format!(
+            "cannot open the SQLite file {shown}"
+        )))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(Error::sqlite("setting the SQLite busy timeout"))?;
         let probe = conn.query_row("SELECT count(*) FROM main.sqlite_master", [], |r| {
@@ -151,8 +153,14 @@ mod tests {
 
     #[test]
     fn urls_name_relative_and_absolute_files() {
-        assert_eq!(path_of("sqlite:db/app.sqlite"), Some(Ok("db/app.sqlite".into())));
-        assert_eq!(path_of("sqlite:///var/app.db"), Some(Ok("/var/app.db".into())));
+        assert_eq!(
+            path_of("sqlite:db/app.sqlite"),
+            Some(Ok("db/app.sqlite".into()))
+        );
+        assert_eq!(
+            path_of("sqlite:///var/app.db"),
+            Some(Ok("/var/app.db".into()))
+        );
         assert!(path_of("sqlite://host/app.db").unwrap().is_err());
         assert!(path_of("sqlite:").unwrap().is_err());
         assert!(path_of("postgresql://h/db").is_none());

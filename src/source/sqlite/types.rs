@@ -18,7 +18,9 @@ use rusqlite::types::ValueRef;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Integers within `[-max-1, max]`.
-    Int { max: i64 },
+    Int {
+        max: i64,
+    },
     /// IEEE doubles.
     Float,
     /// Exact decimals, `precision` digits of which `scale` after the point.
@@ -34,7 +36,9 @@ pub enum Kind {
     Json,
     Bytes,
     /// Text of at most `max` characters.
-    Text { max: Option<u32> },
+    Text {
+        max: Option<u32>,
+    },
 }
 
 /// Integers beyond this lose digits as doubles.
@@ -87,7 +91,6 @@ impl Kind {
         !matches!(self, Kind::Int { .. })
     }
 }
-
 
 /// SQLite's affinity rules (section 3.1 of its datatype page), for names we do not know.
 fn affinity(base: &str) -> Kind {
@@ -152,14 +155,16 @@ pub fn pg_type(declared: &str) -> (Kind, String, u32) {
 pub fn convert(kind: Kind, value: ValueRef<'_>) -> Result<Option<String>, String> {
     let text = match value {
         ValueRef::Null => return Ok(None),
-        ValueRef::Text(b) => Some(
-            std::str::from_utf8(b).map_err(|_| "text that is not valid UTF-8".to_owned())?,
-        ),
+        ValueRef::Text(b) => {
+            Some(std::str::from_utf8(b).map_err(|_| "text that is not valid UTF-8".to_owned())?)
+        }
         _ => None,
     };
     let out = match (kind, value) {
         (Kind::Int { max }, ValueRef::Integer(i)) => int_in_range(i, max)?,
-        (Kind::Int { max }, ValueRef::Real(f)) if f.fract() == 0.0 && f.abs() < EXACT_DOUBLE_INT as f64 => {
+        (Kind::Int { max }, ValueRef::Real(f))
+            if f.fract() == 0.0 && f.abs() < EXACT_DOUBLE_INT as f64 =>
+        {
             int_in_range(f as i64, max)?
         }
         (Kind::Int { max }, ValueRef::Text(_)) => {
@@ -195,7 +200,12 @@ pub fn convert(kind: Kind, value: ValueRef<'_>) -> Result<Option<String>, String
         (Kind::Bool, ValueRef::Integer(0)) => "f".into(),
         (Kind::Bool, ValueRef::Integer(1)) => "t".into(),
         (Kind::Bool, ValueRef::Text(_)) => {
-            match text.unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+            match text
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
                 "1" | "t" | "true" | "y" | "yes" | "on" => "t".into(),
                 "0" | "f" | "false" | "n" | "no" | "off" => "f".into(),
                 _ => return Err("not a boolean (1/0, true/false, yes/no)".into()),
@@ -215,7 +225,9 @@ pub fn convert(kind: Kind, value: ValueRef<'_>) -> Result<Option<String>, String
             }
             ts.text(false)
         }
-        (Kind::TimestampTz, ValueRef::Text(_)) => parse_timestamp(text.unwrap_or_default())?.text(true),
+        (Kind::TimestampTz, ValueRef::Text(_)) => {
+            parse_timestamp(text.unwrap_or_default())?.text(true)
+        }
         (Kind::Uuid, ValueRef::Text(_)) => uuid_text(text.unwrap_or_default().trim())?,
         (Kind::Uuid, ValueRef::Blob(b)) if b.len() == 16 => uuid_from_bytes(b),
         (Kind::Json, ValueRef::Text(_)) => {
@@ -409,7 +421,11 @@ fn parse_timestamp(t: &str) -> Result<Stamp, String> {
             (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
         };
         let h = num(r.get(..2).ok_or_else(bad)?).ok_or_else(bad)?;
-        let r = r.get(2..).ok_or_else(bad)?.strip_prefix(':').ok_or_else(bad)?;
+        let r = r
+            .get(2..)
+            .ok_or_else(bad)?
+            .strip_prefix(':')
+            .ok_or_else(bad)?;
         let m = num(r.get(..2).ok_or_else(bad)?).ok_or_else(bad)?;
         let mut r = &r[2..];
         let mut s = 0;
@@ -490,7 +506,10 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 fn uuid_text(t: &str) -> Result<String, String> {
-    let t = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')).unwrap_or(t);
+    let t = t
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(t);
     let hexits: String = t.chars().filter(|c| *c != '-').collect();
     if hexits.len() != 32 || !hexits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("not a UUID".into());
@@ -644,9 +663,17 @@ mod tests {
             assert_eq!(pg_type(declared).1, pg, "{declared}");
         }
         // Destination spellings.
-        assert_eq!(Kind::of("integer"), Kind::Int { max: i32::MAX as i64 });
+        assert_eq!(
+            Kind::of("integer"),
+            Kind::Int {
+                max: i32::MAX as i64
+            }
+        );
         assert_eq!(Kind::of("TIMESTAMP WITH TIME ZONE"), Kind::TimestampTz);
-        assert_eq!(Kind::of("character varying(5)"), Kind::Text { max: Some(5) });
+        assert_eq!(
+            Kind::of("character varying(5)"),
+            Kind::Text { max: Some(5) }
+        );
         assert_eq!(Kind::of("VARCHAR"), Kind::Text { max: None });
         assert_eq!(Kind::of("DOUBLE"), Kind::Float);
     }
@@ -660,14 +687,26 @@ mod tests {
             conv("REAL", Real(0.5657108450925572)),
             Ok(Some("0.5657108450925572".into()))
         );
-        assert_eq!(conv("REAL", Real(f64::INFINITY)), Ok(Some("Infinity".into())));
+        assert_eq!(
+            conv("REAL", Real(f64::INFINITY)),
+            Ok(Some("Infinity".into()))
+        );
         assert_eq!(conv("DECIMAL(10,2)", Real(1.1)), Ok(Some("1.1".into())));
-        assert_eq!(conv("DECIMAL(10,2)", Text(b"12345678.90")), Ok(Some("12345678.90".into())));
+        assert_eq!(
+            conv("DECIMAL(10,2)", Text(b"12345678.90")),
+            Ok(Some("12345678.90".into()))
+        );
         assert_eq!(conv("BOOLEAN", Integer(1)), Ok(Some("t".into())));
         assert_eq!(conv("BOOLEAN", Text(b"False")), Ok(Some("f".into())));
-        assert_eq!(conv("DATE", Text(b"2024-02-29")), Ok(Some("2024-02-29".into())));
         assert_eq!(
-            conv("TIMESTAMP WITH TIME ZONE", Text(b"2021-06-16 20:14:09.221838+00")),
+            conv("DATE", Text(b"2024-02-29")),
+            Ok(Some("2024-02-29".into()))
+        );
+        assert_eq!(
+            conv(
+                "TIMESTAMP WITH TIME ZONE",
+                Text(b"2021-06-16 20:14:09.221838+00")
+            ),
             Ok(Some("2021-06-16 20:14:09.221838+00:00".into()))
         );
         assert_eq!(
@@ -684,8 +723,14 @@ mod tests {
         );
         assert_eq!(conv("BLOB", Blob(&[0, 255])), Ok(Some("\\x00ff".into())));
         assert_eq!(conv("TEXT", Integer(7)), Ok(Some("7".into())));
-        assert_eq!(conv("JSON", Text(b"{\"a\": [1]}")), Ok(Some("{\"a\": [1]}".into())));
-        assert_eq!(conv("VARCHAR(3)", Text("héé".as_bytes())), Ok(Some("héé".into())));
+        assert_eq!(
+            conv("JSON", Text(b"{\"a\": [1]}")),
+            Ok(Some("{\"a\": [1]}".into()))
+        );
+        assert_eq!(
+            conv("VARCHAR(3)", Text("héé".as_bytes())),
+            Ok(Some("héé".into()))
+        );
     }
 
     #[test]
@@ -722,18 +767,41 @@ mod tests {
     #[test]
     fn values_compare_by_meaning() {
         let tz = Kind::TimestampTz;
-        assert!(same(tz, "2021-06-16 20:14:09.221838+00:00", "2021-06-16 20:14:09.221838+00"));
-        assert!(same(tz, "2021-06-16 23:14:09+03:00", "2021-06-16 20:14:09+00"));
-        assert!(!same(tz, "2021-06-16 20:14:09+00:00", "2021-06-16 20:14:10+00"));
+        assert!(same(
+            tz,
+            "2021-06-16 20:14:09.221838+00:00",
+            "2021-06-16 20:14:09.221838+00"
+        ));
+        assert!(same(
+            tz,
+            "2021-06-16 23:14:09+03:00",
+            "2021-06-16 20:14:09+00"
+        ));
+        assert!(!same(
+            tz,
+            "2021-06-16 20:14:09+00:00",
+            "2021-06-16 20:14:10+00"
+        ));
         assert!(same(Kind::Bool, "t", "true"));
         assert!(!same(Kind::Bool, "t", "f"));
-        let num = Kind::Numeric { precision: Some(10), scale: Some(2) };
+        let num = Kind::Numeric {
+            precision: Some(10),
+            scale: Some(2),
+        };
         assert!(same(num, "1.1", "1.10"));
         assert!(same(num, "-0.50", "-.5"));
         assert!(!same(num, "1.1", "1.01"));
         assert!(same(Kind::Float, "1e20", "100000000000000000000"));
-        assert!(same(Kind::Json, "{\"a\":1, \"b\":2}", "{\"b\": 2, \"a\": 1}"));
-        assert!(same(Kind::Uuid, "6A1F0C2E0D4B4F0A9C5E1B2C3D4E5F60", "6a1f0c2e-0d4b-4f0a-9c5e-1b2c3d4e5f60"));
+        assert!(same(
+            Kind::Json,
+            "{\"a\":1, \"b\":2}",
+            "{\"b\": 2, \"a\": 1}"
+        ));
+        assert!(same(
+            Kind::Uuid,
+            "6A1F0C2E0D4B4F0A9C5E1B2C3D4E5F60",
+            "6a1f0c2e-0d4b-4f0a-9c5e-1b2c3d4e5f60"
+        ));
         assert!(!same(Kind::Text { max: None }, "a", "a "));
     }
 
