@@ -18,6 +18,9 @@ pub struct SourceTable {
 
 /// List user tables of the source database.
 pub async fn list(config: &Config) -> Result<Vec<SourceTable>> {
+    if let Some(path) = config.sqlite_source()? {
+        return sqlite_list(config, path).await;
+    }
     let info = config.source_conninfo()?;
     let sql = crate::pg::connect(&info).await?;
     let rows = sql
@@ -75,6 +78,43 @@ pub async fn list(config: &Config) -> Result<Vec<SourceTable>> {
             }
         })
         .collect())
+}
+
+/// The tables of a SQLite source (`main`), counted.
+async fn sqlite_list(config: &Config, path: std::path::PathBuf) -> Result<Vec<SourceTable>> {
+    use crate::source::sqlite::{catalog, SqliteSource};
+    let configured: Vec<String> = config
+        .table_pairs()
+        .iter()
+        .map(|(s, _)| s.to_string())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let source = SqliteSource::open(&path)?;
+        let mut out = Vec::new();
+        for name in catalog::list_tables(&source.conn, "main")? {
+            let Some(t) = catalog::read_table(&source.conn, &name)? else {
+                continue;
+            };
+            let key = &t.schema.primary_key;
+            let name = name.to_string();
+            out.push(SourceTable {
+                configured: configured.contains(&name),
+                name,
+                estimated_rows: t.schema.estimated_rows,
+                identity: if key.is_empty() {
+                    "none".into()
+                } else {
+                    format!("primary key ({})", key.join(", "))
+                },
+                problem: key
+                    .is_empty()
+                    .then(|| "no primary key: cdc sync reloads it whole each pass".to_owned()),
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Definite(format!("SQLite reader stopped: {e}")))?
 }
 
 /// One configured table as the destination has it (`cdc tables --destination`).

@@ -423,6 +423,33 @@ async fn a_first_pass_creates_tables_typed_from_declarations() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+    // cdc tables lists the file's tables; cdc extract writes one as CSV + schema file.
+    let out = f.cdc(&["tables"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("main.things")
+            && listing.contains("primary key (id)")
+            && listing.contains("main.events")
+            && listing.contains("no primary key"),
+        "{listing}"
+    );
+    let out = f.cdc(&["extract", "main.things", "--to", "x"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(f.dir.join("x/main.things.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[0].starts_with("\"id\",\"name\",\"price\""), "{csv}");
+    assert!(lines[2].starts_with("\"2\",\"second\",,,\"f\""), "{csv}");
+    let schema = std::fs::read_to_string(f.dir.join("x/main.things.schema.json")).unwrap();
+    assert!(
+        schema.contains("\"rows\": 3") && schema.contains("double precision"),
+        "{schema}"
+    );
 }
 
 #[tokio::test]

@@ -58,7 +58,7 @@ pub struct Extracted {
     pub rows: u64,
 }
 
-fn paths(dir: &Path, table: &TableName) -> (PathBuf, PathBuf) {
+pub(super) fn paths(dir: &Path, table: &TableName) -> (PathBuf, PathBuf) {
     // Names are written as they are (quoted parts unquoted): `public.orders.csv`.
     let base = format!("{}.{}", table.schema, table.name).replace('/', "_");
     (
@@ -70,6 +70,9 @@ fn paths(dir: &Path, table: &TableName) -> (PathBuf, PathBuf) {
 /// Write `table` (a configured table) to `dir`; with `delta`, only the rows its sync strategy
 /// would move from its stored position.
 pub async fn extract(config: &Config, table: &str, dir: &Path, delta: bool) -> Result<Extracted> {
+    if let Some(path) = config.sqlite_source()? {
+        return super::sqlite::extract(config, &path, table, dir, delta).await;
+    }
     let chosen = super::choose(config, &[table.to_owned()])?;
     let t = &chosen[0];
     let src_info = config.source_conninfo()?;
@@ -385,7 +388,7 @@ fn finish(field: &mut Vec<u8>, quoted: bool, path: &Path) -> Result<Option<Strin
 }
 
 /// File problems are the user's to fix (a path, a permission), not worth retrying.
-fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(super) fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Definite(format!("{}: {e}", path.display()))
 }
 

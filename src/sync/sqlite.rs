@@ -1108,3 +1108,115 @@ async fn foreign_keys(
     }
     Ok(())
 }
+
+/// `cdc extract` from a SQLite file: the whole table as CSV (values as the destination would
+/// get them: the declared types' conversions) and its schema file, written last.
+pub async fn extract(
+    config: &Config,
+    path: &Path,
+    table_name: &str,
+    dir: &Path,
+    delta: bool,
+) -> Result<super::files::Extracted> {
+    use super::files::{file_error, paths, SchemaColumn, SchemaFile};
+    if delta {
+        return Err(Error::Definite(
+            "--delta reads a Postgres source's positions; from a SQLite file extract the whole table".into(),
+        ));
+    }
+    let chosen = choose(config, &[table_name.to_owned()])?;
+    let t = &chosen[0];
+    // Only the file is needed: an extract carries data to a destination out of reach.
+    let (source, mut table) = {
+        let (path, name) = (path.to_owned(), t.source.clone());
+        tokio::task::spawn_blocking(move || {
+            let source = SqliteSource::open(&path)?;
+            let table = catalog::read_table(&source.conn, &name)?;
+            Ok::<_, Error>((source, table))
+        })
+        .await
+        .map_err(|e| Error::Definite(format!("SQLite reader stopped: {e}")))??
+    };
+    let mut table = table
+        .take()
+        .ok_or_else(|| Error::Definite(format!("the SQLite file has no table {}", t.source)))?;
+    table.rename(&t.config.columns, &t.config.ignore_columns)?;
+    let source = Arc::new(Mutex::new(source));
+    std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+    let (data, schema_path) = paths(dir, &t.destination);
+    let _ = std::fs::remove_file(&schema_path);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&data).map_err(file_error(&data))?);
+    let names: Vec<String> = table
+        .schema
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let quote = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
+    let header: Vec<String> = names.iter().map(|n| quote(n)).collect();
+    writeln!(out, "{}", header.join(",")).map_err(file_error(&data))?;
+    let key = source_key(&table);
+    let q = Query {
+        sql: select_sql(&table, t.config.filter.as_deref(), None, &key, None),
+        params: Vec::new(),
+        kinds: table.kinds.clone(),
+        columns: names.clone(),
+        key: table
+            .schema
+            .primary_key
+            .iter()
+            .filter_map(|k| names.iter().position(|n| n == k))
+            .collect(),
+        order: None,
+        fingerprint_only: false,
+    };
+    let (rx, handle) = read::spawn(source, q);
+    let mut rows = SourceRows {
+        rx,
+        buf: VecDeque::new(),
+    };
+    let mut count = 0u64;
+    while let Some(item) = rows.next().await {
+        let row = match item {
+            Item::Row(r) => r,
+            Item::Reject(r) => {
+                return Err(Error::Definite(format!("{}: {r}", t.source)));
+            }
+        };
+        let fields: Vec<String> = row
+            .iter()
+            .map(|d| crate::apply::text(d).map(quote).unwrap_or_default())
+            .collect();
+        writeln!(out, "{}", fields.join(",")).map_err(file_error(&data))?;
+        count += 1;
+    }
+    joined(handle).await?;
+    out.flush().map_err(file_error(&data))?;
+    drop(out);
+    let file = SchemaFile {
+        source: t.source.to_string(),
+        columns: table
+            .schema
+            .columns
+            .iter()
+            .map(|c| SchemaColumn {
+                name: c.name.clone(),
+                type_sql: c.type_sql.clone(),
+                type_oid: c.type_oid,
+                not_null: c.not_null,
+                dims: 0,
+            })
+            .collect(),
+        primary_key: table.schema.primary_key.clone(),
+        rows: count,
+        extracted: "table".into(),
+        format: "CSV, header row; every value quoted; an unquoted empty field is NULL".into(),
+    };
+    let json = serde_json::to_string_pretty(&file).expect("schema file serializes");
+    std::fs::write(&schema_path, json).map_err(file_error(&schema_path))?;
+    Ok(super::files::Extracted {
+        data,
+        schema: schema_path,
+        rows: count,
+    })
+}
