@@ -536,8 +536,21 @@ async fn full_copy(
     };
     dest.create_tables(std::slice::from_ref(&target), &[], true)
         .await?;
-    // Rows go through a session, which matches them by key: the key comes first.
-    dest.finish_table(None, &target, 0).await?;
+    // Rows go through a session, which matches them by key: the key comes first, the other
+    // indexes after the rows (cheaper built once than maintained row by row).
+    let key_only = crate::snapshot::catalog::TableSchema {
+        indexes: Vec::new(),
+        ..table.schema.clone()
+    };
+    let indexes_only = crate::snapshot::catalog::TableSchema {
+        primary_key: Vec::new(),
+        ..table.schema.clone()
+    };
+    let with = |schema| SnapshotTable {
+        schema,
+        destination: &staging,
+    };
+    dest.finish_table(None, &with(&key_only), 0).await?;
     let mut writer = Writer::open(dest.as_ref(), &table.schema, &staging, ctx.batch_rows).await?;
     let order = order_column(table, base, t.config.modified_column.as_deref());
     let sql = select_sql(
@@ -550,6 +563,7 @@ async fn full_copy(
     let q = query(table, &writer, sql, Vec::new(), &order);
     let done = copy(ctx, t, q, &mut writer, false, summary).await?;
     writer.finish().await?;
+    dest.finish_table(None, &with(&indexes_only), done.rows).await?;
     dest.replace_table(&staging, &t.destination).await?;
     summary.rows_read = done.rows;
     summary.inserted = done.rows - summary.rejected;
