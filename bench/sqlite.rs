@@ -55,7 +55,10 @@ fn main() {
     let file = dir.join("app.db");
     println!("making a SQLite file of {rows} rows over three tables");
     make_source(&file, rows);
-    let (_unused, dest) = start_servers(&["max_wal_size = '4GB'", "checkpoint_timeout = '30min'"], (false, false));
+    let (_unused, dest) = start_servers(
+        &["max_wal_size = '4GB'", "checkpoint_timeout = '30min'"],
+        (false, false),
+    );
     let pgloader = which("pgloader");
     let (mut first, mut second, mut loader) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss_first, mut rss_second, mut rss_loader) = (0, 0, 0);
@@ -80,11 +83,17 @@ fn main() {
             c
         };
         let (t, rss) = timed(cdc());
-        println!("rep {rep}: cdc sync first pass {t:.2} s, peak RSS {} MiB", rss / 1024);
+        println!(
+            "rep {rep}: cdc sync first pass {t:.2} s, peak RSS {} MiB",
+            rss / 1024
+        );
         first.push(t);
         rss_first = rss_first.max(rss);
         let (t, rss) = timed(cdc());
-        println!("rep {rep}: cdc sync second pass (no change) {t:.2} s, peak RSS {} MiB", rss / 1024);
+        println!(
+            "rep {rep}: cdc sync second pass (no change) {t:.2} s, peak RSS {} MiB",
+            rss / 1024
+        );
         second.push(t);
         rss_second = rss_second.max(rss);
         if let Some(pgloader) = &pgloader {
@@ -109,7 +118,10 @@ fn main() {
     }
     let f = median(first);
     let s = median(second);
-    println!("cdc sync first pass: median {f:.2} s, peak RSS {} MiB", rss_first / 1024);
+    println!(
+        "cdc sync first pass: median {f:.2} s, peak RSS {} MiB",
+        rss_first / 1024
+    );
     println!(
         "cdc sync no-change pass: median {s:.2} s ({:.2}x the first), peak RSS {} MiB",
         s / f,

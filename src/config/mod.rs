@@ -131,6 +131,8 @@ pub struct TableConfig {
     /// Source columns left out of the destination (`cdc sync` from SQLite).
     #[serde(default)]
     pub ignore_columns: Vec<String>,
+    /// Rows per destination transaction of a `cdc sync` pass (default: `apply.batch_max_rows`).
+    pub batch_rows: Option<usize>,
 }
 
 /// A `cdc sync` strategy (`[[tables]] strategy`, `--strategy`).

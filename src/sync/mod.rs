@@ -597,7 +597,13 @@ async fn full_copy(
             dest.finish_table(None, &target, 0).await?;
             let order = read::order_column(strategy, schema, t.config.modified_column.as_deref());
             let sql = read::select_sql(schema, &Since::All, order, filter.as_deref(), Some(limit));
-            let mut writer = Writer::open(dest.as_ref(), schema, &staging, ctx.batch_rows).await?;
+            let mut writer = Writer::open(
+                dest.as_ref(),
+                schema,
+                &staging,
+                t.config.batch_rows.unwrap_or(ctx.batch_rows),
+            )
+            .await?;
             let (read, last) = copy_rows(reader, &sql, &mut writer, order, false).await?;
             writer.finish().await?;
             if read >= limit {
@@ -725,8 +731,13 @@ async fn incremental(
     }
     let limit = t.config.max_rows;
     let sql = read::select_sql(schema, &since, order, t.config.filter.as_deref(), limit);
-    let mut writer =
-        Writer::open(ctx.dest.as_ref(), schema, &t.destination, ctx.batch_rows).await?;
+    let mut writer = Writer::open(
+        ctx.dest.as_ref(),
+        schema,
+        &t.destination,
+        t.config.batch_rows.unwrap_or(ctx.batch_rows),
+    )
+    .await?;
     let (read, last) = copy_rows(reader, &sql, &mut writer, order, true).await?;
     writer.finish().await?;
     end_snapshot(reader).await?;

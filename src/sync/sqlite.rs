@@ -313,8 +313,13 @@ async fn finish_table(
     }
     if !p.deletes.is_empty() {
         let schema = table_schema_for_writer(ctx, t).await?;
-        let mut writer =
-            Writer::open(ctx.dest.as_ref(), &schema, &t.destination, ctx.batch_rows).await?;
+        let mut writer = Writer::open(
+            ctx.dest.as_ref(),
+            &schema,
+            &t.destination,
+            batch_rows(ctx, t),
+        )
+        .await?;
         for key in p.deletes {
             writer.delete(key).await?;
             summary.deleted += 1;
@@ -339,6 +344,11 @@ async fn table_schema_for_writer(
         .ok_or_else(|| Error::Definite(format!("{} disappeared from the SQLite file", t.source)))?;
     table.rename(&t.config.columns, &t.config.ignore_columns)?;
     Ok(table.schema)
+}
+
+/// Rows per destination transaction for `t`: its `batch_rows`, else the pass's.
+fn batch_rows(ctx: &Ctx<'_>, t: &Chosen<'_>) -> usize {
+    t.config.batch_rows.unwrap_or(ctx.batch_rows).max(1)
 }
 
 /// `SELECT` of the table's columns (SQLite names) with the filter, a lower bound and an order.
@@ -551,7 +561,8 @@ async fn full_copy(
         destination: &staging,
     };
     dest.finish_table(None, &with(&key_only), 0).await?;
-    let mut writer = Writer::open(dest.as_ref(), &table.schema, &staging, ctx.batch_rows).await?;
+    let mut writer =
+        Writer::open(dest.as_ref(), &table.schema, &staging, batch_rows(ctx, t)).await?;
     let order = order_column(table, base, t.config.modified_column.as_deref());
     let sql = select_sql(
         table,
@@ -563,7 +574,8 @@ async fn full_copy(
     let q = query(table, &writer, sql, Vec::new(), &order);
     let done = copy(ctx, t, q, &mut writer, false, summary).await?;
     writer.finish().await?;
-    dest.finish_table(None, &with(&indexes_only), done.rows).await?;
+    dest.finish_table(None, &with(&indexes_only), done.rows)
+        .await?;
     dest.replace_table(&staging, &t.destination).await?;
     summary.rows_read = done.rows;
     summary.inserted = done.rows - summary.rejected;
@@ -612,7 +624,7 @@ async fn incremental(
         ctx.dest.as_ref(),
         &table.schema,
         &t.destination,
-        ctx.batch_rows,
+        batch_rows(ctx, t),
     )
     .await?;
     let q = query(table, &writer, sql, params, &order);
@@ -647,7 +659,7 @@ async fn diff(
         ctx.dest.as_ref(),
         &table.schema,
         &t.destination,
-        ctx.batch_rows,
+        batch_rows(ctx, t),
     )
     .await?;
     let key = source_key(table);
@@ -991,7 +1003,7 @@ pub async fn verify(
             ctx.dest.as_ref(),
             &table.schema,
             &t.destination,
-            ctx.batch_rows,
+            batch_rows(&ctx, t),
         )
         .await?;
         let key = source_key(&table);
