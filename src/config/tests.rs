@@ -204,3 +204,32 @@ fn a_missing_file_is_fine_when_the_environment_has_both_urls() {
         ["tables"]
     );
 }
+
+#[test]
+fn sqlite_sources_take_renames_and_postgres_sources_refuse_them() {
+    let sqlite = r#"
+[source]
+url = "sqlite:///srv/app.db"
+[destination]
+url = "postgresql://u@dst/db"
+[[tables]]
+source = "main.film_work"
+destination = "content.film_work"
+columns = { created_at = "created" }
+ignore_columns = ["file_path"]
+batch_rows = 500
+"#;
+    let c = load(sqlite).unwrap();
+    assert_eq!(c.sqlite_source().unwrap(), Some("/srv/app.db".into()));
+    assert_eq!(c.tables[0].columns["created_at"], "created");
+    assert_eq!(c.tables[0].batch_rows, Some(500));
+    let refused = c.source_conninfo().unwrap_err().to_string();
+    assert!(refused.contains("cdc sync --every"), "{refused}");
+    let postgres = sqlite.replace("sqlite:///srv/app.db", "postgresql://u@src/db");
+    let e = load(&postgres).unwrap_err().to_string();
+    assert!(e.contains("columns / ignore_columns"), "{e}");
+    let e = load(&sqlite.replace("sqlite:///srv", "sqlite://srv"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("three slashes"), "{e}");
+}

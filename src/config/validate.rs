@@ -126,7 +126,22 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
     }
     let mut sources: HashMap<TableName, usize> = HashMap::new();
     let mut destinations: HashMap<TableName, usize> = HashMap::new();
+    let sqlite = crate::source::sqlite::path_of(&c.source.url.0).is_some();
     for (i, t) in c.tables.iter().enumerate() {
+        if !sqlite && (!t.columns.is_empty() || !t.ignore_columns.is_empty()) {
+            add(
+                format!("tables[{i}].columns"),
+                "columns / ignore_columns rename or leave out columns of a SQLite source; a Postgres \
+                 source's tables are copied with their own columns: remove them"
+                    .into(),
+            );
+        }
+        if t.batch_rows == Some(0) {
+            add(
+                format!("tables[{i}].batch_rows"),
+                "must be at least 1".into(),
+            );
+        }
         let src = match TableName::parse(&t.source) {
             Ok(n) => Some(n),
             Err(e) => {

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use crate::apply::{Batch, TableMap};
 use crate::config::{Config, TableName};
 use crate::conninfo::ConnInfo;
-use crate::decode::PgTimestamp;
+use crate::decode::{Datum, PgTimestamp};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -270,6 +270,23 @@ pub trait Loader: Send {
         table: &SnapshotTable<'_>,
         bytes: &AtomicU64,
     ) -> Result<u64>;
+    /// Load rows from a source that is not a Postgres COPY (a SQLite file), as text values
+    /// in `table.schema`'s column order, block by block. `Ok(None)`: this destination has no
+    /// bulk path for them (nothing was read; the caller writes through a session instead).
+    async fn load_rows(
+        &mut self,
+        rows: &mut (dyn RowSource + '_),
+        table: &SnapshotTable<'_>,
+    ) -> Result<Option<u64>> {
+        let _ = (rows, table);
+        Ok(None)
+    }
+}
+
+/// Blocks of rows for [`Loader::load_rows`], `None` at the end.
+#[async_trait]
+pub trait RowSource: Send {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>>;
 }
 
 /// A destination session applying changes inside one open transaction at a time.

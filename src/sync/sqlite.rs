@@ -32,7 +32,9 @@ use super::write::Writer;
 use super::{choose, strategy_of, Chosen, OnError, Options, Strategies, Summary, TableSummary};
 use crate::config::{Config, Strategy, TableName};
 use crate::decode::Datum;
-use crate::destination::{DestForeignKey, Destination, SnapshotTable, SyncState, Target};
+use crate::destination::{
+    DestForeignKey, Destination, RowSource, SnapshotTable, SyncState, Target,
+};
 use crate::error::{Error, Result};
 use crate::source::replication::quote_ident;
 use crate::source::rows::RowCursor;
@@ -546,8 +548,57 @@ async fn full_copy(
     };
     dest.create_tables(std::slice::from_ref(&target), &[], true)
         .await?;
-    // Rows go through a session, which matches them by key: the key comes first, the other
-    // indexes after the rows (cheaper built once than maintained row by row).
+    let order = order_column(table, base, t.config.modified_column.as_deref());
+    let sql = select_sql(
+        table,
+        t.config.filter.as_deref(),
+        None,
+        &order,
+        t.config.max_rows,
+    );
+    // The destination's bulk path (Postgres: COPY); keys and indexes built after the rows.
+    let mut loader = dest.loader().await?;
+    let q = Query {
+        sql: sql.clone(),
+        params: Vec::new(),
+        kinds: table.kinds.clone(),
+        columns: table
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .collect(),
+        key: table
+            .schema
+            .primary_key
+            .iter()
+            .filter_map(|k| table.schema.columns.iter().position(|c| &c.name == k))
+            .collect(),
+        order: match order.as_slice() {
+            [one] => table.source_columns.iter().position(|c| c == one),
+            _ => None,
+        },
+        fingerprint_only: false,
+    };
+    let (rx, handle) = read::spawn(ctx.source.clone(), q);
+    let mut feed = Feed {
+        ctx,
+        t,
+        rx,
+        summary: &mut *summary,
+    };
+    let loaded = loader.load_rows(&mut feed, &target).await;
+    drop(feed);
+    drop(loader);
+    let done = joined(handle).await;
+    if let Some(rows) = loaded? {
+        let done = done?;
+        dest.finish_table(None, &target, rows).await?;
+        dest.replace_table(&staging, &t.destination).await?;
+        return Ok((Vec::new(), full_copy_position(t, base, done, summary)));
+    }
+    // No bulk path: rows go through a session, which matches them by key: the key comes
+    // first, the other indexes after the rows (cheaper built once than maintained row by row).
     let key_only = crate::snapshot::catalog::TableSchema {
         indexes: Vec::new(),
         ..table.schema.clone()
@@ -563,31 +614,61 @@ async fn full_copy(
     dest.finish_table(None, &with(&key_only), 0).await?;
     let mut writer =
         Writer::open(dest.as_ref(), &table.schema, &staging, batch_rows(ctx, t)).await?;
-    let order = order_column(table, base, t.config.modified_column.as_deref());
-    let sql = select_sql(
-        table,
-        t.config.filter.as_deref(),
-        None,
-        &order,
-        t.config.max_rows,
-    );
     let q = query(table, &writer, sql, Vec::new(), &order);
     let done = copy(ctx, t, q, &mut writer, false, summary).await?;
     writer.finish().await?;
     dest.finish_table(None, &with(&indexes_only), done.rows)
         .await?;
     dest.replace_table(&staging, &t.destination).await?;
+    Ok((Vec::new(), full_copy_position(t, base, done, summary)))
+}
+
+/// The counts of a full copy, and the position its strategy goes on from.
+fn full_copy_position(
+    t: &Chosen<'_>,
+    base: Strategy,
+    done: read::Done,
+    summary: &mut TableSummary,
+) -> Option<String> {
     summary.rows_read = done.rows;
     summary.inserted = done.rows - summary.rejected;
     let capped = t.config.max_rows.is_some_and(|m| done.rows >= m);
-    let position = match base {
+    match base {
         Strategy::Diff if summary.rejected == 0 && !capped => {
             Some(format!("{FINGERPRINT}{}", done.fingerprint))
         }
         Strategy::NewRows | Strategy::Modified => done.last_order,
         _ => None,
-    };
-    Ok((Vec::new(), position))
+    }
+}
+
+/// Converted rows handed to a destination's bulk loader; rejected ones go to `--on-error`.
+struct Feed<'a, 'b> {
+    ctx: &'a Ctx<'b>,
+    t: &'a Chosen<'b>,
+    rx: mpsc::Receiver<Vec<Item>>,
+    summary: &'a mut TableSummary,
+}
+
+#[async_trait::async_trait]
+impl RowSource for Feed<'_, '_> {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
+        loop {
+            let Some(items) = self.rx.recv().await else {
+                return Ok(None);
+            };
+            let mut rows = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Item::Row(r) => rows.push(r),
+                    Item::Reject(r) => reject(self.ctx, self.t, r, self.summary)?,
+                }
+            }
+            if !rows.is_empty() {
+                return Ok(Some(rows));
+            }
+        }
+    }
 }
 
 /// `new_rows` / `modified`: rows past the position, upserted.
