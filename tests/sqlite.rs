@@ -631,3 +631,61 @@ async fn bad_files_and_streaming_commands_get_clear_errors() {
     let e = s.tables[0].error.clone().unwrap_or_default();
     assert!(e.contains("nope") && e.contains("its columns: id"), "{e}");
 }
+
+#[tokio::test]
+async fn into_duckdb_passes_diff_and_verify_compare_by_meaning() {
+    let mut f = Fixture::new(
+        "sqlite_duck",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price DECIMAL(10,2),
+             at TIMESTAMP WITH TIME ZONE, ok BOOLEAN, raw BLOB, ref UUID);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO items SELECT i, 'item ' || i, i * 1.25, '2024-03-0' || (i % 9 + 1) || ' 10:00:00+02',
+             i % 2, CASE WHEN i % 3 = 0 THEN NULL ELSE x'00ff10' END,
+             printf('%08x-0000-4000-8000-%012x', i, i) FROM n;",
+        "",
+        "",
+    )
+    .await;
+    let duck = f.dir.join("analytics.duckdb");
+    f.config_text = format!(
+        "[source]\nurl = \"sqlite:{}\"\n[destination]\nurl = \"duckdb://{}\"\n[[tables]]\nsource = \"main.items\"\n",
+        f.file.display(),
+        duck.display()
+    );
+    let first = pass(&f).await;
+    assert!(first.tables[0].full_copy);
+    assert_eq!(first.tables[0].inserted, 50);
+    let second = pass(&f).await;
+    assert_eq!(
+        second.tables[0].rows_read, 0,
+        "unchanged: nothing read twice"
+    );
+    f.sqlite(
+        "UPDATE items SET name = 'changed', at = '2024-03-01 12:00:00+04' WHERE id = 7;
+         DELETE FROM items WHERE id = 8;
+         INSERT INTO items VALUES (51, 'new', 0.5, NULL, 1, NULL, NULL);",
+    );
+    let third = pass(&f).await;
+    let t = &third.tables[0];
+    assert_eq!((t.inserted, t.updated, t.deleted), (1, 1, 1));
+    let rows = crate::duckdb::read(
+        &duck,
+        "SELECT count(*)::VARCHAR, max(name)::VARCHAR FROM main.items WHERE id IN (7, 8, 51)",
+    )
+    .unwrap();
+    assert_eq!(rows, [["2", "new"]]);
+    let report = cdc::sync::sqlite::verify(&f.config(), &f.file, &[], 100)
+        .await
+        .unwrap();
+    assert!(report.equal, "{}", report.human(5));
+    // A change made on the destination by hand is seen, by meaning: a different instant.
+    let conn = duckdb::Connection::open(&duck).unwrap();
+    conn.execute_batch("UPDATE main.items SET \"at\" = \"at\" + INTERVAL 1 SECOND WHERE id = 9")
+        .unwrap();
+    drop(conn);
+    let report = cdc::sync::sqlite::verify(&f.config(), &f.file, &[], 100)
+        .await
+        .unwrap();
+    assert_eq!(report.tables[0].different.len(), 1, "{}", report.human(5));
+    assert_eq!(report.tables[0].different[0].columns[0].column, "at");
+}

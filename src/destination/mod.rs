@@ -252,6 +252,11 @@ pub trait Destination: Send + Sync {
         Ok(false)
     }
 
+    /// Every row of `map.dest` (the columns of `map`, as text) in key order, text keys
+    /// (`text_key[i]` for `map.key[i]`) by their bytes — the order SQLite's BINARY collation
+    /// gives — so a source that is not Postgres can be compared row by row, block by block.
+    async fn rows_by_key(&self, map: &TableMap, text_key: &[bool]) -> Result<Box<dyn RowSource>>;
+
     /// The `cdc sync` state of every destination table that has one.
     async fn sync_states(&self) -> Result<Vec<SyncState>>;
     /// Record a table's `cdc sync` state (replacing the previous one).
@@ -283,7 +288,8 @@ pub trait Loader: Send {
     }
 }
 
-/// Blocks of rows for [`Loader::load_rows`], `None` at the end.
+/// Blocks of rows (for [`Loader::load_rows`], from [`Destination::rows_by_key`]), `None` at
+/// the end.
 #[async_trait]
 pub trait RowSource: Send {
     async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>>;

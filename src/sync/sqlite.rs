@@ -26,7 +26,6 @@ use std::time::{Instant, SystemTime};
 
 use rusqlite::types::Value;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
 
 use super::write::Writer;
 use super::{choose, strategy_of, Chosen, OnError, Options, Strategies, Summary, TableSummary};
@@ -37,7 +36,6 @@ use crate::destination::{
 };
 use crate::error::{Error, Result};
 use crate::source::replication::quote_ident;
-use crate::source::rows::RowCursor;
 use crate::source::sqlite::catalog::{self, SqliteTable};
 use crate::source::sqlite::read::{self, Item, Query, Reject};
 use crate::source::sqlite::types::{key_order, same, Kind};
@@ -729,13 +727,6 @@ async fn diff(
     position: Option<&str>,
     summary: &mut TableSummary,
 ) -> Result<(Vec<Vec<(String, Datum)>>, Option<String>)> {
-    let Target::Postgres(info) = &ctx.target else {
-        return Err(Error::Definite(format!(
-            "{}: strategy diff from a SQLite source needs a Postgres destination so far; \
-             use strategy \"reload\" or \"modified\" for this destination",
-            t.source
-        )));
-    };
     let mut writer = Writer::open(
         ctx.dest.as_ref(),
         &table.schema,
@@ -754,7 +745,7 @@ async fn diff(
         tracing::info!(table = %t.source, rows = scanned.rows, "unchanged since the last pass");
         return Ok((Vec::new(), Some(fingerprint)));
     }
-    let mut merge = Merge::open(ctx, t, table, &writer, info, sql, &key).await?;
+    let mut merge = Merge::open(ctx, t, table, &writer, sql, &key).await?;
     let mut deletes = Vec::new();
     let budget = t.config.max_rows.unwrap_or(u64::MAX);
     let mut written = 0u64;
@@ -808,7 +799,6 @@ struct Merge {
     table: String,
     src: SourceRows,
     reader: tokio::task::JoinHandle<Result<read::Done>>,
-    dest: Client,
     dst: DestRows,
     s: Option<Vec<Datum>>,
     d: Option<Vec<Datum>>,
@@ -825,19 +815,17 @@ impl Merge {
         t: &Chosen<'_>,
         table: &SqliteTable,
         writer: &Writer,
-        info: &crate::conninfo::ConnInfo,
         sql: String,
         key: &[String],
     ) -> Result<Merge> {
         let q = query(table, writer, sql, Vec::new(), key);
         let kinds = q.kinds.clone();
         let key_pos = q.key.clone();
-        let dest = crate::pg::connect(info).await?;
-        let dest_sql = dest_select(writer.map(), &t.destination, &kinds);
-        dest.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(Error::pg("reading the destination"))?;
-        let cursor = RowCursor::declare(&dest, "cdc_sqlite_diff", &dest_sql).await?;
+        let text_key: Vec<bool> = key_pos
+            .iter()
+            .map(|&k| matches!(kinds[k], Kind::Text { .. }))
+            .collect();
+        let rows = ctx.dest.rows_by_key(writer.map(), &text_key).await?;
         let (rx, reader) = read::spawn(ctx.source.clone(), q);
         Ok(Merge {
             kinds,
@@ -848,9 +836,8 @@ impl Merge {
                 buf: VecDeque::new(),
             },
             reader,
-            dest,
             dst: DestRows {
-                cursor,
+                rows,
                 buf: VecDeque::new(),
             },
             s: None,
@@ -915,7 +902,7 @@ impl Merge {
     }
 
     async fn advance_dest(&mut self) -> Result<()> {
-        self.d = self.dst.next(&self.dest).await?;
+        self.d = self.dst.next().await?;
         self.check_order(1)
     }
 
@@ -985,7 +972,7 @@ impl Merge {
     /// End both reads (the SQLite thread's errors surface here).
     async fn close(self) -> Result<()> {
         drop(self.src);
-        let _ = self.dest.batch_execute("COMMIT").await;
+        drop(self.dst);
         joined(self.reader).await.map(|_| ())
     }
 }
@@ -1013,37 +1000,17 @@ async fn next_source(
     }
 }
 
-/// The destination's rows of a table in the order SQLite sorts the same keys.
-fn dest_select(map: &crate::apply::TableMap, table: &TableName, kinds: &[Kind]) -> String {
-    let cols: Vec<String> = map.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let order: Vec<String> = map
-        .key
-        .iter()
-        .map(|&k| {
-            let col = quote_ident(&map.columns[k].name);
-            match kinds[k] {
-                Kind::Text { .. } => format!("{col} COLLATE \"C\""),
-                _ => col,
-            }
-        })
-        .collect();
-    format!(
-        "SELECT {} FROM {} ORDER BY {}",
-        cols.join(", "),
-        table.quoted(),
-        order.join(", ")
-    )
-}
-
 struct DestRows {
-    cursor: RowCursor,
+    rows: Box<dyn RowSource>,
     buf: VecDeque<Vec<Datum>>,
 }
 
 impl DestRows {
-    async fn next(&mut self, client: &Client) -> Result<Option<Vec<Datum>>> {
+    async fn next(&mut self) -> Result<Option<Vec<Datum>>> {
         if self.buf.is_empty() {
-            self.buf = self.cursor.next(client).await?.into();
+            if let Some(block) = self.rows.next_rows().await? {
+                self.buf = block.into();
+            }
         }
         Ok(self.buf.pop_front())
     }
@@ -1060,11 +1027,6 @@ pub async fn verify(
     let options = Options::default();
     let chosen = choose(config, only)?;
     let (ctx, _) = open(config, &options, path).await?;
-    let Target::Postgres(info) = &ctx.target else {
-        return Err(Error::Definite(
-            "cdc verify from a SQLite source needs a Postgres destination so far".into(),
-        ));
-    };
     let mut tables = Vec::new();
     with_source(&ctx, |s| s.begin()).await?;
     for t in &chosen {
@@ -1089,7 +1051,7 @@ pub async fn verify(
         .await?;
         let key = source_key(&table);
         let sql = select_sql(&table, t.config.filter.as_deref(), None, &key, None);
-        let mut merge = Merge::open(&ctx, t, &table, &writer, info, sql, &key).await?;
+        let mut merge = Merge::open(&ctx, t, &table, &writer, sql, &key).await?;
         let names: Vec<String> = writer
             .map()
             .columns

@@ -32,10 +32,12 @@ use async_trait::async_trait;
 use duckdb::params;
 
 use super::{
-    CopyFormat, Destination, Guarantee, Loader, PipelineState, Session, SnapshotTable, SyncState,
-    TableSize,
+    CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
+    SyncState, TableSize,
 };
+use crate::apply::TableMap;
 use crate::config::TableName;
+use crate::decode::Datum;
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -508,6 +510,67 @@ impl Destination for DuckDbDestination {
             .await
     }
 
+    async fn rows_by_key(&self, map: &TableMap, text_key: &[bool]) -> Result<Box<dyn RowSource>> {
+        let _ = text_key; // DuckDB's default collation already orders text by its bytes.
+        let cols: Vec<String> = map
+            .columns
+            .iter()
+            .map(|c| {
+                let q = quote_ident(&c.name);
+                if c.dest_type.eq_ignore_ascii_case("BLOB") {
+                    // Postgres's bytea text, which the source side prints too.
+                    format!("'\\x' || lower(hex({q}))")
+                } else {
+                    format!("CAST({q} AS VARCHAR)")
+                }
+            })
+            .collect();
+        let order: Vec<String> = map
+            .key
+            .iter()
+            .map(|&k| quote_ident(&map.columns[k].name))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            cols.join(", "),
+            self.handle.qualified(&map.dest),
+            order.join(", ")
+        );
+        let (conn, pin) = self.handle.connection().await?;
+        let width = map.columns.len();
+        let what = format!("reading {}", map.dest);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let _pin = pin;
+            let read = || -> duckdb::Result<()> {
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query([])?;
+                let mut block = Vec::with_capacity(2048);
+                while let Some(row) = rows.next()? {
+                    let mut out = Vec::with_capacity(width);
+                    for i in 0..width {
+                        let v: Option<String> = row.get(i)?;
+                        out.push(v.map_or(Datum::Null, |s| Datum::Text(bytes::Bytes::from(s))));
+                    }
+                    block.push(out);
+                    if block.len() >= 2048
+                        && tx.blocking_send(Ok(std::mem::take(&mut block))).is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                if !block.is_empty() {
+                    let _ = tx.blocking_send(Ok(block));
+                }
+                Ok(())
+            };
+            if let Err(e) = read() {
+                let _ = tx.blocking_send(Err(crate::error::Error::duck(what)(e)));
+            }
+        });
+        Ok(Box::new(ChannelRows(rx)))
+    }
+
     async fn drop_table(&self, table: &TableName) -> Result<()> {
         let sql = format!("DROP TABLE IF EXISTS {}", self.handle.qualified(table));
         self.handle
@@ -636,5 +699,15 @@ impl Loader for DuckLoader {
                 bytes,
             )
             .await
+    }
+}
+
+/// Row blocks from a reading thread.
+struct ChannelRows(tokio::sync::mpsc::Receiver<Result<Vec<Vec<Datum>>>>);
+
+#[async_trait]
+impl RowSource for ChannelRows {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
+        self.0.recv().await.transpose()
     }
 }

@@ -98,6 +98,30 @@ pub fn create_index(dest: &TableName, idx: &IndexDef) -> String {
     )
 }
 
+/// Every row of a table, its text keys ordered by their bytes (`COLLATE "C"`).
+pub fn select_by_key(map: &crate::apply::TableMap, text_key: &[bool]) -> String {
+    let cols: Vec<String> = map.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let order: Vec<String> = map
+        .key
+        .iter()
+        .zip(text_key)
+        .map(|(&k, &text)| {
+            let col = quote_ident(&map.columns[k].name);
+            if text {
+                format!("{col} COLLATE \"C\"")
+            } else {
+                col
+            }
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        cols.join(", "),
+        map.dest.quoted(),
+        order.join(", ")
+    )
+}
+
 /// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY`, named like Postgres names its own.
 pub fn add_foreign_key(dest: &TableName, fk: &crate::destination::DestForeignKey) -> String {
     let list = |cols: &[String]| {

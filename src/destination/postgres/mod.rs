@@ -19,6 +19,7 @@ use super::{
     CopyFormat, DestForeignKey, Destination, Guarantee, Loader, PipelineState, RowSource, Session,
     SnapshotTable, SyncState, TableSize,
 };
+use crate::apply::TableMap;
 use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::decode::Datum;
@@ -28,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::catalog::{TableSchema, UserType};
 use crate::source::copy_out::CopySource;
 use crate::source::replication::quote_ident;
+use crate::source::rows::RowCursor;
 pub use apply::PgSession;
 use state::StateStore;
 
@@ -418,6 +420,17 @@ impl Destination for PgDestination {
         Ok(true)
     }
 
+    async fn rows_by_key(&self, map: &TableMap, text_key: &[bool]) -> Result<Box<dyn RowSource>> {
+        let client = crate::pg::connect(&self.info).await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(Error::pg(format!("reading {}", map.dest)))?;
+        let sql = ddl::select_by_key(map, text_key);
+        let cursor = RowCursor::declare(&client, "cdc_rows_by_key", &sql).await?;
+        Ok(Box::new(PgRows { client, cursor }))
+    }
+
     async fn drop_table(&self, table: &TableName) -> Result<()> {
         self.admin()
             .await?
@@ -542,6 +555,20 @@ impl Loader for PgLoader {
             .await
             .map_err(Error::pg(format!("finishing {in_sql}")))?;
         Ok(Some(count))
+    }
+}
+
+/// A table's rows through a cursor in a read-only transaction of its own connection.
+struct PgRows {
+    client: Client,
+    cursor: RowCursor,
+}
+
+#[async_trait]
+impl RowSource for PgRows {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
+        let rows = self.cursor.next(&self.client).await?;
+        Ok((!rows.is_empty()).then_some(rows))
     }
 }
 
