@@ -66,7 +66,8 @@ impl std::fmt::Display for Reject {
 pub struct Done {
     pub rows: u64,
     pub last_order: Option<String>,
-    /// SHA-256 of every converted row in read order (hex, 32 digits).
+    /// SHA-256 of the column kinds and every row's values as stored, in read order (hex, 32
+    /// digits).
     pub fingerprint: String,
 }
 
@@ -95,25 +96,28 @@ fn read(source: &SqliteSource, q: &Query, tx: &mpsc::Sender<Vec<Item>>) -> Resul
     let mut done = Done::default();
     let mut hash = Sha256::new();
     let mut block = Vec::with_capacity(BLOCK_ROWS);
+    // The kinds are part of the fingerprint: the same values converted for other column
+    // types are another result.
+    hash.update(format!("{:?}", q.kinds).as_bytes());
     while let Some(row) = rows.next().map_err(fail)? {
         done.rows += 1;
+        for i in 0..q.kinds.len() {
+            hash_value(&mut hash, row.get_ref(i).map_err(fail)?);
+        }
+        if q.fingerprint_only {
+            if let Some(o) = q.order {
+                done.last_order = raw_text(row.get_ref(o).map_err(fail)?);
+            }
+            continue;
+        }
         let mut out = Vec::with_capacity(q.kinds.len());
         let mut reject = None;
         for (i, kind) in q.kinds.iter().enumerate() {
             let value = row.get_ref(i).map_err(fail)?;
             match convert(*kind, value) {
-                Ok(Some(text)) => {
-                    hash.update([1]);
-                    hash.update((text.len() as u32).to_le_bytes());
-                    hash.update(text.as_bytes());
-                    out.push(Datum::Text(Bytes::from(text)));
-                }
-                Ok(None) => {
-                    hash.update([0]);
-                    out.push(Datum::Null);
-                }
+                Ok(Some(text)) => out.push(Datum::Text(Bytes::from(text))),
+                Ok(None) => out.push(Datum::Null),
                 Err(problem) => {
-                    hash.update([2]);
                     reject.get_or_insert(Reject {
                         key: key_text(q, row)?,
                         column: q.columns[i].clone(),
@@ -126,9 +130,6 @@ fn read(source: &SqliteSource, q: &Query, tx: &mpsc::Sender<Vec<Item>>) -> Resul
         }
         if let Some(o) = q.order {
             done.last_order = raw_text(row.get_ref(o).map_err(fail)?);
-        }
-        if q.fingerprint_only {
-            continue;
         }
         block.push(match reject {
             Some(r) => Item::Reject(r),
@@ -152,6 +153,32 @@ fn read(source: &SqliteSource, q: &Query, tx: &mpsc::Sender<Vec<Item>>) -> Resul
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok(done)
+}
+
+/// A value as SQLite stores it, into the fingerprint: the fingerprint says whether the file's
+/// rows changed, so it needs no conversion (which costs more than reading them).
+fn hash_value(hash: &mut Sha256, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Null => hash.update([0]),
+        ValueRef::Integer(i) => {
+            hash.update([1]);
+            hash.update(i.to_le_bytes());
+        }
+        ValueRef::Real(f) => {
+            hash.update([2]);
+            hash.update(f.to_bits().to_le_bytes());
+        }
+        ValueRef::Text(t) => {
+            hash.update([3]);
+            hash.update((t.len() as u64).to_le_bytes());
+            hash.update(t);
+        }
+        ValueRef::Blob(b) => {
+            hash.update([4]);
+            hash.update((b.len() as u64).to_le_bytes());
+            hash.update(b);
+        }
+    }
 }
 
 fn key_text(q: &Query, row: &rusqlite::Row<'_>) -> Result<String> {
