@@ -354,6 +354,8 @@ const TYPED: &str = "CREATE TABLE things (id INTEGER PRIMARY KEY, name VARCHAR(2
         at TIMESTAMP WITH TIME ZONE, ref UUID, doc JSON, raw BLOB, note, count BIGINT);
     CREATE UNIQUE INDEX things_name ON things (name);
     CREATE TABLE events (at TEXT, what TEXT);
+    CREATE TABLE pairs (a TEXT, b INTEGER, v REAL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+    INSERT INTO pairs VALUES ('x', 2, 0.25), ('x', 10, NULL), ('Y', 1, 1.0), ('é', 0, -2.5);
     INSERT INTO things VALUES
         (1, 'first', '12.50', 0.1, 1, '2020-02-29', '2021-01-02 03:04:05.123456',
          '2021-06-16 20:14:09+02:00', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '{\"a\": [1, 2]}', x'00ff', 7, 9007199254740993),
@@ -367,7 +369,8 @@ async fn a_first_pass_creates_tables_typed_from_declarations() {
         "sqlite_types",
         TYPED,
         "",
-        "[[tables]]\nsource = \"main.things\"\n[[tables]]\nsource = \"main.events\"\ndestination = \"public.events\"",
+        "[[tables]]\nsource = \"main.things\"\n[[tables]]\nsource = \"main.events\"\ndestination = \"public.events\"\n\
+         [[tables]]\nsource = \"main.pairs\"",
     )
     .await;
     let first = pass(&f).await;
@@ -408,15 +411,39 @@ async fn a_first_pass_creates_tables_typed_from_declarations() {
         f.rows("SELECT count(*)::text FROM public.events").await,
         ["3"]
     );
+    // WITHOUT ROWID, a two-column key: text by bytes ('Y' < 'x' < 'é'), then integers by value.
+    assert_eq!(
+        f.rows("SELECT string_agg(concat_ws(':', a, b, v), ',' ORDER BY a COLLATE \"C\", b) FROM main.pairs")
+            .await,
+        ["Y:1:1,x:2:0.25,x:10,é:0:-2.5"]
+    );
     // Unchanged: the keyed table moves nothing; the keyless one is reloaded (whole, no doubles).
-    f.sqlite("INSERT INTO events VALUES ('2024-01-02', 'c')");
+    f.sqlite(
+        "INSERT INTO events VALUES ('2024-01-02', 'c');
+         UPDATE pairs SET v = 3 WHERE a = 'x' AND b = 10;
+         DELETE FROM pairs WHERE a = 'Y';
+         INSERT INTO pairs VALUES ('x', 3, NULL);",
+    );
     let second = pass(&f).await;
     assert_eq!(table(&second, "main.things").rows_read, 0);
+    let pairs = table(&second, "main.pairs");
+    assert_eq!((pairs.inserted, pairs.updated, pairs.deleted), (1, 1, 1));
+    // cdc reload: copied whole again, swapped in.
+    let out = f.cdc(&["reload", "main.things", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tables"][0]["full_copy"], true);
+    assert_eq!(json["tables"][0]["inserted"], 3);
     assert_eq!(
         f.rows("SELECT count(*)::text FROM public.events").await,
         ["4"]
     );
-    let verify = f.cdc(&["verify", "--table", "main.things"]);
+    let verify = f.cdc(&["verify", "--table", "main.things", "--table", "main.pairs"]);
     assert_eq!(
         verify.status.code(),
         Some(0),
@@ -688,4 +715,62 @@ async fn into_duckdb_passes_diff_and_verify_compare_by_meaning() {
         .unwrap();
     assert_eq!(report.tables[0].different.len(), 1, "{}", report.human(5));
     assert_eq!(report.tables[0].different[0].columns[0].column, "at");
+}
+
+#[tokio::test]
+async fn kill_9_inside_a_diff_pass_then_a_rerun_is_identical() {
+    let f = Fixture::new(
+        "sqlite_kill",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL, n REAL);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO t SELECT i, 'v' || i, i / 3.0 FROM s;",
+        "",
+        "[[tables]]\nsource = \"main.t\"\nbatch_rows = 10",
+    )
+    .await;
+    pass(&f).await;
+    f.sqlite(
+        "UPDATE t SET v = v || ' changed', n = n + 1;
+         DELETE FROM t WHERE id % 10 = 0;
+         WITH RECURSIVE s(i) AS (SELECT 20001 UNION ALL SELECT i + 1 FROM s WHERE i < 21000)
+         INSERT INTO t SELECT i, 'new', NULL FROM s;",
+    );
+    let config = f.dir.join("cdc.toml");
+    std::fs::write(&config, &f.config_text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cdc"))
+        .args(["--config", config.to_str().unwrap(), "sync"])
+        .env("CDC_LOG", "error")
+        .spawn()
+        .unwrap();
+    crate::harness::wait_for(
+        "some updates committed",
+        std::time::Duration::from_secs(60),
+        || async {
+            let n = f
+                .rows("SELECT count(*)::text FROM main.t WHERE v LIKE '% changed'")
+                .await;
+            n[0] != "0"
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = f
+        .rows("SELECT count(*)::text FROM main.t WHERE v LIKE '% changed'")
+        .await;
+    assert_ne!(partial, ["18000"], "killed before the pass ended");
+    let verify = f.cdc(&["verify"]);
+    assert_eq!(verify.status.code(), Some(1), "the pass was cut short");
+    let rerun = pass(&f).await;
+    assert!(rerun.tables[0].updated > 0);
+    let verify = f.cdc(&["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert_eq!(f.rows("SELECT count(*)::text FROM main.t").await, ["19000"]);
+    // The fingerprint was stored by the finished pass: the next one reads nothing more.
+    assert_eq!(pass(&f).await.tables[0].rows_read, 0);
 }
