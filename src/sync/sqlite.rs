@@ -231,22 +231,12 @@ fn dependency_order<'a>(
 
 async fn sync_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) -> Result<Pending> {
     let started = Instant::now();
-    let name = t.source.clone();
-    let raw = with_source(ctx, move |s| catalog::read_table(&s.conn, &name))
-        .await?
-        .ok_or_else(|| {
-            Error::Definite(format!(
-                "the SQLite file has no table {} (tables are named main.TABLE)",
-                t.source
-            ))
-        })?;
+    let (raw, table) = read_table(ctx, t).await?;
     let Strategies {
         base,
         this_pass: strategy,
     } = strategy_of(ctx.options.strategy, ctx.today, t, &raw.schema)?;
     summary.strategy = strategy.to_string();
-    let mut table = raw;
-    table.rename(&t.config.columns, &t.config.ignore_columns)?;
     let dest_name = t.destination.to_string();
     let state = |position: Option<String>, rows: u64| SyncState {
         destination_table: dest_name.clone(),
@@ -312,7 +302,7 @@ async fn finish_table(
         return Ok(()); // skipped
     }
     if !p.deletes.is_empty() {
-        let schema = table_schema_for_writer(ctx, t).await?;
+        let schema = read_table(ctx, t).await?.1.schema;
         let mut writer = Writer::open(
             ctx.dest.as_ref(),
             &schema,
@@ -334,16 +324,20 @@ async fn finish_table(
     Ok(())
 }
 
-async fn table_schema_for_writer(
-    ctx: &Ctx<'_>,
-    t: &Chosen<'_>,
-) -> Result<crate::snapshot::catalog::TableSchema> {
+/// `t`'s SQLite table as read now: as SQLite names it, and with the entry's renames applied.
+async fn read_table(ctx: &Ctx<'_>, t: &Chosen<'_>) -> Result<(SqliteTable, SqliteTable)> {
     let name = t.source.clone();
-    let mut table = with_source(ctx, move |s| catalog::read_table(&s.conn, &name))
+    let raw = with_source(ctx, move |s| catalog::read_table(&s.conn, &name))
         .await?
-        .ok_or_else(|| Error::Definite(format!("{} disappeared from the SQLite file", t.source)))?;
-    table.rename(&t.config.columns, &t.config.ignore_columns)?;
-    Ok(table.schema)
+        .ok_or_else(|| {
+            Error::Definite(format!(
+                "the SQLite file has no table {} (tables are named main.TABLE)",
+                t.source
+            ))
+        })?;
+    let mut renamed = raw.clone();
+    renamed.rename(&t.config.columns, &t.config.ignore_columns)?;
+    Ok((raw, renamed))
 }
 
 /// Rows per destination transaction for `t`: its `batch_rows`, else the pass's.
@@ -1031,11 +1025,7 @@ pub async fn verify(
     with_source(&ctx, |s| s.begin()).await?;
     for t in &chosen {
         let started = Instant::now();
-        let name = t.source.clone();
-        let mut table = with_source(&ctx, move |s| catalog::read_table(&s.conn, &name))
-            .await?
-            .ok_or_else(|| Error::Definite(format!("the SQLite file has no table {}", t.source)))?;
-        table.rename(&t.config.columns, &t.config.ignore_columns)?;
+        let (_, table) = read_table(&ctx, t).await?;
         if table.schema.primary_key.is_empty() {
             return Err(Error::Definite(format!(
                 "{} has no primary key: cdc verify compares rows by key",
