@@ -33,6 +33,7 @@ pub mod demo;
 pub mod destination;
 pub mod error;
 pub mod http;
+pub mod local_clickhouse;
 pub mod local_pg;
 pub mod lsn;
 pub mod metrics;

@@ -107,6 +107,17 @@ pub fn client_config(info: &ConnInfo) -> Result<Option<Arc<ClientConfig>>, TlsEr
     Ok(Some(Arc::new(config)))
 }
 
+/// An HTTPS client configuration (ClickHouse): the certificate chain and host name verified
+/// against `root` (a PEM file) or, without one, the system's roots.
+pub fn https_config(root: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(root.unwrap_or(Path::new("system")))?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// libpq looks for `~/.postgresql/root.crt` when `sslrootcert` is not set.
 fn default_root_file() -> Option<PathBuf> {
     let p = PathBuf::from(std::env::var_os("HOME")?).join(".postgresql/root.crt");

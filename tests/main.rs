@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod clickhouse;
 mod decoder_fixtures;
 mod docker;
 mod duckdb;

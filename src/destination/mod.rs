@@ -18,6 +18,7 @@
 //! ([`Guarantee::Idempotent`]). The run loop relies only on "after `commit` returns, the data and
 //! the position are durable together, and `load_state` returns that position".
 
+pub mod clickhouse;
 pub mod duckdb;
 pub mod postgres;
 

@@ -1,0 +1,234 @@
+//! ClickHouse's HTTP interface: one POST per statement, the statement in the URL when a body
+//! of rows follows it, else in the body. Plain HTTP/1.1 on our own socket (and rustls for
+//! `clickhouses://`): a statement and a body go out, a status and a body come back; nothing
+//! else of HTTP is needed, and no HTTP stack has to be built for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::url::ClickHouseUrl;
+use crate::error::{Error, Result};
+
+/// How long a statement may take before the connection counts as dead.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A client for one ClickHouse server and database.
+#[derive(Clone)]
+pub struct Client {
+    url: ClickHouseUrl,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Client {
+    pub fn new(url: ClickHouseUrl) -> Result<Client> {
+        let tls = if url.secure {
+            Some(crate::tls::https_config(url.root_cert.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Client { url, tls })
+    }
+
+    /// Run `sql` (no rows sent); its output (in the statement's FORMAT, if any).
+    pub async fn query(&self, sql: &str) -> Result<Bytes> {
+        self.post(None, Bytes::copy_from_slice(sql.as_bytes()), sql)
+            .await
+    }
+
+    /// Run `sql` (an `INSERT … FORMAT …`) with `rows` as its data.
+    pub async fn insert(&self, sql: &str, rows: Bytes) -> Result<Bytes> {
+        self.post(Some(sql), rows, sql).await
+    }
+
+    async fn post(&self, in_url: Option<&str>, body: Bytes, what: &str) -> Result<Bytes> {
+        let shown: String = what.chars().take(120).collect();
+        let work = async {
+            let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+                .await
+                .map_err(Error::io(format!(
+                    "cannot connect to ClickHouse at {}:{}",
+                    self.url.host, self.url.port
+                )))?;
+            tcp.set_nodelay(true).ok();
+            match &self.tls {
+                None => self.exchange(tcp, in_url, &body).await,
+                Some(config) => {
+                    let name = crate::tls::server_name(&self.url.host)
+                        .map_err(Error::io("ClickHouse host name"))?;
+                    let stream = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(Error::io(format!(
+                            "TLS handshake with ClickHouse at {}",
+                            self.url.host
+                        )))?;
+                    self.exchange(stream, in_url, &body).await
+                }
+            }
+        };
+        let (status, response) =
+            tokio::time::timeout(TIMEOUT, work)
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: format!("ClickHouse ran {shown}"),
+                    seconds: TIMEOUT.as_secs(),
+                })??;
+        if status != 200 {
+            let text = String::from_utf8_lossy(&response).trim().to_owned();
+            return Err(Error::Definite(format!(
+                "ClickHouse refused {shown} (HTTP {status}): {text}"
+            )));
+        }
+        Ok(response)
+    }
+
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        in_url: Option<&str>,
+        body: &[u8],
+    ) -> Result<(u16, Bytes)> {
+        // Decimals print with their scale (`2.00`), as Postgres prints numeric(p,s).
+        let mut target = format!(
+            "/?database={}&output_format_decimal_trailing_zeros=1",
+            encode(&self.url.database)
+        );
+        if let Some(sql) = in_url {
+            target.push_str("&query=");
+            target.push_str(&encode(sql));
+        }
+        let mut head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {}:{}\r\nX-ClickHouse-User: {}\r\n",
+            self.url.host, self.url.port, self.url.user
+        );
+        if let Some(pw) = &self.url.password {
+            head.push_str(&format!("X-ClickHouse-Key: {}\r\n", pw.expose()));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
+        let io = |what: &'static str| Error::io(format!("{what} ClickHouse"));
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(io("writing to"))?;
+        stream.write_all(body).await.map_err(io("writing to"))?;
+        stream.flush().await.map_err(io("writing to"))?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io("reading from"))?;
+        parse_response(&raw).map_err(|detail| Error::Protocol {
+            context: "reading a ClickHouse HTTP response".into(),
+            detail,
+        })
+    }
+}
+
+/// Status and body of a whole HTTP/1.1 response (`Content-Length`, chunked, or to the end).
+pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if k == "content-length" {
+            length = v.parse::<usize>().ok();
+        }
+    }
+    let body = &raw[end + 4..];
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("a chunk without its size line")?;
+            let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            if rest.len() < size + 2 {
+                return Err("a chunk shorter than its size".into());
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        Ok((status, Bytes::from(out)))
+    } else {
+        let body = match length {
+            Some(n) if n <= body.len() => &body[..n],
+            Some(_) => return Err("a body shorter than its Content-Length".into()),
+            None => body,
+        };
+        Ok((status, Bytes::copy_from_slice(body)))
+    }
+}
+
+/// Percent-encoding of a URL query value (everything but unreserved characters).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_with_length_chunks_or_neither() {
+        let (s, b) =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA").unwrap();
+        assert_eq!((s, &b[..]), (200, &b"abc"[..]));
+        let (s, b) = parse_response(
+            b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nCode\r\n2;x\r\n: \r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((s, &b[..]), (500, &b"Code: "[..]));
+        let (_, b) = parse_response(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
+        assert_eq!(&b[..], b"to the end");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").is_err());
+        assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            encode("INSERT INTO `a b` FORMAT TSV"),
+            "INSERT%20INTO%20%60a%20b%60%20FORMAT%20TSV"
+        );
+        assert_eq!(encode("é&="), "%C3%A9%26%3D");
+    }
+}

@@ -1,0 +1,174 @@
+//! `clickhouse://USER@HOST:PORT/DATABASE` destination URLs.
+//!
+//! HTTP interface, port 8123 by default; `clickhouses://` or `?secure=true` for HTTPS (port
+//! 8443 by default, `?sslrootcert=FILE` for a private CA, else the system's roots). The
+//! password comes from `CDC_DESTINATION_PASSWORD` or `destination.password_file` (or the URL,
+//! discouraged), as for Postgres.
+
+use std::path::PathBuf;
+
+use crate::conninfo::Secret;
+
+/// A parsed ClickHouse URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClickHouseUrl {
+    pub secure: bool,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub database: String,
+    pub root_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClickHouseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never prints.
+        write!(
+            f,
+            "{}://{}@{}:{}/{}",
+            if self.secure {
+                "clickhouses"
+            } else {
+                "clickhouse"
+            },
+            self.user,
+            self.host,
+            self.port,
+            self.database
+        )
+    }
+}
+
+impl ClickHouseUrl {
+    /// Whether `url` is a ClickHouse URL at all.
+    pub fn is_clickhouse(url: &str) -> bool {
+        url.starts_with("clickhouse://") || url.starts_with("clickhouses://")
+    }
+
+    pub fn parse(url: &str) -> Result<ClickHouseUrl, String> {
+        let (mut secure, rest) = if let Some(r) = url.strip_prefix("clickhouses://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("clickhouse://") {
+            (false, r)
+        } else {
+            return Err("a ClickHouse URL starts with clickhouse:// or clickhouses://".into());
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+        let database = decode(database)?;
+        if database.is_empty() || database.contains('/') {
+            return Err(
+                "name the database: clickhouse://USER@HOST:PORT/DATABASE (e.g. .../analytics)"
+                    .into(),
+            );
+        }
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((u, p)) => (decode(u)?, Some(Secret::new(decode(p)?))),
+                None => (decode(u)?, None),
+            },
+            None => ("default".to_owned(), None),
+        };
+        let mut root_cert = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "secure" => {
+                    secure = match v {
+                        "true" | "1" => true,
+                        "false" | "0" => secure,
+                        _ => return Err(format!("secure={v}: use secure=true or secure=false")),
+                    }
+                }
+                "sslrootcert" => root_cert = Some(PathBuf::from(decode(v)?)),
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {k:?}: a ClickHouse URL takes secure and sslrootcert"
+                    ))
+                }
+            }
+        }
+        let default_port = if secure { 8443 } else { 8123 };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.trim_matches(|c| c == '[' || c == ']').to_owned(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("port {p:?} is not a number from 1 to 65535"))?,
+            ),
+            _ => (hostport.to_owned(), default_port),
+        };
+        if host.is_empty() {
+            return Err("name the host: clickhouse://USER@HOST:PORT/DATABASE".into());
+        }
+        Ok(ClickHouseUrl {
+            secure,
+            host,
+            port,
+            user,
+            password,
+            database,
+            root_cert,
+        })
+    }
+}
+
+fn decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} decodes to invalid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_defaults_and_refuse_what_is_missing() {
+        let u = ClickHouseUrl::parse("clickhouse://cdc@ch.example:9000/analytics").unwrap();
+        assert_eq!(
+            (
+                u.secure,
+                u.host.as_str(),
+                u.port,
+                u.user.as_str(),
+                u.database.as_str()
+            ),
+            (false, "ch.example", 9000, "cdc", "analytics")
+        );
+        let u = ClickHouseUrl::parse("clickhouse://ch/db").unwrap();
+        assert_eq!((u.port, u.user.as_str()), (8123, "default"));
+        let u = ClickHouseUrl::parse("clickhouses://u@ch/db").unwrap();
+        assert_eq!((u.secure, u.port), (true, 8443));
+        let u = ClickHouseUrl::parse("clickhouse://u:p%40ss@ch/db?secure=true&sslrootcert=/ca.pem")
+            .unwrap();
+        assert_eq!((u.secure, u.port), (true, 8443));
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("p@ss"));
+        assert_eq!(u.root_cert, Some(PathBuf::from("/ca.pem")));
+        assert!(
+            !format!("{u:?}").contains("p@ss"),
+            "the password never prints"
+        );
+        assert!(ClickHouseUrl::parse("clickhouse://ch").is_err());
+        assert!(ClickHouseUrl::parse("clickhouse://ch:x/db").is_err());
+        assert!(ClickHouseUrl::parse("clickhouse://ch/db?color=red").is_err());
+    }
+}
