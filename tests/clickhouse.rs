@@ -151,14 +151,14 @@ async fn every_mapped_type_is_accepted_and_other_schemas_get_their_prefix() {
     c.insert(
         &format!("INSERT INTO `{}` FORMAT TSV", names.storage),
         Bytes::from_static(
-            b"1\t-32768\t2147483647\t1.5\t0.5657108450925572\t123456789012345678901234567890123456789012345678901234567890123456.0123456789\t1e400\ttrue\t2299-12-31\t1900-01-01 00:00:00.000001\t2024-06-16 20:14:09.221838\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\t{\"k\": [1]}\t\\\\x00ff\t[1,NULL,3]\t{a,\"b c\"}\thappy\t1\t0\n",
+            b"1\t-32768\t2147483647\t1.5\t0.5657108450925572\t123456789012345678901234567890123456789012345678901234567890123456.0123456789\t1e400\ttrue\t2299-12-31\t1900-01-01 00:00:00.000001\t2024-06-16 20:14:09.221838\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\t{\"k\": [1]}\t\\\\x00ff\t{1,NULL,3}\t{a,\"b c\"}\thappy\t1\t0\n",
         ),
     )
     .await
     .unwrap();
     assert_eq!(
         text(&c, &format!("SELECT * FROM `{}` FORMAT TSV", names.view)).await,
-        "1\t-32768\t2147483647\t1.5\t0.5657108450925572\t123456789012345678901234567890123456789012345678901234567890123456.0123456789\t1e400\ttrue\t2299-12-31\t1900-01-01 00:00:00.000001\t2024-06-16 20:14:09.221838\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\t{\"k\": [1]}\t\\\\x00ff\t[1,NULL,3]\t{a,\"b c\"}\thappy\n"
+        "1\t-32768\t2147483647\t1.5\t0.5657108450925572\t123456789012345678901234567890123456789012345678901234567890123456.0123456789\t1e400\ttrue\t2299-12-31\t1900-01-01 00:00:00.000001\t2024-06-16 20:14:09.221838\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\t{\"k\": [1]}\t\\\\x00ff\t{1,NULL,3}\t{a,\"b c\"}\thappy\n"
     );
 }
 
@@ -202,4 +202,76 @@ async fn bad_databases_users_and_servers_get_clear_errors() {
         e.to_string().contains("cannot connect to ClickHouse"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn postgres_copy_text_round_trips_through_clickhouse() {
+    use futures_util::StreamExt;
+    let (db, sql) = crate::harness::source_with(
+        "ch_copy",
+        "CREATE TABLE t (id bigint PRIMARY KEY, b boolean, s smallint, r real, d double precision,
+             n numeric(20,6), u numeric, day date, ts timestamp, tz timestamptz, id2 uuid, j jsonb,
+             raw bytea, arr int[], txt text, v varchar(10));
+         INSERT INTO t VALUES
+           (1, true, -5, 1.5, 'Infinity', 12345.678901, 'NaN', '2299-12-31', '1900-01-01 00:00:00.000001',
+            '2024-06-16 23:14:09.221838+03', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"k\": [1, \"x\"]}',
+            '\\x00ff', '{1,NULL,3}', E'tab\\there\\nnew \\\\ back\\x0bv', 'é'),
+           (2, NULL, NULL, NULL, 0.1, NULL, 1e-30, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL);",
+    )
+    .await;
+    let _ = db;
+    cdc::snapshot::catalog::prepare_session(&sql).await.unwrap();
+    let schema = cdc::snapshot::catalog::read_table(&sql, &TableName::parse("public.t").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let copy = |query: &'static str| {
+        let sql = &sql;
+        async move {
+            let stream = sql.copy_out(query).await.unwrap();
+            let mut stream = std::pin::pin!(stream);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk.unwrap());
+            }
+            bytes
+        }
+    };
+    let rows = copy("COPY public.t TO STDOUT").await;
+    let fields = cdc::destination::clickhouse::tsv::fields(&schema);
+    let mut tsv = Vec::new();
+    let n =
+        cdc::destination::clickhouse::tsv::convert(&rows, &fields, b"\t1\t0", &mut tsv).unwrap();
+    assert_eq!(n, 2);
+    let ch_db = unique("ch_copy");
+    let names = Names::of(&ch_db, &schema.name);
+    let admin = client("default");
+    for stmt in create_table(&names, &schema, None) {
+        admin
+            .query(&stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    let c = client(&ch_db);
+    c.insert(
+        &format!("INSERT INTO `{}` FORMAT TSV", names.storage),
+        Bytes::from(tsv),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&c, &format!("SELECT * FROM `{}` ORDER BY id FORMAT TSV", names.view)).await,
+        "1\ttrue\t-5\t1.5\tinf\t12345.678901\tNaN\t2299-12-31\t1900-01-01 00:00:00.000001\t\
+         2024-06-16 20:14:09.221838\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\t{\"k\": [1, \"x\"]}\t\
+         \\\\x00ff\t{1,NULL,3}\ttab\\there\\nnew \\\\ back\x0bv\té\n\
+         2\t\\N\t\\N\t\\N\t0.1\t\\N\t0.000000000000000000000000000001\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\t\\N\n"
+    );
+    // Out of ClickHouse's range: refused with the column, never clamped.
+    sql.batch_execute("INSERT INTO public.t (id, day) VALUES (3, '1850-01-01')")
+        .await
+        .unwrap();
+    let rows = copy("COPY (SELECT * FROM public.t WHERE id = 3) TO STDOUT").await;
+    let e = cdc::destination::clickhouse::tsv::convert(&rows, &fields, b"\t1\t0", &mut Vec::new())
+        .unwrap_err();
+    assert!(e.contains("column day") && e.contains("1850-01-01"), "{e}");
 }

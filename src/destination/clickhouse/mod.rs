@@ -6,10 +6,14 @@
 //! after a crash writes the very same versions and is deduplicated) and a deleted flag; users
 //! query a view over it (`FINAL`, deleted rows filtered) named like the source table.
 //!
-//! Built so far: the URL (`url.rs`), the HTTP client (`http.rs`), type mapping (`types.rs`) and
-//! table/view SQL incl. `ON CLUSTER` (`ddl.rs`), tested against a real ClickHouse 26.9 that the
-//! tests start (`local_clickhouse`). Not yet wired into `destination::open`.
+//! Built so far: the URL (`url.rs`), the HTTP client (`http.rs`), type mapping (`types.rs`),
+//! table/view SQL incl. `ON CLUSTER` (`ddl.rs`) and the snapshot's row path, Postgres COPY text
+//! to ClickHouse TSV with our columns appended and out-of-range values refused (`tsv.rs`), tested
+//! against a real ClickHouse 26.9 that the tests start (`local_clickhouse`). Not yet wired into
+//! `destination::open`: the `Destination`/`Session`/`Loader` implementation, state, TOAST fill
+//! and versions from the stream come next.
 pub mod ddl;
 pub mod http;
+pub mod tsv;
 pub mod types;
 pub mod url;
