@@ -18,7 +18,7 @@ use super::apply::insert_rows;
 use super::copy_text::RowReader;
 use super::handle::{blocking, joined};
 use super::types::{cast_expr, reads_postgres_text, to_duckdb_text};
-use crate::destination::CopyFormat;
+use crate::destination::{CopyFormat, RowSource};
 use crate::error::{Error, Result};
 use crate::source::copy_out::CopySource;
 use crate::source::replication::quote_ident;
@@ -181,6 +181,47 @@ impl CopyIn {
         if !rows.is_empty() {
             total += rows.len() as u64;
             self.insert(dest, names, types, rows).await?;
+        }
+        Ok(total)
+    }
+
+    /// Insert rows that are already Postgres text (a source that is not a Postgres COPY, e.g.
+    /// SQLite) into `dest` as columns `names` of DuckDB `types`, in blocks.
+    pub async fn load_rows(
+        &mut self,
+        rows: &mut (dyn RowSource + '_),
+        dest: &str,
+        names: &[String],
+        types: &[String],
+    ) -> Result<u64> {
+        let mut block: Vec<Vec<Option<String>>> = Vec::with_capacity(BLOCK_ROWS);
+        let mut total = 0u64;
+        while let Some(incoming) = rows.next_rows().await? {
+            for row in incoming {
+                let mut out = Vec::with_capacity(row.len());
+                for ((d, ty), name) in row.iter().zip(types).zip(names) {
+                    out.push(match crate::apply::text(d) {
+                        None => None,
+                        Some(t) => Some(
+                            to_duckdb_text(ty, t)
+                                .map_err(|e| {
+                                    Error::Definite(format!("loading {dest}: column {name}: {e}"))
+                                })?
+                                .into_owned(),
+                        ),
+                    });
+                }
+                block.push(out);
+            }
+            if block.len() >= BLOCK_ROWS {
+                total += block.len() as u64;
+                let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK_ROWS));
+                self.insert(dest, names, types, full).await?;
+            }
+        }
+        if !block.is_empty() {
+            total += block.len() as u64;
+            self.insert(dest, names, types, block).await?;
         }
         Ok(total)
     }

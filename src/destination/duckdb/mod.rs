@@ -700,6 +700,27 @@ impl Loader for DuckLoader {
             )
             .await
     }
+
+    async fn load_rows(
+        &mut self,
+        rows: &mut (dyn RowSource + '_),
+        table: &SnapshotTable<'_>,
+    ) -> Result<Option<u64>> {
+        let names: Vec<String> = table
+            .schema
+            .copied_columns()
+            .map(|c| c.name.clone())
+            .collect();
+        self.copy_in
+            .load_rows(
+                rows,
+                &self.handle.qualified(table.destination),
+                &names,
+                &copied_types(table.schema),
+            )
+            .await
+            .map(Some)
+    }
 }
 
 /// Row blocks from a reading thread.
