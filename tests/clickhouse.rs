@@ -275,3 +275,96 @@ async fn postgres_copy_text_round_trips_through_clickhouse() {
         .unwrap_err();
     assert!(e.contains("column day") && e.contains("1850-01-01"), "{e}");
 }
+
+#[tokio::test]
+async fn the_snapshot_loader_streams_a_copy_as_one_insert_and_abandons_a_bad_one() {
+    use cdc::destination::clickhouse::load::ClickHouseLoader;
+    use cdc::destination::{Loader, SnapshotTable};
+    use std::sync::atomic::AtomicU64;
+    let (db, sql) = crate::harness::source_with(
+        "ch_load",
+        "CREATE TABLE big (id bigint PRIMARY KEY, v text, t timestamptz NOT NULL, ok boolean);
+         INSERT INTO big SELECT g, repeat(E'x\\t', g % 50), '2024-01-01'::timestamptz + g * interval '1 second',
+             g % 2 = 0 FROM generate_series(1, 200000) g;
+         CREATE TABLE bad (id bigint PRIMARY KEY, day date);
+         INSERT INTO bad SELECT g, '2024-01-01' FROM generate_series(1, 1000) g;
+         INSERT INTO bad VALUES (1001, '1850-06-01');",
+    )
+    .await;
+    cdc::snapshot::catalog::prepare_session(&sql).await.unwrap();
+    let ch_db = unique("ch_load");
+    let admin = client("default");
+    let mut schemas = Vec::new();
+    for name in ["public.big", "public.bad"] {
+        let schema = cdc::snapshot::catalog::read_table(&sql, &TableName::parse(name).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        for stmt in create_table(&Names::of(&ch_db, &schema.name), &schema, None) {
+            admin.query(&stmt).await.unwrap();
+        }
+        schemas.push(schema);
+    }
+    let mut loader = ClickHouseLoader::new(client(&ch_db));
+    let bytes = AtomicU64::new(0);
+    let mut src = cdc::source::copy_out::CopySource::connect(&db)
+        .await
+        .unwrap();
+    let target = SnapshotTable {
+        schema: &schemas[0],
+        destination: &schemas[0].name,
+    };
+    let n = loader
+        .load(
+            &mut src,
+            "COPY (SELECT id, v, t, ok FROM public.big) TO STDOUT",
+            &target,
+            &bytes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 200_000);
+    let c = client(&ch_db);
+    let pg: (i64, i64, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT sum(id)::int8, sum(length(v))::int8, count(*) FILTER (WHERE ok) FROM public.big",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(), sum(id), sum(length(v)), countIf(ok) FROM big FORMAT TSV"
+        )
+        .await,
+        format!("200000\t{}\t{}\t{}\n", pg.0, pg.1, pg.2)
+    );
+    assert_eq!(
+        text(&c, "SELECT toString(t) FROM big WHERE id = 3600 FORMAT TSV").await,
+        "2024-01-01 01:00:00.000000\n"
+    );
+    // A value ClickHouse cannot hold stops the load naming it; the INSERT is abandoned.
+    let mut src = cdc::source::copy_out::CopySource::connect(&db)
+        .await
+        .unwrap();
+    let target = SnapshotTable {
+        schema: &schemas[1],
+        destination: &schemas[1].name,
+    };
+    let e = loader
+        .load(
+            &mut src,
+            "COPY (SELECT id, day FROM public.bad ORDER BY id) TO STDOUT",
+            &target,
+            &bytes,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("column day") && e.contains("1850-06-01"), "{e}");
+    assert_eq!(text(&c, "SELECT count() FROM bad FORMAT TSV").await, "0\n");
+}

@@ -16,6 +16,14 @@ use crate::error::{Error, Result};
 /// How long a statement may take before the connection counts as dead.
 const TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What follows the request head.
+enum Body {
+    Full(Bytes),
+    /// Sent with chunked transfer encoding as it comes; an `Err` abandons the request (the
+    /// connection is dropped before the last chunk, so ClickHouse inserts nothing).
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes>>),
+}
+
 /// A client for one ClickHouse server and database.
 #[derive(Clone)]
 pub struct Client {
@@ -33,18 +41,38 @@ impl Client {
         Ok(Client { url, tls })
     }
 
+    /// The database statements run in.
+    pub fn database(&self) -> &str {
+        &self.url.database
+    }
+
     /// Run `sql` (no rows sent); its output (in the statement's FORMAT, if any).
     pub async fn query(&self, sql: &str) -> Result<Bytes> {
-        self.post(None, Bytes::copy_from_slice(sql.as_bytes()), sql)
-            .await
+        self.post(
+            None,
+            Body::Full(Bytes::copy_from_slice(sql.as_bytes())),
+            sql,
+        )
+        .await
     }
 
     /// Run `sql` (an `INSERT … FORMAT …`) with `rows` as its data.
     pub async fn insert(&self, sql: &str, rows: Bytes) -> Result<Bytes> {
-        self.post(Some(sql), rows, sql).await
+        self.post(Some(sql), Body::Full(rows), sql).await
     }
 
-    async fn post(&self, in_url: Option<&str>, body: Bytes, what: &str) -> Result<Bytes> {
+    /// Run `sql` (an `INSERT … FORMAT …`) with rows sent as they arrive: one INSERT however
+    /// many blocks. An `Err` from `rows` abandons the INSERT (nothing of it is inserted) and
+    /// is returned.
+    pub async fn insert_stream(
+        &self,
+        sql: &str,
+        rows: tokio::sync::mpsc::Receiver<Result<Bytes>>,
+    ) -> Result<Bytes> {
+        self.post(Some(sql), Body::Stream(rows), sql).await
+    }
+
+    async fn post(&self, in_url: Option<&str>, body: Body, what: &str) -> Result<Bytes> {
         let shown: String = what.chars().take(120).collect();
         let work = async {
             let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
@@ -55,7 +83,7 @@ impl Client {
                 )))?;
             tcp.set_nodelay(true).ok();
             match &self.tls {
-                None => self.exchange(tcp, in_url, &body).await,
+                None => self.exchange(tcp, in_url, body).await,
                 Some(config) => {
                     let name = crate::tls::server_name(&self.url.host)
                         .map_err(Error::io("ClickHouse host name"))?;
@@ -66,7 +94,7 @@ impl Client {
                             "TLS handshake with ClickHouse at {}",
                             self.url.host
                         )))?;
-                    self.exchange(stream, in_url, &body).await
+                    self.exchange(stream, in_url, body).await
                 }
             }
         };
@@ -90,7 +118,7 @@ impl Client {
         &self,
         mut stream: S,
         in_url: Option<&str>,
-        body: &[u8],
+        body: Body,
     ) -> Result<(u16, Bytes)> {
         // Decimals print with their scale (`2.00`), as Postgres prints numeric(p,s).
         let mut target = format!(
@@ -108,16 +136,45 @@ impl Client {
         if let Some(pw) = &self.url.password {
             head.push_str(&format!("X-ClickHouse-Key: {}\r\n", pw.expose()));
         }
-        head.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        ));
         let io = |what: &'static str| Error::io(format!("{what} ClickHouse"));
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(io("writing to"))?;
-        stream.write_all(body).await.map_err(io("writing to"))?;
+        match body {
+            Body::Full(body) => {
+                head.push_str(&format!(
+                    "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                ));
+                stream
+                    .write_all(head.as_bytes())
+                    .await
+                    .map_err(io("writing to"))?;
+                stream.write_all(&body).await.map_err(io("writing to"))?;
+            }
+            Body::Stream(mut rx) => {
+                head.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+                stream
+                    .write_all(head.as_bytes())
+                    .await
+                    .map_err(io("writing to"))?;
+                while let Some(block) = rx.recv().await {
+                    // An error leaves the request unfinished: dropping the connection before
+                    // the last chunk makes ClickHouse discard the INSERT.
+                    let block = block?;
+                    if block.is_empty() {
+                        continue;
+                    }
+                    stream
+                        .write_all(format!("{:x}\r\n", block.len()).as_bytes())
+                        .await
+                        .map_err(io("writing to"))?;
+                    stream.write_all(&block).await.map_err(io("writing to"))?;
+                    stream.write_all(b"\r\n").await.map_err(io("writing to"))?;
+                }
+                stream
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(io("writing to"))?;
+            }
+        }
         stream.flush().await.map_err(io("writing to"))?;
         let mut raw = Vec::new();
         stream

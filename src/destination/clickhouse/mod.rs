@@ -14,6 +14,7 @@
 //! and versions from the stream come next.
 pub mod ddl;
 pub mod http;
+pub mod load;
 pub mod tsv;
 pub mod types;
 pub mod url;
