@@ -59,6 +59,16 @@ pub fn psql(server: &LocalPostgres, db: &str, sql: &str) {
     assert!(status.success(), "psql failed: {sql}");
 }
 
+/// A psql command (not started) that runs `sql`.
+pub fn psql_command(server: &LocalPostgres, db: &str, sql: &str) -> Command {
+    let mut cmd = Command::new(client_binary("psql").unwrap());
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(conn_args(server))
+        .args(["-d", db, "-c", sql])
+        .env("PGPASSWORD", server.password());
+    cmd
+}
+
 /// A psql command (not started) that prints `COPY (query) TO STDOUT` on its stdout.
 pub fn psql_copy_out(server: &LocalPostgres, db: &str, query: &str) -> Command {
     let mut cmd = Command::new(client_binary("psql").unwrap());
