@@ -8,6 +8,7 @@
 //!   (our two columns left to their defaults);
 //! - cdc's loader: `CopySource` (COPY text) → `tsv::convert` → one streamed INSERT
 //!   (`ClickHouseLoader`), in this process.
+//!
 //! Prints each run, medians, the ratio, and this process's peak RSS after the loader runs.
 //! (The destination is not wired into `cdc snapshot` yet, so parallel ranges are not measured.)
 
