@@ -95,17 +95,19 @@ fn main() {
                     quote(&db),
                     quote(&names.storage)
                 );
+                let encoded: String = query
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
                 let status = Command::new("curl")
-                    .args([
-                        "-sS",
-                        "--fail",
-                        "--data-binary",
-                        "@-",
-                        "-G",
-                        "--data-urlencode",
-                    ])
-                    .arg(format!("query={query}"))
-                    .arg(format!("http://127.0.0.1:{}/", ch.port()))
+                    .args(["-sS", "--fail", "--data-binary", "@-"])
+                    .arg(format!("http://127.0.0.1:{}/?query={encoded}", ch.port()))
                     .stdin(psql.stdout.take().unwrap())
                     .status()
                     .unwrap();
