@@ -607,6 +607,15 @@ async fn bad_files_and_streaming_commands_get_clear_errors() {
         "[[tables]]\nsource = \"main.t\"",
     )
     .await;
+    // verify before any pass: the table is missing (an error), and nothing was written.
+    let out = f.cdc(&["verify"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(
+        f.rows("SELECT count(*)::text FROM pg_namespace WHERE nspname = 'cdc'")
+            .await,
+        ["0"],
+        "verify writes nothing on the destination"
+    );
     // snapshot and run refuse, pointing at cdc sync --every.
     for cmd in ["snapshot", "run"] {
         let out = f.cdc(&[cmd]);

@@ -67,11 +67,13 @@ struct Pending {
 }
 
 /// Open the source and the destination, and read every configured table's shape (foreign
-/// keys point at tables that may not be chosen).
+/// keys point at tables that may not be chosen). A pass (`writes`) also makes sure the state
+/// tables exist and reads them; a comparison writes nothing.
 async fn open<'a>(
     config: &Config,
     options: &'a Options,
     path: &Path,
+    writes: bool,
 ) -> Result<(Ctx<'a>, BTreeMap<String, SqliteTable>)> {
     let source = {
         let path = path.to_owned();
@@ -81,13 +83,16 @@ async fn open<'a>(
     };
     let target = config.destination_target()?;
     let dest = crate::destination::open(config).await?;
-    dest.ensure_state().await?;
-    let states = dest
-        .sync_states()
-        .await?
-        .into_iter()
-        .map(|s| (s.destination_table.clone(), s))
-        .collect();
+    let states = if writes {
+        dest.ensure_state().await?;
+        dest.sync_states()
+            .await?
+            .into_iter()
+            .map(|s| (s.destination_table.clone(), s))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut tables: BTreeMap<String, SqliteTable> = BTreeMap::new();
     for (t, cfg) in config.table_pairs().iter().zip(&config.tables) {
         if let Some(mut table) = catalog::read_table(&source.conn, &t.0)? {
@@ -118,7 +123,7 @@ async fn open<'a>(
 pub async fn pass(config: &Config, options: &Options, path: &Path) -> Result<Summary> {
     let started = Instant::now();
     let chosen = choose(config, &options.tables)?;
-    let (ctx, tables) = open(config, options, path).await?;
+    let (ctx, tables) = open(config, options, path, true).await?;
     let _held = ctx.dest.hold().await?;
     let ordered = dependency_order(chosen, &tables);
     if ctx.wal {
@@ -1020,7 +1025,7 @@ pub async fn verify(
 ) -> Result<Report> {
     let options = Options::default();
     let chosen = choose(config, only)?;
-    let (ctx, _) = open(config, &options, path).await?;
+    let (ctx, _) = open(config, &options, path, false).await?;
     let mut tables = Vec::new();
     with_source(&ctx, |s| s.begin()).await?;
     for t in &chosen {
