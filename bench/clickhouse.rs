@@ -26,22 +26,7 @@ use cdc::destination::clickhouse::load::ClickHouseLoader;
 use cdc::destination::clickhouse::url::ClickHouseUrl;
 use cdc::destination::{Loader, SnapshotTable};
 use cdc::local_clickhouse::LocalClickHouse;
-use common::{env_or, median, pgbench, psql_command, start_servers};
-
-fn vm_hwm_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0)
-        / 1024
-}
+use common::{env_or, median, peak_rss_kib, pgbench, psql_command, start_servers};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
@@ -163,6 +148,6 @@ fn main() {
     println!(
         "pipe (psql csv | curl): median {p:.2} s; cdc loader: median {o:.2} s; cdc / pipe = {:.2}; peak RSS of this process {} MiB",
         o / p,
-        vm_hwm_mib()
+        peak_rss_kib(std::process::id()) / 1024
     );
 }

@@ -95,7 +95,12 @@ pub fn pgbench(server: &LocalPostgres, db: &str, args: &[&str]) {
 
 /// Peak resident set size of a running child, in KiB (0 once it has exited).
 pub fn rss_kib(child: &Child) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+    peak_rss_kib(child.id())
+}
+
+/// Peak resident set size of process `pid` (this one: `std::process::id()`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
