@@ -15,7 +15,7 @@ use cdc::snapshot::catalog::{ColumnDef, TableSchema};
 
 use crate::harness::unique;
 
-fn server() -> &'static LocalClickHouse {
+pub(crate) fn server() -> &'static LocalClickHouse {
     static SERVER: OnceLock<LocalClickHouse> = OnceLock::new();
     SERVER.get_or_init(|| LocalClickHouse::start().expect("start a local ClickHouse"))
 }

@@ -4,6 +4,7 @@ mod harness;
 
 mod cli;
 mod clickhouse;
+mod clickhouse_stream;
 mod decoder_fixtures;
 mod docker;
 mod duckdb;

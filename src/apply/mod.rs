@@ -22,7 +22,7 @@ mod table;
 
 use std::sync::Arc;
 
-pub use reduce::{reduce, Final, RowOp};
+pub use reduce::{reduce, reduce_with_origin, Final, RowOp};
 pub use table::{MappedColumn, TableMap};
 
 use crate::config::TableName;
@@ -44,21 +44,46 @@ pub struct Applier {
 #[derive(Default)]
 pub struct Pending {
     tables: Vec<(Arc<TableMap>, Vec<RowOp>)>,
+    /// Each change's [`Version`], parallel to `tables`.
+    versions: Vec<Vec<Version>>,
     rows: usize,
     bytes: usize,
+}
+
+/// Where a change sits in the source's history: its transaction's commit LSN in the high 64
+/// bits and its position among that transaction's changes in the low 64. Taken from the WAL,
+/// so a replay after a crash gives every change the very same version; destinations without
+/// transactions (ClickHouse) keep the row with the highest one. 0 where unknown (a change
+/// applied ahead of its commit); the snapshot's rows are older than every change.
+pub type Version = u128;
+
+/// The version of the `seq`-th change of the transaction committing at `commit`.
+pub fn version(commit: Lsn, seq: u64) -> Version {
+    (u128::from(commit.0) << 64) | u128::from(seq)
 }
 
 impl Pending {
     /// Queue one change.
     pub fn push(&mut self, table: &Arc<TableMap>, op: RowOp) {
+        self.push_at(table, op, 0)
+    }
+
+    /// Queue one change with its version.
+    pub fn push_at(&mut self, table: &Arc<TableMap>, op: RowOp, version: Version) {
         self.rows += 1;
         self.bytes += match &op {
             RowOp::Insert(r) | RowOp::Delete(r) => datum_bytes(r),
             RowOp::Update { old, new } => datum_bytes(new) + old.as_deref().map_or(0, datum_bytes),
         };
-        match self.tables.iter_mut().find(|(t, _)| Arc::ptr_eq(t, table)) {
-            Some((_, ops)) => ops.push(op),
-            None => self.tables.push((table.clone(), vec![op])),
+        match self.tables.iter().position(|(t, _)| Arc::ptr_eq(t, table)) {
+            Some(i) => {
+                self.tables[i].1.push(op);
+                self.versions[i].push(version);
+            }
+            None => {
+                self.tables.push((table.clone(), vec![op]));
+                self.versions.push(vec![version]);
+            }
         }
     }
 
@@ -75,9 +100,10 @@ impl Pending {
     /// Everything waiting, as a batch to write, leaving this empty.
     pub fn take_batch(&mut self) -> Batch {
         let tables = std::mem::take(&mut self.tables);
+        let versions = std::mem::take(&mut self.versions);
         self.rows = 0;
         self.bytes = 0;
-        Batch { tables }
+        Batch { tables, versions }
     }
 
     fn clear(&mut self) {
@@ -88,12 +114,18 @@ impl Pending {
 /// Changes taken from a `Pending`, to be written in one go.
 pub struct Batch {
     tables: Vec<(Arc<TableMap>, Vec<RowOp>)>,
+    versions: Vec<Vec<Version>>,
 }
 
 impl Batch {
     /// Each table's changes, in source order; tables in first-seen order.
     pub fn tables(&self) -> &[(Arc<TableMap>, Vec<RowOp>)] {
         &self.tables
+    }
+
+    /// Each change's version, parallel to [`Batch::tables`].
+    pub fn versions(&self) -> &[Vec<Version>] {
+        &self.versions
     }
 
     pub fn is_empty(&self) -> bool {
@@ -219,9 +251,9 @@ impl Applier {
         self.session.in_transaction() || self.pending.rows() > 0
     }
 
-    /// Queue one change.
-    pub fn push(&mut self, table: &Arc<TableMap>, op: RowOp) {
-        self.pending.push(table, op);
+    /// Queue one change with its version.
+    pub fn push(&mut self, table: &Arc<TableMap>, op: RowOp, version: Version) {
+        self.pending.push_at(table, op, version);
     }
 
     /// Write everything pending into the open destination transaction (opening it if needed).

@@ -75,7 +75,9 @@ fn key_of<'a>(row: &'a [Datum], key: &[usize]) -> Key<'a> {
 /// Final states in first-seen key order, each with whether its key existed before the batch
 /// (decided by the key's first change), and where each key's state is.
 struct States<'a> {
-    finals: Vec<(Final<'a>, bool)>,
+    /// Final state, whether the key existed before the batch, and the index of the change
+    /// that set the state.
+    finals: Vec<(Final<'a>, bool, usize)>,
     index: HashMap<Key<'a>, usize, foldhash::fast::RandomState>,
 }
 
@@ -84,12 +86,16 @@ impl<'a> States<'a> {
         self.index.get(k).map(|&i| &self.finals[i].0)
     }
 
-    fn set(&mut self, k: Key<'a>, f: Final<'a>, existed_if_first: bool) {
+    fn set(&mut self, k: Key<'a>, f: Final<'a>, existed_if_first: bool, origin: usize) {
         match self.index.entry(k) {
-            Entry::Occupied(e) => self.finals[*e.get()].0 = f,
+            Entry::Occupied(e) => {
+                let state = &mut self.finals[*e.get()];
+                state.0 = f;
+                state.2 = origin;
+            }
             Entry::Vacant(v) => {
                 v.insert(self.finals.len());
-                self.finals.push((f, existed_if_first));
+                self.finals.push((f, existed_if_first, origin));
             }
         }
     }
@@ -97,13 +103,23 @@ impl<'a> States<'a> {
 
 /// Reduce `ops` (one table, source order) to final states, in first-seen key order.
 pub fn reduce<'a>(ops: &'a [RowOp], key: &[usize]) -> Vec<Final<'a>> {
+    reduce_with_origin(ops, key)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect()
+}
+
+/// [`reduce`], each final state with the index in `ops` of the change that set it (whose
+/// version a versioned destination writes it with; a key change's delete of the old key has
+/// the update's).
+pub fn reduce_with_origin<'a>(ops: &'a [RowOp], key: &[usize]) -> Vec<(Final<'a>, usize)> {
     let mut states = States {
         finals: Vec::with_capacity(ops.len()),
         index: HashMap::with_capacity_and_hasher(ops.len(), Default::default()),
     };
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
         match op {
-            RowOp::Insert(row) => states.set(key_of(row, key), Final::Upsert(row.into()), false),
+            RowOp::Insert(row) => states.set(key_of(row, key), Final::Upsert(row.into()), false, i),
             RowOp::Update { old, new } => {
                 let new_key = key_of(new, key);
                 let old_key = old
@@ -129,20 +145,20 @@ pub fn reduce<'a>(ops: &'a [RowOp], key: &[usize]) -> Vec<Final<'a>> {
                 let same_key = old_key.is_none();
                 if let Some(k) = old_key {
                     let old_row = old.as_deref().expect("old key implies old row");
-                    states.set(k, Final::Delete(old_row), true);
+                    states.set(k, Final::Delete(old_row), true, i);
                 }
                 // A new key (the update moved the row) did not exist before, as far as we know.
-                states.set(new_key, Final::Upsert(row), same_key);
+                states.set(new_key, Final::Upsert(row), same_key, i);
             }
-            RowOp::Delete(old) => states.set(key_of(old, key), Final::Delete(old), true),
+            RowOp::Delete(old) => states.set(key_of(old, key), Final::Delete(old), true, i),
         }
     }
     states
         .finals
         .into_iter()
-        .map(|(f, existed)| match (f, existed) {
-            (Final::Upsert(row), true) => Final::Update(row),
-            (f, _) => f,
+        .map(|(f, existed, origin)| match (f, existed) {
+            (Final::Upsert(row), true) => (Final::Update(row), origin),
+            (f, _) => (f, origin),
         })
         .collect()
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::conninfo::{ConnInfo, Secret};
+use crate::destination::clickhouse::url::ClickHouseUrl;
 use crate::destination::Target;
 pub use table_name::TableName;
 pub use validate::{Origin, Problem};
@@ -101,6 +102,9 @@ pub struct DestinationConfig {
     /// Password set by environment (`CDC_DESTINATION_PASSWORD`).
     #[serde(skip)]
     pub password: Option<Secret>,
+    /// ClickHouse only: the cluster whose nodes get the tables (`ON CLUSTER`, replicated
+    /// storage, a `Distributed` table in front).
+    pub cluster: Option<String>,
 }
 
 /// One `[[tables]]` entry.
@@ -461,6 +465,17 @@ impl Config {
 
     /// Where the destination is: a DuckDB file, or a Postgres database (password resolved).
     pub fn destination_target(&self) -> Result<Target, Problem> {
+        let url = &self.destination.url.0;
+        if ClickHouseUrl::is_clickhouse(url) {
+            let mut parsed =
+                ClickHouseUrl::parse(url).map_err(|e| Problem::file("destination.url", e))?;
+            if let Some(pw) = &self.destination.password {
+                parsed.password = Some(pw.clone());
+            } else if let Some(f) = &self.destination.password_file {
+                parsed.password = Some(read_password_file("destination", f)?);
+            }
+            return Ok(Target::ClickHouse(parsed));
+        }
         match Target::duckdb_path(&self.destination.url.0) {
             Some(path) => path
                 .map(Target::DuckDb)
@@ -475,6 +490,12 @@ impl Config {
             return Err(Problem::file(
                 "destination.url",
                 "this command works with Postgres destinations only so far, and destination.url names a DuckDB file",
+            ));
+        }
+        if ClickHouseUrl::is_clickhouse(&self.destination.url.0) {
+            return Err(Problem::file(
+                "destination.url",
+                "this command works with Postgres destinations only so far, and destination.url names a ClickHouse server",
             ));
         }
         resolve(
@@ -513,15 +534,20 @@ fn resolve(
     if let Some(pw) = env_pw {
         info.password = Some(pw.clone());
     } else if let Some(f) = file {
-        let pw = std::fs::read_to_string(f).map_err(|e| {
-            Problem::file(
-                format!("{side}.password_file"),
-                format!("cannot read {}: {e}", f.display()),
-            )
-        })?;
-        info.password = Some(Secret::new(pw.trim_end_matches(['\n', '\r'])));
+        info.password = Some(read_password_file(side, f)?);
     }
     Ok(info)
+}
+
+/// A `password_file`'s content without its trailing newline.
+fn read_password_file(side: &'static str, f: &Path) -> Result<Secret, Problem> {
+    let pw = std::fs::read_to_string(f).map_err(|e| {
+        Problem::file(
+            format!("{side}.password_file"),
+            format!("cannot read {}: {e}", f.display()),
+        )
+    })?;
+    Ok(Secret::new(pw.trim_end_matches(['\n', '\r'])))
 }
 
 #[cfg(test)]

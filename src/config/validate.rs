@@ -68,7 +68,22 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
         }
         None => check_url(&mut add, "source.url", &c.source.url.0),
     };
+    let clickhouse =
+        crate::destination::clickhouse::url::ClickHouseUrl::is_clickhouse(&c.destination.url.0);
+    if clickhouse {
+        if let Err(e) =
+            crate::destination::clickhouse::url::ClickHouseUrl::parse(&c.destination.url.0)
+        {
+            add("destination.url".into(), e);
+        }
+    } else if c.destination.cluster.is_some() {
+        add(
+            "destination.cluster".into(),
+            "applies to ClickHouse destinations only (destination.url = \"clickhouse://…\"): remove it".into(),
+        );
+    }
     let dst = match crate::destination::Target::duckdb_path(&c.destination.url.0) {
+        _ if clickhouse => None,
         Some(Ok(_)) => None,
         Some(Err(e)) => {
             add("destination.url".into(), e);

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! A destination is chosen by the scheme of `destination.url`: `postgresql://` / `postgres://`
-//! or a libpq key=value string ([`postgres`]), `duckdb:` ([`duckdb`]). No SQL crosses these
+//! or a libpq key=value string ([`postgres`]), `duckdb:` ([`duckdb`]), `clickhouse://` /
+//! `clickhouses://` ([`clickhouse`]). No SQL crosses these
 //! traits: each destination speaks its own dialect, maps Postgres types to its own, and
 //! converts the Postgres text form of values itself.
 //!
@@ -332,6 +333,7 @@ pub trait Session: Send {
 pub enum Target {
     Postgres(ConnInfo),
     DuckDb(PathBuf),
+    ClickHouse(clickhouse::url::ClickHouseUrl),
 }
 
 impl Target {
@@ -363,6 +365,14 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Destination>> {
     Ok(match config.destination_target()? {
         Target::Postgres(info) => Arc::new(postgres::PgDestination::new(info, schema)),
         Target::DuckDb(path) => Arc::new(duckdb::DuckDbDestination::open(&path, schema).await?),
+        Target::ClickHouse(url) => Arc::new(
+            clickhouse::ClickHouseDestination::open(
+                url,
+                schema,
+                config.destination.cluster.as_deref(),
+            )
+            .await?,
+        ),
     })
 }
 

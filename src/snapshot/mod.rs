@@ -230,10 +230,12 @@ pub async fn run_into(
             destination: d,
         })
         .collect();
+    // Recorded before the tables exist: a run killed while creating them finds the record
+    // next time and replaces what it left, instead of refusing tables that "already exist".
+    dest.begin_snapshot(slot, publication).await?;
     dest.create_tables(&targets, &checked.types, replace)
         .await?;
     drop(targets);
-    dest.begin_snapshot(slot, publication).await?;
 
     let mut repl = ReplicationClient::connect(&src_info).await?;
     let created = repl

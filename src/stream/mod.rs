@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_postgres::Client;
 
-use crate::apply::{Applier, RowOp, TableMap};
+use crate::apply::{version, Applier, RowOp, TableMap, Version};
 use crate::config::{ApplyConfig, TableName};
 use crate::decode::{LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
 use crate::destination::{DestColumn, SchemaChange, SourceType};
@@ -86,6 +86,11 @@ pub struct Streamer {
     txn: SourceTxn,
     /// Commit LSN of the source transaction being processed.
     txn_commit: Lsn,
+    /// Changes of that transaction so far: with `txn_commit`, each change's version.
+    txn_seq: u64,
+    /// While a backfill runs: its rows share one version (their number is not in the WAL, so
+    /// counting them would shift the versions of the changes after it on a replay).
+    backfill_version: Option<Version>,
     /// Tables that joined the pipeline after its snapshot, each copied under a snapshot taken
     /// at this position: their changes in transactions committed before it are in the copy.
     joined: HashMap<TableName, Lsn>,
@@ -137,6 +142,8 @@ impl Streamer {
             speculation: None,
             txn: SourceTxn::Outside,
             txn_commit: Lsn::default(),
+            txn_seq: 0,
+            backfill_version: None,
             joined: HashMap::new(),
             included: None,
             batch_started: None,
@@ -249,6 +256,7 @@ impl Streamer {
                 // Applied before a restart: its commit precedes the recorded end of the last one.
                 self.txn = SourceTxn::begin(b.final_lsn, self.applied);
                 self.txn_commit = b.final_lsn;
+                self.txn_seq = 0;
             }
             LogicalMessage::Commit(c) => {
                 return self.end_transaction(c.end_lsn, c.commit_time).await
@@ -312,6 +320,7 @@ impl Streamer {
         let (mut replay, aborted) = self.streamed.take(xid)?;
         self.txn = SourceTxn::begin(commit_lsn, self.applied);
         self.txn_commit = commit_lsn;
+        self.txn_seq = 0;
         let mut decoder = PgOutputDecoder::inside_stream(xid);
         while let Some(m) = replay.next_message()? {
             let msg = decoder.decode(m).map_err(|source| Error::Decode {
@@ -348,6 +357,14 @@ impl Streamer {
     }
 
     async fn push(&mut self, relation_id: u32, op: RowOp) -> Result<()> {
+        // Counted before anything is filtered: the same WAL gives the same versions.
+        let version = match self.backfill_version {
+            Some(v) => v,
+            None => {
+                self.txn_seq += 1;
+                version(self.txn_commit, self.txn_seq)
+            }
+        };
         if self.txn == SourceTxn::Skipping {
             return Ok(());
         }
@@ -360,7 +377,7 @@ impl Streamer {
         self.metrics.row(&map.dest.to_string(), op.kind());
         self.start_batch();
         let before = self.applier.pending_bytes();
-        self.applier.push(&map, op);
+        self.applier.push(&map, op, version);
         self.batch_rows += 1;
         self.batch_bytes += self.applier.pending_bytes() - before;
         self.stats.rows += 1;
@@ -501,16 +518,26 @@ impl Streamer {
         let started = Instant::now();
         let mut reader = backfill::Reader::open(&self.catalog, map, &columns).await?;
         let mut rows = 0u64;
-        loop {
-            let ops = reader.next(&self.catalog).await?;
-            if ops.is_empty() {
-                break;
+        // One version for every backfilled row (each key once), taking one place in the
+        // transaction's order: how many rows there are depends on when the source is read.
+        self.txn_seq += 1;
+        self.backfill_version = Some(version(self.txn_commit, self.txn_seq));
+        let read = async {
+            loop {
+                let ops = reader.next(&self.catalog).await?;
+                if ops.is_empty() {
+                    break;
+                }
+                for op in ops {
+                    rows += 1;
+                    self.push(map.relation_id, op).await?;
+                }
             }
-            for op in ops {
-                rows += 1;
-                self.push(map.relation_id, op).await?;
-            }
+            Ok::<(), Error>(())
         }
+        .await;
+        self.backfill_version = None;
+        read?;
         tracing::info!(table = %map.dest, columns = ?columns, rows, ms = started.elapsed().as_millis() as u64,
             "new columns with defaults, or retyped columns, on the source: their values for existing rows were read from the source by key");
         Ok(())

@@ -182,6 +182,9 @@ struct Ctx<'a> {
 /// Run one pass over the chosen tables. Errors of single tables are in the summary; an error
 /// that stops every table (configuration, destination unreachable) is returned.
 pub async fn pass(config: &Config, options: &Options) -> Result<Summary> {
+    if let Target::ClickHouse(_) = config.destination_target()? {
+        return Err(crate::destination::clickhouse::no_sync());
+    }
     if let Some(path) = config.sqlite_source()? {
         return sqlite::pass(config, options, &path).await;
     }

@@ -204,6 +204,11 @@ pub async fn verify_into(
     let dst = match destination {
         Target::Postgres(info) => Dest::Postgres(session(info).await?),
         Target::DuckDb(path) => Dest::DuckDb(DuckDbReader::open(path)?),
+        Target::ClickHouse(_) => {
+            return Err(Error::Definite(
+                "cdc verify does not compare against ClickHouse yet".into(),
+            ))
+        }
     };
     let mut tables = Vec::with_capacity(pairs.len());
     for pair in pairs {

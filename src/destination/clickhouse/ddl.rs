@@ -74,7 +74,7 @@ pub fn create_table(names: &Names, table: &TableSchema, cluster: Option<&str>) -
             format!("{} {}", quote(&c.name), clickhouse_type(c, in_key))
         })
         .collect();
-    cols.push(format!("{} UInt64", quote(VERSION)));
+    cols.push(format!("{} UInt128", quote(VERSION)));
     cols.push(format!("{} UInt8", quote(DELETED)));
     let engine = match cluster {
         None => format!("ReplacingMergeTree({}, {})", quote(VERSION), quote(DELETED)),
@@ -178,7 +178,7 @@ mod tests {
             [
                 "CREATE DATABASE IF NOT EXISTS `analytics`",
                 "CREATE TABLE IF NOT EXISTS `analytics`.`orders__cdc_versions` (`id` Int64, `note\\`s` Nullable(String), \
-                 `total` Nullable(Decimal(12, 2)), `_cdc_version` UInt64, `_cdc_deleted` UInt8) \
+                 `total` Nullable(Decimal(12, 2)), `_cdc_version` UInt128, `_cdc_deleted` UInt8) \
                  ENGINE = ReplacingMergeTree(`_cdc_version`, `_cdc_deleted`) ORDER BY (`id`)",
                 "CREATE OR REPLACE VIEW `analytics`.`orders` AS SELECT `id`, `note\\`s`, `total` \
                  FROM `analytics`.`orders__cdc_versions` FINAL WHERE `_cdc_deleted` = 0",

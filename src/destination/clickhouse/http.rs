@@ -120,9 +120,10 @@ impl Client {
         in_url: Option<&str>,
         body: Body,
     ) -> Result<(u16, Bytes)> {
-        // Decimals print with their scale (`2.00`), as Postgres prints numeric(p,s).
+        // Decimals print with their scale (`2.00`), as Postgres prints numeric(p,s); lookups of
+        // many keys at once are long statements.
         let mut target = format!(
-            "/?database={}&output_format_decimal_trailing_zeros=1",
+            "/?database={}&output_format_decimal_trailing_zeros=1&max_query_size=67108864",
             encode(&self.url.database)
         );
         if let Some(sql) = in_url {

@@ -26,19 +26,81 @@ pub enum Field {
 pub fn fields(table: &TableSchema) -> Vec<(String, Field)> {
     table
         .copied_columns()
-        .map(|c| {
-            let t = clickhouse_type(c, true);
-            let f = match t.as_str() {
-                "Bool" => Field::Bool,
-                "Date32" => Field::Date,
-                "Float32" | "Float64" => Field::Float,
-                _ if t.starts_with("DateTime64") => Field::Timestamp,
-                _ if t.starts_with("Decimal") => Field::Decimal,
-                _ => Field::Verbatim,
-            };
-            (c.name.clone(), f)
-        })
+        .map(|c| (c.name.clone(), field_of(&clickhouse_type(c, true))))
         .collect()
+}
+
+/// How a value goes into a column of ClickHouse type `t` (`Nullable(…)` or not).
+pub fn field_of(t: &str) -> Field {
+    let t = t
+        .strip_prefix("Nullable(")
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(t);
+    match t {
+        "Bool" => Field::Bool,
+        "Date32" => Field::Date,
+        "Float32" | "Float64" => Field::Float,
+        _ if t.starts_with("DateTime64") => Field::Timestamp,
+        _ if t.starts_with("Decimal") => Field::Decimal,
+        _ => Field::Verbatim,
+    }
+}
+
+/// Append one value as a pgoutput message carries it (plain text, not COPY-escaped) as a
+/// TSV field.
+pub fn push_text(v: &[u8], field: Field, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    match field {
+        Field::Verbatim => {
+            for &b in v {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b => out.push(b),
+                }
+            }
+            Ok(())
+        }
+        // The other kinds print no tab, newline or backslash.
+        other => convert_value(v, other, out),
+    }
+}
+
+/// The fields of TSV output, as sent (still escaped, so they can be sent back as they are).
+pub fn rows(tsv: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
+    // Every row ends with a newline; a row of one empty value is an empty line.
+    let body = tsv.strip_suffix(b"\n").unwrap_or(tsv);
+    body.split(|&b| b == b'\n')
+        .take(if tsv.is_empty() { 0 } else { usize::MAX })
+        .map(|l| l.split(|&b| b == b'\t').collect())
+}
+
+/// A TSV field's text (`None` for `\N`).
+pub fn unescape(field: &[u8]) -> Option<String> {
+    if field == b"\\N" {
+        return None;
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 1 < field.len() {
+            out.push(match field[i + 1] {
+                b't' => b'\t',
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b'0' => 0,
+                b'b' => 8,
+                b'f' => 12,
+                other => other,
+            });
+            i += 2;
+        } else {
+            out.push(field[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Append the rows of `copy` (whole lines of COPY text) to `out`, each followed by `suffix`
@@ -182,6 +244,23 @@ mod tests {
             "1\ttrue\t2024-06-16 20:14:09.221838\t2299-12-31\tinf\ta\\tb\\\\c\x0bd\t42\t0\n\
              2\t\\N\t1900-01-01 00:00:00\t\\N\tnan\t\\N\t42\t0\n"
         );
+    }
+
+    #[test]
+    fn streamed_text_is_escaped_and_output_read_back() {
+        let mut out = Vec::new();
+        push_text(b"a\tb\nc\\d\re", Field::Verbatim, &mut out).unwrap();
+        push_text(b"f", Field::Bool, &mut out).unwrap();
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\refalse");
+        let tsv = b"1\ta\\tb\t\\N\n2\tx\ty\n";
+        let r: Vec<Vec<&[u8]>> = rows(tsv).collect();
+        assert_eq!(r.len(), 2);
+        assert_eq!(rows(b"\n\n").count(), 2, "rows of one empty value");
+        assert_eq!(rows(b"").count(), 0);
+        assert_eq!(unescape(r[0][1]).as_deref(), Some("a\tb"));
+        assert_eq!(unescape(r[0][2]), None);
+        assert_eq!(field_of("Nullable(DateTime64(6, 'UTC'))"), Field::Timestamp);
+        assert_eq!(field_of("Nullable(String)"), Field::Verbatim);
     }
 
     #[test]

@@ -1,0 +1,313 @@
+//! What cdc remembers in ClickHouse, in the state database (`destination.state_schema`,
+//! `cdc` by default).
+//!
+//! ```text
+//!  pipeline         slot → publication, consistent point, snapshot done   (rare writes)
+//!  positions        slot → applied LSN, its commit time                    (every batch)
+//!  snapshot_tables  (slot, source table) → destination table, rows, joined at
+//! ```
+//! ClickHouse has no transactions, so each is a `ReplacingMergeTree` read with `FINAL`: a write
+//! is an INSERT of the whole record and the one with the highest version is the record.
+//! Positions are versioned by the applied LSN itself (they only move forward); the others by
+//! a clock reading made unique in this process (they are written by one process at a time:
+//! `cdc snapshot`, then `cdc run`). Forgetting is a `DELETE`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::ddl::quote;
+use super::http::Client;
+use super::tsv;
+use crate::destination::PipelineState;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+/// The state tables in `database`, created if missing.
+pub fn create_sql(database: &str, cluster: Option<&str>) -> Vec<String> {
+    let on = cluster.map_or(String::new(), |c| format!(" ON CLUSTER {}", quote(c)));
+    let engine = |version: &str| {
+        match cluster {
+        None => format!("ReplacingMergeTree({version})"),
+        Some(_) => format!(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', '{{replica}}', {version})"
+        ),
+    }
+    };
+    let db = quote(database);
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}{on}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.pipeline{on} (slot String, publication String, \
+             consistent_lsn Nullable(UInt64), snapshot_completed UInt8, seq UInt64) \
+             ENGINE = {} ORDER BY slot",
+            engine("seq")
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.positions{on} (slot String, applied_lsn UInt64, \
+             commit_time_us Nullable(Int64)) ENGINE = {} ORDER BY slot",
+            engine("applied_lsn")
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.snapshot_tables{on} (slot String, source_table String, \
+             destination_table String, rows Int64, joined_lsn Nullable(UInt64), seq UInt64) \
+             ENGINE = {} ORDER BY (slot, source_table)",
+            engine("seq")
+        ),
+    ]
+}
+
+/// A ClickHouse string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Versions for records: microseconds since the epoch, strictly increasing in this process.
+pub fn next_seq() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// The state store of one server.
+#[derive(Clone)]
+pub struct State {
+    pub client: Client,
+    pub database: String,
+}
+
+impl State {
+    fn t(&self, table: &str) -> String {
+        format!("{}.{}", quote(&self.database), quote(table))
+    }
+
+    async fn exists(&self) -> Result<bool> {
+        let out = self
+            .client
+            .query(&format!(
+                "SELECT count() FROM system.tables WHERE database = {} AND name = 'positions' FORMAT TSV",
+                literal(&self.database)
+            ))
+            .await?;
+        Ok(out.as_ref() != b"0\n")
+    }
+
+    pub async fn load(&self, slot: &str) -> Result<Option<PipelineState>> {
+        if !self.exists().await? {
+            return Ok(None);
+        }
+        let out = self
+            .client
+            .query(&format!(
+                "SELECT p.consistent_lsn, p.snapshot_completed, q.applied_lsn, q.commit_time_us \
+                 FROM (SELECT * FROM {pipeline} FINAL WHERE slot = {slot}) AS p \
+                 LEFT JOIN (SELECT * FROM {positions} FINAL WHERE slot = {slot}) AS q ON p.slot = q.slot \
+                 SETTINGS join_use_nulls = 1 FORMAT TSV",
+                pipeline = self.t("pipeline"),
+                positions = self.t("positions"),
+                slot = literal(slot),
+            ))
+            .await?;
+        let Some(row) = tsv::rows(&out).next() else {
+            return Ok(None);
+        };
+        let num = |i: usize| -> Result<Option<u64>> {
+            match row.get(i).and_then(|f| tsv::unescape(f)) {
+                None => Ok(None),
+                Some(t) => t.parse::<u64>().map(Some).map_err(|_| {
+                    Error::Definite(format!("unreadable cdc state in ClickHouse: {t:?}"))
+                }),
+            }
+        };
+        let completed = num(1)? == Some(1);
+        let applied = num(2)?.map(Lsn);
+        let micros = match row.get(3).and_then(|f| tsv::unescape(f)) {
+            Some(t) => t.parse::<i64>().ok(),
+            None => None,
+        };
+        Ok(Some(PipelineState {
+            slot: slot.to_owned(),
+            consistent_lsn: num(0)?.map(Lsn),
+            applied_lsn: applied,
+            applied_commit_time: micros
+                .map(|us| UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)),
+            snapshot_completed: completed,
+        }))
+    }
+
+    /// The pipeline record of `slot` (publication, consistent point, completed).
+    async fn pipeline(&self, slot: &str) -> Result<Option<(String, Option<u64>, bool)>> {
+        let out = self
+            .client
+            .query(&format!(
+                "SELECT publication, consistent_lsn, snapshot_completed FROM {} FINAL WHERE slot = {} FORMAT TSV",
+                self.t("pipeline"),
+                literal(slot)
+            ))
+            .await?;
+        let record = tsv::rows(&out).next().map(|r| {
+            (
+                tsv::unescape(r[0]).unwrap_or_default(),
+                tsv::unescape(r[1]).and_then(|t| t.parse().ok()),
+                tsv::unescape(r[2]).as_deref() == Some("1"),
+            )
+        });
+        Ok(record)
+    }
+
+    pub async fn write_pipeline(
+        &self,
+        slot: &str,
+        publication: &str,
+        consistent: Option<u64>,
+        completed: bool,
+    ) -> Result<()> {
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (slot, publication, consistent_lsn, snapshot_completed, seq) VALUES ({}, {}, {}, {}, {})",
+                self.t("pipeline"),
+                literal(slot),
+                literal(publication),
+                consistent.map_or("NULL".to_owned(), |l| l.to_string()),
+                u8::from(completed),
+                next_seq()
+            ))
+            .await
+            .map(|_| ())
+    }
+
+    /// Change `slot`'s pipeline record.
+    pub async fn update_pipeline(
+        &self,
+        slot: &str,
+        change: impl FnOnce(&mut Option<u64>, &mut bool),
+    ) -> Result<(Option<u64>, bool)> {
+        let (publication, mut consistent, mut completed) =
+            self.pipeline(slot).await?.ok_or_else(|| {
+                Error::Definite(format!("no pipeline {slot} in the ClickHouse state"))
+            })?;
+        change(&mut consistent, &mut completed);
+        self.write_pipeline(slot, &publication, consistent, completed)
+            .await?;
+        Ok((consistent, completed))
+    }
+
+    pub async fn write_position(
+        &self,
+        slot: &str,
+        lsn: Lsn,
+        commit_time_us: Option<i64>,
+    ) -> Result<()> {
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (slot, applied_lsn, commit_time_us) VALUES ({}, {}, {})",
+                self.t("positions"),
+                literal(slot),
+                lsn.0,
+                commit_time_us.map_or("NULL".to_owned(), |t| t.to_string())
+            ))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete(&self, slot: &str) -> Result<()> {
+        if !self.exists().await? {
+            return Ok(());
+        }
+        for table in ["snapshot_tables", "positions", "pipeline"] {
+            self.client
+                .query(&format!(
+                    "DELETE FROM {} WHERE slot = {}",
+                    self.t(table),
+                    literal(slot)
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn record_table(
+        &self,
+        slot: &str,
+        source: &str,
+        destination: &str,
+        rows: u64,
+        joined: Option<Lsn>,
+    ) -> Result<()> {
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (slot, source_table, destination_table, rows, joined_lsn, seq) VALUES ({}, {}, {}, {rows}, {}, {})",
+                self.t("snapshot_tables"),
+                literal(slot),
+                literal(source),
+                literal(destination),
+                joined.map_or("NULL".to_owned(), |l| l.0.to_string()),
+                next_seq()
+            ))
+            .await
+            .map(|_| ())
+    }
+
+    /// `(source table, rows, joined at)` of `slot`'s copied tables.
+    pub async fn tables(&self, slot: &str) -> Result<Vec<(String, i64, Option<Lsn>)>> {
+        if !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .query(&format!(
+                "SELECT source_table, rows, joined_lsn FROM {} FINAL WHERE slot = {} ORDER BY source_table FORMAT TSV",
+                self.t("snapshot_tables"),
+                literal(slot)
+            ))
+            .await?;
+        Ok(tsv::rows(&out)
+            .map(|r| {
+                (
+                    tsv::unescape(r[0]).unwrap_or_default(),
+                    tsv::unescape(r[1])
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0),
+                    tsv::unescape(r[2]).and_then(|t| t.parse().ok()).map(Lsn),
+                )
+            })
+            .collect())
+    }
+
+    pub async fn forget_table(&self, slot: &str, source: &str) -> Result<()> {
+        self.client
+            .query(&format!(
+                "DELETE FROM {} WHERE slot = {} AND source_table = {}",
+                self.t("snapshot_tables"),
+                literal(slot),
+                literal(source)
+            ))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(literal("it's a\\b"), "'it\\'s a\\\\b'");
+    }
+
+    #[test]
+    fn record_versions_always_increase() {
+        let a = next_seq();
+        let b = next_seq();
+        assert!(b > a);
+    }
+}

@@ -1,0 +1,425 @@
+//! Postgres → ClickHouse end to end: `cdc run` (its own process) against a real source and a
+//! real ClickHouse 26.9 — every change kind, TOAST-unchanged columns, key changes, delete and
+//! re-insert, TRUNCATE, added columns, every type by snapshot and by stream, kill -9 under
+//! load, and bad input.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use cdc::destination::clickhouse::http::Client;
+use cdc::destination::clickhouse::tsv;
+use cdc::destination::clickhouse::url::ClickHouseUrl;
+
+use crate::clickhouse::server;
+use crate::duckdb::cdc;
+use crate::harness::{unique, Pipeline};
+use crate::run::FAST;
+
+/// A pipeline into a fresh ClickHouse database; the client reads that database.
+async fn ch_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, Client, String) {
+    let mut p = Pipeline::new(prefix, ddl, &format!("{tables}{FAST}")).await;
+    let db = unique(prefix);
+    let admin = Client::new(ClickHouseUrl::parse(&server().url("default")).unwrap()).unwrap();
+    admin
+        .query(&format!("CREATE DATABASE `{db}`"))
+        .await
+        .unwrap();
+    set_destination(&mut p, &server().url(&db));
+    let client = Client::new(ClickHouseUrl::parse(&server().url(&db)).unwrap()).unwrap();
+    (p, client, db)
+}
+
+fn set_destination(p: &mut Pipeline, url: &str) {
+    let start = p.config_text.find("[destination]\nurl = ").unwrap();
+    let end = start + p.config_text[start..].find("\n[status]").unwrap();
+    p.config_text
+        .replace_range(start..end, &format!("[destination]\nurl = \"{url}\""));
+}
+
+/// Rows of a ClickHouse query, each value as ClickHouse prints it (`NULL` for null).
+async fn ch_rows(c: &Client, sql: &str) -> Option<Vec<Vec<String>>> {
+    let out = c.query(&format!("{sql} FORMAT TSV")).await.ok()?;
+    Some(
+        tsv::rows(&out)
+            .map(|r| {
+                r.iter()
+                    .map(|f| tsv::unescape(f).unwrap_or_else(|| "NULL".into()))
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// Rows of a source query as text (`NULL` for null).
+async fn pg_rows(p: &Pipeline, sql: &str) -> Vec<Vec<String>> {
+    p.src_sql
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_ch(c: &Client, sql: &str, expected: Vec<Vec<String>>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = ch_rows(c, sql).await;
+        if got.as_ref() == Some(&expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql}: expected {expected:?}, got {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until the ClickHouse query gives what the source query gives.
+async fn wait_same(p: &Pipeline, c: &Client, pg: &str, ch: &str) {
+    let expected = pg_rows(p, pg).await;
+    wait_ch(c, ch, expected).await;
+}
+
+fn row(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// A `cdc run` process, killed when dropped.
+struct RunProcess(Child);
+
+impl RunProcess {
+    fn start(p: &Pipeline) -> RunProcess {
+        RunProcess(
+            cdc(p, &["run"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn cdc run"),
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RunProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const TYPES: &str =
+    "CREATE TABLE t (id bigint PRIMARY KEY, b boolean, s smallint, r real, d double precision,
+     n numeric(20,6), u numeric, day date, ts timestamp, tz timestamptz, id2 uuid, j jsonb,
+     raw bytea, arr int[], txt text, v varchar(10), big numeric(76,20));";
+
+fn types_insert(id: i64) -> String {
+    format!(
+        "INSERT INTO t VALUES
+           ({id}, true, -5, 1.5, 'Infinity', 12345.678901, 'NaN', '2299-12-31', '1900-01-01 00:00:00.000001',
+            '2024-06-16 23:14:09.221838+03', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"k\": [1, \"x\"]}}',
+            '\\x00ff', '{{1,NULL,3}}', E'tab\\there\\nnew \\\\ back\\x0bv', 'é',
+            12345678901234567890123456789012345678901234567890123456.12345678901234567890),
+           ({}, NULL, NULL, NULL, 0.1, NULL, 1e-30, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL);",
+        id + 1
+    )
+}
+
+const TYPES_COLS: &str = "b, s, r, d, n, u, day, ts, tz, id2, j, raw, arr, txt, v, big";
+
+#[tokio::test]
+async fn every_change_kind_and_type_arrives_in_clickhouse() {
+    let big: String = (0..4000)
+        .map(|i| format!("{:x}", i * 7919 % 65521))
+        .collect();
+    let (p, c, db) = ch_pipeline(
+        "ch_e2e",
+        &format!(
+            "{TYPES} {}
+             CREATE TABLE k (id int PRIMARY KEY, v text NOT NULL, doc text);
+             ALTER TABLE k ALTER COLUMN doc SET STORAGE EXTERNAL;
+             INSERT INTO k SELECT g, 'v' || g, NULL FROM generate_series(1, 5) g;
+             UPDATE k SET doc = '{big}' WHERE id = 4;
+             CREATE SCHEMA sales; CREATE TABLE sales.orders (id int, region text, total numeric(10,2), PRIMARY KEY (region, id));
+             INSERT INTO sales.orders VALUES (1, 'eu', 10.50), (1, 'us', 3);",
+            types_insert(1)
+        ),
+        "[[tables]]\nsource = \"public.t\"\n[[tables]]\nsource = \"public.k\"\n[[tables]]\nsource = \"sales.orders\"\n",
+    )
+    .await;
+    let mut child = RunProcess::start(&p);
+
+    // By snapshot: every type as ClickHouse holds it (the view, named like the source).
+    let expected_types = vec![
+        row(&[
+            "1",
+            "true",
+            "-5",
+            "1.5",
+            "inf",
+            "12345.678901",
+            "NaN",
+            "2299-12-31",
+            "1900-01-01 00:00:00.000001",
+            "2024-06-16 20:14:09.221838",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "{\"k\": [1, \"x\"]}",
+            "\\x00ff",
+            "{1,NULL,3}",
+            "tab\there\nnew \\ back\x0bv",
+            "é",
+            "12345678901234567890123456789012345678901234567890123456.12345678901234567890",
+        ]),
+        row(&[
+            "2",
+            "NULL",
+            "NULL",
+            "NULL",
+            "0.1",
+            "NULL",
+            "0.000000000000000000000000000001",
+            "NULL",
+            "NULL",
+            "NULL",
+            "NULL",
+            "NULL",
+            "NULL",
+            "NULL",
+            "",
+            "NULL",
+            "NULL",
+        ]),
+    ];
+    wait_ch(
+        &c,
+        &format!("SELECT id, {TYPES_COLS} FROM t WHERE id <= 2 ORDER BY id"),
+        expected_types.clone(),
+    )
+    .await;
+    // By stream: the same values, the same way.
+    p.src_sql.batch_execute(&types_insert(11)).await.unwrap();
+    let mut streamed = expected_types.clone();
+    streamed[0][0] = "11".into();
+    streamed[1][0] = "12".into();
+    wait_ch(
+        &c,
+        &format!("SELECT id, {TYPES_COLS} FROM t WHERE id > 10 ORDER BY id"),
+        streamed,
+    )
+    .await;
+    // Another schema: `schema_table`, composite key.
+    wait_ch(
+        &c,
+        "SELECT region, id, total FROM sales_orders ORDER BY region",
+        vec![row(&["eu", "1", "10.50"]), row(&["us", "1", "3.00"])],
+    )
+    .await;
+
+    // Each change kind in one transaction, a key change, insert-update-delete of one key,
+    // delete then re-insert of a key in one batch; a TOAST-unchanged update keeps the value.
+    p.src_sql
+        .batch_execute(
+            "BEGIN;
+             UPDATE k SET v = 'changed' WHERE id = 1;
+             DELETE FROM k WHERE id = 2;
+             UPDATE k SET id = 30 WHERE id = 3;
+             INSERT INTO k VALUES (6, 'six');
+             INSERT INTO k VALUES (7, 'seven'); UPDATE k SET v = 'seven!' WHERE id = 7; DELETE FROM k WHERE id = 7;
+             DELETE FROM k WHERE id = 5; INSERT INTO k VALUES (5, 'five again');
+             UPDATE k SET v = 'toast kept' WHERE id = 4;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let k_pg = "SELECT id::text, v, md5(coalesce(doc, '')) FROM k ORDER BY k.id";
+    let k_ch = "SELECT toString(id), v, lower(hex(MD5(ifNull(doc, '')))) FROM k ORDER BY id";
+    wait_same(&p, &c, k_pg, k_ch).await;
+    assert_eq!(
+        ch_rows(&c, "SELECT length(doc) FROM k WHERE id = 4")
+            .await
+            .unwrap(),
+        vec![row(&[&big.len().to_string()])],
+        "the unchanged TOAST value was filled from the row before, not nulled"
+    );
+    // Across batches: delete, then the same key inserted again; then the TOAST row again.
+    p.src_sql
+        .batch_execute("DELETE FROM k WHERE id = 6")
+        .await
+        .unwrap();
+    wait_ch(&c, "SELECT count() FROM k WHERE id = 6", vec![row(&["0"])]).await;
+    p.src_sql
+        .batch_execute("INSERT INTO k VALUES (6, 'six again'); UPDATE k SET v = 'toast kept twice' WHERE id = 4")
+        .await
+        .unwrap();
+    wait_same(&p, &c, k_pg, k_ch).await;
+
+    // An added column with a default: existing rows get the source's value (backfill), new
+    // rows theirs; a dropped column leaves the view.
+    p.src_sql
+        .batch_execute("ALTER TABLE k ADD COLUMN score int DEFAULT 7; INSERT INTO k VALUES (8, 'eight', NULL, 1)")
+        .await
+        .unwrap();
+    wait_same(
+        &p,
+        &c,
+        "SELECT id::text, v, score::text FROM k ORDER BY k.id",
+        "SELECT toString(id), v, toString(score) FROM k ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        ch_rows(
+            &c,
+            &format!("SELECT comment FROM system.columns WHERE database = '{db}' AND table = 'k__cdc_versions' AND name = 'score'")
+        )
+        .await
+        .unwrap(),
+        vec![row(&[""])],
+        "the pending mark is gone once the values are in"
+    );
+    p.src_sql
+        .batch_execute("ALTER TABLE k DROP COLUMN score; INSERT INTO k VALUES (9, 'nine')")
+        .await
+        .unwrap();
+    wait_same(&p, &c, k_pg, k_ch).await;
+    assert_eq!(
+        ch_rows(
+            &c,
+            &format!(
+                "SELECT count() FROM system.columns WHERE database = '{db}' AND table = 'k' AND name = 'score'"
+            )
+        )
+        .await
+        .unwrap(),
+        vec![row(&["0"])]
+    );
+
+    // TRUNCATE empties the table; rows after it arrive.
+    p.src_sql
+        .batch_execute("TRUNCATE k; INSERT INTO k VALUES (100, 'after')")
+        .await
+        .unwrap();
+    wait_ch(&c, "SELECT id, v FROM k", vec![row(&["100", "after"])]).await;
+
+    // `cdc status` and `cdc tables` work against it.
+    let status = cdc(&p, &["status", "--json"]).output().unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["snapshot_complete"], true, "{report}");
+    let tables = cdc(&p, &["tables"]).output().unwrap();
+    assert_eq!(
+        tables.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&tables.stderr)
+    );
+    child.kill();
+}
+
+#[tokio::test]
+async fn killing_cdc_run_into_clickhouse_loses_and_resurrects_nothing() {
+    let (p, c, _db) = ch_pipeline(
+        "ch_kill",
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, v int NOT NULL, note text);
+         ALTER TABLE orders ALTER COLUMN note SET STORAGE EXTERNAL;
+         INSERT INTO orders (v, note) SELECT 0, repeat(md5(g::text), 100) FROM generate_series(1, 2000) g;",
+        "[[tables]]\nsource = \"public.orders\"\n",
+    )
+    .await;
+    let mut child = RunProcess::start(&p);
+    let mut kills = 0;
+    let started = std::time::Instant::now();
+    let mut round = 0u64;
+    // Writers keep going while cdc is killed at moments that fall anywhere in its work.
+    while round < 60 {
+        p.src_sql
+            .batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO orders (v, note) VALUES ({round}, 'n{round}');
+                 UPDATE orders SET v = v + 1 WHERE id % 5 = {};
+                 DELETE FROM orders WHERE id = {};
+                 INSERT INTO orders (id, v, note) VALUES ({}, -1, 'back') ON CONFLICT (id) DO NOTHING;
+                 UPDATE orders SET id = id + 1000000 WHERE id = {};
+                 COMMIT;",
+                round % 5,
+                round * 13 + 1,
+                round * 13 + 1 - 13 * (round % 2),
+                round * 13 + 5,
+            ))
+            .await
+            .unwrap();
+        if round % 6 == 5 {
+            let wait = 20 + (started.elapsed().as_micros() % 300) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            child.kill();
+            kills += 1;
+            child = RunProcess::start(&p);
+        }
+        round += 1;
+    }
+    wait_same(
+        &p,
+        &c,
+        "SELECT count(*)::text, sum(v)::text, sum(id)::text, md5(string_agg(id::text || ':' || v || ':' || md5(note), ',' ORDER BY id)) FROM orders",
+        "SELECT toString(count()), toString(sum(v)), toString(sum(id)), lower(hex(MD5(arrayStringConcat(arrayMap(x -> concat(toString(x.1), ':', toString(x.2), ':', lower(hex(MD5(x.3)))), arraySort(x -> x.1, groupArray((id, v, note)))), ',')))) FROM orders",
+    )
+    .await;
+    assert!(kills >= 8);
+    child.kill();
+}
+
+#[tokio::test]
+async fn bad_clickhouse_destinations_are_refused_clearly_and_leave_no_slot() {
+    // A table without a primary key: refused before anything is created, with the fix.
+    let (p, _c, _db) = ch_pipeline(
+        "ch_bad",
+        "CREATE TABLE nokey (a int, b text); CREATE TABLE ok (id int PRIMARY KEY);",
+        "[[tables]]\nsource = \"public.nokey\"\n[[tables]]\nsource = \"public.ok\"\n",
+    )
+    .await;
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("public.nokey has no primary key") && err.contains("ADD PRIMARY KEY"),
+        "{err}"
+    );
+    assert_eq!(p.slot_count().await, 0, "no slot left behind");
+
+    // A database that does not exist, and a server that is not there.
+    for (url, says) in [
+        (server().url("no_such_db"), "no_such_db"),
+        (
+            "clickhouse://default@127.0.0.1:1/x".to_owned(),
+            "cannot connect to ClickHouse",
+        ),
+    ] {
+        let mut q = Pipeline::new(
+            "ch_bad2",
+            "CREATE TABLE ok (id int PRIMARY KEY);",
+            "[[tables]]\nsource = \"public.ok\"\n",
+        )
+        .await;
+        set_destination(&mut q, &url);
+        let out = cdc(&q, &["snapshot"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert_eq!(q.slot_count().await, 0, "no slot left behind: {err}");
+    }
+}
