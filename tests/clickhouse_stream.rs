@@ -311,6 +311,16 @@ async fn every_change_kind_and_type_arrives_in_clickhouse() {
         .unwrap();
     wait_ch(&c, "SELECT id, v FROM k", vec![row(&["100", "after"])]).await;
 
+    // `cdc verify` compares every row of every table while `cdc run` streams.
+    let verify = cdc(&p, &["verify", "--format", "json"]).output().unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
     // `cdc status` and `cdc tables` work against it.
     let status = cdc(&p, &["status", "--json"]).output().unwrap();
     assert_eq!(
@@ -422,4 +432,71 @@ async fn bad_clickhouse_destinations_are_refused_clearly_and_leave_no_slot() {
         assert!(err.contains(says), "{err}");
         assert_eq!(q.slot_count().await, 0, "no slot left behind: {err}");
     }
+}
+
+#[tokio::test]
+async fn verify_finds_missing_changed_and_extra_rows_in_clickhouse() {
+    let (p, c, _db) = ch_pipeline(
+        "ch_verify",
+        "CREATE TABLE t (id int PRIMARY KEY, name text, amount numeric(10,2), at timestamptz, f float8, tags text[]);
+         INSERT INTO t SELECT g, 'n' || g, g / 3.0, '2024-01-01 00:00+00'::timestamptz + g * interval '1 minute',
+                              CASE WHEN g = 3 THEN 'NaN'::float8 ELSE g / 7.0 END, ARRAY['a', NULL]
+                         FROM generate_series(1, 2000) g;",
+        "[[tables]]\nsource = \"public.t\"\n",
+    )
+    .await;
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |p: &Pipeline| {
+        let out = cdc(p, &["verify", "--format", "json"]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, report) = verify(&p);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["tables"][0]["source_rows"], 2000);
+    assert_eq!(report["tables"][0]["destination_rows"], 2000);
+
+    // Plant one difference of each kind, as versioned rows: a tombstone, a newer version, and
+    // a row the source never had. Old versions of rows stay in storage: not differences.
+    c.query(
+        "INSERT INTO t__cdc_versions (id, name, amount, at, f, tags, _cdc_version, _cdc_deleted) VALUES
+           (7, '', 0, NULL, NULL, NULL, 99, 1),
+           (1500, 'n1500', 1.01, '2024-01-02 01:00:00', 1500 / 7.0, '{a,NULL}', 99, 0),
+           (5000, 'extra', 0, NULL, NULL, NULL, 99, 0)",
+    )
+    .await
+    .unwrap();
+    let (code, report) = verify(&p);
+    assert_eq!(code, Some(1), "{report}");
+    let t = &report["tables"][0];
+    assert_eq!(t["missing"][0]["key"]["id"], "7", "{t}");
+    assert_eq!(t["missing"][0]["source"]["name"], "n7", "{t}");
+    assert_eq!(t["different"][0]["key"]["id"], "1500", "{t}");
+    assert_eq!(t["different"][0]["columns"][0]["column"], "amount", "{t}");
+    assert_eq!(t["different"][0]["columns"][0]["source"], "500.00", "{t}");
+    assert_eq!(
+        t["different"][0]["columns"][0]["destination"], "1.01",
+        "{t}"
+    );
+    assert_eq!(t["extra"][0]["key"]["id"], "5000", "{t}");
+    let count = |kind: &str| t[kind].as_array().unwrap().len();
+    assert_eq!(
+        (count("missing"), count("different"), count("extra")),
+        (1, 1, 1),
+        "{t}"
+    );
+    assert_eq!(
+        ch_rows(&c, "SELECT count() FROM system.tables WHERE name LIKE '%cdc_verify%' AND database = currentDatabase()")
+            .await
+            .unwrap(),
+        vec![row(&["0"])],
+        "the scratch table is dropped"
+    );
+    cdc(&p, &["teardown", "--yes"]).output().unwrap();
 }

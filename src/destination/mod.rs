@@ -22,6 +22,7 @@
 pub mod clickhouse;
 pub mod duckdb;
 pub mod postgres;
+pub mod whole;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -175,7 +176,8 @@ pub trait Destination: Send + Sync {
     async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>>;
     /// Forget `slot` and its per-table records.
     async fn delete_state(&self, slot: &str) -> Result<()>;
-    /// Record that a snapshot of `slot` is starting (before the slot exists).
+    /// Record that a snapshot of `slot` is starting (before the slot exists), replacing any
+    /// earlier record of it and its tables without a moment with none.
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()>;
     async fn set_consistent_point(&self, slot: &str, lsn: Lsn) -> Result<()>;
     /// Mark the snapshot complete: the applied position becomes the consistent point.

@@ -211,7 +211,6 @@ pub async fn run_into(
             })??;
         repl.close().await;
     }
-    dest.delete_state(slot).await?;
     let via_root = checked.tables.iter().any(|t| t.partitioned);
     let created_publication = ensure_publication(
         &src,
@@ -230,8 +229,9 @@ pub async fn run_into(
             destination: d,
         })
         .collect();
-    // Recorded before the tables exist: a run killed while creating them finds the record
-    // next time and replaces what it left, instead of refusing tables that "already exist".
+    // Recorded before the tables exist, replacing an earlier record at once: a run killed
+    // anywhere from here finds a record next time and replaces what it left, instead of
+    // refusing tables that "already exist".
     dest.begin_snapshot(slot, publication).await?;
     dest.create_tables(&targets, &checked.types, replace)
         .await?;

@@ -32,9 +32,9 @@ pub use report::{Report, TableReport};
 
 use crate::config::{Config, TableName};
 use crate::conninfo::ConnInfo;
-use crate::destination::duckdb::verify::{
-    self as duckdb_verify, CompareSpec, DuckDbReader, DuckTable,
-};
+use crate::destination::clickhouse::verify::ClickHouseReader;
+use crate::destination::duckdb::verify::DuckDbReader;
+use crate::destination::whole::{CompareSpec, DestTable, Texts, WholeLook};
 use crate::destination::Target;
 use crate::error::{Error, Result};
 use plan::{quote_ident, Side, TableInfo};
@@ -179,7 +179,8 @@ pub async fn verify(
 /// The destination side of a comparison.
 enum Dest {
     Postgres(Client),
-    DuckDb(DuckDbReader),
+    /// A destination compared by one look at whole tables inside it (DuckDB, ClickHouse).
+    Whole(Box<dyn WholeLook>),
 }
 
 /// Compare every pair between a Postgres source and any destination.
@@ -203,12 +204,8 @@ pub async fn verify_into(
     let src = session(source).await?;
     let dst = match destination {
         Target::Postgres(info) => Dest::Postgres(session(info).await?),
-        Target::DuckDb(path) => Dest::DuckDb(DuckDbReader::open(path)?),
-        Target::ClickHouse(_) => {
-            return Err(Error::Definite(
-                "cdc verify does not compare against ClickHouse yet".into(),
-            ))
-        }
+        Target::DuckDb(path) => Dest::Whole(Box::new(DuckDbReader::open(path)?)),
+        Target::ClickHouse(url) => Dest::Whole(Box::new(ClickHouseReader::new(url.clone())?)),
     };
     let mut tables = Vec::with_capacity(pairs.len());
     for pair in pairs {
@@ -242,9 +239,9 @@ async fn verify_table(
             plan::read_table(src, &pair.source),
             plan::read_table(dst, &pair.destination)
         )?,
-        Dest::DuckDb(reader) => (
+        Dest::Whole(reader) => (
             plan::read_table(src, &pair.source).await?,
-            reader.table(&pair.destination).await?.map(duck_info),
+            reader.table(&pair.destination).await?.map(whole_info),
         ),
     };
     let si =
@@ -279,7 +276,7 @@ async fn verify_table(
                 label: pair.source.to_string(),
             })
         }
-        Dest::DuckDb(reader) => Look::Whole(reader),
+        Dest::Whole(reader) => Look::Whole(reader.as_ref()),
     };
     let (counts, mut differences, truncated) = match &look {
         Look::Ranges(bisect_pair) => {
@@ -304,7 +301,7 @@ async fn verify_table(
             )
         }
         Look::Whole(reader) => {
-            duck_compare(reader, source, pair, &shape, &di, options, &mut stats).await?
+            whole_compare(*reader, source, pair, &shape, &di, options, &mut stats).await?
         }
     };
     let mut rounds = 0;
@@ -331,7 +328,7 @@ async fn verify_table(
             }
             // A second whole look; only differences seen in both looks stand.
             Look::Whole(reader) => {
-                duck_compare(reader, source, pair, &shape, &di, options, &mut stats)
+                whole_compare(*reader, source, pair, &shape, &di, options, &mut stats)
                     .await?
                     .1
                     .into_iter()
@@ -365,20 +362,23 @@ async fn verify_table(
     ))
 }
 
-/// How a table is compared: range hashes on two Postgres servers, or a whole look inside DuckDB.
+/// How a table is compared: range hashes on two Postgres servers, or a whole look inside the
+/// destination.
 enum Look<'a> {
     Ranges(bisect::Pair<'a>),
-    Whole(&'a DuckDbReader),
+    Whole(&'a dyn WholeLook),
 }
 
-/// A DuckDB table described as the comparison plans it.
-fn duck_info(t: DuckTable) -> TableInfo {
+/// A destination table described as the comparison plans it.
+fn whole_info(t: DestTable) -> TableInfo {
     TableInfo {
         columns: t
             .columns
             .into_iter()
             .map(|(name, type_sql, not_null)| plan::Column {
-                collatable: type_sql == "VARCHAR",
+                collatable: type_sql == "VARCHAR"
+                    || type_sql.ends_with("String")
+                    || type_sql.ends_with("String)"),
                 name,
                 type_sql,
                 not_null,
@@ -388,11 +388,11 @@ fn duck_info(t: DuckTable) -> TableInfo {
     }
 }
 
-/// One look at a table in a DuckDB file: ((source rows, destination rows), differences,
-/// truncated).
+/// One look at a whole table inside the destination: ((source rows, destination rows),
+/// differences, truncated).
 #[allow(clippy::type_complexity)]
-async fn duck_compare(
-    reader: &DuckDbReader,
+async fn whole_compare(
+    reader: &dyn WholeLook,
     source: &ConnInfo,
     pair: &TablePair,
     shape: &Shape,
@@ -422,7 +422,7 @@ async fn duck_compare(
     let c = reader.compare(source, &spec, &types).await?;
     stats.queries += c.queries;
     stats.rows_fetched += c.source_rows as u64;
-    let key_of = |row: &duckdb_verify::Texts| -> Key {
+    let key_of = |row: &Texts| -> Key {
         shape
             .key_positions
             .iter()

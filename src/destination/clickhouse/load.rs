@@ -46,37 +46,64 @@ impl Loader for ClickHouseLoader {
             quote(&names.database),
             quote(&names.storage)
         );
-        src.copy_out(out_sql).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(BLOCKS_IN_FLIGHT);
-        let client = self.client.clone();
-        let sender = tokio::spawn(async move { client.insert_stream(&insert, rx).await });
-        let mut rows = 0u64;
-        let read = async {
-            while let Some(chunk) = src.next_chunk().await? {
-                bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
-                rows += tsv::convert(&chunk, &fields, SNAPSHOT_COLUMNS, &mut out)
-                    .map_err(|e| Error::Definite(format!("copying {}: {e}", table.destination)))?
-                    as u64;
-                if tx.send(Ok(Bytes::from(out))).await.is_err() {
-                    // The INSERT failed; its error comes from the sender.
-                    break;
-                }
-            }
-            Ok::<(), Error>(())
-        };
-        if let Err(e) = read.await {
-            // Abandon the INSERT: the rows ClickHouse has not yet formed into a block (up to
-            // max_insert_block_size) are dropped. A failed snapshot is redone from new tables.
-            let _ = tx.send(Err(Error::Definite(e.to_string()))).await;
-            drop(tx);
-            let _ = sender.await;
-            return Err(e);
-        }
-        drop(tx);
-        sender
-            .await
-            .map_err(|e| Error::Definite(format!("ClickHouse insert task stopped: {e}")))??;
-        Ok(rows)
+        copy_into(
+            &self.client,
+            src,
+            out_sql,
+            insert,
+            &fields,
+            SNAPSHOT_COLUMNS,
+            bytes,
+            &table.destination.to_string(),
+        )
+        .await
     }
+}
+
+/// Run `out_sql` (a COPY in text format) on `src` and stream its rows, converted with `fields`
+/// and each followed by `suffix`, as the body of one `insert`; `what` names the rows in
+/// errors. An error abandons the INSERT.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_into(
+    client: &Client,
+    src: &mut CopySource,
+    out_sql: &str,
+    insert: String,
+    fields: &[(String, tsv::Field)],
+    suffix: &'static [u8],
+    bytes: &AtomicU64,
+    what: &str,
+) -> Result<u64> {
+    src.copy_out(out_sql).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(BLOCKS_IN_FLIGHT);
+    let client = client.clone();
+    let sender = tokio::spawn(async move { client.insert_stream(&insert, rx).await });
+    let mut rows = 0u64;
+    let read = async {
+        while let Some(chunk) = src.next_chunk().await? {
+            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
+            rows += tsv::convert(&chunk, fields, suffix, &mut out)
+                .map_err(|e| Error::Definite(format!("copying {what}: {e}")))?
+                as u64;
+            if tx.send(Ok(Bytes::from(out))).await.is_err() {
+                // The INSERT failed; its error comes from the sender.
+                break;
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    if let Err(e) = read.await {
+        // Abandon the INSERT: the rows ClickHouse has not yet formed into a block (up to
+        // max_insert_block_size) are dropped. A failed snapshot is redone from new tables.
+        let _ = tx.send(Err(Error::Definite(e.to_string()))).await;
+        drop(tx);
+        let _ = sender.await;
+        return Err(e);
+    }
+    drop(tx);
+    sender
+        .await
+        .map_err(|e| Error::Definite(format!("ClickHouse insert task stopped: {e}")))??;
+    Ok(rows)
 }

@@ -12,6 +12,7 @@
 //!  tsv.rs ─ Postgres text → TabSeparated (out-of-range values refused)
 //!  load.rs ─ snapshot: one streamed INSERT per range     apply.rs ─ stream: versioned rows
 //!  state.rs ─ pipeline, positions, copied tables (ReplacingMergeTree, read with FINAL)
+//!  verify.rs ─ `cdc verify`: the source loaded beside the view, compared by joins
 //! ```
 //!
 //! The guarantee is [`Guarantee::Idempotent`]: the position is stored after the rows, and a
@@ -24,6 +25,7 @@ pub mod state;
 pub mod tsv;
 pub mod types;
 pub mod url;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -181,7 +183,9 @@ impl Destination for ClickHouseDestination {
     }
 
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {
-        self.state.delete(slot).await?;
+        // The new pipeline record supersedes the old one (a higher version): there is no
+        // moment without one. What the old snapshot recorded goes first.
+        self.state.delete_progress(slot).await?;
         self.state
             .write_pipeline(slot, publication, None, false)
             .await

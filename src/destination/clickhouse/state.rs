@@ -219,10 +219,21 @@ impl State {
     }
 
     pub async fn delete(&self, slot: &str) -> Result<()> {
+        self.delete_some(slot, &["snapshot_tables", "positions", "pipeline"])
+            .await
+    }
+
+    /// Forget the copied tables and the position of `slot`, keeping its pipeline record.
+    pub async fn delete_progress(&self, slot: &str) -> Result<()> {
+        self.delete_some(slot, &["snapshot_tables", "positions"])
+            .await
+    }
+
+    async fn delete_some(&self, slot: &str, tables: &[&str]) -> Result<()> {
         if !self.exists().await? {
             return Ok(());
         }
-        for table in ["snapshot_tables", "positions", "pipeline"] {
+        for table in tables {
             self.client
                 .query(&format!(
                     "DELETE FROM {} WHERE slot = {}",

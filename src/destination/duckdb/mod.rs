@@ -210,14 +210,24 @@ impl Destination for DuckDbDestination {
     }
 
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {
-        let sql = format!(
+        // Earlier records are replaced in the same transaction: there is always one.
+        let sql = [
+            format!("DELETE FROM {} WHERE slot = ?", self.t("snapshot_tables")),
+            format!("DELETE FROM {} WHERE slot = ?", self.t("pipeline")),
+        ];
+        let insert = format!(
             "INSERT INTO {} (slot, publication) VALUES (?, ?)",
             self.t("pipeline")
         );
         let (slot, publication) = (slot.to_owned(), publication.to_owned());
         self.handle
             .run("recording the snapshot start", move |c| {
-                c.execute(&sql, params![slot, publication]).map(|_| ())
+                c.execute_batch("BEGIN TRANSACTION")?;
+                for stmt in &sql {
+                    c.execute(stmt, params![slot])?;
+                }
+                c.execute(&insert, params![slot, publication])?;
+                c.execute_batch("COMMIT")
             })
             .await
     }

@@ -21,6 +21,7 @@ use super::copy_in::{self, CopyIn};
 use super::handle::{blocking, Handle};
 use crate::config::TableName;
 use crate::conninfo::ConnInfo;
+use crate::destination::whole::{CompareSpec, Comparison, DestTable, Texts, WholeLook};
 use crate::destination::CopyFormat;
 use crate::error::{Error, Result};
 use crate::source::copy_out::CopySource;
@@ -31,48 +32,18 @@ pub struct DuckDbReader {
     handle: Arc<Handle>,
 }
 
-/// A destination table's columns (`name`, DuckDB type, NOT NULL) and primary key.
-pub struct DuckTable {
-    pub columns: Vec<(String, String, bool)>,
-    pub primary_key: Vec<String>,
-}
-
-/// What to compare: the source table (and its snapshot filter), the destination table, the
-/// key and the compared columns (names shared by both sides, key columns included).
-pub struct CompareSpec<'a> {
-    pub source: &'a TableName,
-    pub source_filter: Option<&'a str>,
-    pub destination: &'a TableName,
-    pub key: &'a [String],
-    pub columns: &'a [String],
-    pub max_differences: usize,
-}
-
-/// Rows as DuckDB prints them; `None` is NULL.
-pub type Texts = Vec<Option<String>>;
-
-/// The outcome of one comparison.
-#[derive(Debug, Default)]
-pub struct Comparison {
-    pub source_rows: i64,
-    pub destination_rows: i64,
-    pub missing: Vec<Texts>,
-    /// Source row, destination row.
-    pub changed: Vec<(Texts, Texts)>,
-    pub extra: Vec<Texts>,
-    pub truncated: bool,
-    pub queries: u64,
-}
-
 impl DuckDbReader {
     pub fn open(path: &Path) -> Result<Self> {
         Ok(DuckDbReader {
             handle: Handle::shared(path, true)?,
         })
     }
+}
 
+#[async_trait::async_trait]
+impl WholeLook for DuckDbReader {
     /// The destination table, or `None` when it does not exist.
-    pub async fn table(&self, table: &TableName) -> Result<Option<DuckTable>> {
+    async fn table(&self, table: &TableName) -> Result<Option<DestTable>> {
         let (schema, name) = (table.schema.clone(), table.name.clone());
         self.handle
             .run(format!("reading the columns of {table}"), move |c| {
@@ -95,7 +66,7 @@ impl DuckDbReader {
                 let primary_key = stmt
                     .query_map(params![schema, name], |r| r.get(0))?
                     .collect::<duckdb::Result<Vec<String>>>()?;
-                Ok(Some(DuckTable {
+                Ok(Some(DestTable {
                     columns,
                     primary_key,
                 }))
@@ -104,7 +75,7 @@ impl DuckDbReader {
     }
 
     /// Load the source's rows and compare them with the destination table's.
-    pub async fn compare(
+    async fn compare(
         &self,
         source: &ConnInfo,
         spec: &CompareSpec<'_>,
@@ -228,16 +199,7 @@ impl DuckDbReader {
                 truncated: false,
                 queries: 4,
             };
-            let total = out.missing.len() + out.changed.len() + out.extra.len();
-            if total > max {
-                out.truncated = true;
-                let mut room = max;
-                for list in [&mut out.missing, &mut out.extra] {
-                    list.truncate(room);
-                    room -= list.len();
-                }
-                out.changed.truncate(room);
-            }
+            out.cap(max);
             Ok(out)
         })
         .await?

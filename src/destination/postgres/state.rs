@@ -120,17 +120,17 @@ impl StateStore {
     }
 
     /// Record that a snapshot of `slot` is starting (before the slot exists, so an interrupted
-    /// run always leaves a trace that lets the next one clean up).
+    /// run always leaves a trace that lets the next one clean up), replacing any earlier
+    /// record in the same transaction: there is no moment without one.
     pub async fn begin_snapshot(&self, dest: &Client, slot: &str, publication: &str) -> Result<()> {
-        dest.execute(
-            &format!(
-                "INSERT INTO {} (slot, publication) VALUES ($1, $2)",
-                self.t("pipeline")
-            ),
-            &[&slot, &publication],
-        )
+        let slot = crate::source::replication::quote_literal(slot);
+        dest.batch_execute(&format!(
+            "BEGIN; DELETE FROM {pipeline} WHERE slot = {slot};
+             INSERT INTO {pipeline} (slot, publication) VALUES ({slot}, {}); COMMIT",
+            crate::source::replication::quote_literal(publication),
+            pipeline = self.t("pipeline"),
+        ))
         .await
-        .map(|_| ())
         .map_err(Error::pg("recording the snapshot start"))
     }
 
