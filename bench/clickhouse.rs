@@ -102,7 +102,7 @@ fn main() {
                 rt.block_on(async {
                     let client =
                         Client::new(ClickHouseUrl::parse(&ch.url(&db)).unwrap()).unwrap();
-                    let mut loader = ClickHouseLoader::new(client);
+                    let mut loader = ClickHouseLoader::new(client, None);
                     let mut src = cdc::source::copy_out::CopySource::connect(&source.conninfo("postgres"))
                         .await
                         .unwrap();

@@ -491,8 +491,17 @@ fn cli_sync_failed(s: &cdc::sync::Summary) -> i32 {
 }
 
 /// A connection string from the command line; the password may come from `password_var`.
-/// `--destination`: a DuckDB file URL, or a Postgres connection string.
+/// `--destination`: a ClickHouse URL, a DuckDB file URL, or a Postgres connection string.
 fn standalone_target(url: &str) -> anyhow::Result<cdc::destination::Target> {
+    use cdc::destination::clickhouse::url::ClickHouseUrl;
+    if ClickHouseUrl::is_clickhouse(url) {
+        let mut parsed =
+            ClickHouseUrl::parse(url).map_err(|e| anyhow::anyhow!("--destination {e}"))?;
+        if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
+            parsed.password = Some(Secret::new(pw));
+        }
+        return Ok(cdc::destination::Target::ClickHouse(parsed));
+    }
     match cdc::destination::Target::duckdb_path(url) {
         Some(path) => Ok(cdc::destination::Target::DuckDb(
             path.map_err(|e| anyhow::anyhow!("--destination {e}"))?,

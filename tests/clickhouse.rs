@@ -305,7 +305,7 @@ async fn the_snapshot_loader_streams_a_copy_as_one_insert_and_abandons_a_bad_one
         }
         schemas.push(schema);
     }
-    let mut loader = ClickHouseLoader::new(client(&ch_db));
+    let mut loader = ClickHouseLoader::new(client(&ch_db), None);
     let bytes = AtomicU64::new(0);
     let mut src = cdc::source::copy_out::CopySource::connect(&db)
         .await

@@ -150,7 +150,7 @@ impl ClickSession {
         }
         toast_rows_missing(&self.metrics, map, missing);
         let cols: Vec<String> = map.columns.iter().map(|c| quote(&c.name)).collect();
-        let storage = format!("{}.{}", quote(&names.database), quote(&names.storage));
+        let storage = names.rows_table(self.cluster.as_deref());
         if !rows.is_empty() {
             self.client
                 .insert(
@@ -227,11 +227,10 @@ impl ClickSession {
         let cols: Vec<String> = map.columns.iter().map(|c| quote(&c.name)).collect();
         let list = keys.join(", ");
         let sql = format!(
-            "SELECT indexOf([{list}], {key_expr}) AS cdc_i, {} FROM {}.{} FINAL \
+            "SELECT indexOf([{list}], {key_expr}) AS cdc_i, {} FROM {} FINAL \
              WHERE {key_expr} IN ({list}) AND {} = 0 FORMAT TSV",
             cols.join(", "),
-            quote(&names.database),
-            quote(&names.storage),
+            names.rows_table(self.cluster.as_deref()),
             quote(DELETED)
         );
         let found = self
@@ -272,23 +271,17 @@ impl ClickSession {
         Ok(seen.iter().filter(|s| !**s).count() as u64)
     }
 
-    /// Recreate the view over `names.storage` with its current columns.
-    async fn recreate_view(&self, names: &Names) -> Result<()> {
-        let cols = self.storage_columns(names).await?;
-        let visible: Vec<String> = cols.iter().map(|(n, ..)| quote(n)).collect();
-        let read_from = match &self.cluster {
-            None => &names.storage,
-            Some(_) => &names.distributed,
-        };
+    /// Recreate the view over the rows of `names` with `columns`.
+    async fn create_view(&self, names: &Names, columns: &[String]) -> Result<()> {
+        let visible: Vec<String> = columns.iter().map(|n| quote(n)).collect();
         self.client
             .query(&format!(
-                "CREATE OR REPLACE VIEW {}.{}{} AS SELECT {} FROM {}.{} FINAL WHERE {} = 0",
+                "CREATE OR REPLACE VIEW {}.{}{} AS SELECT {} FROM {} FINAL WHERE {} = 0",
                 quote(&names.database),
                 quote(&names.view),
                 self.on_cluster(),
                 visible.join(", "),
-                quote(&names.database),
-                quote(read_from),
+                names.rows_table(self.cluster.as_deref()),
                 quote(DELETED)
             ))
             .await
@@ -448,61 +441,76 @@ impl Session for ClickSession {
     async fn alter(&mut self, table: &TableName, change: &SchemaChange) -> Result<()> {
         self.open = true;
         let names = self.names(table);
-        let storage = format!("{}.{}", quote(&names.database), quote(&names.storage));
+        // On a cluster the Distributed table mirrors the storage table's columns.
+        let mut targets = vec![format!(
+            "{}.{}",
+            quote(&names.database),
+            quote(&names.storage)
+        )];
+        if self.cluster.is_some() {
+            targets.push(format!(
+                "{}.{}",
+                quote(&names.database),
+                quote(&names.distributed)
+            ));
+        }
         let mut steps = Vec::new();
         for (name, ty) in change.added.iter().chain(&change.retyped) {
             let t = clickhouse_type(&column_of(name, ty), false);
-            steps.push(format!(
-                "ALTER TABLE {storage}{} ADD COLUMN IF NOT EXISTS {} {t} COMMENT {}",
-                self.on_cluster(),
-                quote(name),
-                literal(PENDING)
-            ));
-            steps.push(format!(
-                "ALTER TABLE {storage}{} MODIFY COLUMN {} {t} COMMENT {}",
-                self.on_cluster(),
-                quote(name),
-                literal(PENDING)
-            ));
+            for target in &targets {
+                steps.push(format!(
+                    "ALTER TABLE {target}{} ADD COLUMN IF NOT EXISTS {} {t} COMMENT {}",
+                    self.on_cluster(),
+                    quote(name),
+                    literal(PENDING)
+                ));
+                steps.push(format!(
+                    "ALTER TABLE {target}{} MODIFY COLUMN {} {t} COMMENT {}",
+                    self.on_cluster(),
+                    quote(name),
+                    literal(PENDING)
+                ));
+            }
             self.marked
                 .push((names.database.clone(), names.storage.clone(), name.clone()));
         }
         for name in &change.dropped {
-            steps.push(format!(
-                "ALTER TABLE {storage}{} DROP COLUMN IF EXISTS {}",
-                self.on_cluster(),
-                quote(name)
-            ));
+            for target in targets.iter().rev() {
+                steps.push(format!(
+                    "ALTER TABLE {target}{} DROP COLUMN IF EXISTS {}",
+                    self.on_cluster(),
+                    quote(name)
+                ));
+            }
         }
         if !change.added_generated.is_empty() {
             tracing::warn!(table = %table, "generated columns are not created in ClickHouse");
         }
+        let before: Vec<String> = self
+            .storage_columns(&names)
+            .await?
+            .into_iter()
+            .map(|(n, ..)| n)
+            .collect();
         if !change.dropped.is_empty() {
-            // The view names the column: replace it first.
-            let keep: Vec<String> = self
-                .storage_columns(&names)
-                .await?
-                .into_iter()
-                .map(|(n, ..)| n)
+            // The view names the column: it goes from the view first.
+            let keep: Vec<String> = before
+                .iter()
                 .filter(|n| !change.dropped.contains(n))
-                .map(|n| quote(&n))
+                .cloned()
                 .collect();
-            self.client
-                .query(&format!(
-                    "CREATE OR REPLACE VIEW {}.{}{} AS SELECT {} FROM {} FINAL WHERE {} = 0",
-                    quote(&names.database),
-                    quote(&names.view),
-                    self.on_cluster(),
-                    keep.join(", "),
-                    storage,
-                    quote(DELETED)
-                ))
-                .await?;
+            self.create_view(&names, &keep).await?;
         }
         for sql in steps {
             self.client.query(&sql).await?;
         }
-        self.recreate_view(&names).await?;
+        let after: Vec<String> = self
+            .storage_columns(&names)
+            .await?
+            .into_iter()
+            .map(|(n, ..)| n)
+            .collect();
+        self.create_view(&names, &after).await?;
         tracing::info!(table = %table, added = ?change.added.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             retyped = ?change.retyped.iter().map(|(n, _)| n).collect::<Vec<_>>(), dropped = ?change.dropped,
             "ClickHouse table changed like its source");

@@ -57,6 +57,15 @@ impl Names {
     fn qualified(&self, name: &str) -> String {
         format!("{}.{}", quote(&self.database), quote(name))
     }
+
+    /// The table rows are written to and looked up in: the storage table, or on a cluster the
+    /// `Distributed` one (which sends each key's rows to one shard), qualified.
+    pub fn rows_table(&self, cluster: Option<&str>) -> String {
+        match cluster {
+            None => self.qualified(&self.storage),
+            Some(_) => self.qualified(&self.distributed),
+        }
+    }
 }
 
 fn on_cluster(cluster: Option<&str>) -> String {
@@ -99,7 +108,7 @@ pub fn create_table(names: &Names, table: &TableSchema, cluster: Option<&str>) -
         ),
     ];
     let read_from = match cluster {
-        None => names.qualified(&names.storage),
+        None => names.rows_table(None),
         Some(c) => {
             sql.push(format!(
                 "CREATE TABLE IF NOT EXISTS {}{} AS {} ENGINE = Distributed({}, {}, {}, cityHash64({}))",
@@ -111,7 +120,7 @@ pub fn create_table(names: &Names, table: &TableSchema, cluster: Option<&str>) -
                 quote(&names.storage),
                 key.join(", ")
             ));
-            names.qualified(&names.distributed)
+            names.rows_table(cluster)
         }
     };
     let visible: Vec<String> = table.copied_columns().map(|c| quote(&c.name)).collect();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::ddl::{quote, Names};
+use super::ddl::Names;
 use super::http::Client;
 use super::tsv;
 use crate::destination::{Loader, SnapshotTable};
@@ -22,11 +22,12 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 
 pub struct ClickHouseLoader {
     client: Client,
+    cluster: Option<String>,
 }
 
 impl ClickHouseLoader {
-    pub fn new(client: Client) -> Self {
-        ClickHouseLoader { client }
+    pub fn new(client: Client, cluster: Option<String>) -> Self {
+        ClickHouseLoader { client, cluster }
     }
 }
 
@@ -42,9 +43,8 @@ impl Loader for ClickHouseLoader {
         let names = Names::of(self.client.database(), table.destination);
         let fields = tsv::fields(table.schema);
         let insert = format!(
-            "INSERT INTO {}.{} FORMAT TSV",
-            quote(&names.database),
-            quote(&names.storage)
+            "INSERT INTO {} FORMAT TSV",
+            names.rows_table(self.cluster.as_deref())
         );
         copy_into(
             &self.client,

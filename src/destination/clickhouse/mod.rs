@@ -56,6 +56,20 @@ pub struct ClickHouseDestination {
     cluster: Option<String>,
 }
 
+/// Whether a server of `version` (`SELECT version()`) is one cdc writes to.
+fn supported(version: &str) -> Result<()> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if have < MIN_VERSION {
+        return Err(Error::Definite(format!(
+            "ClickHouse {version} is too old: cdc needs {}.{} or newer (ReplacingMergeTree with a deleted \
+             flag, lightweight DELETE); upgrade the server",
+            MIN_VERSION.0, MIN_VERSION.1
+        )));
+    }
+    Ok(())
+}
+
 /// `cdc sync` keeps its positions and swaps tables in ways ClickHouse does not offer yet.
 pub fn no_sync() -> Error {
     Error::Definite(
@@ -95,17 +109,7 @@ impl ClickHouseDestination {
     /// Refuse servers older than [`MIN_VERSION`] (and say which one answered).
     async fn check_version(&self) -> Result<()> {
         let out = self.client.query("SELECT version() FORMAT TSV").await?;
-        let found = String::from_utf8_lossy(&out).trim().to_owned();
-        let mut parts = found.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if have < MIN_VERSION {
-            return Err(Error::Definite(format!(
-                "ClickHouse {found} is too old: cdc needs {}.{} or newer (ReplacingMergeTree with a deleted \
-                 flag, lightweight DELETE); upgrade the server",
-                MIN_VERSION.0, MIN_VERSION.1
-            )));
-        }
-        Ok(())
+        supported(String::from_utf8_lossy(&out).trim())
     }
 
     async fn exists(&self, database: &str, name: &str) -> Result<bool> {
@@ -307,7 +311,10 @@ impl Destination for ClickHouseDestination {
     }
 
     async fn loader(&self) -> Result<Box<dyn Loader>> {
-        Ok(Box::new(load::ClickHouseLoader::new(self.client.clone())))
+        Ok(Box::new(load::ClickHouseLoader::new(
+            self.client.clone(),
+            self.cluster.clone(),
+        )))
     }
 
     async fn finish_table(
@@ -453,5 +460,39 @@ impl Destination for ClickHouseDestination {
 
     async fn save_sync_state(&self, _state: &SyncState) -> Result<()> {
         Err(no_sync())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_the_minimum_are_refused_by_name() {
+        assert!(supported("26.9.2.1").is_ok());
+        assert!(supported("23.8.1.2992").is_ok());
+        let e = supported("18.16.1").unwrap_err().to_string();
+        assert!(
+            e.contains("ClickHouse 18.16.1 is too old") && e.contains("23.8"),
+            "{e}"
+        );
+        assert!(supported("23.3.1").is_err());
+    }
+
+    #[test]
+    fn state_tables_on_a_cluster_are_replicated() {
+        let sql = state::create_sql("cdc", Some("prod"));
+        assert_eq!(
+            sql[0],
+            "CREATE DATABASE IF NOT EXISTS `cdc` ON CLUSTER `prod`"
+        );
+        assert!(
+            sql[2].starts_with("CREATE TABLE IF NOT EXISTS `cdc`.positions ON CLUSTER `prod` (")
+        );
+        assert!(sql[2].ends_with(
+            "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', applied_lsn) ORDER BY slot"
+        ));
+        let single = state::create_sql("cdc", None);
+        assert!(single[1].contains("ENGINE = ReplacingMergeTree(seq) ORDER BY slot"));
     }
 }
