@@ -1,37 +1,41 @@
-//! `cargo bench --bench clickhouse`: the snapshot's row path into ClickHouse against the plain
-//! pipe, same run, same servers.
+//! `cargo bench --bench clickhouse`: Postgres → ClickHouse, against the plain pipe and the seed
+//! tool, same run, same servers.
 //!
-//! Source: pgbench_accounts (`BENCH_SCALE` × 100,000 rows, default 50 = 5M). ClickHouse 26.9
-//! from `local_clickhouse`. Each repetition (`BENCH_REPS`, default 3) loads the table into a
-//! fresh versioned storage table (`ddl::create_table`) twice:
-//! - the pipe: `psql -c "COPY … TO STDOUT (FORMAT csv)" | curl --data-binary @- "…INSERT … FORMAT CSV"`
-//!   (our two columns left to their defaults);
-//! - cdc's loader: `CopySource` (COPY text) → `tsv::convert` → one streamed INSERT
-//!   (`ClickHouseLoader`), in this process.
+//! (a) Snapshot of pgbench_accounts (`BENCH_SCALE` × 100,000 rows, default 50 = 5M) into a
+//!     fresh ClickHouse database (ClickHouse 26.9 from `local_clickhouse`):
+//!     - the pipe: `psql -c "COPY … TO STDOUT (FORMAT csv)" | curl --data-binary @-
+//!       "…INSERT INTO … FORMAT CSV"` into the same versioned table cdc creates;
+//!     - `cdc snapshot` (the whole tool: slot, tables, parallel ranges, state);
+//!     - `pgwarehouse sync pgbench_accounts` with its ClickHouse backend (PyPI `pgwarehouse`
+//!       0.1.5) when installed. It talks to ClickHouse through `clickhouse_driver` on port 9000
+//!       (the server listens there for this run) and pipes its CSV files through
+//!       `clickhouse-client`, which this machine lacks: a shim on its PATH sends the same
+//!       statement and file with curl over HTTP.
+//! (b) Backlog drain: `BENCH_TXNS` pgbench TPC-B transactions (3 keyed row changes each to
+//!     the replicated tables) written while `cdc run` is stopped; then `cdc run` drains them.
+//!     Done when the slot has confirmed the source's WAL position taken after the load.
 //!
-//! Prints each run, medians, the ratio, and this process's peak RSS after the loader runs.
-//! (The destination is not wired into `cdc snapshot` yet, so parallel ranges are not measured.)
+//! Prints each repetition, medians, ratios and cdc's peak RSS. `BENCH_REPS` (default 3),
+//! `BENCH_TXNS` (default 100,000; 0 skips (b)), `BENCH_LOG` (cdc's log filter).
 
 #[path = "common.rs"]
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cdc::config::TableName;
-use cdc::destination::clickhouse::ddl::{create_table, quote, Names};
-use cdc::destination::clickhouse::http::Client;
-use cdc::destination::clickhouse::load::ClickHouseLoader;
-use cdc::destination::clickhouse::url::ClickHouseUrl;
-use cdc::destination::{Loader, SnapshotTable};
 use cdc::local_clickhouse::LocalClickHouse;
-use common::{env_or, median, peak_rss_kib, pgbench, psql_command, start_servers};
+use cdc::local_pg::{client_binary, LocalPostgres, SUPERUSER};
+use common::{cdc_binary, env_or, median, pgbench, psql, psql_command, rss_kib, timed, which};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
-    let reps = env_or("BENCH_REPS", 3);
-    let (source, _unused) = start_servers(&["shared_buffers = '512MB'"], (false, false));
+    let reps = env_or("BENCH_REPS", 3) as usize;
+    let txns = env_or("BENCH_TXNS", 100_000);
+    let (source, _unused) = common::start_servers(
+        &["shared_buffers = '512MB'", "max_wal_size = '8GB'"],
+        (true, false),
+    );
     eprintln!(
         "generating pgbench scale {scale} ({} rows)...",
         scale * 100_000
@@ -41,113 +45,293 @@ fn main() {
         "postgres",
         &["-i", "-q", "-I", "dtgvp", "-s", &scale.to_string()],
     );
-    let ch = LocalClickHouse::start().expect("local ClickHouse");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let name = TableName::parse("public.pgbench_accounts").unwrap();
-    let schema = rt.block_on(async {
-        let c = cdc::pg::connect(&source.conninfo("postgres"))
-            .await
+    let nine_thousand_free = std::net::TcpListener::bind(("127.0.0.1", 9000)).is_ok();
+    let ch = LocalClickHouse::start_with_tcp_port(nine_thousand_free.then_some(9000))
+        .expect("local ClickHouse");
+    let dir = std::env::temp_dir().join(format!("cdc-bench-clickhouse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("cdc.toml");
+    let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let http = |sql: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--data-binary", sql])
+            .arg(format!("http://127.0.0.1:{}/", ch.port()))
+            .output()
             .unwrap();
-        cdc::snapshot::catalog::prepare_session(&c).await.unwrap();
-        cdc::snapshot::catalog::read_table(&c, &name)
-            .await
-            .unwrap()
-            .unwrap()
-    });
-    let admin = Client::new(ClickHouseUrl::parse(&ch.url("default")).unwrap()).unwrap();
-    let (mut pipe, mut ours) = (Vec::new(), Vec::new());
-    for rep in 0..reps {
-        for (kind, times) in [("pipe", &mut pipe), ("cdc", &mut ours)] {
-            let db = format!("{kind}_{rep}");
-            let names = Names::of(&db, &name);
-            rt.block_on(async {
-                for stmt in create_table(&names, &schema, None) {
-                    admin.query(&stmt).await.unwrap();
-                }
-            });
-            let started = Instant::now();
-            let rows = if kind == "pipe" {
-                let mut psql = psql_command(
-                    &source,
-                    "postgres",
-                    "COPY (SELECT aid, bid, abalance, filler FROM public.pgbench_accounts) TO STDOUT (FORMAT csv)",
-                )
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-                let query = format!(
-                    "INSERT INTO {}.{} (aid, bid, abalance, filler) FORMAT CSV",
-                    quote(&db),
-                    quote(&names.storage)
-                );
-                let encoded: String = query
-                    .bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
-                let status = Command::new("curl")
-                    .args(["-sS", "--fail", "--data-binary", "@-"])
-                    .arg(format!("http://127.0.0.1:{}/?query={encoded}", ch.port()))
-                    .stdin(psql.stdout.take().unwrap())
-                    .status()
-                    .unwrap();
-                assert!(status.success() && psql.wait().unwrap().success());
-                scale * 100_000
-            } else {
-                rt.block_on(async {
-                    let client =
-                        Client::new(ClickHouseUrl::parse(&ch.url(&db)).unwrap()).unwrap();
-                    let mut loader = ClickHouseLoader::new(client, None);
-                    let mut src = cdc::source::copy_out::CopySource::connect(&source.conninfo("postgres"))
-                        .await
-                        .unwrap();
-                    let target = SnapshotTable {
-                        schema: &schema,
-                        destination: &name,
-                    };
-                    loader
-                        .load(
-                            &mut src,
-                            "COPY (SELECT aid, bid, abalance, filler FROM public.pgbench_accounts) TO STDOUT",
-                            &target,
-                            &AtomicU64::new(0),
-                        )
-                        .await
-                        .unwrap()
-                })
-            };
-            let t = started.elapsed().as_secs_f64();
-            let count = rt.block_on(async {
-                let out = admin
-                    .query(&format!(
-                        "SELECT count() FROM {}.{} FORMAT TSV",
-                        quote(&db),
-                        quote(&names.storage)
-                    ))
-                    .await
-                    .unwrap();
-                String::from_utf8_lossy(&out).trim().to_owned()
-            });
-            assert_eq!(count, rows.to_string(), "{kind}: every row arrived");
-            println!("rep {rep}: {kind} {t:.2} s ({:.0} rows/s)", rows as f64 / t);
-            times.push(t);
-            rt.block_on(async {
-                admin
-                    .query(&format!("DROP DATABASE {}", quote(&db)))
-                    .await
-                    .unwrap();
-            });
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(out.status.success(), "{sql}: {text}");
+        text
+    };
+    let write_config = |db: &str, tables: &[&str]| {
+        let tables: String = tables
+            .iter()
+            .map(|t| format!("[[tables]]\nsource = \"public.{t}\"\n"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = {:?}\n\
+                 [status]\nlisten = \"127.0.0.1:0\"\n{tables}",
+                source.url("postgres"),
+                ch.url(db),
+            ),
+        )
+        .unwrap();
+    };
+    let cdc = |args: &[&str]| {
+        let mut cmd = Command::new(cdc_binary());
+        cmd.args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+            .args(args)
+            .env("CDC_LOG", &log);
+        cmd
+    };
+    let fresh = |db: &str| {
+        http(&format!("DROP DATABASE IF EXISTS `{db}`"));
+        http(&format!("CREATE DATABASE `{db}`"));
+        psql(&source, "postgres", "SELECT pg_drop_replication_slot('bench') FROM pg_replication_slots WHERE slot_name = 'bench'");
+    };
+    let count = |db: &str, table: &str| http(&format!("SELECT count() FROM `{db}`.`{table}`"));
+
+    // The seed tool, when installed: its config and the clickhouse-client shim.
+    let pgwarehouse = which("pgwarehouse").filter(|_| nine_thousand_free);
+    if pgwarehouse.is_some() {
+        ch.listen_tcp().expect("native protocol for pgwarehouse");
+        let shim = dir.join("bin/clickhouse-client");
+        std::fs::create_dir_all(shim.parent().unwrap()).unwrap();
+        std::fs::write(
+            &shim,
+            format!(
+                "#!/usr/bin/env python3\n\
+                 # clickhouse-client's -d/--query with the data on stdin, over HTTP (for pgwarehouse).\n\
+                 # Over HTTP the data follows the statement: SETTINGS after FORMAT go to the URL.\n\
+                 import re, subprocess, sys, urllib.parse\n\
+                 a = sys.argv[1:]; db = a[a.index('-d') + 1]; q = a[a.index('--query') + 1].strip().rstrip(';')\n\
+                 params = {{'database': db}}\n\
+                 m = re.search(r'(FORMAT\\s+\\w+)\\s+SETTINGS\\s+(.*)$', q, re.S)\n\
+                 if m:\n\
+                 \x20   q = q[:m.start()] + m.group(1)\n\
+                 \x20   for kv in m.group(2).split(','):\n\
+                 \x20       k, v = kv.split('=', 1); params[k.strip()] = v.strip().strip(\"'\")\n\
+                 params['query'] = q\n\
+                 url = 'http://127.0.0.1:{}/?' + urllib.parse.urlencode(params)\n\
+                 data = [] if sys.stdin.isatty() else ['--data-binary', '@-']\n\
+                 sys.exit(subprocess.run(['curl', '-sS', '--fail-with-body', '-X', 'POST'] + data + [url]).returncode)\n",
+                ch.port()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let pgw_config = dir.join("pgwarehouse.yml");
+
+    // (a) Snapshot.
+    let (mut pipe, mut ours, mut pgw, mut peaks) = (vec![], vec![], vec![], vec![]);
+    for rep in 1..=reps {
+        // The pipe, into the table cdc creates (our two columns take their defaults).
+        let db = format!("pipe_{rep}");
+        fresh(&db);
+        http(&format!(
+            "CREATE TABLE `{db}`.`pgbench_accounts__cdc_versions` (aid Int32, bid Nullable(Int32), abalance \
+             Nullable(Int32), filler Nullable(String), _cdc_version UInt128, _cdc_deleted UInt8) ENGINE = \
+             ReplacingMergeTree(_cdc_version, _cdc_deleted) ORDER BY (aid)"
+        ));
+        let started = Instant::now();
+        let mut copy = psql_command(
+            &source,
+            "postgres",
+            "COPY pgbench_accounts TO STDOUT (FORMAT csv)",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let insert = format!("INSERT INTO `{db}`.`pgbench_accounts__cdc_versions` (aid, bid, abalance, filler) FORMAT CSV");
+        let status = Command::new("curl")
+            .args(["-sS", "--fail", "--data-binary", "@-"])
+            .arg(format!(
+                "http://127.0.0.1:{}/?query={}",
+                ch.port(),
+                encode(&insert)
+            ))
+            .stdin(copy.stdout.take().unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success() && copy.wait().unwrap().success());
+        let t = started.elapsed().as_secs_f64();
+        assert_eq!(
+            count(&db, "pgbench_accounts__cdc_versions"),
+            (scale * 100_000).to_string()
+        );
+        eprintln!("rep {rep}: pipe {t:.2}s");
+        pipe.push(t);
+
+        let db = format!("cdc_{rep}");
+        fresh(&db);
+        write_config(&db, &["pgbench_accounts"]);
+        let (t, peak) = timed(cdc(&["snapshot", "--force"]));
+        assert_eq!(
+            count(&db, "pgbench_accounts"),
+            (scale * 100_000).to_string()
+        );
+        eprintln!(
+            "rep {rep}: cdc snapshot {t:.2}s (peak RSS {:.1} MiB)",
+            peak as f64 / 1024.0
+        );
+        ours.push(t);
+        peaks.push(peak);
+
+        if let Some(bin) = &pgwarehouse {
+            let db = format!("pgw_{rep}");
+            fresh(&db);
+            std::fs::write(
+                &pgw_config,
+                format!(
+                    "postgres:\n  pghost: 127.0.0.1\n  pgport: {}\n  pgdatabase: postgres\n  pguser: {SUPERUSER}\n  \
+                     pgpassword: '{}'\n  pgsslmode: disable\nwarehouse:\n  backend: clickhouse\n  clickhouse_host: 127.0.0.1\n  \
+                     clickhouse_user: default\n  clickhouse_password: ''\n  clickhouse_database: {db}\n",
+                    source.port(),
+                    source.password(),
+                ),
+            )
+            .unwrap();
+            let _ = std::fs::remove_dir_all(dir.join("pgw-data"));
+            let path = format!(
+                "{}:{}",
+                dir.join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config")
+                .arg(&pgw_config)
+                .arg("--data")
+                .arg(dir.join("pgw-data"))
+                .args(["sync", "pgbench_accounts"])
+                .env("PATH", path)
+                .env("PGPASSWORD", source.password())
+                .env("PGPORT", source.port().to_string())
+                .env("PGSSLMODE", "disable")
+                .stderr(std::fs::File::create(dir.join("pgwarehouse.log")).unwrap());
+            eprintln!(
+                "(pgwarehouse's log: {})",
+                dir.join("pgwarehouse.log").display()
+            );
+            let (t, peak) = timed(cmd);
+            assert_eq!(
+                count(&db, "pgbench_accounts"),
+                (scale * 100_000).to_string(),
+                "pgwarehouse loaded every row"
+            );
+            eprintln!(
+                "rep {rep}: pgwarehouse sync {t:.2}s (peak RSS {:.1} MiB)",
+                peak as f64 / 1024.0
+            );
+            pgw.push(t);
         }
     }
-    let (p, o) = (median(pipe), median(ours));
+    let (p, c) = (median(pipe), median(ours));
     println!(
-        "pipe (psql csv | curl): median {p:.2} s; cdc loader: median {o:.2} s; cdc / pipe = {:.2}; peak RSS of this process {} MiB",
-        o / p,
-        peak_rss_kib(std::process::id()) / 1024
+        "snapshot of {} rows: pipe (psql csv | curl) median {p:.2}s; cdc snapshot median {c:.2}s; cdc / pipe = {:.2}; cdc peak RSS {:.1} MiB",
+        scale * 100_000,
+        c / p,
+        *peaks.iter().max().unwrap() as f64 / 1024.0
     );
+    if !pgw.is_empty() {
+        let t = median(pgw);
+        println!(
+            "pgwarehouse sync (ClickHouse backend): median {t:.2}s; cdc is {:.2}x faster",
+            t / c
+        );
+    }
+
+    // (b) Backlog drain.
+    if txns == 0 {
+        return;
+    }
+    let db = "drain";
+    fresh(db);
+    write_config(
+        db,
+        &["pgbench_accounts", "pgbench_tellers", "pgbench_branches"],
+    );
+    timed(cdc(&["snapshot", "--force"]));
+    eprintln!("writing a backlog of {txns} pgbench transactions...");
+    pgbench(
+        &source,
+        "postgres",
+        &["-n", "-c", "2", "-j", "2", "-t", &(txns / 2).to_string()],
+    );
+    let target = query(&source, "SELECT pg_current_wal_lsn()");
+    let mut child = cdc(&["run"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start cdc run");
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kib(&child));
+        let done = query(
+            &source,
+            &format!("SELECT coalesce(confirmed_flush_lsn >= '{target}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
+        ) == "t";
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "drain did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    let changes = txns * 3;
+    println!(
+        "backlog drain: {txns} transactions ({changes} row changes) in {secs:.2}s: {:.0} changes/s, peak RSS {:.1} MiB",
+        changes as f64 / secs,
+        peak as f64 / 1024.0
+    );
+    let sums = |sql: &str| -> String { http(sql) };
+    assert_eq!(
+        sums(&format!(
+            "SELECT sum(abalance) FROM `{db}`.pgbench_accounts"
+        )),
+        query(&source, "SELECT sum(abalance) FROM pgbench_accounts"),
+        "the drained view equals the source"
+    );
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn query(server: &LocalPostgres, sql: &str) -> String {
+    let out = Command::new(client_binary("psql").unwrap())
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", server.password())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -62,6 +62,13 @@ fn free_port() -> io::Result<u16> {
 impl LocalClickHouse {
     /// Start a server on free ports and wait until it answers.
     pub fn start() -> io::Result<LocalClickHouse> {
+        Self::start_with_tcp_port(None)
+    }
+
+    /// The same, with the native protocol on `tcp_port` when given (tools that cannot be
+    /// told a port, as the benchmarks' pgwarehouse, need 9000); it listens after
+    /// [`LocalClickHouse::listen_tcp`].
+    pub fn start_with_tcp_port(tcp_port: Option<u16>) -> io::Result<LocalClickHouse> {
         let site = ensure_installed()?;
         let base = std::env::temp_dir().join(format!(
             "cdc-clickhouse-{}-{}",
@@ -69,7 +76,11 @@ impl LocalClickHouse {
             free_port()?
         ));
         std::fs::create_dir_all(&base)?;
-        let (http_port, tcp_port) = (free_port()?, free_port()?);
+        let http_port = free_port()?;
+        let tcp_port = match tcp_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         std::fs::write(
             base.join("config.xml"),
             format!(
@@ -152,6 +163,25 @@ impl LocalClickHouse {
     /// HTTP port (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.http_port
+    }
+
+    /// Start the native-protocol listener too (only HTTP listens at first).
+    pub fn listen_tcp(&self) -> io::Result<()> {
+        use std::io::{Read, Write};
+        let sql = "SYSTEM START LISTEN TCP";
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
+        write!(
+            s,
+            "POST / HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(io::Error::other(answer))
+        }
     }
 
     /// A destination URL for `database` as the default (password-less) user.
