@@ -16,7 +16,8 @@
 //!     Done when the slot has confirmed the source's WAL position taken after the load.
 //!
 //! Prints each repetition, medians, ratios and cdc's peak RSS. `BENCH_REPS` (default 3),
-//! `BENCH_TXNS` (default 100,000; 0 skips (b)), `BENCH_LOG` (cdc's log filter).
+//! `BENCH_TXNS` (default 100,000; 0 skips (b)), `BENCH_LOG` (cdc's log filter), `BENCH_JOBS`
+//! (`snapshot.jobs`; unset: one per core).
 
 #[path = "common.rs"]
 mod common;
@@ -52,6 +53,9 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("cdc.toml");
     let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let jobs = std::env::var("BENCH_JOBS")
+        .map(|n| format!("[snapshot]\njobs = {n}\n"))
+        .unwrap_or_default();
     let http = |sql: &str| -> String {
         let out = Command::new("curl")
             .args(["-sS", "--fail-with-body", "--data-binary", sql])
@@ -71,7 +75,7 @@ fn main() {
             &config,
             format!(
                 "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = {:?}\n\
-                 [status]\nlisten = \"127.0.0.1:0\"\n{tables}",
+                 [status]\nlisten = \"127.0.0.1:0\"\n{jobs}{tables}",
                 source.url("postgres"),
                 ch.url(db),
             ),

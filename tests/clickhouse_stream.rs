@@ -151,8 +151,9 @@ async fn every_change_kind_and_type_arrives_in_clickhouse() {
              ALTER TABLE k ALTER COLUMN doc SET STORAGE EXTERNAL;
              INSERT INTO k SELECT g, 'v' || g, NULL FROM generate_series(1, 5) g;
              UPDATE k SET doc = '{big}' WHERE id = 4;
-             CREATE SCHEMA sales; CREATE TABLE sales.orders (id int, region text, total numeric(10,2), PRIMARY KEY (region, id));
-             INSERT INTO sales.orders VALUES (1, 'eu', 10.50), (1, 'us', 3);",
+             CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE SCHEMA sales; CREATE TABLE sales.orders (id int, region text, total numeric(10,2), m mood, PRIMARY KEY (region, id));
+             INSERT INTO sales.orders VALUES (1, 'eu', 10.50, 'ok'), (1, 'us', 3, NULL);",
             types_insert(1)
         ),
         "[[tables]]\nsource = \"public.t\"\n[[tables]]\nsource = \"public.k\"\n[[tables]]\nsource = \"sales.orders\"\n",
@@ -221,10 +222,33 @@ async fn every_change_kind_and_type_arrives_in_clickhouse() {
     // Another schema: `schema_table`, composite key.
     wait_ch(
         &c,
-        "SELECT region, id, total FROM sales_orders ORDER BY region",
-        vec![row(&["eu", "1", "10.50"]), row(&["us", "1", "3.00"])],
+        "SELECT region, id, total, m FROM sales_orders ORDER BY region",
+        vec![
+            row(&["eu", "1", "10.50", "ok"]),
+            row(&["us", "1", "3.00", "NULL"]),
+        ],
     )
     .await;
+    // Enums are LowCardinality strings, and stay so while changes stream.
+    p.src_sql
+        .batch_execute("INSERT INTO sales.orders VALUES (2, 'eu', 1, 'happy')")
+        .await
+        .unwrap();
+    wait_ch(
+        &c,
+        "SELECT m FROM sales_orders WHERE id = 2",
+        vec![row(&["happy"])],
+    )
+    .await;
+    assert_eq!(
+        ch_rows(
+            &c,
+            &format!("SELECT type FROM system.columns WHERE database = '{db}' AND table = 'sales_orders__cdc_versions' AND name = 'm'")
+        )
+        .await
+        .unwrap(),
+        vec![row(&["LowCardinality(Nullable(String))"])]
+    );
 
     // Each change kind in one transaction, a key change, insert-update-delete of one key,
     // delete then re-insert of a key in one batch; a TOAST-unchanged update keeps the value.
@@ -339,6 +363,14 @@ async fn every_change_kind_and_type_arrives_in_clickhouse() {
         String::from_utf8_lossy(&tables.stderr)
     );
     child.kill();
+    let teardown = cdc(&p, &["teardown", "--yes"]).output().unwrap();
+    assert_eq!(
+        teardown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&teardown.stderr)
+    );
+    assert_eq!(p.slot_count().await, 0, "teardown dropped the slot");
 }
 
 #[tokio::test]

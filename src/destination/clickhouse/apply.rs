@@ -335,10 +335,17 @@ fn column_of(name: &str, source: &SourceType) -> ColumnDef {
     }
 }
 
+/// A column type without `Nullable(…)` and `LowCardinality(…)`: whether a column still fits
+/// its source does not depend on them.
 fn strip_nullable(t: &str) -> &str {
-    t.strip_prefix("Nullable(")
-        .and_then(|t| t.strip_suffix(')'))
-        .unwrap_or(t)
+    let mut t = t;
+    for wrapper in ["LowCardinality(", "Nullable("] {
+        t = t
+            .strip_prefix(wrapper)
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or(t);
+    }
+    t
 }
 
 fn in_table(e: Error, map: &TableMap) -> Error {
@@ -374,6 +381,21 @@ fn push_datum(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrappers_do_not_make_a_column_differ_from_its_source() {
+        assert_eq!(strip_nullable("LowCardinality(Nullable(String))"), "String");
+        assert_eq!(strip_nullable("Nullable(Decimal(12, 2))"), "Decimal(12, 2)");
+        assert_eq!(
+            strip_nullable("DateTime64(6, 'UTC')"),
+            "DateTime64(6, 'UTC')"
+        );
+    }
 }
 
 #[async_trait]

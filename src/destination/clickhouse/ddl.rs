@@ -75,12 +75,32 @@ fn on_cluster(cluster: Option<&str>) -> String {
 /// The statements that create `table`'s storage (and distributed) table and its view.
 /// A table without a primary key is refused by the caller (rows need a key to be replaced).
 pub fn create_table(names: &Names, table: &TableSchema, cluster: Option<&str>) -> Vec<String> {
+    create_table_with_enums(names, table, cluster, &[])
+}
+
+/// [`create_table`], with the source's enum types (`enums`: their qualified names) stored as
+/// `LowCardinality(String)`: the label text, few distinct values.
+pub fn create_table_with_enums(
+    names: &Names,
+    table: &TableSchema,
+    cluster: Option<&str>,
+    enums: &[String],
+) -> Vec<String> {
     let key: Vec<String> = table.primary_key.iter().map(|k| quote(k)).collect();
     let mut cols: Vec<String> = table
         .copied_columns()
         .map(|c| {
             let in_key = table.primary_key.contains(&c.name);
-            format!("{} {}", quote(&c.name), clickhouse_type(c, in_key))
+            let t = clickhouse_type(c, in_key);
+            let t = if c.dims == 0 && enums.contains(&c.type_sql) {
+                t.replace("String", "LowCardinality(String)").replace(
+                    "Nullable(LowCardinality(String))",
+                    "LowCardinality(Nullable(String))",
+                )
+            } else {
+                t
+            };
+            format!("{} {t}", quote(&c.name))
         })
         .collect();
     cols.push(format!("{} UInt128", quote(VERSION)));
@@ -192,6 +212,19 @@ mod tests {
                 "CREATE OR REPLACE VIEW `analytics`.`orders` AS SELECT `id`, `note\\`s`, `total` \
                  FROM `analytics`.`orders__cdc_versions` FINAL WHERE `_cdc_deleted` = 0",
             ]
+        );
+    }
+
+    #[test]
+    fn enums_are_low_cardinality_strings() {
+        let n = Names::of("analytics", &TableName::parse("public.orders").unwrap());
+        let mut t = orders();
+        t.columns[1].type_sql = "public.mood".into();
+        let sql = create_table_with_enums(&n, &t, None, &["public.mood".into()]);
+        assert!(
+            sql[1].contains("`note\\`s` LowCardinality(Nullable(String))"),
+            "{}",
+            sql[1]
         );
     }
 

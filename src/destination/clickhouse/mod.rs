@@ -291,15 +291,24 @@ impl Destination for ClickHouseDestination {
     async fn create_tables(
         &self,
         tables: &[SnapshotTable<'_>],
-        _types: &[UserType],
+        types: &[UserType],
         replace: bool,
     ) -> Result<()> {
+        let enums: Vec<String> = types
+            .iter()
+            .filter_map(|t| match t {
+                UserType::Enum { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         for t in tables {
             let names = self.names(t.destination);
             if replace {
                 self.drop_names(&names).await?;
             }
-            for sql in ddl::create_table(&names, t.schema, self.cluster.as_deref()) {
+            for sql in
+                ddl::create_table_with_enums(&names, t.schema, self.cluster.as_deref(), &enums)
+            {
                 self.client.query(&sql).await?;
             }
         }
