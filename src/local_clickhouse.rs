@@ -21,6 +21,32 @@ pub const CHDB_VERSION: &str = "26.9.0";
 /// How long a server may run at most (its keep-alive query's length).
 const LIFETIME_S: u64 = 6 * 3600;
 
+/// A user with a password besides `default` (which has none), from the server's users file.
+pub const PASSWORD_USER: &str = "cdc_user";
+pub const PASSWORD: &str = "ch secret'\"pw";
+
+/// The users file: `default` without a password (and allowed to manage access), and
+/// [`PASSWORD_USER`] with [`PASSWORD`].
+fn users_xml() -> String {
+    let user = |name: &str, password: &str, admin: bool| {
+        format!(
+            "<{name}><password>{}</password><networks><ip>::/0</ip></networks><profile>default</profile>\
+             <quota>default</quota><access_management>{}</access_management></{name}>",
+            password
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('\'', "&apos;")
+                .replace('"', "&quot;"),
+            u8::from(admin)
+        )
+    };
+    format!(
+        "<clickhouse><profiles><default/></profiles><quotas><default/></quotas><users>{}{}</users></clickhouse>\n",
+        user("default", "", true),
+        user(PASSWORD_USER, PASSWORD, false)
+    )
+}
+
 /// A running local ClickHouse, stopped and deleted on drop.
 pub struct LocalClickHouse {
     base: PathBuf,
@@ -85,7 +111,7 @@ impl LocalClickHouse {
             base.join("config.xml"),
             format!(
                 "<clickhouse>\n  <listen_host>127.0.0.1</listen_host>\n  <http_port>{http_port}</http_port>\n  \
-                 <tcp_port>{tcp_port}</tcp_port>\n</clickhouse>\n"
+                 <tcp_port>{tcp_port}</tcp_port>\n  <users_config>users.xml</users_config>\n</clickhouse>\n"
             ),
         )?;
         let script = format!(
@@ -95,6 +121,7 @@ impl LocalClickHouse {
             site = site.display().to_string(),
             data = base.join("data").display().to_string(),
         );
+        std::fs::write(base.join("users.xml"), users_xml())?;
         let log = std::fs::File::create(base.join("server.log"))?;
         let server = Command::new("python3")
             .arg("-c")
@@ -182,6 +209,14 @@ impl LocalClickHouse {
         } else {
             Err(io::Error::other(answer))
         }
+    }
+
+    /// A destination URL for `database` as [`PASSWORD_USER`] (the password is not in it).
+    pub fn url_for_password_user(&self, database: &str) -> String {
+        format!(
+            "clickhouse://{PASSWORD_USER}@127.0.0.1:{}/{database}",
+            self.http_port
+        )
     }
 
     /// A destination URL for `database` as the default (password-less) user.

@@ -368,3 +368,93 @@ async fn the_snapshot_loader_streams_a_copy_as_one_insert_and_abandons_a_bad_one
     assert!(e.contains("column day") && e.contains("1850-06-01"), "{e}");
     assert_eq!(text(&c, "SELECT count() FROM bad FORMAT TSV").await, "0\n");
 }
+
+/// A TLS endpoint in front of the local ClickHouse (its embedded server listens on HTTP only),
+/// with a certificate for "localhost" from a CA of its own; returns the port and the CA file.
+async fn tls_front(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    use std::sync::Arc;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &*ca)
+        .unwrap();
+    let ca_file = dir.join("ch-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = server().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, ca_file)
+}
+
+#[tokio::test]
+async fn clickhouses_urls_speak_tls_and_verify_the_server() {
+    let dir = std::env::temp_dir().join(unique("ch_tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, ca) = tls_front(&dir).await;
+    for url in [
+        format!(
+            "clickhouses://default@localhost:{port}/default?sslrootcert={}",
+            ca.display()
+        ),
+        format!(
+            "clickhouse://default@localhost:{port}/default?secure=true&sslrootcert={}",
+            ca.display()
+        ),
+    ] {
+        let c = Client::new(ClickHouseUrl::parse(&url).unwrap()).unwrap();
+        assert_eq!(text(&c, "SELECT 'over tls' FORMAT TSV").await, "over tls\n");
+    }
+    // Another CA (the system's roots): the certificate is refused, nothing is sent.
+    let c = Client::new(
+        ClickHouseUrl::parse(&format!("clickhouses://default@localhost:{port}/default")).unwrap(),
+    )
+    .unwrap();
+    let e = c.query("SELECT 1").await.unwrap_err();
+    let mut chain = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        chain.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(
+        chain.contains("TLS") && chain.contains("certificate"),
+        "{chain}"
+    );
+    // Plain HTTP to the TLS port fails too, clearly.
+    let c = Client::new(
+        ClickHouseUrl::parse(&format!("clickhouse://default@localhost:{port}/default")).unwrap(),
+    )
+    .unwrap();
+    assert!(c.query("SELECT 1").await.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -605,3 +605,45 @@ async fn pgbench_during_snapshot_and_streaming_into_clickhouse_leaves_equal_view
     );
     run.kill();
 }
+
+#[tokio::test]
+async fn a_password_from_the_environment_logs_in_and_never_prints() {
+    use cdc::local_clickhouse::{PASSWORD, PASSWORD_USER};
+    let (mut p, c, db) = ch_pipeline(
+        "ch_pw",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');",
+        "[[tables]]\nsource = \"public.t\"\n",
+    )
+    .await;
+    set_destination(&mut p, &server().url_for_password_user(&db));
+    // A wrong password: a clear error naming the user; neither password is printed.
+    let out = cdc(&p, &["snapshot"])
+        .env("CDC_DESTINATION_PASSWORD", "wrong-pw")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains(PASSWORD_USER) && err.contains("Authentication failed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-pw") && !err.contains(PASSWORD),
+        "{err}"
+    );
+    assert_eq!(p.slot_count().await, 0, "no slot left behind");
+    // The right one, from the environment.
+    let out = cdc(&p, &["snapshot"])
+        .env("CDC_DESTINATION_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(PASSWORD), "{all}");
+    wait_ch(&c, "SELECT id, v FROM t", vec![row(&["1", "a"])]).await;
+    cdc(&p, &["teardown", "--yes"]).output().unwrap();
+}

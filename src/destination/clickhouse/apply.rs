@@ -383,21 +383,6 @@ fn push_datum(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrappers_do_not_make_a_column_differ_from_its_source() {
-        assert_eq!(strip_nullable("LowCardinality(Nullable(String))"), "String");
-        assert_eq!(strip_nullable("Nullable(Decimal(12, 2))"), "Decimal(12, 2)");
-        assert_eq!(
-            strip_nullable("DateTime64(6, 'UTC')"),
-            "DateTime64(6, 'UTC')"
-        );
-    }
-}
-
 #[async_trait]
 impl Session for ClickSession {
     async fn columns(&mut self, table: &TableName) -> Result<Vec<DestColumn>> {
@@ -579,5 +564,20 @@ impl Session for ClickSession {
         self.state
             .write_position(slot, lsn, self.last_commit_us)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrappers_do_not_make_a_column_differ_from_its_source() {
+        assert_eq!(strip_nullable("LowCardinality(Nullable(String))"), "String");
+        assert_eq!(strip_nullable("Nullable(Decimal(12, 2))"), "Decimal(12, 2)");
+        assert_eq!(
+            strip_nullable("DateTime64(6, 'UTC')"),
+            "DateTime64(6, 'UTC')"
+        );
     }
 }
