@@ -647,3 +647,51 @@ async fn a_password_from_the_environment_logs_in_and_never_prints() {
     wait_ch(&c, "SELECT id, v FROM t", vec![row(&["1", "a"])]).await;
     cdc(&p, &["teardown", "--yes"]).output().unwrap();
 }
+
+#[tokio::test]
+async fn a_table_added_to_the_configuration_joins_a_running_clickhouse_pipeline() {
+    let (mut p, c, db) = ch_pipeline(
+        "ch_join",
+        "SELECT 1",
+        "[[tables]]\nsource = \"public.pgbench_accounts\"\n",
+    )
+    .await;
+    assert!(p
+        .pgbench(&["-i", "-q", "-s", "1"])
+        .status()
+        .unwrap()
+        .success());
+    let mut run = RunProcess::start(&p);
+    let mut load = p.pgbench(&["-n", "-c", "2", "-T", "5"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    run.kill();
+    p.config_text = p.config_text.replace(
+        "[[tables]]\nsource = \"public.pgbench_accounts\"\n",
+        "[[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_tellers\"\n",
+    );
+    let mut run = RunProcess::start(&p);
+    assert!(load.wait().unwrap().success());
+    for (table, id, balance) in [
+        ("pgbench_accounts", "aid", "abalance"),
+        ("pgbench_tellers", "tid", "tbalance"),
+    ] {
+        wait_same(
+            &p,
+            &c,
+            &format!("SELECT count(*)::text, sum({id}::bigint * 7 + {balance})::text FROM {table}"),
+            &format!("SELECT toString(count()), toString(sum(toInt64({id}) * 7 + {balance})) FROM {table}"),
+        )
+        .await;
+    }
+    assert_eq!(
+        ch_rows(
+            &c,
+            &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name LIKE '%staging%'")
+        )
+        .await
+        .unwrap(),
+        vec![row(&["0"])],
+        "the staging table was swapped in"
+    );
+    run.kill();
+}
