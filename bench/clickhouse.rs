@@ -23,11 +23,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cdc::local_clickhouse::LocalClickHouse;
-use cdc::local_pg::{client_binary, LocalPostgres, SUPERUSER};
-use common::{cdc_binary, env_or, median, pgbench, psql, psql_command, rss_kib, timed, which};
+use cdc::local_pg::SUPERUSER;
+use common::{cdc_binary, drain, env_or, median, pgbench, psql, psql_command, query, timed, which};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
@@ -265,36 +265,7 @@ fn main() {
         &["-n", "-c", "2", "-j", "2", "-t", &(txns / 2).to_string()],
     );
     let target = query(&source, "SELECT pg_current_wal_lsn()");
-    let mut child = cdc(&["run"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start cdc run");
-    let started = Instant::now();
-    let mut peak = 0;
-    loop {
-        peak = peak.max(rss_kib(&child));
-        let done = query(
-            &source,
-            &format!("SELECT coalesce(confirmed_flush_lsn >= '{target}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
-        ) == "t";
-        if done {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "drain did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let _ = child.wait();
-    let changes = txns * 3;
-    println!(
-        "backlog drain: {txns} transactions ({changes} row changes) in {secs:.2}s: {:.0} changes/s, peak RSS {:.1} MiB",
-        changes as f64 / secs,
-        peak as f64 / 1024.0
-    );
+    drain(&source, cdc(&["run"]), &target, txns * 3);
     let sums = |sql: &str| -> String { http(sql) };
     assert_eq!(
         sums(&format!(
@@ -315,27 +286,4 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn query(server: &LocalPostgres, sql: &str) -> String {
-    let out = Command::new(client_binary("psql").unwrap())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port().to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", server.password())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

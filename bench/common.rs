@@ -187,3 +187,61 @@ pub fn sling_binary() -> Option<std::path::PathBuf> {
     let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     path.is_file().then_some(path)
 }
+
+/// One value (or rows, `|`-separated) of `sql` on the server's `postgres` database, as psql
+/// prints it unaligned.
+pub fn query(server: &LocalPostgres, sql: &str) -> String {
+    let out = Command::new(client_binary("psql").unwrap())
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", server.password())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Start `run` (a `cdc run` command) and time it until the slot `bench` has confirmed `target`
+/// (the source's WAL position after a backlog was written); prints the drain rate of
+/// `changes` row changes. Returns (seconds, peak RSS in KiB).
+pub fn drain(source: &LocalPostgres, mut run: Command, target: &str, changes: u64) -> (f64, u64) {
+    let mut child = run.stdout(Stdio::null()).spawn().expect("start cdc run");
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kib(&child));
+        let done = query(
+            source,
+            &format!("SELECT coalesce(confirmed_flush_lsn >= '{target}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
+        ) == "t";
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "drain did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "backlog drain: {changes} row changes in {secs:.2}s: {:.0} changes/s, peak RSS {:.1} MiB",
+        changes as f64 / secs,
+        peak as f64 / 1024.0
+    );
+    (secs, peak)
+}

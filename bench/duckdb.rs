@@ -19,11 +19,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use cdc::local_pg::{client_binary, find_bindir, SUPERUSER};
+use cdc::local_pg::{find_bindir, SUPERUSER};
 use common::{
-    cdc_binary, env_or, median, pgbench, psql, rss_kib, sling_binary, start_servers, timed, which,
+    cdc_binary, drain, env_or, median, pgbench, psql, query, sling_binary, start_servers, timed,
+    which,
 };
 
 fn main() {
@@ -221,64 +221,9 @@ fn main() {
         &["-n", "-c", "2", "-j", "2", "-t", &(txns / 2).to_string()],
     );
     let target = source_lsn(&source);
-    let mut child = cdc(&["run"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start cdc run");
-    let started = Instant::now();
-    let mut peak = 0;
-    loop {
-        peak = peak.max(rss_kib(&child));
-        if confirmed_at_least(&source, &target) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "drain did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let _ = child.wait();
-    let changes = txns * 3;
-    println!(
-        "backlog drain: {txns} transactions ({changes} row changes) in {secs:.2}s: {:.0} changes/s, peak RSS {:.1} MiB",
-        changes as f64 / secs,
-        peak as f64 / 1024.0
-    );
-}
-
-fn query(server: &cdc::local_pg::LocalPostgres, sql: &str) -> String {
-    let out = Command::new(client_binary("psql").unwrap())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port().to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", server.password())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    drain(&source, cdc(&["run"]), &target, txns * 3);
 }
 
 fn source_lsn(server: &cdc::local_pg::LocalPostgres) -> String {
     query(server, "SELECT pg_current_wal_lsn()")
-}
-
-fn confirmed_at_least(server: &cdc::local_pg::LocalPostgres, lsn: &str) -> bool {
-    query(
-        server,
-        &format!("SELECT coalesce(confirmed_flush_lsn >= '{lsn}'::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = 'bench'"),
-    ) == "t"
 }

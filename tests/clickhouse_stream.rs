@@ -89,6 +89,24 @@ async fn wait_same(p: &Pipeline, c: &Client, pg: &str, ch: &str) {
     wait_ch(c, ch, expected).await;
 }
 
+/// Wait until pgbench tables have the same rows and balances in the view as on the source.
+async fn wait_pgbench_equal(p: &Pipeline, c: &Client, tables: &[&str]) {
+    for table in tables {
+        let (id, balance) = match *table {
+            "pgbench_accounts" => ("aid", "abalance"),
+            "pgbench_branches" => ("bid", "bbalance"),
+            _ => ("tid", "tbalance"),
+        };
+        wait_same(
+            p,
+            c,
+            &format!("SELECT count(*)::text, sum({id}::bigint * 7 + {balance})::text FROM {table}"),
+            &format!("SELECT toString(count()), toString(sum(toInt64({id}) * 7 + {balance})) FROM {table}"),
+        )
+        .await;
+    }
+}
+
 fn row(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -567,19 +585,12 @@ async fn pgbench_during_snapshot_and_streaming_into_clickhouse_leaves_equal_view
         .await
         .unwrap();
     assert!(load.wait().unwrap().success(), "pgbench run failed");
-    for (table, id, balance) in [
-        ("pgbench_accounts", "aid", "abalance"),
-        ("pgbench_branches", "bid", "bbalance"),
-        ("pgbench_tellers", "tid", "tbalance"),
-    ] {
-        wait_same(
-            &p,
-            &c,
-            &format!("SELECT count(*)::text, sum({id}::bigint * 7 + {balance})::text FROM {table}"),
-            &format!("SELECT toString(count()), toString(sum(toInt64({id}) * 7 + {balance})) FROM {table}"),
-        )
-        .await;
-    }
+    wait_pgbench_equal(
+        &p,
+        &c,
+        &["pgbench_accounts", "pgbench_branches", "pgbench_tellers"],
+    )
+    .await;
     // Old versions are still in storage: the view shows one row per key.
     let stored = ch_rows(&c, "SELECT count() FROM pgbench_branches__cdc_versions")
         .await
@@ -671,18 +682,7 @@ async fn a_table_added_to_the_configuration_joins_a_running_clickhouse_pipeline(
     );
     let mut run = RunProcess::start(&p);
     assert!(load.wait().unwrap().success());
-    for (table, id, balance) in [
-        ("pgbench_accounts", "aid", "abalance"),
-        ("pgbench_tellers", "tid", "tbalance"),
-    ] {
-        wait_same(
-            &p,
-            &c,
-            &format!("SELECT count(*)::text, sum({id}::bigint * 7 + {balance})::text FROM {table}"),
-            &format!("SELECT toString(count()), toString(sum(toInt64({id}) * 7 + {balance})) FROM {table}"),
-        )
-        .await;
-    }
+    wait_pgbench_equal(&p, &c, &["pgbench_accounts", "pgbench_tellers"]).await;
     assert_eq!(
         ch_rows(
             &c,

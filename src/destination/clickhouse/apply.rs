@@ -30,7 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::ddl::{quote, Names, DELETED, VERSION};
+use super::ddl::{self, quote, Names, DELETED, VERSION};
 use super::http::Client;
 use super::state::{literal, State};
 use super::tsv::{self, field_of, Field};
@@ -86,9 +86,7 @@ impl ClickSession {
     }
 
     fn on_cluster(&self) -> String {
-        self.cluster
-            .as_deref()
-            .map_or(String::new(), |c| format!(" ON CLUSTER {}", quote(c)))
+        ddl::on_cluster(self.cluster.as_deref())
     }
 
     async fn write_table(

@@ -68,7 +68,8 @@ impl Names {
     }
 }
 
-fn on_cluster(cluster: Option<&str>) -> String {
+/// ` ON CLUSTER `name`` when there is a cluster, else nothing.
+pub fn on_cluster(cluster: Option<&str>) -> String {
     cluster.map_or(String::new(), |c| format!(" ON CLUSTER {}", quote(c)))
 }
 

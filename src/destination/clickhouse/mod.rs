@@ -101,9 +101,7 @@ impl ClickHouseDestination {
     }
 
     fn on_cluster(&self) -> String {
-        self.cluster
-            .as_deref()
-            .map_or(String::new(), |c| format!(" ON CLUSTER {}", quote(c)))
+        ddl::on_cluster(self.cluster.as_deref())
     }
 
     /// Refuse servers older than [`MIN_VERSION`] (and say which one answered).
