@@ -695,3 +695,52 @@ async fn a_table_added_to_the_configuration_joins_a_running_clickhouse_pipeline(
     );
     run.kill();
 }
+
+#[tokio::test]
+async fn a_column_whose_backfill_was_cut_short_is_filled_again_on_restart() {
+    let (p, c, _db) = ch_pipeline(
+        "ch_pending",
+        "CREATE TABLE k (id int PRIMARY KEY, v text, score int DEFAULT 7);
+         INSERT INTO k (id, v) SELECT g, 'v' || g FROM generate_series(1, 50) g;",
+        "[[tables]]\nsource = \"public.k\"\n",
+    )
+    .await;
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What a run killed inside an added column's backfill leaves: the column marked pending,
+    // and rows whose value never came (newer than the snapshot's, still without it).
+    c.query(
+        "INSERT INTO k__cdc_versions (id, v, score, _cdc_version, _cdc_deleted) \
+         SELECT id, v, NULL, 1, 0 FROM k WHERE id % 2 = 0",
+    )
+    .await
+    .unwrap();
+    c.query(&format!(
+        "ALTER TABLE k__cdc_versions COMMENT COLUMN score '{}'",
+        cdc::destination::clickhouse::apply::PENDING
+    ))
+    .await
+    .unwrap();
+    wait_ch(
+        &c,
+        "SELECT count() FROM k WHERE score IS NULL",
+        vec![row(&["25"])],
+    )
+    .await;
+    let _run = RunProcess::start(&p);
+    p.src_sql
+        .batch_execute("UPDATE k SET v = 'touched' WHERE id = 1")
+        .await
+        .unwrap();
+    wait_same(
+        &p,
+        &c,
+        "SELECT id::text, v, score::text FROM k ORDER BY k.id",
+        "SELECT toString(id), v, toString(score) FROM k ORDER BY id",
+    )
+    .await;
+}
