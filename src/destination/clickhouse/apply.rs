@@ -32,6 +32,7 @@ use bytes::Bytes;
 
 use super::ddl::{self, quote, Names, DELETED, VERSION};
 use super::http::Client;
+use super::load::INSERT_SETTINGS;
 use super::state::{literal, State};
 use super::tsv::{self, field_of, Field};
 use super::types::clickhouse_type;
@@ -153,7 +154,7 @@ impl ClickSession {
             self.client
                 .insert(
                     &format!(
-                        "INSERT INTO {storage} ({}, {}, {}) FORMAT TSV",
+                        "INSERT INTO {storage} ({}, {}, {}) SETTINGS {INSERT_SETTINGS} FORMAT TSV",
                         cols.join(", "),
                         quote(VERSION),
                         quote(DELETED)
@@ -169,7 +170,7 @@ impl ClickSession {
             self.client
                 .insert(
                     &format!(
-                        "INSERT INTO {storage} ({}, {}, {}) FORMAT TSV",
+                        "INSERT INTO {storage} ({}, {}, {}) SETTINGS {INSERT_SETTINGS} FORMAT TSV",
                         key.join(", "),
                         quote(VERSION),
                         quote(DELETED)

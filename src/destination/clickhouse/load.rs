@@ -17,6 +17,11 @@ use crate::source::copy_out::CopySource;
 /// Version and deleted flag of a snapshot row.
 const SNAPSHOT_COLUMNS: &[u8] = b"\t0\t0";
 
+/// Settings of our INSERTs: every key occurs once per INSERT (a snapshot range holds distinct
+/// keys, a batch one final state per key), so ReplacingMergeTree's replacing inside each
+/// inserted block would only cost time; merges and `FINAL` still keep the newest version.
+pub const INSERT_SETTINGS: &str = "optimize_on_insert = 0";
+
 /// Blocks in flight between the source COPY and the INSERT.
 const BLOCKS_IN_FLIGHT: usize = 4;
 
@@ -43,7 +48,7 @@ impl Loader for ClickHouseLoader {
         let names = Names::of(self.client.database(), table.destination);
         let fields = tsv::fields(table.schema);
         let insert = format!(
-            "INSERT INTO {} FORMAT TSV",
+            "INSERT INTO {} SETTINGS {INSERT_SETTINGS} FORMAT TSV",
             names.rows_table(self.cluster.as_deref())
         );
         copy_into(
