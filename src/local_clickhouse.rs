@@ -114,19 +114,35 @@ impl LocalClickHouse {
                  <tcp_port>{tcp_port}</tcp_port>\n  <users_config>users.xml</users_config>\n</clickhouse>\n"
             ),
         )?;
+        std::fs::write(base.join("users.xml"), users_xml())?;
+        let mut me = LocalClickHouse {
+            base,
+            http_port,
+            server: None,
+            watchdog: None,
+        };
+        me.spawn(&site)?;
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    /// Start the server process on the files in `self.base`, and its watchdog.
+    fn spawn(&mut self, site: &Path) -> io::Result<()> {
         let script = format!(
             "import sys\nsys.path.insert(0, {site:?})\nfrom chdb import _chdb\n\
              _chdb.query('SYSTEM START LISTEN HTTP; SELECT sleepEachRow(1) FROM numbers({LIFETIME_S}) \
              SETTINGS function_sleep_max_microseconds_per_block = 0', 'CSV', path={data:?})\n",
             site = site.display().to_string(),
-            data = base.join("data").display().to_string(),
+            data = self.base.join("data").display().to_string(),
         );
-        std::fs::write(base.join("users.xml"), users_xml())?;
-        let log = std::fs::File::create(base.join("server.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("server.log"))?;
         let server = Command::new("python3")
             .arg("-c")
             .arg(script)
-            .current_dir(&base)
+            .current_dir(&self.base)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -138,20 +154,35 @@ impl LocalClickHouse {
                  kill -9 {server} 2>/dev/null; rm -rf '{base}'",
                 pid = std::process::id(),
                 server = server.id(),
-                base = base.display(),
+                base = self.base.display(),
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let mut me = LocalClickHouse {
-            base,
-            http_port,
-            server: Some(server),
-            watchdog: Some(watchdog),
-        };
-        me.wait_ready()?;
-        Ok(me)
+        self.server = Some(server);
+        self.watchdog = Some(watchdog);
+        Ok(())
+    }
+
+    /// Kill the server (`kill -9`), keeping its files; [`LocalClickHouse::start_again`] brings
+    /// it back on the same ports with the same data.
+    pub fn kill(&mut self) {
+        // The watchdog first: it would delete the files when the server goes.
+        for child in [self.watchdog.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start a killed server again.
+    pub fn start_again(&mut self) -> io::Result<()> {
+        self.spawn(&ensure_installed()?)?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> io::Result<()> {

@@ -744,3 +744,62 @@ async fn a_column_whose_backfill_was_cut_short_is_filled_again_on_restart() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn clickhouse_going_down_while_cdc_run_streams_loses_nothing() {
+    // A server of this test's own, to kill and start again (same ports, same files).
+    let mut own = tokio::task::spawn_blocking(|| {
+        cdc::local_clickhouse::LocalClickHouse::start().expect("start a local ClickHouse")
+    })
+    .await
+    .unwrap();
+    let mut p = Pipeline::new(
+        "ch_down",
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text);
+         INSERT INTO t SELECT g, 0, repeat('n', 3000) FROM generate_series(1, 100) g;
+         ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL;",
+        &format!("[[tables]]\nsource = \"public.t\"\n{FAST}"),
+    )
+    .await;
+    set_destination(&mut p, &own.url("default"));
+    let c = Client::new(ClickHouseUrl::parse(&own.url("default")).unwrap()).unwrap();
+    let mut run = RunProcess::start(&p);
+    let same = "SELECT count(*)::text, sum(v)::text, sum(length(note))::text FROM t";
+    let same_ch = "SELECT toString(count()), toString(sum(v)), toString(sum(length(note))) FROM t";
+    p.src_sql
+        .batch_execute("UPDATE t SET v = 1 WHERE id <= 10")
+        .await
+        .unwrap();
+    wait_same(&p, &c, same, same_ch).await;
+    own = tokio::task::spawn_blocking(move || {
+        own.kill();
+        own
+    })
+    .await
+    .unwrap();
+    // Changes while the destination is down (TOAST-unchanged updates among them).
+    for i in 0..5 {
+        p.src_sql
+            .batch_execute(&format!(
+                "UPDATE t SET v = v + 1 WHERE id % 5 = {i}; DELETE FROM t WHERE id = {}; INSERT INTO t VALUES ({}, 9, 'new')",
+                90 + i,
+                1000 + i
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let own = tokio::task::spawn_blocking(move || {
+        own.start_again().expect("start ClickHouse again");
+        own
+    })
+    .await
+    .unwrap();
+    wait_same(&p, &c, same, same_ch).await;
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "cdc run waited for the destination instead of exiting"
+    );
+    run.kill();
+    drop(own);
+}

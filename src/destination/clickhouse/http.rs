@@ -182,19 +182,49 @@ impl Client {
             .read_to_end(&mut raw)
             .await
             .map_err(io("reading from"))?;
-        parse_response(&raw).map_err(|detail| Error::Protocol {
-            context: "reading a ClickHouse HTTP response".into(),
-            detail,
+        parse_response(&raw).map_err(|bad| match bad {
+            // The server went away mid-answer (stopped, restarted): a lost connection, which
+            // the run loop retries.
+            BadResponse::Truncated(why) => Error::Io {
+                context: "the connection to ClickHouse closed before its whole answer arrived"
+                    .into(),
+                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why),
+            },
+            BadResponse::Malformed(detail) => Error::Protocol {
+                context: "reading a ClickHouse HTTP response".into(),
+                detail,
+            },
         })
     }
 }
 
+/// Why a response cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadResponse {
+    /// It stops short: the connection closed before the whole answer came.
+    Truncated(&'static str),
+    /// It is not HTTP as expected.
+    Malformed(String),
+}
+
+impl From<&str> for BadResponse {
+    fn from(s: &str) -> Self {
+        BadResponse::Malformed(s.to_owned())
+    }
+}
+
+impl From<String> for BadResponse {
+    fn from(s: String) -> Self {
+        BadResponse::Malformed(s)
+    }
+}
+
 /// Status and body of a whole HTTP/1.1 response (`Content-Length`, chunked, or to the end).
-pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), String> {
+pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), BadResponse> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
+        .ok_or(BadResponse::Truncated("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
     let mut lines = head.split("\r\n");
     let status: u16 = lines
@@ -223,7 +253,7 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), String> {
             let line_end = rest
                 .windows(2)
                 .position(|w| w == b"\r\n")
-                .ok_or("a chunk without its size line")?;
+                .ok_or(BadResponse::Truncated("a chunk without its size line"))?;
             let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| format!("bad chunk size {size_text:?}"))?;
@@ -232,7 +262,7 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), String> {
                 break;
             }
             if rest.len() < size + 2 {
-                return Err("a chunk shorter than its size".into());
+                return Err(BadResponse::Truncated("a chunk shorter than its size"));
             }
             out.extend_from_slice(&rest[..size]);
             rest = &rest[size + 2..];
@@ -241,7 +271,11 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), String> {
     } else {
         let body = match length {
             Some(n) if n <= body.len() => &body[..n],
-            Some(_) => return Err("a body shorter than its Content-Length".into()),
+            Some(_) => {
+                return Err(BadResponse::Truncated(
+                    "a body shorter than its Content-Length",
+                ))
+            }
             None => body,
         };
         Ok((status, Bytes::copy_from_slice(body)))
@@ -277,8 +311,24 @@ mod tests {
         assert_eq!((s, &b[..]), (500, &b"Code: "[..]));
         let (_, b) = parse_response(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
         assert_eq!(&b[..], b"to the end");
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").is_err());
-        assert!(parse_response(b"garbage").is_err());
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"),
+            Err(BadResponse::Truncated(
+                "a body shorter than its Content-Length"
+            ))
+        );
+        assert!(matches!(
+            parse_response(b""),
+            Err(BadResponse::Truncated(_))
+        ));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"),
+            Err(BadResponse::Truncated(_))
+        ));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 xx OK\r\n\r\n"),
+            Err(BadResponse::Malformed(_))
+        ));
     }
 
     #[test]
