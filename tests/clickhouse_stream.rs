@@ -306,6 +306,22 @@ async fn every_change_kind_and_type_arrives_in_clickhouse() {
         .unwrap();
     wait_same(&p, &c, k_pg, k_ch).await;
 
+    // The key of the row with the TOASTed value changed twice in one transaction: the value is
+    // found under the key the row had before.
+    p.src_sql
+        .batch_execute(
+            "BEGIN; UPDATE k SET id = 40 WHERE id = 4; UPDATE k SET id = 41 WHERE id = 40; COMMIT",
+        )
+        .await
+        .unwrap();
+    wait_same(&p, &c, k_pg, k_ch).await;
+    assert_eq!(
+        ch_rows(&c, "SELECT id, length(doc) FROM k WHERE id IN (4, 40, 41)")
+            .await
+            .unwrap(),
+        vec![row(&["41", &big.len().to_string()])]
+    );
+
     // An added column with a default: existing rows get the source's value (backfill), new
     // rows theirs; a dropped column leaves the view.
     p.src_sql

@@ -36,7 +36,11 @@ use super::load::INSERT_SETTINGS;
 use super::state::{literal, State};
 use super::tsv::{self, field_of, Field};
 use super::types::clickhouse_type;
-use crate::apply::{reduce_with_origin, toast_rows_missing, Batch, Final, TableMap, Version};
+use std::collections::HashMap;
+
+use crate::apply::{
+    reduce_with_origin, toast_rows_missing, Batch, Final, RowOp, TableMap, Version,
+};
 use crate::config::TableName;
 use crate::decode::{Datum, PgTimestamp};
 use crate::destination::{missing_table, DestColumn, SchemaChange, Session, SourceType};
@@ -90,12 +94,7 @@ impl ClickSession {
         ddl::on_cluster(self.cluster.as_deref())
     }
 
-    async fn write_table(
-        &self,
-        map: &TableMap,
-        ops: &[crate::apply::RowOp],
-        versions: &[Version],
-    ) -> Result<()> {
+    async fn write_table(&self, map: &TableMap, ops: &[RowOp], versions: &[Version]) -> Result<()> {
         if map.is_keyless() {
             return Err(Error::Definite(format!(
                 "{} has no primary key, and ClickHouse rows are replaced by key: add one on the source \
@@ -112,6 +111,7 @@ impl ClickSession {
         // of a key change: the new key has no row yet), its version.
         let mut to_fill: Vec<Fill<'_>> = Vec::new();
         let finals = reduce_with_origin(ops, &map.key);
+        let moved = moved_from(ops, &map.key);
         for (fin, origin) in &finals {
             let version = versions.get(*origin).copied().unwrap_or(0);
             match fin {
@@ -126,8 +126,8 @@ impl ClickSession {
                 }
                 Final::Upsert(row) | Final::Update(row) => {
                     if row.contains(&Datum::UnchangedToast) {
-                        let by: &[Datum] = match &ops[*origin] {
-                            crate::apply::RowOp::Update { old: Some(old), .. } => old,
+                        let by: &[Datum] = match moved.get(&key_of(row, &map.key)) {
+                            Some(Some(first)) => first,
                             _ => row,
                         };
                         to_fill.push(Fill { row, by, version });
@@ -312,11 +312,51 @@ impl ClickSession {
     }
 }
 
+/// A row's key values (text; key columns are never TOAST-unchanged).
+fn key_of<'a>(row: &'a [Datum], key: &[usize]) -> Vec<Option<&'a [u8]>> {
+    key.iter()
+        .map(|&i| match row.get(i) {
+            Some(Datum::Text(t)) | Some(Datum::Binary(t)) => Some(&t[..]),
+            _ => None,
+        })
+        .collect()
+}
+
+/// For each key that key changes in `ops` moved a row to: the old row (before the batch) whose
+/// key finds that row on the destination — through any number of moves in the batch
+/// (`X → Y → Z` looks up X); `None` when the row was inserted in the batch.
+#[allow(clippy::type_complexity)]
+fn moved_from<'a>(
+    ops: &'a [RowOp],
+    key: &[usize],
+) -> HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>> {
+    let mut moved: HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>> = HashMap::new();
+    for op in ops {
+        match op {
+            RowOp::Insert(row) => {
+                moved.insert(key_of(row, key), None);
+            }
+            RowOp::Update {
+                old: Some(old),
+                new,
+            } => {
+                let (from, to) = (key_of(old, key), key_of(new, key));
+                if from != to {
+                    let first = moved.remove(&from).unwrap_or(Some(old.as_slice()));
+                    moved.insert(to, first);
+                }
+            }
+            RowOp::Update { old: None, .. } | RowOp::Delete(_) => {}
+        }
+    }
+    moved
+}
+
 /// A row whose unchanged TOAST values come from the destination.
 #[derive(Clone, Copy)]
 struct Fill<'a> {
     row: &'a [Datum],
-    /// Its key finds the current values: the old row of a key change, else `row`.
+    /// Its key finds the current values: the row before the batch's key changes, else `row`.
     by: &'a [Datum],
     version: Version,
 }
@@ -569,6 +609,35 @@ impl Session for ClickSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_moved_twice_is_looked_up_by_its_first_key() {
+        let t = |s: &'static str| Datum::Text(bytes::Bytes::from_static(s.as_bytes()));
+        let ops = vec![
+            RowOp::Update {
+                old: Some(vec![t("1"), Datum::Null]),
+                new: vec![t("2"), Datum::UnchangedToast],
+            },
+            RowOp::Update {
+                old: Some(vec![t("2"), Datum::Null]),
+                new: vec![t("3"), Datum::UnchangedToast],
+            },
+            RowOp::Insert(vec![t("8"), t("x")]),
+            RowOp::Update {
+                old: Some(vec![t("8"), Datum::Null]),
+                new: vec![t("9"), Datum::UnchangedToast],
+            },
+        ];
+        let moved = moved_from(&ops, &[0]);
+        let three = moved.get(&vec![Some(&b"3"[..])]).unwrap().unwrap();
+        assert_eq!(three[0], t("1"));
+        assert!(!moved.contains_key(&vec![Some(&b"2"[..])]));
+        assert_eq!(
+            moved.get(&vec![Some(&b"9"[..])]),
+            Some(&None),
+            "inserted in the batch"
+        );
+    }
 
     #[test]
     fn wrappers_do_not_make_a_column_differ_from_its_source() {
