@@ -632,3 +632,44 @@ async fn added_columns_with_defaults_are_backfilled_in_duckdb() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_key_change_of_a_row_with_unchanged_toast_values_keeps_the_row_in_duckdb() {
+    let (p, file) = duck_pipeline(
+        "duck_toast_key",
+        "CREATE TABLE k (id int PRIMARY KEY, v text, doc text);
+         ALTER TABLE k ALTER COLUMN doc SET STORAGE EXTERNAL;
+         INSERT INTO k SELECT g, 'v', repeat(md5(g::text), 200) FROM generate_series(1, 6) g;",
+        "[[tables]]\nsource = \"public.k\"\n",
+    )
+    .await;
+    let _child = spawn_run(&p);
+    wait_rows(
+        &file,
+        "SELECT count(*)::VARCHAR FROM public.k",
+        vec![row(&["6"])],
+    )
+    .await;
+    p.src_sql
+        .batch_execute(
+            "UPDATE k SET id = 10 WHERE id = 1;
+             BEGIN; UPDATE k SET id = 20 WHERE id = 2; UPDATE k SET id = 21 WHERE id = 20; COMMIT;
+             BEGIN; DELETE FROM k WHERE id = 4; UPDATE k SET id = 4, v = 'moved' WHERE id = 3; COMMIT;",
+        )
+        .await
+        .unwrap();
+    let expected: Vec<Vec<String>> = p
+        .src_sql
+        .query("SELECT id::text, v, md5(doc) FROM k ORDER BY k.id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| vec![r.get(0), r.get(1), r.get(2)])
+        .collect();
+    wait_rows(
+        &file,
+        "SELECT id::VARCHAR, v, md5(doc) FROM public.k AS t ORDER BY t.id",
+        expected,
+    )
+    .await;
+}

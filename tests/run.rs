@@ -774,3 +774,31 @@ async fn a_table_added_to_the_configuration_joins_the_running_pipeline_under_loa
     assert_eq!(published, ["0"]);
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_change_of_a_row_with_unchanged_toast_values_keeps_the_row() {
+    let p = pipeline(
+        "run_toast_key",
+        "CREATE TABLE k (id int PRIMARY KEY, v text, doc text);
+         ALTER TABLE k ALTER COLUMN doc SET STORAGE EXTERNAL;
+         INSERT INTO k SELECT g, 'v', repeat(md5(g::text), 200) FROM generate_series(1, 6) g;",
+        "[[tables]]\nsource = \"public.k\"",
+    )
+    .await;
+    let r = start(&p).await;
+    // One move; two moves in one transaction; a move onto a key deleted just before it.
+    p.src_sql
+        .batch_execute(
+            "UPDATE k SET id = 10 WHERE id = 1;
+             BEGIN; UPDATE k SET id = 20 WHERE id = 2; UPDATE k SET id = 21 WHERE id = 20; COMMIT;
+             BEGIN; DELETE FROM k WHERE id = 4; UPDATE k SET id = 4, v = 'moved' WHERE id = 3; COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_synced(
+        &p,
+        "SELECT string_agg(id || ':' || v || ':' || md5(doc), ',' ORDER BY id) FROM k",
+    )
+    .await;
+    r.stop().await;
+}

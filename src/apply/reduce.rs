@@ -72,6 +72,42 @@ fn key_of<'a>(row: &'a [Datum], key: &[usize]) -> Key<'a> {
         .collect()
 }
 
+/// The key values of a row, to compare keys (text form).
+pub fn key_values<'a>(row: &'a [Datum], key: &[usize]) -> Vec<Option<&'a [u8]>> {
+    key_of(row, key)
+}
+
+/// For each key that key changes in `ops` moved a row to: the old row (as it was before the
+/// batch) whose key finds that row on the destination — through any number of moves in the
+/// batch (`X → Y → Z` gives X); `None` when the row was inserted in the batch. A moved row
+/// whose unchanged TOAST values are not in the batch must be found under that old key.
+#[allow(clippy::type_complexity)]
+pub fn moved_from<'a>(
+    ops: &'a [RowOp],
+    key: &[usize],
+) -> HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>> {
+    let mut moved: HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>> = HashMap::new();
+    for op in ops {
+        match op {
+            RowOp::Insert(row) => {
+                moved.insert(key_of(row, key), None);
+            }
+            RowOp::Update {
+                old: Some(old),
+                new,
+            } => {
+                let (from, to) = (key_of(old, key), key_of(new, key));
+                if from != to {
+                    let first = moved.remove(&from).unwrap_or(Some(old.as_slice()));
+                    moved.insert(to, first);
+                }
+            }
+            RowOp::Update { old: None, .. } | RowOp::Delete(_) => {}
+        }
+    }
+    moved
+}
+
 /// Final states in first-seen key order, each with whether its key existed before the batch
 /// (decided by the key's first change), and where each key's state is.
 struct States<'a> {

@@ -36,10 +36,9 @@ use super::load::INSERT_SETTINGS;
 use super::state::{literal, State};
 use super::tsv::{self, field_of, Field};
 use super::types::clickhouse_type;
-use std::collections::HashMap;
-
 use crate::apply::{
-    reduce_with_origin, toast_rows_missing, Batch, Final, RowOp, TableMap, Version,
+    key_values, moved_from, reduce_with_origin, toast_rows_missing, Batch, Final, RowOp, TableMap,
+    Version,
 };
 use crate::config::TableName;
 use crate::decode::{Datum, PgTimestamp};
@@ -126,7 +125,7 @@ impl ClickSession {
                 }
                 Final::Upsert(row) | Final::Update(row) => {
                     if row.contains(&Datum::UnchangedToast) {
-                        let by: &[Datum] = match moved.get(&key_of(row, &map.key)) {
+                        let by: &[Datum] = match moved.get(&key_values(row, &map.key)) {
                             Some(Some(first)) => first,
                             _ => row,
                         };
@@ -310,46 +309,6 @@ impl ClickSession {
             .filter(|(n, ..)| n != VERSION && n != DELETED)
             .collect())
     }
-}
-
-/// A row's key values (text; key columns are never TOAST-unchanged).
-fn key_of<'a>(row: &'a [Datum], key: &[usize]) -> Vec<Option<&'a [u8]>> {
-    key.iter()
-        .map(|&i| match row.get(i) {
-            Some(Datum::Text(t)) | Some(Datum::Binary(t)) => Some(&t[..]),
-            _ => None,
-        })
-        .collect()
-}
-
-/// For each key that key changes in `ops` moved a row to: the old row (before the batch) whose
-/// key finds that row on the destination — through any number of moves in the batch
-/// (`X → Y → Z` looks up X); `None` when the row was inserted in the batch.
-#[allow(clippy::type_complexity)]
-fn moved_from<'a>(
-    ops: &'a [RowOp],
-    key: &[usize],
-) -> HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>> {
-    let mut moved: HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>> = HashMap::new();
-    for op in ops {
-        match op {
-            RowOp::Insert(row) => {
-                moved.insert(key_of(row, key), None);
-            }
-            RowOp::Update {
-                old: Some(old),
-                new,
-            } => {
-                let (from, to) = (key_of(old, key), key_of(new, key));
-                if from != to {
-                    let first = moved.remove(&from).unwrap_or(Some(old.as_slice()));
-                    moved.insert(to, first);
-                }
-            }
-            RowOp::Update { old: None, .. } | RowOp::Delete(_) => {}
-        }
-    }
-    moved
 }
 
 /// A row whose unchanged TOAST values come from the destination.

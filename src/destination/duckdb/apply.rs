@@ -301,7 +301,9 @@ fn write_table(
         }
         return Ok(0);
     }
-    let (rows, with_kept) = stage_finals(t, &reduce(ops, &t.key))?;
+    let finals = reduce(ops, &t.key);
+    move_rows(c, t, dest, ops, &finals)?;
+    let (rows, with_kept) = stage_finals(t, &finals)?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -339,6 +341,71 @@ fn write_table(
     c.execute_batch(&merge_sql(t, dest, &stage))
         .map_err(Error::duck(ctx()))?;
     Ok(missing)
+}
+
+/// Rows whose key changed while TOAST values stayed unchanged keep those values only under
+/// their old key: move them to the new key first (replacing a stale row there), so that the
+/// MERGE finds them and keeps what was unchanged.
+fn move_rows(
+    c: &Connection,
+    t: &TableMap,
+    dest: &str,
+    ops: &[crate::apply::RowOp],
+    finals: &[Final<'_>],
+) -> Result<()> {
+    let moved = crate::apply::moved_from(ops, &t.key);
+    if moved.values().all(Option::is_none) {
+        return Ok(());
+    }
+    let ctx = || format!("moving rows of {} to their new keys", t.dest);
+    // `k1 = ?<sep>k2 = ?…`: a SET list with ", ", a condition with " AND ".
+    let key_is = |sep: &str| -> String {
+        t.key
+            .iter()
+            .map(|&k| {
+                let col = &t.columns[k];
+                format!(
+                    "{} = {}",
+                    quote_ident(&col.name),
+                    cast_expr(&col.dest_type, "?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let delete = format!("DELETE FROM {dest} WHERE {}", key_is(" AND "));
+    let update = format!(
+        "UPDATE {dest} SET {} WHERE {}",
+        key_is(", "),
+        key_is(" AND ")
+    );
+    for f in finals {
+        let Some(row) = f.written() else { continue };
+        if !row.contains(&Datum::UnchangedToast) {
+            continue;
+        }
+        let Some(Some(old)) = moved.get(&crate::apply::key_values(row, &t.key)) else {
+            continue;
+        };
+        let new_key = t
+            .key
+            .iter()
+            .map(|&k| value(t, k, &row[k]))
+            .collect::<Result<Vec<_>>>()?;
+        let old_key = t
+            .key
+            .iter()
+            .map(|&k| value(t, k, &old[k]))
+            .collect::<Result<Vec<_>>>()?;
+        c.execute(&delete, params_from_iter(new_key.iter()))
+            .map_err(Error::duck(ctx()))?;
+        c.execute(
+            &update,
+            params_from_iter(new_key.iter().chain(old_key.iter())),
+        )
+        .map_err(Error::duck(ctx()))?;
+    }
+    Ok(())
 }
 
 /// The DuckDB type of a column a schema change brings (arrays: one dimension, as a Relation

@@ -97,8 +97,57 @@ impl PgSession {
             .map_err(Error::pg("applying changes"))
     }
 
-    /// Write the final states of one keyed table's keys.
-    async fn apply_set(&mut self, t: &TableMap, finals: &[Final<'_>]) -> Result<()> {
+    /// Write the final states of one keyed table's keys (`ops`: the changes they come from).
+    async fn apply_set(&mut self, t: &TableMap, ops: &[RowOp], finals: &[Final<'_>]) -> Result<()> {
+        // Rows whose key changed while TOAST values stayed unchanged: those values are only in
+        // the row under its old key, so the row is moved there, before any delete of that key.
+        let moved = crate::apply::moved_from(ops, &t.key);
+        // Present columns → (new row, row under its old key).
+        type Moves<'r> = HashMap<Vec<usize>, Vec<(&'r [Datum], &'r [Datum])>>;
+        let mut moves: Moves<'_> = HashMap::new();
+        for f in finals {
+            let Some(row) = f.written() else { continue };
+            if !row.contains(&Datum::UnchangedToast) {
+                continue;
+            }
+            if let Some(Some(old)) = moved.get(&crate::apply::key_values(row, &t.key)) {
+                let present: Vec<usize> = (0..row.len())
+                    .filter(|&i| row[i] != Datum::UnchangedToast)
+                    .collect();
+                moves.entry(present).or_default().push((row, *old));
+            }
+        }
+        for (present, rows) in &moves {
+            // A row the destination still has under the new key is replaced by the moved one.
+            let new_rows: Vec<&[Datum]> = rows.iter().map(|(n, _)| *n).collect();
+            self.exec_arrays(sql::delete(t), &new_rows, &t.key).await?;
+            let arrays: Vec<Vec<Option<&str>>> = present
+                .iter()
+                .map(|&c| rows.iter().map(|(n, _)| n.get(c).and_then(text)).collect())
+                .chain(
+                    t.key
+                        .iter()
+                        .map(|&k| rows.iter().map(|(_, o)| o.get(k).and_then(text)).collect()),
+                )
+                .collect();
+            let stmt = self.statement(sql::move_present(t, present)).await?;
+            let params: Vec<&(dyn ToSql + Sync)> =
+                arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+            let updated = self
+                .client
+                .execute(&stmt, &params)
+                .await
+                .map_err(Error::pg("applying changes"))?;
+            let missing = rows.len() as u64 - updated.min(rows.len() as u64);
+            crate::apply::toast_rows_missing(&self.metrics, t, missing);
+        }
+        let is_move = |row: &[Datum]| {
+            row.contains(&Datum::UnchangedToast)
+                && matches!(
+                    moved.get(&crate::apply::key_values(row, &t.key)),
+                    Some(Some(_))
+                )
+        };
         let deletes: Vec<&[Datum]> = finals
             .iter()
             .filter_map(|f| match f {
@@ -118,6 +167,9 @@ impl PgSession {
         let mut partial: HashMap<Vec<usize>, Vec<&[Datum]>> = HashMap::new();
         for f in finals {
             let Some(row) = f.written() else { continue };
+            if is_move(row) {
+                continue;
+            }
             if row.contains(&Datum::UnchangedToast) {
                 let present: Vec<usize> = (0..row.len())
                     .filter(|&i| row[i] != Datum::UnchangedToast)
@@ -161,8 +213,8 @@ impl PgSession {
     /// path applied to each change alone.
     async fn apply_in_order(&mut self, t: &TableMap, ops: &[RowOp]) -> Result<()> {
         for op in ops {
-            self.apply_set(t, &reduce(std::slice::from_ref(op), &t.key))
-                .await?;
+            let one = std::slice::from_ref(op);
+            self.apply_set(t, one, &reduce(one, &t.key)).await?;
         }
         Ok(())
     }
@@ -265,7 +317,7 @@ impl Session for PgSession {
                 .batch_execute("SAVEPOINT cdc_table")
                 .await
                 .map_err(Error::pg("savepoint"))?;
-            match self.apply_set(table, &reduce(ops, &table.key)).await {
+            match self.apply_set(table, ops, &reduce(ops, &table.key)).await {
                 Ok(()) => {}
                 Err(e) if e.sqlstate() == Some("23505") => {
                     tracing::debug!(table = %table.dest, "unique conflict in set-based apply; replaying in source order");

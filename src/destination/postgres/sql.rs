@@ -96,6 +96,50 @@ pub fn update_present(t: &TableMap, present: &[usize]) -> Option<(String, Vec<us
     Some((sql, cols))
 }
 
+/// Move rows to a new key, setting the `present` columns (the new key among them; the others
+/// were unchanged TOAST values, kept): parameters are the present columns, then the old key
+/// columns.
+pub fn move_present(t: &TableMap, present: &[usize]) -> String {
+    let n = present.len();
+    let arrays: Vec<String> = (1..=n + t.key.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
+    let aliases: Vec<String> = present
+        .iter()
+        .map(|c| format!("c{c}"))
+        .chain(t.key.iter().map(|k| format!("o{k}")))
+        .collect();
+    let assignments: Vec<String> = present
+        .iter()
+        .map(|&i| {
+            format!(
+                "{} = {}",
+                quote_ident(&t.columns[i].name),
+                cast(t, i, &format!("u.c{i}"))
+            )
+        })
+        .collect();
+    let old_key: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| {
+            format!(
+                "d.{} = {}",
+                quote_ident(&t.columns[k].name),
+                cast(t, k, &format!("u.o{k}"))
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE {} AS d SET {} FROM unnest({}) AS u({}) WHERE {}",
+        t.dest.quoted(),
+        assignments.join(", "),
+        arrays.join(", "),
+        aliases.join(", "),
+        old_key.join(" AND ")
+    )
+}
+
 /// Delete rows by key. Parameters: key columns.
 pub fn delete(t: &TableMap) -> String {
     format!(
