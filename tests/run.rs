@@ -786,12 +786,14 @@ async fn a_key_change_of_a_row_with_unchanged_toast_values_keeps_the_row() {
     )
     .await;
     let r = start(&p).await;
-    // One move; two moves in one transaction; a move onto a key deleted just before it.
+    // One move; two moves in one transaction; a move onto a key deleted just before it; a move
+    // there and back.
     p.src_sql
         .batch_execute(
             "UPDATE k SET id = 10 WHERE id = 1;
              BEGIN; UPDATE k SET id = 20 WHERE id = 2; UPDATE k SET id = 21 WHERE id = 20; COMMIT;
-             BEGIN; DELETE FROM k WHERE id = 4; UPDATE k SET id = 4, v = 'moved' WHERE id = 3; COMMIT;",
+             BEGIN; DELETE FROM k WHERE id = 4; UPDATE k SET id = 4, v = 'moved' WHERE id = 3; COMMIT;
+             BEGIN; UPDATE k SET id = 50 WHERE id = 5; UPDATE k SET id = 5, v = 'back' WHERE id = 50; COMMIT;",
         )
         .await
         .unwrap();

@@ -22,7 +22,9 @@ mod table;
 
 use std::sync::Arc;
 
-pub use reduce::{key_values, moved_from, reduce, reduce_with_origin, Final, RowOp};
+pub use reduce::{
+    key_values, moved_from, moves_in_place, reduce, reduce_with_origin, Final, RowOp,
+};
 pub use table::{MappedColumn, TableMap};
 
 use crate::config::TableName;

@@ -588,6 +588,37 @@ mod tests {
             },
         ];
         let moved = moved_from(&ops, &[0]);
+        let there_and_back = vec![
+            RowOp::Update {
+                old: Some(vec![t("5"), Datum::Null]),
+                new: vec![t("50"), Datum::UnchangedToast],
+            },
+            RowOp::Update {
+                old: Some(vec![t("50"), Datum::Null]),
+                new: vec![t("5"), Datum::UnchangedToast],
+            },
+        ];
+        assert!(
+            moved_from(&there_and_back, &[0]).is_empty(),
+            "a row back under its own key was not moved"
+        );
+        let swap_ops = [
+            RowOp::Update {
+                old: Some(vec![t("1"), Datum::Null]),
+                new: vec![t("7"), Datum::UnchangedToast],
+            },
+            RowOp::Update {
+                old: Some(vec![t("2"), Datum::Null]),
+                new: vec![t("1"), Datum::UnchangedToast],
+            },
+        ];
+        let swap = crate::apply::moves_in_place(moved_from(&swap_ops, &[0]), &[0]);
+        assert_eq!(
+            swap.len(),
+            1,
+            "1 → 7 moves in place; 2 → 1 would land on a row still to move"
+        );
+        assert!(swap.contains_key(&vec![Some(&b"7"[..])]));
         let three = moved.get(&vec![Some(&b"3"[..])]).unwrap().unwrap();
         assert_eq!(three[0], t("1"));
         assert!(!moved.contains_key(&vec![Some(&b"2"[..])]));

@@ -353,8 +353,8 @@ fn move_rows(
     ops: &[crate::apply::RowOp],
     finals: &[Final<'_>],
 ) -> Result<()> {
-    let moved = crate::apply::moved_from(ops, &t.key);
-    if moved.values().all(Option::is_none) {
+    let moved = crate::apply::moves_in_place(crate::apply::moved_from(ops, &t.key), &t.key);
+    if moved.is_empty() {
         return Ok(());
     }
     let ctx = || format!("moving rows of {} to their new keys", t.dest);
@@ -384,7 +384,7 @@ fn move_rows(
         if !row.contains(&Datum::UnchangedToast) {
             continue;
         }
-        let Some(Some(old)) = moved.get(&crate::apply::key_values(row, &t.key)) else {
+        let Some(old) = moved.get(&crate::apply::key_values(row, &t.key)) else {
             continue;
         };
         let new_key = t

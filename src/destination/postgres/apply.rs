@@ -101,7 +101,7 @@ impl PgSession {
     async fn apply_set(&mut self, t: &TableMap, ops: &[RowOp], finals: &[Final<'_>]) -> Result<()> {
         // Rows whose key changed while TOAST values stayed unchanged: those values are only in
         // the row under its old key, so the row is moved there, before any delete of that key.
-        let moved = crate::apply::moved_from(ops, &t.key);
+        let moved = crate::apply::moves_in_place(crate::apply::moved_from(ops, &t.key), &t.key);
         // Present columns → (new row, row under its old key).
         type Moves<'r> = HashMap<Vec<usize>, Vec<(&'r [Datum], &'r [Datum])>>;
         let mut moves: Moves<'_> = HashMap::new();
@@ -110,7 +110,7 @@ impl PgSession {
             if !row.contains(&Datum::UnchangedToast) {
                 continue;
             }
-            if let Some(Some(old)) = moved.get(&crate::apply::key_values(row, &t.key)) {
+            if let Some(old) = moved.get(&crate::apply::key_values(row, &t.key)) {
                 let present: Vec<usize> = (0..row.len())
                     .filter(|&i| row[i] != Datum::UnchangedToast)
                     .collect();
@@ -143,10 +143,7 @@ impl PgSession {
         }
         let is_move = |row: &[Datum]| {
             row.contains(&Datum::UnchangedToast)
-                && matches!(
-                    moved.get(&crate::apply::key_values(row, &t.key)),
-                    Some(Some(_))
-                )
+                && moved.contains_key(&crate::apply::key_values(row, &t.key))
         };
         let deletes: Vec<&[Datum]> = finals
             .iter()
