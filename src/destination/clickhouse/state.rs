@@ -89,15 +89,23 @@ impl State {
         format!("{}.{}", quote(&self.database), quote(table))
     }
 
+    /// Whether the state tables exist. Asked of the table itself, not of `system.tables`: a
+    /// server that just started loads tables in the background, and `system.tables` leaves
+    /// out those not loaded yet, while a query on one waits for it.
     async fn exists(&self) -> Result<bool> {
-        let out = self
+        match self
             .client
-            .query(&format!(
-                "SELECT count() FROM system.tables WHERE database = {} AND name = 'positions' FORMAT TSV",
-                literal(&self.database)
-            ))
-            .await?;
-        Ok(out.as_ref() != b"0\n")
+            .query(&format!("SELECT 1 FROM {} LIMIT 0", self.t("positions")))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::Definite(m))
+                if m.contains("UNKNOWN_TABLE") || m.contains("UNKNOWN_DATABASE") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn load(&self, slot: &str) -> Result<Option<PipelineState>> {
