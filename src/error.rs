@@ -106,8 +106,61 @@ pub enum Error {
     Prerequisites(Vec<String>),
     #[error("`cdc {0}` is not implemented yet")]
     NotImplemented(&'static str),
+    /// ClickHouse answered a statement with an error: its HTTP status and, when the server
+    /// said, its error code (`X-ClickHouse-Exception-Code`, or `Code: N.` in the body).
+    #[error("ClickHouse refused {statement} (HTTP {status}): {message}")]
+    ClickHouse {
+        statement: String,
+        status: u16,
+        code: Option<u32>,
+        message: String,
+    },
+    /// A table's destination copy can no longer be kept exact by applying changes (its source
+    /// filled new columns of rows that cannot be matched by key): `cdc run` copies it again
+    /// alone, as a table joining the pipeline, and streams on.
+    #[error("{table} must be copied again: {why}")]
+    Recopy {
+        table: crate::config::TableName,
+        why: String,
+    },
     #[error("{0}")]
     Definite(String),
+}
+
+/// ClickHouse error codes after which the same statement can succeed later: the server or a
+/// replica is overloaded, out of memory for now, restarting, or lost its coordination service.
+/// From ClickHouse's `ErrorCodes.cpp` and the retry lists its own clients keep.
+pub const CLICKHOUSE_RETRYABLE: &[(u32, &str)] = &[
+    (3, "UNEXPECTED_END_OF_FILE"),
+    (32, "ATTEMPT_TO_READ_AFTER_EOF"),
+    (159, "TIMEOUT_EXCEEDED"),
+    (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
+    (203, "NO_FREE_CONNECTION"),
+    (209, "SOCKET_TIMEOUT"),
+    (210, "NETWORK_ERROR"),
+    (225, "NO_ZOOKEEPER"),
+    (236, "ABORTED"),
+    (241, "MEMORY_LIMIT_EXCEEDED"),
+    (242, "TABLE_IS_READ_ONLY"),
+    (252, "TOO_MANY_PARTS"),
+    (279, "ALL_CONNECTION_TRIES_FAILED"),
+    (285, "TOO_FEW_LIVE_REPLICAS"),
+    (319, "UNKNOWN_STATUS_OF_INSERT"),
+    (373, "SESSION_IS_LOCKED"),
+    (394, "QUERY_WAS_CANCELLED"),
+    (425, "SYSTEM_ERROR"),
+    (439, "CANNOT_SCHEDULE_TASK"),
+    (999, "KEEPER_EXCEPTION"),
+    (1000, "POCO_EXCEPTION"),
+];
+
+/// Whether a ClickHouse error answer is worth retrying: by its code when it has one, else by the
+/// HTTP status (a load balancer or proxy in front answering 502/503/504/429 has no code).
+fn clickhouse_is_transient(status: u16, code: Option<u32>) -> bool {
+    match code {
+        Some(code) => CLICKHOUSE_RETRYABLE.iter().any(|(c, _)| *c == code),
+        None => matches!(status, 429 | 502 | 503 | 504),
+    }
 }
 
 /// SQLSTATE classes and codes after which a retry can succeed.
@@ -126,6 +179,7 @@ impl Error {
         match self {
             Error::Io { .. } | Error::Timeout { .. } | Error::DuckDbBusy { .. } => true,
             Error::Db { source, .. } => sqlstate_is_transient(&source.code),
+            Error::ClickHouse { status, code, .. } => clickhouse_is_transient(*status, *code),
             // Another connection writing the SQLite file (a rollback-journal writer locks
             // readers out while it commits).
             Error::Sqlite { source, .. } => matches!(
@@ -219,5 +273,33 @@ mod tests {
             Error::io("reading")(io::Error::from(io::ErrorKind::ConnectionReset)).is_transient()
         );
         assert!(!Error::Auth("bad password".into()).is_transient());
+    }
+
+    fn ch(status: u16, code: Option<u32>) -> Error {
+        Error::ClickHouse {
+            statement: "INSERT".into(),
+            status,
+            code,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn clickhouse_errors_are_retried_by_code_or_by_a_proxys_status() {
+        for code in [252, 241, 202, 159, 209, 210, 242, 999] {
+            assert!(ch(500, Some(code)).is_transient(), "code {code}");
+        }
+        for status in [502, 503, 504, 429] {
+            assert!(ch(status, None).is_transient(), "HTTP {status} without a code");
+        }
+        // Unknown column, type mismatch, syntax error, unknown table, a 500 with no code.
+        for code in [47, 53, 62, 60] {
+            assert!(!ch(400, Some(code)).is_transient(), "code {code}");
+        }
+        assert!(!ch(500, None).is_transient());
+        assert!(
+            !ch(503, Some(62)).is_transient(),
+            "the code decides over the status"
+        );
     }
 }

@@ -435,6 +435,22 @@ impl LocalPostgres {
         )
     }
 
+    /// `pg_ctl restart -m MODE` (`smart`, `fast` or `immediate`), waiting at most `wait` for
+    /// the server to stop and start again.
+    pub fn restart_server(&self, mode: &str, wait: std::time::Duration) -> io::Result<()> {
+        check(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.base.join("data"))
+                .arg("-l")
+                .arg(self.base.join("server.log"))
+                .args(["restart", "-w", "-m", mode, "-t"])
+                .arg(wait.as_secs().max(1).to_string())
+                .output(),
+            "pg_ctl restart",
+        )
+    }
+
     /// Start a server stopped with `stop_server`, on the same port.
     pub fn start_server(&self) -> io::Result<()> {
         check(

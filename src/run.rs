@@ -81,6 +81,16 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                     return Err(e);
                 }
             },
+            Err(Error::Recopy { table, why }) => {
+                // Forgotten, the table is joined again by the next attempt's reconcile: copied
+                // alone under a snapshot, its changes up to that snapshot skipped. The batch in
+                // flight was not committed and is streamed again.
+                tracing::warn!(table = %table, reason = %why, "copying the table again, alone, while the others wait");
+                crate::destination::open(config)
+                    .await?
+                    .forget_table(&config.source.slot, &table)
+                    .await?;
+            }
             Err(e) if e.is_transient() => {
                 // A connection that streamed for a while starts the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
@@ -89,7 +99,13 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                 attempt += 1;
                 metrics.reconnect();
                 let delay = backoff(attempt);
-                tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; reconnecting");
+                // Logged once per outage (and again every tenth attempt while it lasts), not
+                // once per attempt: a server restarting refuses several attempts in a row.
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; reconnecting and resuming from the destination's position");
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "still reconnecting");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),

@@ -30,7 +30,7 @@ pub async fn list(config: &Config) -> Result<Vec<SourceTable>> {
                        FROM pg_index i
                        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                      WHERE i.indrelid = c.oid AND i.indisprimary)
+                      WHERE i.indrelid = c.oid AND i.indisprimary AND k.ord <= i.indnkeyatts)
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'

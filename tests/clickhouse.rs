@@ -40,6 +40,7 @@ fn table(name: &str, columns: &[(&str, &str, bool, usize)], key: &[&str]) -> Tab
             })
             .collect(),
         primary_key: key.iter().map(|k| (*k).to_owned()).collect(),
+        key_include: Vec::new(),
         replica_identity: 'd',
         indexes: Vec::new(),
         estimated_rows: 0,

@@ -5,6 +5,7 @@ mod harness;
 mod cli;
 mod clickhouse;
 mod clickhouse_stream;
+mod conformance;
 mod decoder_fixtures;
 mod docker;
 mod duckdb;

@@ -23,7 +23,7 @@ mod table;
 use std::sync::Arc;
 
 pub use reduce::{
-    key_values, moved_from, moves_in_place, reduce, reduce_with_origin, Final, RowOp,
+    key_values, moved_from, reduce, reduce_with_origin, Final, RowOp,
 };
 pub use table::{MappedColumn, TableMap};
 

@@ -113,26 +113,6 @@ pub fn moved_from<'a>(
     moved
 }
 
-/// The moves of [`moved_from`] a destination can make in place, one row at a time (`UPDATE …
-/// SET key = new WHERE key = old`): those whose new key is no other move's old key. Rows that
-/// trade keys in one batch are left to the caller's usual path.
-#[allow(clippy::type_complexity)]
-pub fn moves_in_place<'a>(
-    moved: HashMap<Vec<Option<&'a [u8]>>, Option<&'a [Datum]>>,
-    key: &[usize],
-) -> HashMap<Vec<Option<&'a [u8]>>, &'a [Datum]> {
-    let sources: std::collections::HashSet<Vec<Option<&[u8]>>> = moved
-        .values()
-        .flatten()
-        .map(|old| key_of(old, key))
-        .collect();
-    moved
-        .into_iter()
-        .filter_map(|(to, first)| Some((to, first?)))
-        .filter(|(to, _)| !sources.contains(to))
-        .collect()
-}
-
 /// Final states in first-seen key order, each with whether its key existed before the batch
 /// (decided by the key's first change), and where each key's state is.
 struct States<'a> {

@@ -42,8 +42,12 @@ pub struct TableSchema {
     pub name: TableName,
     pub oid: u32,
     pub columns: Vec<ColumnDef>,
-    /// Primary-key columns in key order; empty when the table has none.
+    /// Primary-key columns in key order; empty when the table has none. Only the index's key
+    /// columns (`indnkeyatts`): `PRIMARY KEY (a) INCLUDE (b)` is keyed on `a` alone.
     pub primary_key: Vec<String>,
+    /// The primary-key index's `INCLUDE` columns: stored in the index, not part of the key, and
+    /// free to be NULL.
+    pub key_include: Vec<String>,
     /// `relreplident`: d (default: the key), f (full), i (index), n (nothing).
     pub replica_identity: char,
     pub indexes: Vec<IndexDef>,
@@ -194,9 +198,11 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
             dims: r.get::<_, i32>(5).max(0) as usize,
         })
         .collect();
-    let primary_key = client
+    // Key columns come first in `indkey`, `INCLUDE` columns after the first `indnkeyatts`.
+    let (mut primary_key, mut key_include) = (Vec::new(), Vec::new());
+    for r in client
         .query(
-            "SELECT a.attname
+            "SELECT a.attname, k.ord <= i.indnkeyatts
                FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -206,9 +212,13 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
         )
         .await
         .map_err(Error::pg(ctx()))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+    {
+        if r.get::<_, bool>(1) {
+            primary_key.push(r.get(0));
+        } else {
+            key_include.push(r.get(0));
+        }
+    }
     let mut indexes = Vec::new();
     for r in client
         .query(
@@ -251,6 +261,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
         oid,
         columns,
         primary_key,
+        key_include,
         replica_identity,
         indexes,
         estimated_rows,

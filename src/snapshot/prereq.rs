@@ -154,6 +154,14 @@ pub async fn check(
                 name.quoted()
             ));
         }
+        // `CREATE TABLE t ()` is legal and holds rows, but a row of no values cannot be told
+        // from another, keyed, or written by COPY: say so before anything is created.
+        if t.columns.is_empty() {
+            problems.push(format!(
+                "table {name} has no columns, so its rows cannot be copied or told apart: add a key column                  (ALTER TABLE {q} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY) or leave the table out",
+                q = name.quoted()
+            ));
+        }
         match (t.primary_key.is_empty(), t.replica_identity) {
             (_, 'n') => problems.push(format!(
                 "table {name} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: \

@@ -474,6 +474,14 @@ impl Streamer {
             return Ok(true);
         };
         let mut dest_cols = self.applier.dest_columns(&dest).await?;
+        if self.joined.get(&src).is_some_and(|&at| self.txn_commit < at) {
+            // A table copied after this transaction (joined): its destination table already has
+            // the shape of its copy, which is later than this message; its changes here are
+            // skipped, and a later shape comes with a Relation of its own.
+            let map = TableMap::new(&r, src, dest, &dest_cols).ok().map(Arc::new);
+            self.relations.insert(r.id, map);
+            return Ok(true);
+        }
         let change = self.schema_change(&r, &src, &dest, &dest_cols).await?;
         if !change.is_empty() {
             if !allow_ddl {
@@ -509,11 +517,14 @@ impl Streamer {
             return Ok(());
         }
         if map.is_keyless() {
-            tracing::warn!(table = %map.dest, columns = ?columns,
-                "the source filled new or retyped columns of a table without a key; its rows cannot be matched, so \
-                 the destination keeps NULL (new columns) or its own conversion (retyped ones) there: `cdc snapshot \
-                 --force` copies the table again");
-            return Ok(());
+            // Its rows cannot be found by key to fill in: the table is copied again instead.
+            return Err(Error::Recopy {
+                table: map.source.clone(),
+                why: format!(
+                    "the source filled columns {columns:?} of its existing rows, and a table without a key \
+                     cannot have them filled row by row"
+                ),
+            });
         }
         let started = Instant::now();
         let mut reader = backfill::Reader::open(&self.catalog, map, &columns).await?;
@@ -563,8 +574,16 @@ impl Streamer {
             .map(|(row, &oid)| SourceType { sql: row.get(0), oid })
             .collect();
         let src_names: HashSet<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+        let readded = readded_columns(r, dest_cols);
         let mut change = SchemaChange::default();
         for (c, ty) in r.columns.iter().zip(&types) {
+            if readded.contains(&c.name) {
+                // Dropped and added again under the same name: the destination's values
+                // belong to the old column; the new one starts over, at the end.
+                change.dropped.push(c.name.clone());
+                change.added.push((c.name.clone(), ty.clone()));
+                continue;
+            }
             match dest_cols.iter().find(|d| d.name == c.name) {
                 None => change.added.push((c.name.clone(), ty.clone())),
                 Some(d) => {
@@ -574,12 +593,13 @@ impl Streamer {
                 }
             }
         }
-        change.dropped = dest_cols
-            .iter()
-            .map(|d| d.name.as_str())
-            .filter(|n| !src_names.contains(n))
-            .map(str::to_owned)
-            .collect();
+        change.dropped.extend(
+            dest_cols
+                .iter()
+                .map(|d| d.name.as_str())
+                .filter(|n| !src_names.contains(n))
+                .map(str::to_owned),
+        );
         if let Some(have) = self.applier.session().generated_columns(dest).await? {
             // Postgres before 18 leaves stored generated columns out of Relation messages:
             // the source catalog says which the destination lacks.
@@ -607,14 +627,93 @@ impl Streamer {
                 })
                 .collect();
         }
-        if !change.added.is_empty() && !change.dropped.is_empty() {
+        let gone: Vec<&String> = change.dropped.iter().filter(|n| !readded.contains(*n)).collect();
+        let new: Vec<&String> = change
+            .added
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| !readded.contains(*n))
+            .collect();
+        if !gone.is_empty() && !new.is_empty() {
             return Err(Error::Definite(format!(
-                "{src} changed shape: columns {:?} disappeared and {:?} appeared (a rename?). cdc cannot tell \
-                 which is which: apply the change to {dest} by hand (ALTER TABLE ... RENAME COLUMN ...), then restart",
-                change.dropped,
-                change.added.iter().map(|(n, _)| n).collect::<Vec<_>>()
+                "{src} changed shape: columns {gone:?} disappeared and {new:?} appeared (a rename?). cdc cannot tell \
+                 which is which: apply the change to {dest} by hand (ALTER TABLE ... RENAME COLUMN ...), then restart"
             )));
         }
         Ok(change)
+    }
+}
+
+/// Columns of a Relation message that the destination has under the same name but that were
+/// dropped and added again on the source. `ADD COLUMN` always appends, so such a column shows
+/// up out of the destination's order (`a, c, b` against `a, b, c`), or after a column that is
+/// new to the destination. (A last column dropped and added again with the same type keeps its
+/// place and looks unchanged: nothing in the stream tells it apart.)
+fn readded_columns(r: &Relation, dest_cols: &[DestColumn]) -> HashSet<String> {
+    let mut readded = HashSet::new();
+    let (mut last, mut seen_new) = (None, false);
+    for c in &r.columns {
+        match dest_cols.iter().position(|d| d.name == c.name) {
+            None => seen_new = true,
+            Some(at) if seen_new || last.is_some_and(|l| at < l) => {
+                readded.insert(c.name.clone());
+            }
+            Some(at) => last = Some(at),
+        }
+    }
+    readded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Column, ReplicaIdentity};
+
+    fn relation(names: &[&str]) -> Relation {
+        Relation {
+            xid: None,
+            id: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: names
+                .iter()
+                .map(|n| Column {
+                    is_key: *n == "id",
+                    name: (*n).into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    fn dest(names: &[&str]) -> Vec<DestColumn> {
+        names
+            .iter()
+            .map(|n| DestColumn {
+                name: (*n).into(),
+                type_name: "integer".into(),
+                key: *n == "id",
+            })
+            .collect()
+    }
+
+    fn readded(src: &[&str], dst: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = readded_columns(&relation(src), &dest(dst)).into_iter().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn columns_dropped_and_added_again_are_found_by_their_new_place() {
+        assert!(readded(&["id", "a", "b"], &["id", "a", "b"]).is_empty());
+        assert_eq!(readded(&["id", "c", "b"], &["id", "b", "c"]), ["b"]);
+        // DROP b; ADD c; ADD b: b comes after a column the destination lacks.
+        assert_eq!(readded(&["id", "a", "c", "b"], &["id", "a", "b"]), ["b"]);
+        // Plain additions and drops are not re-additions.
+        assert!(readded(&["id", "a", "b", "c"], &["id", "a", "b"]).is_empty());
+        assert!(readded(&["id", "b"], &["id", "a", "b"]).is_empty());
+        assert_eq!(readded(&["id", "b", "a"], &["id", "a", "b"]), ["a"]);
     }
 }

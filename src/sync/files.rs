@@ -220,6 +220,7 @@ pub async fn load(config: &Config, table: &str, dir: &Path) -> Result<u64> {
             })
             .collect(),
         primary_key: file.primary_key.clone(),
+        key_include: Vec::new(),
         replica_identity: 'd',
         indexes: Vec::new(),
         estimated_rows: file.rows as i64,

@@ -160,6 +160,7 @@ mod tests {
                 gen,
             ],
             primary_key: vec!["id".into()],
+            key_include: Vec::new(),
             replica_identity: 'd',
             indexes: vec![],
             estimated_rows: 0,

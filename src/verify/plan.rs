@@ -70,7 +70,7 @@ pub(super) async fn read_table(client: &Client, table: &TableName) -> Result<Opt
                JOIN pg_namespace n ON n.oid = c.relnamespace
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+              WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary AND k.ord <= i.indnkeyatts
               ORDER BY k.ord",
             &[&table.schema, &table.name],
         )

@@ -178,6 +178,7 @@ mod tests {
                 col("total", "numeric(12,2)", 1700, false),
             ],
             primary_key: vec!["id".into()],
+            key_include: Vec::new(),
             replica_identity: 'd',
             indexes: Vec::new(),
             estimated_rows: 0,

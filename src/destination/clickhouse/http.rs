@@ -98,20 +98,23 @@ impl Client {
                 }
             }
         };
-        let (status, response) =
+        let response =
             tokio::time::timeout(TIMEOUT, work)
                 .await
                 .map_err(|_| Error::Timeout {
                     what: format!("ClickHouse ran {shown}"),
                     seconds: TIMEOUT.as_secs(),
                 })??;
-        if status != 200 {
-            let text = String::from_utf8_lossy(&response).trim().to_owned();
-            return Err(Error::Definite(format!(
-                "ClickHouse refused {shown} (HTTP {status}): {text}"
-            )));
+        if response.status != 200 {
+            let message = String::from_utf8_lossy(&response.body).trim().to_owned();
+            return Err(Error::ClickHouse {
+                statement: shown,
+                status: response.status,
+                code: response.code.or_else(|| code_in_body(&message)),
+                message,
+            });
         }
-        Ok(response)
+        Ok(response.body)
     }
 
     async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
@@ -119,7 +122,7 @@ impl Client {
         mut stream: S,
         in_url: Option<&str>,
         body: Body,
-    ) -> Result<(u16, Bytes)> {
+    ) -> Result<Response> {
         // Decimals print with their scale (`2.00`), as Postgres prints numeric(p,s); lookups of
         // many keys at once are long statements.
         let mut target = format!(
@@ -219,8 +222,26 @@ impl From<String> for BadResponse {
     }
 }
 
-/// Status and body of a whole HTTP/1.1 response (`Content-Length`, chunked, or to the end).
-pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), BadResponse> {
+/// A whole HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// `X-ClickHouse-Exception-Code`: the server's error code, when it reports one.
+    pub code: Option<u32>,
+    pub body: Bytes,
+}
+
+/// The error code of a ClickHouse error text (`Code: 252. DB::Exception: …`), for answers
+/// whose header did not carry it.
+fn code_in_body(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + 6..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Status, error code and body of a whole HTTP/1.1 response (`Content-Length`, chunked, or
+/// to the end).
+pub fn parse_response(raw: &[u8]) -> std::result::Result<Response, BadResponse> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -234,6 +255,7 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), BadRespon
         .ok_or("no status line")?;
     let mut chunked = false;
     let mut length = None;
+    let mut code = None;
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
@@ -243,6 +265,8 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), BadRespon
             chunked = true;
         } else if k == "content-length" {
             length = v.parse::<usize>().ok();
+        } else if k == "x-clickhouse-exception-code" {
+            code = v.parse::<u32>().ok();
         }
     }
     let body = &raw[end + 4..];
@@ -267,7 +291,11 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), BadRespon
             out.extend_from_slice(&rest[..size]);
             rest = &rest[size + 2..];
         }
-        Ok((status, Bytes::from(out)))
+        Ok(Response {
+            status,
+            code,
+            body: Bytes::from(out),
+        })
     } else {
         let body = match length {
             Some(n) if n <= body.len() => &body[..n],
@@ -278,7 +306,11 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<(u16, Bytes), BadRespon
             }
             None => body,
         };
-        Ok((status, Bytes::copy_from_slice(body)))
+        Ok(Response {
+            status,
+            code,
+            body: Bytes::copy_from_slice(body),
+        })
     }
 }
 
@@ -301,16 +333,20 @@ mod tests {
 
     #[test]
     fn responses_with_length_chunks_or_neither() {
-        let (s, b) =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA").unwrap();
-        assert_eq!((s, &b[..]), (200, &b"abc"[..]));
-        let (s, b) = parse_response(
-            b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nCode\r\n2;x\r\n: \r\n0\r\n\r\n",
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA").unwrap();
+        assert_eq!((r.status, r.code, &r.body[..]), (200, None, &b"abc"[..]));
+        let r = parse_response(
+            b"HTTP/1.1 500 Internal\r\nX-ClickHouse-Exception-Code: 252\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nCode\r\n2;x\r\n: \r\n0\r\n\r\n",
         )
         .unwrap();
-        assert_eq!((s, &b[..]), (500, &b"Code: "[..]));
-        let (_, b) = parse_response(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
-        assert_eq!(&b[..], b"to the end");
+        assert_eq!((r.status, r.code, &r.body[..]), (500, Some(252), &b"Code: "[..]));
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
+        assert_eq!(&r.body[..], b"to the end");
+        assert_eq!(
+            code_in_body("Code: 241. DB::Exception: Memory limit (total) exceeded"),
+            Some(241)
+        );
+        assert_eq!(code_in_body("<html>503 Service Unavailable</html>"), None);
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"),
             Err(BadResponse::Truncated(

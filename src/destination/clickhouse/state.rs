@@ -99,11 +99,11 @@ impl State {
             .await
         {
             Ok(_) => Ok(true),
-            Err(Error::Definite(m))
-                if m.contains("UNKNOWN_TABLE") || m.contains("UNKNOWN_DATABASE") =>
-            {
-                Ok(false)
-            }
+            // UNKNOWN_TABLE, UNKNOWN_DATABASE.
+            Err(Error::ClickHouse {
+                code: Some(60 | 81),
+                ..
+            }) => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -202,13 +202,16 @@ fn stage_finals(t: &TableMap, finals: &[Final<'_>]) -> Result<(Vec<Vec<Option<St
     Ok((rows, with_kept))
 }
 
-/// `"a" IS NOT DISTINCT FROM CAST(? AS t) AND ...` over every column of a keyless table.
+/// Every column of a keyless table's row equal to the given old row by exact representation:
+/// `CAST("a" AS VARCHAR) IS NOT DISTINCT FROM CAST(CAST(? AS t) AS VARCHAR) AND …`. Not by `=`,
+/// which calls `-0.0` and `0.0` (or two NaNs) the same, so an update or delete could hit the
+/// other duplicate.
 fn all_match(t: &TableMap) -> String {
     t.columns
         .iter()
         .map(|c| {
             format!(
-                "{} IS NOT DISTINCT FROM {}",
+                "CAST({} AS VARCHAR) IS NOT DISTINCT FROM CAST({} AS VARCHAR)",
                 quote_ident(&c.name),
                 cast_expr(&c.dest_type, "?")
             )
@@ -345,7 +348,10 @@ fn write_table(
 
 /// Rows whose key changed while TOAST values stayed unchanged keep those values only under
 /// their old key: move them to the new key first (replacing a stale row there), so that the
-/// MERGE finds them and keeps what was unchanged.
+/// MERGE finds them and keeps what was unchanged. Rows may trade keys in one batch (a swap, a
+/// rotation, `id = id + 1` over a range), so no order of single-row moves is right in general:
+/// every moving row is parked, as it is now, under its new key in a temporary table, all old
+/// and new keys are deleted, and the parked rows go back in.
 fn move_rows(
     c: &Connection,
     t: &TableMap,
@@ -353,58 +359,82 @@ fn move_rows(
     ops: &[crate::apply::RowOp],
     finals: &[Final<'_>],
 ) -> Result<()> {
-    let moved = crate::apply::moves_in_place(crate::apply::moved_from(ops, &t.key), &t.key);
-    if moved.is_empty() {
+    let moved = crate::apply::moved_from(ops, &t.key);
+    let moves: Vec<(&[Datum], &[Datum])> = finals
+        .iter()
+        .filter_map(|f| f.written())
+        .filter(|row| row.contains(&Datum::UnchangedToast))
+        .filter_map(|row| {
+            let old = (*moved.get(&crate::apply::key_values(row, &t.key))?)?;
+            Some((row, old))
+        })
+        .collect();
+    if moves.is_empty() {
         return Ok(());
     }
     let ctx = || format!("moving rows of {} to their new keys", t.dest);
-    // `k1 = ?<sep>k2 = ?…`: a SET list with ", ", a condition with " AND ".
-    let key_is = |sep: &str| -> String {
+    let key_is = t
+        .key
+        .iter()
+        .map(|&k| {
+            let col = &t.columns[k];
+            format!(
+                "{} = {}",
+                quote_ident(&col.name),
+                cast_expr(&col.dest_type, "?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let names = t
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            if t.key.contains(&i) {
+                cast_expr(&col.dest_type, "?")
+            } else {
+                quote_ident(&col.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    const PARKED: &str = "temp.main.cdc_moved_rows";
+    c.execute_batch(&format!(
+        "CREATE OR REPLACE TEMPORARY TABLE cdc_moved_rows AS SELECT {names} FROM {dest} LIMIT 0"
+    ))
+    .map_err(Error::duck(ctx()))?;
+    let park = format!("INSERT INTO {PARKED} ({names}) SELECT {values} FROM {dest} WHERE {key_is}");
+    let delete = format!("DELETE FROM {dest} WHERE {key_is}");
+    let key_of = |row: &[Datum]| {
         t.key
             .iter()
-            .map(|&k| {
-                let col = &t.columns[k];
-                format!(
-                    "{} = {}",
-                    quote_ident(&col.name),
-                    cast_expr(&col.dest_type, "?")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(sep)
-    };
-    let delete = format!("DELETE FROM {dest} WHERE {}", key_is(" AND "));
-    let update = format!(
-        "UPDATE {dest} SET {} WHERE {}",
-        key_is(", "),
-        key_is(" AND ")
-    );
-    for f in finals {
-        let Some(row) = f.written() else { continue };
-        if !row.contains(&Datum::UnchangedToast) {
-            continue;
-        }
-        let Some(old) = moved.get(&crate::apply::key_values(row, &t.key)) else {
-            continue;
-        };
-        let new_key = t
-            .key
-            .iter()
             .map(|&k| value(t, k, &row[k]))
-            .collect::<Result<Vec<_>>>()?;
-        let old_key = t
-            .key
-            .iter()
-            .map(|&k| value(t, k, &old[k]))
-            .collect::<Result<Vec<_>>>()?;
-        c.execute(&delete, params_from_iter(new_key.iter()))
+            .collect::<Result<Vec<_>>>()
+    };
+    let mut keys = Vec::with_capacity(moves.len());
+    for (new, old) in &moves {
+        let (new_key, old_key) = (key_of(new)?, key_of(old)?);
+        c.execute(&park, params_from_iter(new_key.iter().chain(old_key.iter())))
             .map_err(Error::duck(ctx()))?;
-        c.execute(
-            &update,
-            params_from_iter(new_key.iter().chain(old_key.iter())),
-        )
-        .map_err(Error::duck(ctx()))?;
+        keys.push((new_key, old_key));
     }
+    for (new_key, old_key) in &keys {
+        for k in [old_key, new_key] {
+            c.execute(&delete, params_from_iter(k.iter()))
+                .map_err(Error::duck(ctx()))?;
+        }
+    }
+    c.execute_batch(&format!(
+        "INSERT INTO {dest} ({names}) SELECT {names} FROM {PARKED}; DROP TABLE {PARKED}"
+    ))
+    .map_err(Error::duck(ctx()))?;
     Ok(())
 }
 
@@ -498,16 +528,17 @@ impl Session for DuckSession {
 
     async fn alter(&mut self, dest: &TableName, change: &SchemaChange) -> Result<()> {
         let t = self.handle.qualified(dest);
+        // Drops first: a column dropped and added again under its name is in both lists.
         let mut ddl: Vec<String> = Vec::new();
+        for n in &change.dropped {
+            ddl.push(format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n)));
+        }
         for (n, ty) in &change.added {
             ddl.push(format!(
                 "ALTER TABLE {t} ADD COLUMN {} {}",
                 quote_ident(n),
                 new_type(ty)
             ));
-        }
-        for n in &change.dropped {
-            ddl.push(format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n)));
         }
         for (n, ty) in &change.retyped {
             ddl.push(format!(

@@ -100,51 +100,21 @@ impl PgSession {
     /// Write the final states of one keyed table's keys (`ops`: the changes they come from).
     async fn apply_set(&mut self, t: &TableMap, ops: &[RowOp], finals: &[Final<'_>]) -> Result<()> {
         // Rows whose key changed while TOAST values stayed unchanged: those values are only in
-        // the row under its old key, so the row is moved there, before any delete of that key.
-        let moved = crate::apply::moves_in_place(crate::apply::moved_from(ops, &t.key), &t.key);
-        // Present columns → (new row, row under its old key).
-        type Moves<'r> = HashMap<Vec<usize>, Vec<(&'r [Datum], &'r [Datum])>>;
-        let mut moves: Moves<'_> = HashMap::new();
-        for f in finals {
-            let Some(row) = f.written() else { continue };
-            if !row.contains(&Datum::UnchangedToast) {
-                continue;
-            }
-            if let Some(old) = moved.get(&crate::apply::key_values(row, &t.key)) {
-                let present: Vec<usize> = (0..row.len())
-                    .filter(|&i| row[i] != Datum::UnchangedToast)
-                    .collect();
-                moves.entry(present).or_default().push((row, *old));
-            }
+        // the row under its old key, so the row is moved there first, before any delete of
+        // that key; then its final state is an ordinary update of the columns it has.
+        let moved = crate::apply::moved_from(ops, &t.key);
+        let moves: Vec<(&[Datum], &[Datum])> = finals
+            .iter()
+            .filter_map(|f| f.written())
+            .filter(|row| row.contains(&Datum::UnchangedToast))
+            .filter_map(|row| {
+                let old = (*moved.get(&crate::apply::key_values(row, &t.key))?)?;
+                Some((row, old))
+            })
+            .collect();
+        if !moves.is_empty() {
+            self.move_rows(t, &moves).await?;
         }
-        for (present, rows) in &moves {
-            // A row the destination still has under the new key is replaced by the moved one.
-            let new_rows: Vec<&[Datum]> = rows.iter().map(|(n, _)| *n).collect();
-            self.exec_arrays(sql::delete(t), &new_rows, &t.key).await?;
-            let arrays: Vec<Vec<Option<&str>>> = present
-                .iter()
-                .map(|&c| rows.iter().map(|(n, _)| n.get(c).and_then(text)).collect())
-                .chain(
-                    t.key
-                        .iter()
-                        .map(|&k| rows.iter().map(|(_, o)| o.get(k).and_then(text)).collect()),
-                )
-                .collect();
-            let stmt = self.statement(sql::move_present(t, present)).await?;
-            let params: Vec<&(dyn ToSql + Sync)> =
-                arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            let updated = self
-                .client
-                .execute(&stmt, &params)
-                .await
-                .map_err(Error::pg("applying changes"))?;
-            let missing = rows.len() as u64 - updated.min(rows.len() as u64);
-            crate::apply::toast_rows_missing(&self.metrics, t, missing);
-        }
-        let is_move = |row: &[Datum]| {
-            row.contains(&Datum::UnchangedToast)
-                && moved.contains_key(&crate::apply::key_values(row, &t.key))
-        };
         let deletes: Vec<&[Datum]> = finals
             .iter()
             .filter_map(|f| match f {
@@ -164,9 +134,6 @@ impl PgSession {
         let mut partial: HashMap<Vec<usize>, Vec<&[Datum]>> = HashMap::new();
         for f in finals {
             let Some(row) = f.written() else { continue };
-            if is_move(row) {
-                continue;
-            }
             if row.contains(&Datum::UnchangedToast) {
                 let present: Vec<usize> = (0..row.len())
                     .filter(|&i| row[i] != Datum::UnchangedToast)
@@ -203,6 +170,54 @@ impl PgSession {
                 crate::apply::toast_rows_missing(&self.metrics, t, missing);
             }
         }
+        Ok(())
+    }
+
+    /// Move rows to new keys (`moves`: the row's final state under its new key, and the row
+    /// under the key it had before the batch), replacing stale rows at the new keys. Rows may
+    /// trade keys (a swap, a rotation, `id = id + 1` over a range), and a non-deferrable key
+    /// refuses any order of single-row moves for those; so every moving row is parked, as it is
+    /// now, under its new key in a temporary table, all old and new keys are deleted, and the
+    /// parked rows go back in.
+    async fn move_rows(&mut self, t: &TableMap, moves: &[(&[Datum], &[Datum])]) -> Result<()> {
+        let ctx = || format!("moving rows of {} to their new keys", t.dest);
+        // Not prepared once and kept: the temporary table is new each time.
+        self.client
+            .batch_execute(&format!(
+                "CREATE TEMPORARY TABLE {} (LIKE {})",
+                sql::MOVED,
+                t.dest.quoted()
+            ))
+            .await
+            .map_err(Error::pg(ctx()))?;
+        let arrays: Vec<Vec<Option<&str>>> = t
+            .key
+            .iter()
+            .map(|&k| moves.iter().map(|(n, _)| n.get(k).and_then(text)).collect())
+            .chain(
+                t.key
+                    .iter()
+                    .map(|&k| moves.iter().map(|(_, o)| o.get(k).and_then(text)).collect()),
+            )
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        // A row not found under its old key is counted missing by the update that follows.
+        self.client
+            .execute(&sql::park_moved(t), &params)
+            .await
+            .map_err(Error::pg(ctx()))?;
+        let (new_rows, old_rows): (Vec<&[Datum]>, Vec<&[Datum]>) = moves.iter().copied().unzip();
+        self.exec_arrays(sql::delete(t), &old_rows, &t.key).await?;
+        self.exec_arrays(sql::delete(t), &new_rows, &t.key).await?;
+        self.client
+            .execute(&sql::unpark_moved(t), &[])
+            .await
+            .map_err(Error::pg(ctx()))?;
+        self.client
+            .batch_execute(&format!("DROP TABLE {}", sql::MOVED))
+            .await
+            .map_err(Error::pg(ctx()))?;
         Ok(())
     }
 
@@ -256,7 +271,7 @@ impl Session for PgSession {
             .client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-                        COALESCE(a.attnum = ANY (i.indkey::int2[]), false)
+                        COALESCE(a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]), false)
                    FROM pg_attribute a
                    LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -410,16 +425,17 @@ impl Session for PgSession {
 /// (converted through their text form, as the source prints them).
 fn alter_sql(dest: &TableName, change: &SchemaChange) -> Vec<String> {
     let t = dest.quoted();
+    // Drops first: a column dropped and added again under its name is in both lists.
     let mut ddl: Vec<String> = change
-        .added
+        .dropped
         .iter()
-        .map(|(n, ty)| format!("ALTER TABLE {t} ADD COLUMN {} {}", quote_ident(n), ty.sql))
+        .map(|n| format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n)))
         .collect();
     ddl.extend(
         change
-            .dropped
+            .added
             .iter()
-            .map(|n| format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(n))),
+            .map(|(n, ty)| format!("ALTER TABLE {t} ADD COLUMN {} {}", quote_ident(n), ty.sql)),
     );
     ddl.extend(change.added_generated.iter().map(|(n, ty, expr)| {
         format!(

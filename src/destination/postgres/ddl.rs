@@ -73,11 +73,16 @@ pub fn add_primary_key(dest: &TableName, t: &TableSchema) -> Option<String> {
     if t.primary_key.is_empty() {
         return None;
     }
-    let cols: Vec<String> = t.primary_key.iter().map(|c| quote_ident(c)).collect();
+    let list = |names: &[String]| names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let include = if t.key_include.is_empty() {
+        String::new()
+    } else {
+        format!(" INCLUDE ({})", list(&t.key_include))
+    };
     Some(format!(
-        "ALTER TABLE {} ADD PRIMARY KEY ({})",
+        "ALTER TABLE {} ADD PRIMARY KEY ({}){include}",
         dest.quoted(),
-        cols.join(", ")
+        list(&t.primary_key)
     ))
 }
 
@@ -188,6 +193,7 @@ mod tests {
                 total,
             ],
             primary_key: vec!["id".into()],
+            key_include: Vec::new(),
             replica_identity: 'f',
             indexes: vec![],
             estimated_rows: 0,

@@ -96,47 +96,59 @@ pub fn update_present(t: &TableMap, present: &[usize]) -> Option<(String, Vec<us
     Some((sql, cols))
 }
 
-/// Move rows to a new key, setting the `present` columns (the new key among them; the others
-/// were unchanged TOAST values, kept): parameters are the present columns, then the old key
-/// columns.
-pub fn move_present(t: &TableMap, present: &[usize]) -> String {
-    let n = present.len();
-    let arrays: Vec<String> = (1..=n + t.key.len())
-        .map(|i| format!("${i}::text[]"))
-        .collect();
-    let aliases: Vec<String> = present
+/// The temporary table that rows moving to new keys are parked in (see `PgSession::move_rows`).
+pub const MOVED: &str = "pg_temp.cdc_moved_rows";
+
+/// Park the rows that moves take to new keys: each old row, as it is now, under its new key.
+/// Parameters: the new key values, then the old ones (text arrays, one row per move).
+pub fn park_moved(t: &TableMap) -> String {
+    let k = t.key.len();
+    let arrays: Vec<String> = (1..=2 * k).map(|i| format!("${i}::text[]")).collect();
+    let aliases: Vec<String> = t
+        .key
         .iter()
-        .map(|c| format!("c{c}"))
-        .chain(t.key.iter().map(|k| format!("o{k}")))
+        .map(|c| format!("n{c}"))
+        .chain(t.key.iter().map(|c| format!("o{c}")))
         .collect();
-    let assignments: Vec<String> = present
-        .iter()
-        .map(|&i| {
-            format!(
-                "{} = {}",
-                quote_ident(&t.columns[i].name),
-                cast(t, i, &format!("u.c{i}"))
-            )
+    let names: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = (0..t.columns.len())
+        .map(|i| {
+            if t.key.contains(&i) {
+                cast(t, i, &format!("u.n{i}"))
+            } else {
+                format!("d.{}", quote_ident(&t.columns[i].name))
+            }
         })
         .collect();
     let old_key: Vec<String> = t
         .key
         .iter()
-        .map(|&k| {
+        .map(|&c| {
             format!(
                 "d.{} = {}",
-                quote_ident(&t.columns[k].name),
-                cast(t, k, &format!("u.o{k}"))
+                quote_ident(&t.columns[c].name),
+                cast(t, c, &format!("u.o{c}"))
             )
         })
         .collect();
     format!(
-        "UPDATE {} AS d SET {} FROM unnest({}) AS u({}) WHERE {}",
+        "INSERT INTO {MOVED} ({}) SELECT {} FROM {} AS d, unnest({}) AS u({}) WHERE {}",
+        names.join(", "),
+        values.join(", "),
         t.dest.quoted(),
-        assignments.join(", "),
         arrays.join(", "),
         aliases.join(", "),
         old_key.join(" AND ")
+    )
+}
+
+/// Put the parked rows back into the table, under their new keys.
+pub fn unpark_moved(t: &TableMap) -> String {
+    let names: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    format!(
+        "INSERT INTO {} ({n}) SELECT {n} FROM {MOVED}",
+        t.dest.quoted(),
+        n = names.join(", ")
     )
 }
 
@@ -167,17 +179,22 @@ pub fn insert_plain(t: &TableMap) -> String {
     )
 }
 
-/// Keyless tables: the ctid of one row equal (by text form) to the old row given as
-/// parameters `$first..` (one per column). Text comparison works for types without `=`.
+/// Keyless tables: the ctid of one row whose every value prints exactly as the old row given
+/// as parameters `$first..` (one per column). By the type's output text, not `=`: `=` cannot
+/// tell `-0` from `0` or `1.0` from `1.00`, treats strings a nondeterministic collation calls
+/// equal as the same, and json, point, box or xml have none. `format('%s', …)` is that output
+/// text (a `::text` cast is not: `true::text` is `true`, its output `t`; `char(n)` loses its
+/// padding), compared bytewise (`COLLATE "C"`); NULL only matches NULL.
 fn one_matching_row(t: &TableMap, first: usize) -> String {
     let conds: Vec<String> = t
         .columns
         .iter()
         .enumerate()
         .map(|(i, c)| {
+            let col = quote_ident(&c.name);
             format!(
-                "m.{}::text IS NOT DISTINCT FROM ${}::text",
-                quote_ident(&c.name),
+                "(CASE WHEN m.{col} IS NULL THEN NULL ELSE format('%s', m.{col}) END) COLLATE \"C\" \
+                 IS NOT DISTINCT FROM ${}::text COLLATE \"C\"",
                 first + i
             )
         })
@@ -278,12 +295,17 @@ mod tests {
         );
         let keyless = table(vec![]);
         assert!(
-            delete_one(&keyless).contains("m.\"doc\"::text IS NOT DISTINCT FROM $3::text LIMIT 1")
+            delete_one(&keyless).contains(
+                "(CASE WHEN m.\"doc\" IS NULL THEN NULL ELSE format('%s', m.\"doc\") END) COLLATE \"C\" \
+                 IS NOT DISTINCT FROM $3::text COLLATE \"C\" LIMIT 1"
+            ),
+            "{}",
+            delete_one(&keyless)
         );
         let upd = update_one(&keyless, &[1]).unwrap();
         assert!(upd.starts_with("UPDATE \"public\".\"t\" SET \"Name\" = CAST($1::text AS text) WHERE ctid = (SELECT ctid"), "{upd}");
         assert!(
-            upd.contains("m.\"id\"::text IS NOT DISTINCT FROM $2::text"),
+            upd.contains("format('%s', m.\"id\") END) COLLATE \"C\" IS NOT DISTINCT FROM $2::text"),
             "{upd}"
         );
     }

@@ -100,7 +100,8 @@ impl ReplicationStream {
             };
             self.last_heard = Instant::now();
             self.probed = false;
-            match frame.tag {
+            let tag = frame.tag;
+            match tag {
                 COPY_DATA_TAG => {
                     let data = Bytes::copy_from_slice(frame.body());
                     return parse_copy_data(data)
@@ -119,10 +120,24 @@ impl ReplicationStream {
                         })
                     }
                     backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
+                    // A walsender told to shut down (`pg_ctl stop/restart -m fast`) sends what
+                    // it has, ends the COPY with CommandComplete and exits, without CopyDone:
+                    // the connection is going away, which is retried like any lost connection.
+                    backend::Message::CommandComplete(_) | backend::Message::ReadyForQuery(_) => {
+                        self.done = true;
+                        return Err(Error::Io {
+                            context: "the source ended the replication stream (server shutting down)"
+                                .into(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::ConnectionAborted,
+                                "walsender finished",
+                            ),
+                        });
+                    }
                     _ => {
                         return Err(protocol(
                             "reading the replication stream",
-                            "unexpected message",
+                            format!("unexpected message {:?}", tag as char),
                         ))
                     }
                 },

@@ -119,6 +119,7 @@ pub fn read_table(conn: &Connection, name: &TableName) -> Result<Option<SqliteTa
             oid: 0,
             columns,
             primary_key,
+            key_include: Vec::new(),
             replica_identity: 'd',
             indexes,
             estimated_rows,

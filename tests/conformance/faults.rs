@@ -1,0 +1,317 @@
+//! The fault matrix: routine maintenance and trouble on either side while `cdc run` streams
+//! under a write load. `cdc run` must stay up through every fault and the tables must end
+//! identical.
+//!
+//! - the source restarted fast, smart and immediate (a crash), on every destination;
+//! - the Postgres destination restarted fast, smart and immediate;
+//! - the network to either side cut for 10 s (a proxy closes every connection and refuses new
+//!   ones), on every destination that has a network;
+//! - ClickHouse answering what a loaded server or its load balancer answers (503, TOO_MANY_PARTS,
+//!   MEMORY_LIMIT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, a reset before the answer), and a
+//!   definite error still stopping the run with the statement named.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Case, Col, Dest};
+use crate::harness::proxy::{http_reply, Fault, Proxy};
+use crate::harness::servers;
+use cdc::conninfo::ConnInfo;
+use cdc::local_pg::{LocalPostgres, Options};
+
+const LOAD_DDL: &str = "
+    CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, doc text);
+    ALTER TABLE acct ALTER COLUMN doc SET STORAGE EXTERNAL;
+    INSERT INTO acct SELECT g, 0, repeat(md5(g::text), 100) FROM generate_series(1, 200) g;
+    CREATE TABLE hist (id bigserial PRIMARY KEY, aid int NOT NULL, delta int NOT NULL);";
+
+const TABLES: &str = "[[tables]]\nsource = \"public.acct\"\n[[tables]]\nsource = \"public.hist\"\n";
+
+/// A pgbench-like write load (an account updated, a history row inserted; every seventh
+/// transaction deletes and re-inserts an account, every fifth leaves its TOASTed `doc`
+/// unchanged on purpose by updating another account's balance twice), one connection per
+/// transaction so a smart shutdown can finish, retrying through outages. Runs until `stop`;
+/// returns how many transactions committed.
+fn load(db: ConnInfo, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let (mut done, mut seed) = (0u64, 12345u64);
+        while !*stop.borrow() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let (a, b, delta) = (
+                (seed >> 33) % 200 + 1,
+                (seed >> 17) % 200 + 1,
+                (seed >> 5) % 1000,
+            );
+            let mut sql = format!(
+                "BEGIN; UPDATE acct SET bal = bal + {delta} WHERE id = {a};
+                 INSERT INTO hist (aid, delta) VALUES ({a}, {delta});"
+            );
+            if done % 7 == 3 {
+                sql.push_str(&format!(
+                    "DELETE FROM acct WHERE id = {b};
+                     INSERT INTO acct VALUES ({b}, {delta}, repeat(md5('{done}'), 100));"
+                ));
+            }
+            if done % 5 == 1 {
+                sql.push_str(&format!("UPDATE acct SET bal = bal - 1 WHERE id = {b};"));
+            }
+            sql.push_str("COMMIT;");
+            let ok = match cdc::pg::connect(&db).await {
+                Ok(c) => c.batch_execute(&sql).await.is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                done += 1;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        done
+    })
+}
+
+const ACCT: &[Col<'static>] = &[Col::Text("id"), Col::Text("bal"), Col::Md5("doc")];
+const HIST: &[Col<'static>] = &[Col::Text("id"), Col::Text("aid"), Col::Text("delta")];
+
+/// A server of the test's own (it is restarted), logical if it is a source.
+async fn own_server(logical: bool) -> LocalPostgres {
+    tokio::task::spawn_blocking(move || {
+        LocalPostgres::start(&Options {
+            logical,
+            ..Default::default()
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `url` with its port replaced (to go through a proxy).
+fn via(url: &str, port: u16, proxy: u16) -> String {
+    url.replace(&format!(":{port}/"), &format!(":{proxy}/"))
+}
+
+/// Fresh SQL connections for the case (the old ones died with a restart).
+async fn reconnect(c: &mut Case) {
+    c.p.src_sql = cdc::pg::connect(&c.p.src).await.unwrap();
+    c.p.dst_sql = cdc::pg::connect(&c.p.dst).await.unwrap();
+}
+
+/// Stop the load, then wait for equal tables with `cdc run` still up.
+async fn finish(c: &mut Case, stop: watch::Sender<bool>, load: tokio::task::JoinHandle<u64>) {
+    let _ = stop.send(true);
+    let done = load.await.unwrap();
+    assert!(done > 20, "the load committed only {done} transactions");
+    c.wait_same("acct", ACCT, "id").await;
+    c.wait_same("hist", HIST, "id").await;
+    assert!(c.alive(), "cdc run exited:\n{}", c.log_text());
+}
+
+async fn source_restarts_are_survived(dest: Dest) {
+    let source = own_server(true).await;
+    let mut c = Case::on(
+        dest,
+        &source,
+        &servers().destination,
+        "fault_src_restart",
+        LOAD_DDL,
+        TABLES,
+    )
+    .await;
+    c.start().await;
+    let (stop, stopped) = watch::channel(false);
+    let writer = load(c.p.src.clone(), stopped);
+    for mode in ["fast", "smart", "immediate"] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let restart = {
+            let mode = mode.to_owned();
+            let s = &source;
+            // pg_ctl blocks: run it off the runtime's threads.
+            tokio::task::block_in_place(|| s.restart_server(&mode, Duration::from_secs(60)))
+        };
+        restart.unwrap_or_else(|e| panic!("restart -m {mode}: {e}\n{}", c.log_text()));
+        reconnect(&mut c).await;
+        c.wait_streaming().await;
+    }
+    finish(&mut c, stop, writer).await;
+}
+
+mod the_source_restarted_fast_smart_and_immediate {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        source_restarts_are_survived(Dest::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duckdb() {
+        source_restarts_are_survived(Dest::DuckDb).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clickhouse() {
+        source_restarts_are_survived(Dest::ClickHouse).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_destination_restarted_fast_smart_and_immediate() {
+    let destination = own_server(false).await;
+    let mut c = Case::on(
+        Dest::Postgres,
+        &servers().source,
+        &destination,
+        "fault_dst_restart",
+        LOAD_DDL,
+        TABLES,
+    )
+    .await;
+    c.start().await;
+    let (stop, stopped) = watch::channel(false);
+    let writer = load(c.p.src.clone(), stopped);
+    for mode in ["fast", "smart", "immediate"] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::block_in_place(|| destination.restart_server(mode, Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("restart -m {mode}: {e}\n{}", c.log_text()));
+        reconnect(&mut c).await;
+        c.wait_streaming().await;
+    }
+    finish(&mut c, stop, writer).await;
+}
+
+/// The network to the source (and, where there is one, to the destination) cut for 10 s.
+async fn network_cuts_are_survived(dest: Dest) {
+    let s = servers();
+    let to_source = Proxy::start(s.source.port()).await;
+    let mut c = Case::new(dest, "fault_cut", LOAD_DDL, TABLES).await;
+    c.set_source(&via(
+        &s.source.url(&c.p.src.dbname),
+        s.source.port(),
+        to_source.port(),
+    ));
+    let to_dest = match dest {
+        Dest::Postgres => {
+            let proxy = Proxy::start(s.destination.port()).await;
+            c.set_destination(&via(
+                &s.destination.url(&c.p.dst.dbname),
+                s.destination.port(),
+                proxy.port(),
+            ));
+            Some(proxy)
+        }
+        Dest::ClickHouse => {
+            let ch = crate::clickhouse::server();
+            let proxy = Proxy::start(ch.port()).await;
+            c.set_destination(&format!(
+                "clickhouse://default@127.0.0.1:{}/{}",
+                proxy.port(),
+                c.ch_db.clone().unwrap()
+            ));
+            Some(proxy)
+        }
+        Dest::DuckDb => None,
+    };
+    c.start().await;
+    let (stop, stopped) = watch::channel(false);
+    let writer = load(c.p.src.clone(), stopped);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    to_source.cut(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    c.wait_streaming().await;
+    if let Some(proxy) = &to_dest {
+        proxy.cut(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+    }
+    finish(&mut c, stop, writer).await;
+}
+
+mod the_network_cut_for_ten_seconds {
+    use super::*;
+    #[tokio::test]
+    async fn postgres() {
+        network_cuts_are_survived(Dest::Postgres).await
+    }
+    #[tokio::test]
+    async fn duckdb() {
+        network_cuts_are_survived(Dest::DuckDb).await
+    }
+    #[tokio::test]
+    async fn clickhouse() {
+        network_cuts_are_survived(Dest::ClickHouse).await
+    }
+}
+
+/// A ClickHouse error answer as the server sends it: the code in a header and in the text.
+fn clickhouse_error(code: u32, name: &str, header: bool) -> Fault {
+    let body = format!("Code: {code}. DB::Exception: injected by the test. ({name}) (version 26.9.1.1)");
+    let code = code.to_string();
+    let headers: Vec<(&str, &str)> = if header {
+        vec![("X-ClickHouse-Exception-Code", code.as_str())]
+    } else {
+        vec![]
+    };
+    Fault::Reply(http_reply("500 Internal Server Error", &headers, &body))
+}
+
+#[tokio::test]
+async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_the_run() {
+    let ch = crate::clickhouse::server();
+    let proxy = Proxy::start(ch.port()).await;
+    let mut c = Case::new(Dest::ClickHouse, "fault_ch_errors", LOAD_DDL, TABLES).await;
+    c.set_destination(&format!(
+        "clickhouse://default@127.0.0.1:{}/{}",
+        proxy.port(),
+        c.ch_db.clone().unwrap()
+    ));
+    c.start().await;
+    let (stop, stopped) = watch::channel(false);
+    let writer = load(c.p.src.clone(), stopped);
+    let faults = [
+        Fault::Reply(http_reply(
+            "503 Service Unavailable",
+            &[],
+            "no healthy upstream",
+        )),
+        clickhouse_error(252, "TOO_MANY_PARTS", true),
+        clickhouse_error(241, "MEMORY_LIMIT_EXCEEDED", false),
+        clickhouse_error(202, "TOO_MANY_SIMULTANEOUS_QUERIES", true),
+        Fault::Reset,
+        clickhouse_error(252, "TOO_MANY_PARTS", true),
+    ];
+    let n = faults.len();
+    for fault in faults {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.answer([fault]);
+        crate::harness::wait_for("the fault to be served", Duration::from_secs(30), || async {
+            proxy.faults_pending() == 0
+        })
+        .await;
+        assert!(c.alive(), "cdc run exited:\n{}", c.log_text());
+    }
+    assert_eq!(proxy.faults_served(), n);
+    finish(&mut c, stop, writer).await;
+    // A definite error (an unknown column) is not retried: the run stops, naming the statement.
+    proxy.answer([clickhouse_error(47, "UNKNOWN_IDENTIFIER", true)]);
+    c.source("INSERT INTO hist (aid, delta) VALUES (1, 1)").await;
+    let mut run = c.run.take().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cdc run kept going after a definite error:\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = c.log_text();
+    assert_eq!(status.code(), Some(65), "{log}");
+    assert!(
+        log.contains("ClickHouse refused") && log.contains("UNKNOWN_IDENTIFIER"),
+        "{log}"
+    );
+}

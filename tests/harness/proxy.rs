@@ -1,0 +1,203 @@
+//! A TCP proxy on loopback that a test controls, to cut the network to a server or make it
+//! answer errors, without touching the server itself.
+//!
+//! Every accepted connection is forwarded to the target byte for byte. `cut` closes every open
+//! connection and refuses new ones (accepts and drops them at once) until the time is up; `answer`
+//! makes the next connections get a canned reply instead of reaching the target (ClickHouse's
+//! HTTP interface opens one connection per statement, so "the next N connections" is "the next
+//! N statements").
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What the proxy does with the next connection instead of forwarding it.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Read the request head, send these bytes, close.
+    Reply(Vec<u8>),
+    /// Read the request head, then reset the connection without answering.
+    Reset,
+}
+
+#[derive(Default)]
+struct Control {
+    cut_until: Option<Instant>,
+    faults: VecDeque<Fault>,
+    /// Faults handed out so far.
+    served: usize,
+}
+
+pub struct Proxy {
+    port: u16,
+    control: Arc<Mutex<Control>>,
+    /// Bumped by `cut`: forwarding tasks watching it close their connections.
+    generation: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listen on a free loopback port, forwarding to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let control = Arc::new(Mutex::new(Control::default()));
+        let (generation, _) = watch::channel(0u64);
+        let task = {
+            let control = control.clone();
+            let generation = generation.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    client.set_nodelay(true).ok();
+                    let action = {
+                        let mut c = control.lock().unwrap();
+                        if c.cut_until.is_some_and(|t| Instant::now() < t) {
+                            None
+                        } else {
+                            c.cut_until = None;
+                            let f = c.faults.pop_front();
+                            if f.is_some() {
+                                c.served += 1;
+                            }
+                            Some(f)
+                        }
+                    };
+                    match action {
+                        None => drop(client),
+                        Some(Some(fault)) => {
+                            tokio::spawn(misbehave(client, fault));
+                        }
+                        Some(None) => {
+                            let gen = generation.subscribe();
+                            tokio::spawn(forward(client, target, gen));
+                        }
+                    }
+                }
+            })
+        };
+        Proxy {
+            port,
+            control,
+            generation,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Close every forwarded connection and refuse new ones for `how_long`.
+    pub fn cut(&self, how_long: Duration) {
+        self.control.lock().unwrap().cut_until = Some(Instant::now() + how_long);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The next connections get `faults`, one each, in order.
+    pub fn answer(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.control.lock().unwrap().faults.extend(faults);
+    }
+
+    /// How many faults have been handed out.
+    pub fn faults_served(&self) -> usize {
+        self.control.lock().unwrap().served
+    }
+
+    /// Faults still waiting for a connection.
+    pub fn faults_pending(&self) -> usize {
+        self.control.lock().unwrap().faults.len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(client: TcpStream, target: u16, mut cut: watch::Receiver<u64>) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+        return;
+    };
+    server.set_nodelay(true).ok();
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        let _ = sw.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = cut.changed() => {}
+    }
+}
+
+/// Read a whole HTTP request (head, then a `Content-Length` or chunked body), so that the
+/// client has sent everything and reads the answer; gives up after 5 s of waiting.
+async fn read_request(client: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen: Vec<u8> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let complete = |seen: &[u8]| -> bool {
+        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+        let body = &seen[end + 4..];
+        if head.contains("transfer-encoding: chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        body.len() >= length
+    };
+    while !complete(&seen) {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+}
+
+async fn misbehave(mut client: TcpStream, fault: Fault) {
+    read_request(&mut client).await;
+    match fault {
+        Fault::Reply(bytes) => {
+            let _ = client.write_all(&bytes).await;
+            let _ = client.shutdown().await;
+        }
+        Fault::Reset => {
+            // SO_LINGER 0: the close sends a reset, as a crashed peer's kernel would.
+            let _ = client.set_zero_linger();
+            drop(client);
+        }
+    }
+}
+
+/// A whole HTTP/1.1 response, with `Connection: close`.
+pub fn http_reply(status: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
+}
