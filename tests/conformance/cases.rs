@@ -24,7 +24,7 @@ async fn rows_trading_keys_keep_their_own_toast_values(dest: Dest) {
          UPDATE k SET id = 100 WHERE id = 1; UPDATE k SET id = 1 WHERE id = 2; UPDATE k SET id = 2 WHERE id = 100;
          UPDATE k SET id = 103 WHERE id = 3; UPDATE k SET id = 3 WHERE id = 4; UPDATE k SET id = 4 WHERE id = 5;
          UPDATE k SET id = 5 WHERE id = 103;
-         UPDATE k SET id = 30 WHERE id = 6; UPDATE k SET id = 6 WHERE id = 7;
+         UPDATE k SET id = 60 WHERE id = 6; UPDATE k SET id = 6 WHERE id = 7;
          UPDATE k SET id = id + 1000 WHERE id BETWEEN 10 AND 15;
          COMMIT;",
     )
@@ -36,7 +36,7 @@ async fn rows_trading_keys_keep_their_own_toast_values(dest: Dest) {
          UPDATE k SET id = 2 WHERE id = 200;
          UPDATE k SET id = 130 WHERE id = 3; UPDATE k SET id = 3 WHERE id = 4; UPDATE k SET id = 4 WHERE id = 5;
          UPDATE k SET id = 5 WHERE id = 130;
-         UPDATE k SET id = 31 WHERE id = 16; UPDATE k SET id = 16 WHERE id = 17;
+         UPDATE k SET id = 61 WHERE id = 16; UPDATE k SET id = 16 WHERE id = 17;
          UPDATE k SET id = id - 1000 WHERE id BETWEEN 1010 AND 1015;
          BEGIN; UPDATE k SET id = id + 100 WHERE id BETWEEN 20 AND 26;
                 UPDATE k SET id = id - 101 WHERE id BETWEEN 121 AND 126; COMMIT;",

@@ -185,7 +185,8 @@ impl Case {
                     &[&self.p.slot],
                 )
                 .await;
-            if matches!(active, Ok(Some(_))) {
+            // Active alone is not enough: the slot is active while it is being created.
+            if matches!(active, Ok(Some(_))) && self.snapshot_complete().await {
                 return;
             }
             assert!(
@@ -205,6 +206,16 @@ impl Case {
         text[cut..].to_owned()
     }
 
+    /// Whether the destination records a completed snapshot (as `cdc status` reads it).
+    async fn snapshot_complete(&self) -> bool {
+        let bounds = cdc::status::Bounds {
+            max_lag_bytes: u64::MAX,
+            max_lag_seconds: u64::MAX,
+            require_active: false,
+        };
+        matches!(cdc::status::check(&self.p.config(), &bounds).await, Ok(r) if r.snapshot_complete)
+    }
+
     /// Whether `cdc run` is still running.
     pub fn alive(&mut self) -> bool {
         self.run.as_mut().is_some_and(|r| r.alive())
@@ -212,7 +223,11 @@ impl Case {
 
     /// `cols` of `table` (a name in `public`) on the source, ordered by `order`.
     pub async fn source_rows(&self, table: &str, cols: &[Col<'_>], order: &str) -> Vec<Vec<String>> {
-        let list: Vec<String> = cols.iter().map(|c| c.sql(None)).collect();
+        let list: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS c{i}", c.sql(None)))
+            .collect();
         text_rows(
             &self.p.src_sql,
             &format!("SELECT {} FROM {table} ORDER BY {order}", list.join(", ")),
@@ -228,7 +243,12 @@ impl Case {
         cols: &[Col<'_>],
         order: &str,
     ) -> Option<Vec<Vec<String>>> {
-        let list: Vec<String> = cols.iter().map(|c| c.sql(Some(self.dest))).collect();
+        // Aliased apart from the columns, so that `order` names the table's columns.
+        let list: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS c{i}", c.sql(Some(self.dest))))
+            .collect();
         let list = list.join(", ");
         match self.dest {
             Dest::Postgres => {
