@@ -208,6 +208,11 @@ async fn stream_once(
     let mut decoder = PgOutputDecoder::new();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut last_report = Instant::now();
+    // Postgres servers cdc holds sessions on, to look for a smart shutdown at every tick.
+    let mut servers = vec![("source", src_info.clone())];
+    if let Ok(crate::destination::Target::Postgres(info)) = config.destination_target() {
+        servers.push(("destination", info));
+    }
     loop {
         let deadline = streamer.commit_deadline();
         tokio::select! {
@@ -245,6 +250,17 @@ async fn stream_once(
             },
             _ = status_tick.tick() => {
                 confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
+                if let Some(side) = shutting_down(&servers).await {
+                    // A smart shutdown waits for every session to end, and ours never would
+                    // by themselves: commit what we have, let go, and reconnect after it.
+                    streamer.finish().await?;
+                    confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
+                    stream.close().await;
+                    return Err(Error::Io {
+                        context: format!("the {side} is shutting down (it refuses new sessions): disconnecting so that it can"),
+                        source: std::io::ErrorKind::ConnectionAborted.into(),
+                    });
+                }
                 if last_report.elapsed() >= Duration::from_secs(30) {
                     last_report = Instant::now();
                     let s = &streamer.stats;
@@ -253,6 +269,21 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// Which of `servers` refuses new sessions because it is shutting down (SQLSTATE 57P03, what a
+/// smart shutdown answers while it waits for the sessions it has), if any. Other failures are
+/// left to the sessions themselves.
+async fn shutting_down(servers: &[(&'static str, crate::conninfo::ConnInfo)]) -> Option<&'static str> {
+    for (side, info) in servers {
+        let probe = tokio::time::timeout(Duration::from_secs(5), crate::pg::connect(info)).await;
+        if let Ok(Err(e)) = probe {
+            if e.sqlstate() == Some("57P03") {
+                return Some(side);
+            }
+        }
+    }
+    None
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
