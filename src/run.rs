@@ -82,14 +82,12 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                 }
             },
             Err(Error::Recopy { table, why }) => {
-                // Forgotten, the table is joined again by the next attempt's reconcile: copied
-                // alone under a snapshot, its changes up to that snapshot skipped. The batch in
-                // flight was not committed and is streamed again.
+                // Copied again alone under a snapshot, as a joining table; the next attempt skips
+                // its changes up to that snapshot. The batch in flight was not committed and is
+                // streamed again.
                 tracing::warn!(table = %table, reason = %why, "copying the table again, alone, while the others wait");
-                crate::destination::open(config)
-                    .await?
-                    .forget_table(&config.source.slot, &table)
-                    .await?;
+                let dest = crate::destination::open(config).await?;
+                crate::snapshot::join::recopy(config, &dest, &table).await?;
             }
             Err(e) if e.is_transient() => {
                 // A connection that streamed for a while starts the backoff over.

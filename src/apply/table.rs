@@ -72,6 +72,22 @@ impl TableMap {
                 key.push(pos);
             }
         }
+        // The old row a change carries holds the source's replica identity only: with an
+        // identity index that leaves out a key column, updates and deletes would look for
+        // their rows under a key they do not carry.
+        let unsent: Vec<&str> = key
+            .iter()
+            .filter(|&&k| !rel.columns[k].is_key)
+            .map(|&k| columns[k].name.as_str())
+            .collect();
+        if !unsent.is_empty() {
+            let q = source.quoted();
+            return Err(format!(
+                "the replica identity of {source} (REPLICA IDENTITY USING INDEX) leaves out key columns {unsent:?} \
+                 that {dest} matches rows by, so its updates and deletes cannot be applied exactly: ALTER TABLE {q} \
+                 REPLICA IDENTITY DEFAULT (or FULL) on the source, then restart cdc run"
+            ));
+        }
         Ok(TableMap {
             relation_id: rel.id,
             source,

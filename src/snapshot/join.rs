@@ -60,7 +60,7 @@ pub async fn reconcile(
             leave(&src, dest.as_ref(), slot, publication, table).await?;
         }
         if !added.is_empty() {
-            join(config, dest, &src, &added).await?;
+            join(config, dest, &src, &added, false).await?;
         }
     }
     Ok(dest
@@ -103,11 +103,29 @@ async fn leave(
     dest.forget_table(slot, table).await
 }
 
+/// Copy `table` again while the pipeline runs, replacing its destination table when the copy is
+/// complete (readers see the old one until then): the same steps as a joining table, and the
+/// stream skips its changes up to the copy's position the same way.
+pub async fn recopy(config: &Config, dest: &Arc<dyn Destination>, table: &TableName) -> Result<()> {
+    let pairs = config.table_pairs();
+    let Some(i) = pairs.iter().position(|(s, _)| s == table) else {
+        return Ok(());
+    };
+    // Its record stays until the new one replaces it: a run killed during the copy finds the
+    // table recorded, streams from its position again and comes back here.
+    let src = crate::pg::connect_qualified(&config.source_conninfo()?).await?;
+    join(config, dest, &src, &[i], true).await
+}
+
+/// Copy the tables of `added` (indexes into the configured pairs) alone and record them as
+/// joined; `replace`: their destination tables may exist and are replaced (a re-copy), else an
+/// existing one is refused.
 async fn join(
     config: &Config,
     dest: &Arc<dyn Destination>,
     src: &tokio_postgres::Client,
     added: &[usize],
+    replace: bool,
 ) -> Result<()> {
     let slot = config.source.slot.as_str();
     let publication = config.source.publication.as_str();
@@ -132,7 +150,7 @@ async fn join(
         publication,
         &config.destination.state_schema,
         false,
-        false,
+        replace,
     )
     .await?;
     let via_root = checked.tables.iter().any(|t| t.partitioned);

@@ -10,6 +10,7 @@
 
 mod cases;
 mod faults;
+mod tap;
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};

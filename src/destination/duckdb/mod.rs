@@ -463,7 +463,7 @@ impl Destination for DuckDbDestination {
         at: Lsn,
     ) -> Result<()> {
         let sql = format!(
-            "INSERT INTO {} (slot, source_table, destination_table, rows, joined_lsn) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO {} (slot, source_table, destination_table, rows, joined_lsn) VALUES (?, ?, ?, ?, ?)",
             self.t("snapshot_tables")
         );
         let (slot, source, destination) =

@@ -282,7 +282,10 @@ impl StateStore {
         dest.execute(
             &format!(
                 "INSERT INTO {} (slot, source_table, destination_table, rows, joined_lsn)
-                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn)",
+                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn)
+                 ON CONFLICT (slot, source_table) DO UPDATE
+                   SET destination_table = EXCLUDED.destination_table, rows = EXCLUDED.rows,
+                       joined_lsn = EXCLUDED.joined_lsn",
                 self.t("snapshot_tables")
             ),
             &[

@@ -1,0 +1,252 @@
+//! Postgres's own subscription tests (`src/test/subscription/t/*.pl`), their workloads run
+//! through `cdc run` on every destination, and their expected end states checked (here: the
+//! destination equal to the source, value by value). Only what applies to a replicator of whole
+//! tables into another database: subscription management, conflicts, column lists, origins,
+//! sequences and statistics are the native subscriber's own.
+
+use super::{on_every_destination, Case, Col, Dest};
+
+/// 001_rep_changes: inserts, updates and deletes on tables with each kind of replica identity,
+/// with duplicates in keyless tables, TOASTed values, and a primary key with INCLUDE.
+async fn tap_001_rep_changes(dest: Dest) {
+    let keyless = dest != Dest::ClickHouse;
+    let mut ddl = String::from(
+        "CREATE TABLE tab_ins AS SELECT a FROM generate_series(1, 1002) a;
+         ALTER TABLE tab_ins ADD PRIMARY KEY (a);
+         CREATE TABLE tab_rep (a int PRIMARY KEY);
+         CREATE TABLE tab_include (a int, b text, CONSTRAINT covering PRIMARY KEY (a) INCLUDE (b));
+         CREATE TABLE tab_big (a int PRIMARY KEY, big text);
+         ALTER TABLE tab_big ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO tab_big SELECT g, repeat(md5(g::text), 500) FROM generate_series(1, 5) g;",
+    );
+    let mut tables = vec!["tab_ins", "tab_rep", "tab_include", "tab_big"];
+    if keyless {
+        ddl.push_str(
+            "CREATE TABLE tab_full AS SELECT generate_series(1, 10) AS a;
+             ALTER TABLE tab_full REPLICA IDENTITY FULL;
+             CREATE TABLE tab_full2 (x text);
+             ALTER TABLE tab_full2 REPLICA IDENTITY FULL;
+             INSERT INTO tab_full2 VALUES ('a'), ('b'), ('b');",
+        );
+        tables.extend(["tab_full", "tab_full2"]);
+    }
+    let config: String = tables
+        .iter()
+        .map(|t| format!("[[tables]]\nsource = \"public.{t}\"\n"))
+        .collect();
+    let mut c = Case::new(dest, "tap001", &ddl, &config).await;
+    c.start().await;
+    c.source(
+        "INSERT INTO tab_ins SELECT generate_series(1, 50);
+         DELETE FROM tab_ins WHERE a > 20;
+         UPDATE tab_ins SET a = -a;
+         INSERT INTO tab_rep SELECT generate_series(1, 50);
+         DELETE FROM tab_rep WHERE a > 20;
+         UPDATE tab_rep SET a = -a;
+         INSERT INTO tab_include SELECT generate_series(1, 50), 'x';
+         DELETE FROM tab_include WHERE a > 20;
+         UPDATE tab_include SET a = -a;
+         UPDATE tab_include SET b = NULL WHERE a = -3;
+         UPDATE tab_big SET a = a + 10;
+         UPDATE tab_big SET big = repeat('y', 20000) WHERE a = 12;",
+    )
+    .await;
+    if keyless {
+        c.source(
+            "UPDATE tab_full SET a = a * a;
+             DELETE FROM tab_full WHERE a = 25;
+             UPDATE tab_full2 SET x = 'bb' WHERE x = 'b';
+             DELETE FROM tab_full2 WHERE ctid = (SELECT min(ctid) FROM tab_full2 WHERE x = 'bb');",
+        )
+        .await;
+    }
+    let a = [Col::Text("a")];
+    c.wait_same("tab_ins", &a, "a").await;
+    c.wait_same("tab_rep", &a, "a").await;
+    c.wait_same("tab_include", &[Col::Text("a"), Col::Text("b")], "a").await;
+    c.wait_same("tab_big", &[Col::Text("a"), Col::Md5("big")], "a").await;
+    if keyless {
+        c.wait_same("tab_full", &a, "a").await;
+        c.wait_same("tab_full2", &[Col::Text("x")], "x").await;
+    }
+}
+on_every_destination!(tap_001_rep_changes);
+
+/// 006_rewrite: a column added with a default (a table rewrite on old servers) and rows changed
+/// after it.
+async fn tap_006_rewrite(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap006",
+        "CREATE TABLE test1 (a int PRIMARY KEY, b text);
+         INSERT INTO test1 (a, b) VALUES (1, 'one'), (2, 'two');",
+        "[[tables]]\nsource = \"public.test1\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "ALTER TABLE test1 ADD c int NOT NULL DEFAULT 0;
+         INSERT INTO test1 (a, b, c) VALUES (3, 'three', 33);
+         UPDATE test1 SET c = 11 WHERE a = 1;",
+    )
+    .await;
+    let cols = [Col::Text("a"), Col::Text("b"), Col::Text("c")];
+    c.wait_same("test1", &cols, "a").await;
+}
+on_every_destination!(tap_006_rewrite);
+
+/// 010_truncate: one table, several at once, a cascade through a foreign key (not copied to
+/// the destination), and a truncate inside a transaction that also writes.
+async fn tap_010_truncate(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap010",
+        "CREATE TABLE tab1 (a int PRIMARY KEY);
+         CREATE TABLE tab2 (a int PRIMARY KEY);
+         CREATE TABLE tab3 (a int PRIMARY KEY);
+         CREATE TABLE tab4 (x int PRIMARY KEY, y int REFERENCES tab3);
+         INSERT INTO tab1 VALUES (1), (2), (3);
+         INSERT INTO tab2 VALUES (1), (2), (3);
+         INSERT INTO tab3 VALUES (1), (2), (3);
+         INSERT INTO tab4 VALUES (11, 1), (111, 1), (22, 2);",
+        "[[tables]]\nsource = \"public.tab1\"\n[[tables]]\nsource = \"public.tab2\"\n\
+         [[tables]]\nsource = \"public.tab3\"\n[[tables]]\nsource = \"public.tab4\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "TRUNCATE tab1;
+         TRUNCATE tab2, tab3 CASCADE;
+         BEGIN; INSERT INTO tab1 VALUES (7); TRUNCATE tab1; INSERT INTO tab1 VALUES (8), (9); COMMIT;
+         INSERT INTO tab3 VALUES (5); INSERT INTO tab4 VALUES (55, 5);",
+    )
+    .await;
+    let a = [Col::Text("a")];
+    c.wait_same("tab1", &a, "a").await;
+    c.wait_same("tab2", &a, "a").await;
+    c.wait_same("tab3", &a, "a").await;
+    c.wait_same("tab4", &[Col::Text("x"), Col::Text("y")], "x").await;
+}
+on_every_destination!(tap_010_truncate);
+
+/// 013_partition: a partitioned table published through its root: rows moving between
+/// partitions, updates and deletes routed to leaves, a truncate of the root.
+async fn tap_013_partition(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap013",
+        "CREATE TABLE tab1 (a int PRIMARY KEY, b text) PARTITION BY LIST (a);
+         CREATE TABLE tab1_1 (b text, a int NOT NULL);
+         ALTER TABLE tab1 ATTACH PARTITION tab1_1 FOR VALUES IN (1, 2, 3);
+         CREATE TABLE tab1_2 PARTITION OF tab1 FOR VALUES IN (4, 5, 6);
+         CREATE TABLE tab1_def PARTITION OF tab1 DEFAULT;
+         CREATE TABLE tab2 (a int PRIMARY KEY, b text) PARTITION BY RANGE (a);
+         CREATE TABLE tab2_1 PARTITION OF tab2 FOR VALUES FROM (0) TO (10) PARTITION BY RANGE (a);
+         CREATE TABLE tab2_1_1 PARTITION OF tab2_1 FOR VALUES FROM (0) TO (5);
+         CREATE TABLE tab2_1_2 PARTITION OF tab2_1 FOR VALUES FROM (5) TO (10);
+         CREATE TABLE tab2_2 PARTITION OF tab2 FOR VALUES FROM (10) TO (20);",
+        "[[tables]]\nsource = \"public.tab1\"\n[[tables]]\nsource = \"public.tab2\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "INSERT INTO tab1 VALUES (1, 'one'), (0, 'zero'), (4, 'four'), (10, 'ten');
+         UPDATE tab1 SET a = 2 WHERE a = 1;
+         UPDATE tab1 SET a = 6 WHERE a = 4;
+         UPDATE tab1 SET a = 5, b = 'moved' WHERE a = 2;
+         DELETE FROM tab1 WHERE a = 0;
+         INSERT INTO tab2 SELECT g, 'v' || g FROM generate_series(0, 19) g;
+         UPDATE tab2 SET a = a + 10 WHERE a BETWEEN 3 AND 6;
+         DELETE FROM tab2 WHERE a = 19;",
+    )
+    .await;
+    let cols = [Col::Text("a"), Col::Text("b")];
+    c.wait_same("tab1", &cols, "a").await;
+    c.wait_same("tab2", &cols, "a").await;
+    c.source("TRUNCATE tab1; INSERT INTO tab1 VALUES (3, 'after')").await;
+    c.wait_same("tab1", &cols, "a").await;
+}
+on_every_destination!(tap_013_partition);
+
+/// 015–019: large transactions the server streams before they commit (the source's
+/// `logical_decoding_work_mem` is 64kB), with subtransactions rolled back, DDL inside, and
+/// whole transactions aborted.
+async fn tap_015_to_019_streamed_transactions(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap015",
+        "CREATE TABLE test_tab (a int PRIMARY KEY, b text);
+         INSERT INTO test_tab VALUES (1, 'foo'), (2, 'bar');",
+        "[[tables]]\nsource = \"public.test_tab\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        // 015: a large transaction, updates and deletes included.
+        "BEGIN;
+         INSERT INTO test_tab SELECT i, md5(i::text) FROM generate_series(3, 5000) s(i);
+         UPDATE test_tab SET b = md5(b) WHERE mod(a, 2) = 0;
+         DELETE FROM test_tab WHERE mod(a, 3) = 0;
+         COMMIT;
+         -- 016: subtransactions, some rolled back.
+         BEGIN;
+         INSERT INTO test_tab SELECT i, md5(i::text) FROM generate_series(5001, 6000) s(i);
+         SAVEPOINT s1;
+         INSERT INTO test_tab SELECT i, md5(i::text) FROM generate_series(6001, 7000) s(i);
+         ROLLBACK TO s1;
+         SAVEPOINT s2;
+         DELETE FROM test_tab WHERE a BETWEEN 5001 AND 5100;
+         RELEASE s2;
+         COMMIT;
+         -- 017/019: DDL inside a streamed transaction, around an aborted subtransaction.
+         BEGIN;
+         INSERT INTO test_tab SELECT i, md5(i::text) FROM generate_series(7001, 8000) s(i);
+         ALTER TABLE test_tab ADD COLUMN c int;
+         SAVEPOINT s3;
+         INSERT INTO test_tab SELECT i, md5(i::text), -i FROM generate_series(8001, 9000) s(i);
+         ROLLBACK TO s3;
+         INSERT INTO test_tab SELECT i, md5(i::text), i FROM generate_series(9001, 10000) s(i);
+         UPDATE test_tab SET c = a WHERE a < 100;
+         COMMIT;
+         -- 018: a whole large transaction aborted.
+         BEGIN;
+         INSERT INTO test_tab SELECT i, md5(i::text), i FROM generate_series(10001, 12000) s(i);
+         DELETE FROM test_tab WHERE a < 50;
+         ROLLBACK;",
+    )
+    .await;
+    let cols = [Col::Text("a"), Col::Text("b"), Col::Text("c")];
+    c.wait_same("test_tab", &cols, "a").await;
+}
+on_every_destination!(tap_015_to_019_streamed_transactions);
+
+/// 025_rep_changes_for_schema: tables in another schema, with its name quoted and mixed case.
+async fn tap_025_other_schema(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap025",
+        "CREATE SCHEMA sch1;
+         CREATE TABLE sch1.tab1 AS SELECT generate_series(1, 10) AS a;
+         ALTER TABLE sch1.tab1 ADD PRIMARY KEY (a);
+         CREATE TABLE public.tab2 (a int PRIMARY KEY, b text);",
+        "[[tables]]\nsource = \"sch1.tab1\"\ndestination = \"public.sch1_tab1\"\n\
+         [[tables]]\nsource = \"public.tab2\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "INSERT INTO sch1.tab1 VALUES (11); DELETE FROM sch1.tab1 WHERE a < 3; UPDATE sch1.tab1 SET a = 100 WHERE a = 5;
+         INSERT INTO tab2 VALUES (1, 'x');",
+    )
+    .await;
+    let a = [Col::Text("a")];
+    // The source query reads the source table; the destination one its renamed copy.
+    let want = c.source_rows("sch1.tab1", &a, "a").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while c.dest_rows("sch1_tab1", &a, "a").await.as_ref() != Some(&want) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", c.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    c.wait_same("tab2", &[Col::Text("a"), Col::Text("b")], "a").await;
+}
+on_every_destination!(tap_025_other_schema);
