@@ -37,8 +37,8 @@ async fn tap_001_rep_changes(dest: Dest) {
     let mut c = Case::new(dest, "tap001", &ddl, &config).await;
     c.start().await;
     c.source(
-        "INSERT INTO tab_ins SELECT generate_series(1, 50);
-         DELETE FROM tab_ins WHERE a > 20;
+        "INSERT INTO tab_ins SELECT generate_series(1003, 1050);
+         DELETE FROM tab_ins WHERE a > 1020;
          UPDATE tab_ins SET a = -a;
          INSERT INTO tab_rep SELECT generate_series(1, 50);
          DELETE FROM tab_rep WHERE a > 20;
@@ -144,7 +144,7 @@ async fn tap_013_partition(dest: Dest) {
          CREATE TABLE tab2_1 PARTITION OF tab2 FOR VALUES FROM (0) TO (10) PARTITION BY RANGE (a);
          CREATE TABLE tab2_1_1 PARTITION OF tab2_1 FOR VALUES FROM (0) TO (5);
          CREATE TABLE tab2_1_2 PARTITION OF tab2_1 FOR VALUES FROM (5) TO (10);
-         CREATE TABLE tab2_2 PARTITION OF tab2 FOR VALUES FROM (10) TO (20);",
+         CREATE TABLE tab2_2 PARTITION OF tab2 FOR VALUES FROM (10) TO (40);",
         "[[tables]]\nsource = \"public.tab1\"\n[[tables]]\nsource = \"public.tab2\"\n",
     )
     .await;
@@ -156,7 +156,7 @@ async fn tap_013_partition(dest: Dest) {
          UPDATE tab1 SET a = 5, b = 'moved' WHERE a = 2;
          DELETE FROM tab1 WHERE a = 0;
          INSERT INTO tab2 SELECT g, 'v' || g FROM generate_series(0, 19) g;
-         UPDATE tab2 SET a = a + 10 WHERE a BETWEEN 3 AND 6;
+         UPDATE tab2 SET a = a + 20 WHERE a BETWEEN 3 AND 6;
          DELETE FROM tab2 WHERE a = 19;",
     )
     .await;
