@@ -22,9 +22,14 @@ pub struct TableMap {
     pub dest: TableName,
     /// The relation's columns, in the order of its tuples.
     pub columns: Vec<MappedColumn>,
-    /// Positions (in `columns`) of the destination's primary key; empty for a keyless table,
-    /// whose rows are matched on all their values.
+    /// Positions (in `columns`) of the columns rows are matched by: the destination's primary
+    /// key, or the source's replica identity index when that leaves out key columns (see
+    /// `identity_key`); empty for a keyless table, whose rows are matched on all their values.
     pub key: Vec<usize>,
+    /// `key` is the source's `REPLICA IDENTITY USING INDEX` columns, not the primary key: the
+    /// old rows changes carry hold only those, so rows are found by them (they are unique and
+    /// NOT NULL, as an identity index must be).
+    pub identity_key: bool,
 }
 
 impl TableMap {
@@ -72,21 +77,24 @@ impl TableMap {
                 key.push(pos);
             }
         }
-        // The old row a change carries holds the source's replica identity only: with an
-        // identity index that leaves out a key column, updates and deletes would look for
-        // their rows under a key they do not carry.
-        let unsent: Vec<&str> = key
-            .iter()
-            .filter(|&&k| !rel.columns[k].is_key)
-            .map(|&k| columns[k].name.as_str())
-            .collect();
-        if !unsent.is_empty() {
-            let q = source.quoted();
-            return Err(format!(
-                "the replica identity of {source} (REPLICA IDENTITY USING INDEX) leaves out key columns {unsent:?} \
-                 that {dest} matches rows by, so its updates and deletes cannot be applied exactly: ALTER TABLE {q} \
-                 REPLICA IDENTITY DEFAULT (or FULL) on the source, then restart cdc run"
-            ));
+        // The old row a change carries holds the source's replica identity only (read again
+        // from every Relation message, so a switch while streaming is followed): with an
+        // identity index that leaves out a key column, rows are found by that index's columns.
+        let mut identity_key = false;
+        if key.iter().any(|&k| !rel.columns[k].is_key) {
+            let identity: Vec<usize> = (0..rel.columns.len())
+                .filter(|&i| rel.columns[i].is_key)
+                .collect();
+            if identity.is_empty() {
+                let q = source.quoted();
+                return Err(format!(
+                    "{source} has no replica identity (REPLICA IDENTITY NOTHING), so its updates and deletes do not \
+                     say which row they change: ALTER TABLE {q} REPLICA IDENTITY DEFAULT (or FULL) on the source, then \
+                     restart cdc run"
+                ));
+            }
+            key = identity;
+            identity_key = true;
         }
         Ok(TableMap {
             relation_id: rel.id,
@@ -94,6 +102,7 @@ impl TableMap {
             dest,
             columns,
             key,
+            identity_key,
         })
     }
 }

@@ -162,28 +162,6 @@ pub async fn check(
                 q = name.quoted()
             ));
         }
-        if t.replica_identity == 'i' && !t.primary_key.is_empty() {
-            let covered: bool = src
-                .query_one(
-                    "SELECT COALESCE(bool_and(k.attnum = ANY (ri.indkey::int2[])), true)
-                       FROM pg_index pk
-                       CROSS JOIN LATERAL unnest((pk.indkey::int2[])[0:pk.indnkeyatts - 1]) AS k(attnum)
-                       JOIN pg_index ri ON ri.indrelid = pk.indrelid AND ri.indisreplident
-                      WHERE pk.indrelid = $1::oid AND pk.indisprimary",
-                    &[&t.oid],
-                )
-                .await
-                .map_err(pg("checking the replica identity index"))?
-                .get(0);
-            if !covered {
-                problems.push(format!(
-                    "table {name} has REPLICA IDENTITY USING INDEX on an index that leaves out primary-key columns, so \
-                     its changes do not say which destination row they change: ALTER TABLE {} REPLICA IDENTITY DEFAULT \
-                     (or FULL)",
-                    name.quoted()
-                ));
-            }
-        }
         match (t.primary_key.is_empty(), t.replica_identity) {
             (_, 'n') => problems.push(format!(
                 "table {name} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: \

@@ -143,6 +143,7 @@ mod tests {
             dest: TableName::parse("x.t").unwrap(),
             columns: vec![col("a"), col("id"), col("New")],
             key: vec![1],
+            identity_key: false,
         };
         assert_eq!(
             select_sql(&map, &["New".into()]),

@@ -32,7 +32,7 @@ use tokio_postgres::Client;
 
 use crate::apply::{version, Applier, RowOp, TableMap, Version};
 use crate::config::{ApplyConfig, TableName};
-use crate::decode::{LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
+use crate::decode::{Datum, LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
 use crate::destination::{DestColumn, SchemaChange, SourceType};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -113,7 +113,18 @@ fn row_change(msg: LogicalMessage) -> Option<(u32, RowOp)> {
         LogicalMessage::Insert(i) => Some((i.relation_id, RowOp::Insert(i.new.0))),
         LogicalMessage::Update(u) => {
             let old = u.old.map(|o| o.tuple().0.clone());
-            Some((u.relation_id, RowOp::Update { old, new: u.new.0 }))
+            let mut new = u.new.0;
+            // "Unchanged" means the old row's value: when the old row carries it (a replica
+            // identity column, or any column with REPLICA IDENTITY FULL), it is filled in here,
+            // so a key made of identity columns is always whole.
+            if let Some(old) = &old {
+                for (n, o) in new.iter_mut().zip(old) {
+                    if *n == Datum::UnchangedToast && matches!(o, Datum::Text(_) | Datum::Binary(_)) {
+                        *n = o.clone();
+                    }
+                }
+            }
+            Some((u.relation_id, RowOp::Update { old, new }))
         }
         LogicalMessage::Delete(d) => Some((d.relation_id, RowOp::Delete(d.old.tuple().0.clone()))),
         _ => None,

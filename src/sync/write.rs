@@ -160,5 +160,6 @@ pub fn table_map(source: &TableSchema, table: &TableName, dest: &[DestColumn]) -
         dest: table.clone(),
         columns,
         key,
+        identity_key: false,
     })
 }

@@ -102,6 +102,16 @@ impl ClickSession {
                 map.source.quoted()
             )));
         }
+        if map.identity_key {
+            // Versions replace each other by the primary key, which these changes do not carry.
+            return Err(Error::Definite(format!(
+                "{} has REPLICA IDENTITY USING INDEX on an index that leaves out primary-key columns, and \
+                 ClickHouse rows are replaced by the primary key, which its changes do not carry: ALTER TABLE {} \
+                 REPLICA IDENTITY DEFAULT (or FULL) on the source, then restart cdc run",
+                map.source,
+                map.source.quoted()
+            )));
+        }
         let names = self.names(&map.dest);
         let fields: Vec<Field> = map.columns.iter().map(|c| field_of(&c.dest_type)).collect();
         let mut rows = Vec::new();

@@ -262,6 +262,7 @@ mod tests {
                 col("doc", "jsonb"),
             ],
             key,
+            identity_key: false,
         }
     }
 
