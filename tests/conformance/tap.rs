@@ -250,3 +250,77 @@ async fn tap_025_other_schema(dest: Dest) {
     c.wait_same("tab2", &[Col::Text("a"), Col::Text("b")], "a").await;
 }
 on_every_destination!(tap_025_other_schema);
+
+/// 021_twophase / 023_twophase_stream: prepared transactions (large ones streamed), committed
+/// or rolled back later; cdc does not ask for two-phase decoding, so each arrives whole at its
+/// COMMIT PREPARED and a rolled-back one never.
+async fn tap_021_023_two_phase(dest: Dest) {
+    // A server of its own: a prepared transaction left behind by a failing test would hold
+    // back every slot creation on a shared one.
+    let source = tokio::task::spawn_blocking(|| {
+        cdc::local_pg::LocalPostgres::start(&cdc::local_pg::Options {
+            logical: true,
+            settings: vec![
+                "max_prepared_transactions = 10".into(),
+                "logical_decoding_work_mem = '64kB'".into(),
+            ],
+            ..Default::default()
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let mut c = Case::on(
+        dest,
+        &source,
+        &crate::harness::servers().destination,
+        "tap021",
+        "CREATE TABLE tab_full (a int PRIMARY KEY, b text);
+         INSERT INTO tab_full VALUES (1, 'one'), (2, 'two');",
+        "[[tables]]\nsource = \"public.tab_full\"\n",
+    )
+    .await;
+    c.start().await;
+    // No two of them touch the same row: a prepared transaction keeps its locks.
+    c.source(
+        "BEGIN; INSERT INTO tab_full SELECT g, md5(g::text) FROM generate_series(3, 4000) g;
+         UPDATE tab_full SET b = 'changed' WHERE a = 1; PREPARE TRANSACTION 'p1';
+         BEGIN; INSERT INTO tab_full SELECT g, 'never' FROM generate_series(5000, 6000) g;
+         DELETE FROM tab_full WHERE a = 2; PREPARE TRANSACTION 'p2';
+         BEGIN; INSERT INTO tab_full VALUES (7000, 'small'); PREPARE TRANSACTION 'p3';",
+    )
+    .await;
+    // Each alone: they cannot run inside the implicit transaction of a multi-statement query.
+    for sql in ["COMMIT PREPARED 'p1'", "ROLLBACK PREPARED 'p2'", "COMMIT PREPARED 'p3'"] {
+        c.source(sql).await;
+    }
+    c.wait_same("tab_full", &[Col::Text("a"), Col::Text("b")], "a").await;
+}
+on_every_destination!(tap_021_023_two_phase);
+
+/// 100_bugs: a REPLICA IDENTITY FULL table with a dropped column (the old rows still hold it
+/// on disk), updated and deleted after the drop; keyless where the destination allows it.
+async fn tap_100_full_identity_after_a_dropped_column(dest: Dest) {
+    let key = if dest == Dest::ClickHouse { " PRIMARY KEY" } else { "" };
+    let mut c = Case::new(
+        dest,
+        "tap100",
+        &format!(
+            "CREATE TABLE dropped (a int{key}, b text, c int);
+             ALTER TABLE dropped REPLICA IDENTITY FULL;
+             INSERT INTO dropped VALUES (1, 'x', 1), (2, 'y', 2), (3, 'z', 3);"
+        ),
+        "[[tables]]\nsource = \"public.dropped\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "ALTER TABLE dropped DROP COLUMN b;
+         UPDATE dropped SET c = 10 WHERE a = 1;
+         DELETE FROM dropped WHERE a = 2;
+         INSERT INTO dropped VALUES (4, 4);",
+    )
+    .await;
+    c.wait_same("dropped", &[Col::Text("a"), Col::Text("c")], "a").await;
+}
+on_every_destination!(tap_100_full_identity_after_a_dropped_column);
