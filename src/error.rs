@@ -290,7 +290,10 @@ mod tests {
             assert!(ch(500, Some(code)).is_transient(), "code {code}");
         }
         for status in [502, 503, 504, 429] {
-            assert!(ch(status, None).is_transient(), "HTTP {status} without a code");
+            assert!(
+                ch(status, None).is_transient(),
+                "HTTP {status} without a code"
+            );
         }
         // Unknown column, type mismatch, syntax error, unknown table, a 500 with no code.
         for code in [47, 53, 62, 60] {

@@ -99,7 +99,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                 let delay = backoff(attempt);
                 // Logged once per outage (and again every tenth attempt while it lasts), not
                 // once per attempt: a server restarting refuses several attempts in a row.
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; reconnecting and resuming from the destination's position");
                 } else {
                     tracing::debug!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "still reconnecting");
@@ -272,7 +272,9 @@ async fn stream_once(
 /// Which of `servers` refuses new sessions because it is shutting down (SQLSTATE 57P03, what a
 /// smart shutdown answers while it waits for the sessions it has), if any. Other failures are
 /// left to the sessions themselves.
-async fn shutting_down(servers: &[(&'static str, crate::conninfo::ConnInfo)]) -> Option<&'static str> {
+async fn shutting_down(
+    servers: &[(&'static str, crate::conninfo::ConnInfo)],
+) -> Option<&'static str> {
     for (side, info) in servers {
         let probe = tokio::time::timeout(Duration::from_secs(5), crate::pg::connect(info)).await;
         if let Ok(Err(e)) = probe {

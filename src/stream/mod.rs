@@ -119,7 +119,8 @@ fn row_change(msg: LogicalMessage) -> Option<(u32, RowOp)> {
             // so a key made of identity columns is always whole.
             if let Some(old) = &old {
                 for (n, o) in new.iter_mut().zip(old) {
-                    if *n == Datum::UnchangedToast && matches!(o, Datum::Text(_) | Datum::Binary(_)) {
+                    if *n == Datum::UnchangedToast && matches!(o, Datum::Text(_) | Datum::Binary(_))
+                    {
                         *n = o.clone();
                     }
                 }
@@ -485,7 +486,11 @@ impl Streamer {
             return Ok(true);
         };
         let mut dest_cols = self.applier.dest_columns(&dest).await?;
-        if self.joined.get(&src).is_some_and(|&at| self.txn_commit < at) {
+        if self
+            .joined
+            .get(&src)
+            .is_some_and(|&at| self.txn_commit < at)
+        {
             // A table copied after this transaction (joined): its destination table already has
             // the shape of its copy, which is later than this message; its changes here are
             // skipped, and a later shape comes with a Relation of its own.
@@ -638,7 +643,11 @@ impl Streamer {
                 })
                 .collect();
         }
-        let gone: Vec<&String> = change.dropped.iter().filter(|n| !readded.contains(*n)).collect();
+        let gone: Vec<&String> = change
+            .dropped
+            .iter()
+            .filter(|n| !readded.contains(*n))
+            .collect();
         let new: Vec<&String> = change
             .added
             .iter()
@@ -711,7 +720,9 @@ mod tests {
     }
 
     fn readded(src: &[&str], dst: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = readded_columns(&relation(src), &dest(dst)).into_iter().collect();
+        let mut v: Vec<String> = readded_columns(&relation(src), &dest(dst))
+            .into_iter()
+            .collect();
         v.sort();
         v
     }

@@ -106,7 +106,11 @@ async fn a_table_with_no_columns_is_refused_by_name_and_leaves_no_slot() {
     );
     assert_eq!(c.p.slot_count().await, 0, "no slot left behind");
     assert_eq!(
-        crate::harness::rows_text(&c.p.dst_sql, "SELECT count(*)::text FROM pg_tables WHERE tablename = 'fine'").await,
+        crate::harness::rows_text(
+            &c.p.dst_sql,
+            "SELECT count(*)::text FROM pg_tables WHERE tablename = 'fine'"
+        )
+        .await,
         ["0"],
         "nothing created"
     );
@@ -240,7 +244,12 @@ async fn a_column_dropped_and_added_again_is_a_new_column(dest: Dest) {
          UPDATE pr SET a = 'y' WHERE id = 150;",
     )
     .await;
-    let cols = [Col::Text("id"), Col::Text("a"), Col::Text("b"), Col::Text("c")];
+    let cols = [
+        Col::Text("id"),
+        Col::Text("a"),
+        Col::Text("b"),
+        Col::Text("c"),
+    ];
     c.wait_same("r", &cols, "id").await;
     c.wait_same("pr", &cols, "id").await;
     if dest == Dest::Postgres {
@@ -284,8 +293,10 @@ async fn full_identity_rows_older_than_an_added_default_are_found(dest: Dest) {
     )
     .await;
     c.start().await;
-    c.source("UPDATE m SET a = a + 1; DELETE FROM m WHERE id = 2; UPDATE m SET d = 9 WHERE id = 3;")
-        .await;
+    c.source(
+        "UPDATE m SET a = a + 1; DELETE FROM m WHERE id = 2; UPDATE m SET d = 9 WHERE id = 3;",
+    )
+    .await;
     let cols = [Col::Text("id"), Col::Text("a"), Col::Text("d")];
     c.wait_same("m", &cols, "id").await;
     // The same with the column added while streaming (a keyless table is copied again).
@@ -330,7 +341,12 @@ async fn replica_identity_using_index_finds_rows_by_that_index(dest: Dest) {
         "doc is stored out of line, so updates that keep it send it as unchanged"
     );
     c.start().await;
-    let cols = [Col::Text("id"), Col::Text("x"), Col::Text("v"), Col::Md5("doc")];
+    let cols = [
+        Col::Text("id"),
+        Col::Text("x"),
+        Col::Text("v"),
+        Col::Md5("doc"),
+    ];
     // The identity's other column changed while its TOASTed one stayed; the key changed under
     // an unchanged identity; a delete; then the same row changed again.
     c.source(

@@ -37,7 +37,9 @@ fn load(db: ConnInfo, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandl
     tokio::spawn(async move {
         let (mut done, mut seed) = (0u64, 12345u64);
         while !*stop.borrow() {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let (a, b, delta) = (
                 (seed >> 33) % 200 + 1,
                 (seed >> 17) % 200 + 1,
@@ -257,7 +259,8 @@ mod the_network_cut_for_ten_seconds {
 
 /// A ClickHouse error answer as the server sends it: the code in a header and in the text.
 fn clickhouse_error(code: u32, name: &str, header: bool) -> Fault {
-    let body = format!("Code: {code}. DB::Exception: injected by the test. ({name}) (version 26.9.1.1)");
+    let body =
+        format!("Code: {code}. DB::Exception: injected by the test. ({name}) (version 26.9.1.1)");
     let code = code.to_string();
     let headers: Vec<(&str, &str)> = if header {
         vec![("X-ClickHouse-Exception-Code", code.as_str())]
@@ -296,9 +299,11 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
     for fault in faults {
         tokio::time::sleep(Duration::from_millis(700)).await;
         proxy.answer([fault]);
-        crate::harness::wait_for("the fault to be served", Duration::from_secs(30), || async {
-            proxy.faults_pending() == 0
-        })
+        crate::harness::wait_for(
+            "the fault to be served",
+            Duration::from_secs(30),
+            || async { proxy.faults_pending() == 0 },
+        )
         .await;
         assert!(c.alive(), "cdc run exited:\n{}", c.log_text());
     }
@@ -306,7 +311,8 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
     finish(&mut c, stop, writer).await;
     // A definite error (an unknown column) is not retried: the run stops, naming the statement.
     proxy.answer([clickhouse_error(47, "UNKNOWN_IDENTIFIER", true)]);
-    c.source("INSERT INTO hist (aid, delta) VALUES (1, 1)").await;
+    c.source("INSERT INTO hist (aid, delta) VALUES (1, 1)")
+        .await;
     let mut run = c.run.take().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -128,8 +128,9 @@ impl Case {
                     .await
                     .unwrap();
                 case.set_destination(&clickhouse().url(&db));
-                case.ch =
-                    Some(Client::new(ClickHouseUrl::parse(&clickhouse().url(&db)).unwrap()).unwrap());
+                case.ch = Some(
+                    Client::new(ClickHouseUrl::parse(&clickhouse().url(&db)).unwrap()).unwrap(),
+                );
                 case.ch_db = Some(db);
             }
         }
@@ -203,7 +204,9 @@ impl Case {
     pub fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let cut = text.len().saturating_sub(8192);
-        let cut = (cut..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let cut = (cut..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         text[cut..].to_owned()
     }
 
@@ -223,7 +226,12 @@ impl Case {
     }
 
     /// `cols` of `table` (a name in `public`) on the source, ordered by `order`.
-    pub async fn source_rows(&self, table: &str, cols: &[Col<'_>], order: &str) -> Vec<Vec<String>> {
+    pub async fn source_rows(
+        &self,
+        table: &str,
+        cols: &[Col<'_>],
+        order: &str,
+    ) -> Vec<Vec<String>> {
         let list: Vec<String> = cols
             .iter()
             .enumerate()

@@ -63,8 +63,10 @@ async fn tap_001_rep_changes(dest: Dest) {
     let a = [Col::Text("a")];
     c.wait_same("tab_ins", &a, "a").await;
     c.wait_same("tab_rep", &a, "a").await;
-    c.wait_same("tab_include", &[Col::Text("a"), Col::Text("b")], "a").await;
-    c.wait_same("tab_big", &[Col::Text("a"), Col::Md5("big")], "a").await;
+    c.wait_same("tab_include", &[Col::Text("a"), Col::Text("b")], "a")
+        .await;
+    c.wait_same("tab_big", &[Col::Text("a"), Col::Md5("big")], "a")
+        .await;
     if keyless {
         c.wait_same("tab_full", &a, "a").await;
         c.wait_same("tab_full2", &[Col::Text("x")], "x").await;
@@ -125,7 +127,8 @@ async fn tap_010_truncate(dest: Dest) {
     c.wait_same("tab1", &a, "a").await;
     c.wait_same("tab2", &a, "a").await;
     c.wait_same("tab3", &a, "a").await;
-    c.wait_same("tab4", &[Col::Text("x"), Col::Text("y")], "x").await;
+    c.wait_same("tab4", &[Col::Text("x"), Col::Text("y")], "x")
+        .await;
 }
 on_every_destination!(tap_010_truncate);
 
@@ -163,7 +166,8 @@ async fn tap_013_partition(dest: Dest) {
     let cols = [Col::Text("a"), Col::Text("b")];
     c.wait_same("tab1", &cols, "a").await;
     c.wait_same("tab2", &cols, "a").await;
-    c.source("TRUNCATE tab1; INSERT INTO tab1 VALUES (3, 'after')").await;
+    c.source("TRUNCATE tab1; INSERT INTO tab1 VALUES (3, 'after')")
+        .await;
     c.wait_same("tab1", &cols, "a").await;
 }
 on_every_destination!(tap_013_partition);
@@ -247,7 +251,8 @@ async fn tap_025_other_schema(dest: Dest) {
         assert!(tokio::time::Instant::now() < deadline, "{}", c.log_text());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    c.wait_same("tab2", &[Col::Text("a"), Col::Text("b")], "a").await;
+    c.wait_same("tab2", &[Col::Text("a"), Col::Text("b")], "a")
+        .await;
 }
 on_every_destination!(tap_025_other_schema);
 
@@ -291,17 +296,26 @@ async fn tap_021_023_two_phase(dest: Dest) {
     )
     .await;
     // Each alone: they cannot run inside the implicit transaction of a multi-statement query.
-    for sql in ["COMMIT PREPARED 'p1'", "ROLLBACK PREPARED 'p2'", "COMMIT PREPARED 'p3'"] {
+    for sql in [
+        "COMMIT PREPARED 'p1'",
+        "ROLLBACK PREPARED 'p2'",
+        "COMMIT PREPARED 'p3'",
+    ] {
         c.source(sql).await;
     }
-    c.wait_same("tab_full", &[Col::Text("a"), Col::Text("b")], "a").await;
+    c.wait_same("tab_full", &[Col::Text("a"), Col::Text("b")], "a")
+        .await;
 }
 on_every_destination!(tap_021_023_two_phase);
 
 /// 100_bugs: a REPLICA IDENTITY FULL table with a dropped column (the old rows still hold it
 /// on disk), updated and deleted after the drop; keyless where the destination allows it.
 async fn tap_100_full_identity_after_a_dropped_column(dest: Dest) {
-    let key = if dest == Dest::ClickHouse { " PRIMARY KEY" } else { "" };
+    let key = if dest == Dest::ClickHouse {
+        " PRIMARY KEY"
+    } else {
+        ""
+    };
     let mut c = Case::new(
         dest,
         "tap100",
@@ -321,6 +335,57 @@ async fn tap_100_full_identity_after_a_dropped_column(dest: Dest) {
          INSERT INTO dropped VALUES (4, 4);",
     )
     .await;
-    c.wait_same("dropped", &[Col::Text("a"), Col::Text("c")], "a").await;
+    c.wait_same("dropped", &[Col::Text("a"), Col::Text("c")], "a")
+        .await;
 }
 on_every_destination!(tap_100_full_identity_after_a_dropped_column);
+
+/// 012_collation: a primary key under a nondeterministic (case-insensitive) collation: a change
+/// found on the source by another spelling of the key changes the stored row.
+async fn tap_012_collation(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap012",
+        "CREATE COLLATION ctest_nondet (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE tab2 (a text COLLATE ctest_nondet PRIMARY KEY, b text);
+         INSERT INTO tab2 VALUES ('foo', 'one'), ('Bar', 'two');",
+        "[[tables]]\nsource = \"public.tab2\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "UPDATE tab2 SET b = 'three' WHERE a = 'FOO';
+         DELETE FROM tab2 WHERE a = 'bar';
+         INSERT INTO tab2 VALUES ('BAR', 'four');",
+    )
+    .await;
+    // 'BAR' sorts before 'foo' bytewise and case-insensitively alike.
+    c.wait_same("tab2", &[Col::Text("a"), Col::Text("b")], "a")
+        .await;
+}
+on_every_destination!(tap_012_collation);
+
+/// 020_messages: logical decoding messages in and outside transactions are not table changes:
+/// the rows around them arrive, the messages change nothing.
+async fn tap_020_messages(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap020",
+        "CREATE TABLE tab_test (a int PRIMARY KEY);",
+        "[[tables]]\nsource = \"public.tab_test\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source(
+        "BEGIN; INSERT INTO tab_test VALUES (1);
+         SELECT pg_logical_emit_message(true, 'pgoutput', 'a transactional message');
+         INSERT INTO tab_test VALUES (2); COMMIT;
+         SELECT pg_logical_emit_message(false, 'pgoutput', 'a non-transactional message');
+         BEGIN; INSERT INTO tab_test VALUES (3);
+         SELECT pg_logical_emit_message(true, 'pgoutput', 'rolled back'); ROLLBACK;
+         INSERT INTO tab_test VALUES (4);",
+    )
+    .await;
+    c.wait_same("tab_test", &[Col::Text("a")], "a").await;
+}
+on_every_destination!(tap_020_messages);

@@ -339,7 +339,10 @@ mod tests {
             b"HTTP/1.1 500 Internal\r\nX-ClickHouse-Exception-Code: 252\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nCode\r\n2;x\r\n: \r\n0\r\n\r\n",
         )
         .unwrap();
-        assert_eq!((r.status, r.code, &r.body[..]), (500, Some(252), &b"Code: "[..]));
+        assert_eq!(
+            (r.status, r.code, &r.body[..]),
+            (500, Some(252), &b"Code: "[..])
+        );
         let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
         assert_eq!(&r.body[..], b"to the end");
         assert_eq!(

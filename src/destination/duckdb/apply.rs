@@ -421,8 +421,11 @@ fn move_rows(
     let mut keys = Vec::with_capacity(moves.len());
     for (new, old) in &moves {
         let (new_key, old_key) = (key_of(new)?, key_of(old)?);
-        c.execute(&park, params_from_iter(new_key.iter().chain(old_key.iter())))
-            .map_err(Error::duck(ctx()))?;
+        c.execute(
+            &park,
+            params_from_iter(new_key.iter().chain(old_key.iter())),
+        )
+        .map_err(Error::duck(ctx()))?;
         keys.push((new_key, old_key));
     }
     for (new_key, old_key) in &keys {

@@ -73,7 +73,13 @@ pub fn add_primary_key(dest: &TableName, t: &TableSchema) -> Option<String> {
     if t.primary_key.is_empty() {
         return None;
     }
-    let list = |names: &[String]| names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let list = |names: &[String]| {
+        names
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let include = if t.key_include.is_empty() {
         String::new()
     } else {

@@ -126,8 +126,9 @@ impl ReplicationStream {
                     backend::Message::CommandComplete(_) | backend::Message::ReadyForQuery(_) => {
                         self.done = true;
                         return Err(Error::Io {
-                            context: "the source ended the replication stream (server shutting down)"
-                                .into(),
+                            context:
+                                "the source ended the replication stream (server shutting down)"
+                                    .into(),
                             source: std::io::Error::new(
                                 std::io::ErrorKind::ConnectionAborted,
                                 "walsender finished",
