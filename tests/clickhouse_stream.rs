@@ -37,7 +37,7 @@ fn set_destination(p: &mut Pipeline, url: &str) {
 }
 
 /// Rows of a ClickHouse query, each value as ClickHouse prints it (`NULL` for null).
-async fn ch_rows(c: &Client, sql: &str) -> Option<Vec<Vec<String>>> {
+pub(crate) async fn ch_rows(c: &Client, sql: &str) -> Option<Vec<Vec<String>>> {
     let out = c.query(&format!("{sql} FORMAT TSV")).await.ok()?;
     Some(
         tsv::rows(&out)

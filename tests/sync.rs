@@ -352,6 +352,26 @@ async fn into_duckdb_every_strategy_keeps_its_promise() {
 [[tables]]\nsource = \"public.r_items\"",
     )
     .await;
+    // The xmin strategy's window starts at the oldest transaction still running when a pass
+    // reads: a long one of another test on the shared server would put the rows made here
+    // inside the next window. Wait until every transaction older than them has ended.
+    crate::harness::wait_for(
+        "older transactions to end",
+        Duration::from_secs(300),
+        || async {
+            let r = p
+                .src_sql
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                        > (SELECT max(xmin::text::bigint) FROM x_items)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            r.get::<_, bool>(0)
+        },
+    )
+    .await;
     pass(&p, None).await;
     for t in ["items", "d_items", "x_items", "r_items"] {
         p.src_sql

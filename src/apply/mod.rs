@@ -22,7 +22,7 @@ mod table;
 
 use std::sync::Arc;
 
-pub use reduce::{key_values, moved_from, reduce, reduce_with_origin, Final, RowOp};
+pub use reduce::{key_values, moved_from, reduce, reduce_with_origin, toast_moves, Final, RowOp};
 pub use table::{MappedColumn, TableMap};
 
 use crate::config::TableName;

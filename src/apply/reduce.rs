@@ -113,6 +113,23 @@ pub fn moved_from<'a>(
     moved
 }
 
+/// The final rows of `finals` that must be moved before they are written: each row whose key
+/// changed in `ops` while TOAST values stayed unchanged, with the row under the key it had
+/// before the batch, where those values are.
+pub fn toast_moves<'r>(
+    ops: &'r [RowOp],
+    finals: &'r [Final<'_>],
+    key: &[usize],
+) -> Vec<(&'r [Datum], &'r [Datum])> {
+    let moved = moved_from(ops, key);
+    finals
+        .iter()
+        .filter_map(|f| f.written())
+        .filter(|row| row.contains(&Datum::UnchangedToast))
+        .filter_map(|row| Some((row, (*moved.get(&key_of(row, key))?)?)))
+        .collect()
+}
+
 /// Final states in first-seen key order, each with whether its key existed before the batch
 /// (decided by the key's first change), and where each key's state is.
 struct States<'a> {

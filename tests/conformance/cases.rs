@@ -357,19 +357,7 @@ async fn replica_identity_using_index_finds_rows_by_that_index(dest: Dest) {
     )
     .await;
     if dest == Dest::ClickHouse {
-        let mut run = c.run.take().unwrap();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = run.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "cdc run kept going:\n{}",
-                c.log_text()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let status = c.wait_exit().await;
         let log = c.log_text();
         assert_eq!(status.code(), Some(65), "{log}");
         assert!(log.contains("REPLICA IDENTITY DEFAULT (or FULL)"), "{log}");

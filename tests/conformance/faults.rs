@@ -124,28 +124,45 @@ async fn source_restarts_are_survived(dest: Dest) {
         TABLES,
     )
     .await;
+    restart_under_load(&mut c, &source, Side::Source).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Under the write load, restart `server` (the case's source or destination) fast, smart and
+/// immediate, waiting each time for `cdc run` to stream again; then compare the tables.
+async fn restart_under_load(c: &mut Case, server: &LocalPostgres, side: Side) {
     c.start().await;
     let (stop, stopped) = watch::channel(false);
     let writer = load(c.p.src.clone(), stopped);
     for mode in ["fast", "smart", "immediate"] {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         if mode == "smart" {
-            // A smart shutdown waits for every session: the test lets go of its own.
-            c.p.src_sql = cdc::pg::connect(&servers().source.conninfo("postgres"))
+            // A smart shutdown waits for every session: the test lets go of its own, for a
+            // session on a shared server meanwhile.
+            let elsewhere = match side {
+                Side::Source => &servers().source,
+                Side::Destination => &servers().destination,
+            };
+            let other = cdc::pg::connect(&elsewhere.conninfo("postgres"))
                 .await
                 .unwrap();
+            match side {
+                Side::Source => c.p.src_sql = other,
+                Side::Destination => c.p.dst_sql = other,
+            }
         }
-        let restart = {
-            let mode = mode.to_owned();
-            let s = &source;
-            // pg_ctl blocks: run it off the runtime's threads.
-            tokio::task::block_in_place(|| s.restart_server(&mode, Duration::from_secs(60)))
-        };
-        restart.unwrap_or_else(|e| panic!("restart -m {mode}: {e}\n{}", c.log_text()));
-        reconnect(&mut c).await;
+        // pg_ctl blocks: run it off the runtime's threads.
+        tokio::task::block_in_place(|| server.restart_server(mode, Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("restart -m {mode}: {e}\n{}", c.log_text()));
+        reconnect(c).await;
         c.wait_streaming().await;
     }
-    finish(&mut c, stop, writer).await;
+    finish(c, stop, writer).await;
 }
 
 mod the_source_restarted_fast_smart_and_immediate {
@@ -176,23 +193,7 @@ async fn the_postgres_destination_restarted_fast_smart_and_immediate() {
         TABLES,
     )
     .await;
-    c.start().await;
-    let (stop, stopped) = watch::channel(false);
-    let writer = load(c.p.src.clone(), stopped);
-    for mode in ["fast", "smart", "immediate"] {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        if mode == "smart" {
-            // A smart shutdown waits for every session: the test lets go of its own.
-            c.p.dst_sql = cdc::pg::connect(&servers().destination.conninfo("postgres"))
-                .await
-                .unwrap();
-        }
-        tokio::task::block_in_place(|| destination.restart_server(mode, Duration::from_secs(60)))
-            .unwrap_or_else(|e| panic!("restart -m {mode}: {e}\n{}", c.log_text()));
-        reconnect(&mut c).await;
-        c.wait_streaming().await;
-    }
-    finish(&mut c, stop, writer).await;
+    restart_under_load(&mut c, &destination, Side::Destination).await;
 }
 
 /// The network to the source (and, where there is one, to the destination) cut for 10 s.
@@ -313,19 +314,7 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
     proxy.answer([clickhouse_error(47, "UNKNOWN_IDENTIFIER", true)]);
     c.source("INSERT INTO hist (aid, delta) VALUES (1, 1)")
         .await;
-    let mut run = c.run.take().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = run.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "cdc run kept going after a definite error:\n{}",
-            c.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = c.wait_exit().await;
     let log = c.log_text();
     assert_eq!(status.code(), Some(65), "{log}");
     assert!(

@@ -17,7 +17,6 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use cdc::destination::clickhouse::http::Client;
-use cdc::destination::clickhouse::tsv;
 use cdc::destination::clickhouse::url::ClickHouseUrl;
 use cdc::local_pg::LocalPostgres;
 
@@ -220,6 +219,23 @@ impl Case {
         matches!(cdc::status::check(&self.p.config(), &bounds).await, Ok(r) if r.snapshot_complete)
     }
 
+    /// Wait (60 s at most) for `cdc run` to exit by itself; its exit status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut run = self.run.take().expect("cdc run was started");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = run.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cdc run kept going:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether `cdc run` is still running.
     pub fn alive(&mut self) -> bool {
         self.run.as_mut().is_some_and(|r| r.alive())
@@ -275,17 +291,8 @@ impl Case {
                     .unwrap()
             }
             Dest::ClickHouse => {
-                let sql = format!("SELECT {list} FROM {table} ORDER BY {order} FORMAT TSV");
-                let out = self.ch.as_ref().unwrap().query(&sql).await.ok()?;
-                Some(
-                    tsv::rows(&out)
-                        .map(|r| {
-                            r.iter()
-                                .map(|f| tsv::unescape(f).unwrap_or_else(|| "NULL".into()))
-                                .collect()
-                        })
-                        .collect(),
-                )
+                let sql = format!("SELECT {list} FROM {table} ORDER BY {order}");
+                crate::clickhouse_stream::ch_rows(self.ch.as_ref().unwrap(), &sql).await
             }
         }
     }

@@ -239,7 +239,9 @@ impl Pipeline {
 
     /// Wait until the destination records a completed snapshot of this pipeline.
     pub async fn wait_snapshot_complete(&self) {
-        wait_for("the initial snapshot", Duration::from_secs(60), || async {
+        // Generous: creating the slot waits for every transaction running on the shared
+        // source, and other tests' bulk loads can take a while on a busy machine.
+        wait_for("the initial snapshot", Duration::from_secs(180), || async {
             let q =
                 "SELECT 1 FROM cdc.pipeline WHERE slot = $1 AND snapshot_completed_at IS NOT NULL";
             matches!(self.dst_sql.query_opt(q, &[&self.slot]).await, Ok(Some(_)))

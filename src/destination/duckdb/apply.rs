@@ -359,16 +359,7 @@ fn move_rows(
     ops: &[crate::apply::RowOp],
     finals: &[Final<'_>],
 ) -> Result<()> {
-    let moved = crate::apply::moved_from(ops, &t.key);
-    let moves: Vec<(&[Datum], &[Datum])> = finals
-        .iter()
-        .filter_map(|f| f.written())
-        .filter(|row| row.contains(&Datum::UnchangedToast))
-        .filter_map(|row| {
-            let old = (*moved.get(&crate::apply::key_values(row, &t.key))?)?;
-            Some((row, old))
-        })
-        .collect();
+    let moves = crate::apply::toast_moves(ops, finals, &t.key);
     if moves.is_empty() {
         return Ok(());
     }

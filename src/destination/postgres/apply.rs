@@ -102,16 +102,7 @@ impl PgSession {
         // Rows whose key changed while TOAST values stayed unchanged: those values are only in
         // the row under its old key, so the row is moved there first, before any delete of
         // that key; then its final state is an ordinary update of the columns it has.
-        let moved = crate::apply::moved_from(ops, &t.key);
-        let moves: Vec<(&[Datum], &[Datum])> = finals
-            .iter()
-            .filter_map(|f| f.written())
-            .filter(|row| row.contains(&Datum::UnchangedToast))
-            .filter_map(|row| {
-                let old = (*moved.get(&crate::apply::key_values(row, &t.key))?)?;
-                Some((row, old))
-            })
-            .collect();
+        let moves = crate::apply::toast_moves(ops, finals, &t.key);
         if !moves.is_empty() {
             self.move_rows(t, &moves).await?;
         }
