@@ -284,7 +284,8 @@ impl LocalPostgres {
             conf.extend(
                 [
                     "wal_level = logical",
-                    "max_replication_slots = 100",
+                    // A test suite's worth of pipelines on one shared server.
+                    "max_replication_slots = 400",
                     "max_wal_senders = 100",
                 ]
                 .map(String::from),

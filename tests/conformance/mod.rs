@@ -335,6 +335,43 @@ impl Case {
     }
 }
 
+impl Drop for Case {
+    /// Stop `cdc run` and drop its slot, so that a suite of cases does not fill the shared
+    /// source's slots (each inactive slot also holds WAL back).
+    fn drop(&mut self) {
+        self.run = None;
+        let (info, slot) = (self.p.src.clone(), self.p.slot.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(c) = cdc::pg::connect(&info).await {
+                    // Its walsender may take a moment to notice the process is gone.
+                    for _ in 0..50 {
+                        let r = c
+                            .query(
+                                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                                  WHERE slot_name = $1 AND NOT active",
+                                &[&slot],
+                            )
+                            .await;
+                        let gone = c
+                            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                            .await;
+                        if r.is_err() || matches!(gone, Ok(None) | Err(_)) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Rows of a query as text (`NULL` for null), through the simple protocol; `None` on error.
 async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Option<Vec<Vec<String>>> {
     Some(
