@@ -440,11 +440,7 @@ impl LocalPostgres {
     /// the server to stop and start again.
     pub fn restart_server(&self, mode: &str, wait: std::time::Duration) -> io::Result<()> {
         check(
-            self.command("pg_ctl")
-                .arg("-D")
-                .arg(self.base.join("data"))
-                .arg("-l")
-                .arg(self.base.join("server.log"))
+            self.pg_ctl_logging()
                 .args(["restart", "-w", "-m", mode, "-t"])
                 .arg(wait.as_secs().max(1).to_string())
                 .output(),
@@ -455,15 +451,21 @@ impl LocalPostgres {
     /// Start a server stopped with `stop_server`, on the same port.
     pub fn start_server(&self) -> io::Result<()> {
         check(
-            self.command("pg_ctl")
-                .arg("-D")
-                .arg(self.base.join("data"))
-                .arg("-l")
-                .arg(self.base.join("server.log"))
+            self.pg_ctl_logging()
                 .args(["-w", "-t", "60", "start"])
                 .output(),
             "pg_ctl start",
         )
+    }
+
+    /// `pg_ctl` on this server's data directory, the server it starts logging to our file.
+    fn pg_ctl_logging(&self) -> Command {
+        let mut c = self.command("pg_ctl");
+        c.arg("-D")
+            .arg(self.base.join("data"))
+            .arg("-l")
+            .arg(self.base.join("server.log"));
+        c
     }
 
     /// Stop the server (fast shutdown) and delete its files.

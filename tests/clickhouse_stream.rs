@@ -52,20 +52,9 @@ pub(crate) async fn ch_rows(c: &Client, sql: &str) -> Option<Vec<Vec<String>>> {
 
 /// Rows of a source query as text (`NULL` for null).
 async fn pg_rows(p: &Pipeline, sql: &str) -> Vec<Vec<String>> {
-    p.src_sql
-        .simple_query(sql)
+    crate::conformance::text_rows(&p.src_sql, sql)
         .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+        .unwrap_or_else(|| panic!("source query failed: {sql}"))
 }
 
 async fn wait_ch(c: &Client, sql: &str, expected: Vec<Vec<String>>) {

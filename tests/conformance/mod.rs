@@ -373,7 +373,7 @@ impl Drop for Case {
 }
 
 /// Rows of a query as text (`NULL` for null), through the simple protocol; `None` on error.
-async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Option<Vec<Vec<String>>> {
+pub(crate) async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Option<Vec<Vec<String>>> {
     Some(
         c.simple_query(sql)
             .await
