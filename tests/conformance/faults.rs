@@ -322,3 +322,38 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
         "{log}"
     );
 }
+
+/// ClickHouse has no transactions: the snapshot ends with two writes (the position, then
+/// "complete"). Lost between them — here the position's INSERT is reset, as a server killed at
+/// that moment leaves it — the pipeline must not count as complete without a position, or
+/// `cdc run` could only refuse ("applied only up to 0/0"). Taken again instead, it streams.
+#[tokio::test]
+async fn clickhouse_lost_while_the_snapshot_records_its_end() {
+    let ch = crate::clickhouse::server();
+    let proxy = Proxy::start(ch.port()).await;
+    let mut c = Case::new(Dest::ClickHouse, "fault_ch_snap_end", LOAD_DDL, TABLES).await;
+    c.set_destination(&format!(
+        "clickhouse://default@127.0.0.1:{}/{}",
+        proxy.port(),
+        c.ch_db.clone().unwrap()
+    ));
+    proxy.answer_when("INSERT INTO `cdc`.`positions`", Fault::Reset);
+    // Off the runtime's thread: the proxy runs on it.
+    let mut snapshot = c.cdc(&["snapshot"]);
+    let out = tokio::task::spawn_blocking(move || snapshot.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!proxy.when_pending(), "the position was never written");
+    assert!(
+        !out.status.success(),
+        "the snapshot reported success without its position"
+    );
+    c.start().await;
+    c.source(
+        "UPDATE acct SET bal = bal + 1 WHERE id <= 10; INSERT INTO hist (aid, delta) VALUES (1, 1)",
+    )
+    .await;
+    c.wait_same("acct", ACCT, "id").await;
+    c.wait_same("hist", HIST, "id").await;
+    assert!(c.alive(), "cdc run exited:\n{}", c.log_text());
+}

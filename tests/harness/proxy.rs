@@ -5,7 +5,8 @@
 //! connection and refuses new ones (accepts and drops them at once) until the time is up; `answer`
 //! makes the next connections get a canned reply instead of reaching the target (ClickHouse's
 //! HTTP interface opens one connection per statement, so "the next N connections" is "the next
-//! N statements").
+//! N statements"); `answer_when` gives a fault to the next request whose text holds a given
+//! string (one statement among many, on an HTTP target).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,8 @@ pub enum Fault {
 struct Control {
     cut_until: Option<Instant>,
     faults: VecDeque<Fault>,
+    /// A fault for the next request holding the string.
+    when: Option<(String, Fault)>,
     /// Faults handed out so far.
     served: usize,
 }
@@ -77,7 +80,11 @@ impl Proxy {
                         }
                         Some(None) => {
                             let gen = generation.subscribe();
-                            tokio::spawn(forward(client, target, gen));
+                            if control.lock().unwrap().when.is_some() {
+                                tokio::spawn(inspect(client, target, gen, control.clone()));
+                            } else {
+                                tokio::spawn(forward(client, Vec::new(), target, gen));
+                            }
                         }
                     }
                 }
@@ -106,6 +113,17 @@ impl Proxy {
         self.control.lock().unwrap().faults.extend(faults);
     }
 
+    /// The next request whose text (head and body) holds `needle` gets `fault`; other
+    /// requests pass meanwhile.
+    pub fn answer_when(&self, needle: &str, fault: Fault) {
+        self.control.lock().unwrap().when = Some((needle.to_owned(), fault));
+    }
+
+    /// Whether the `answer_when` fault still waits for its request.
+    pub fn when_pending(&self) -> bool {
+        self.control.lock().unwrap().when.is_some()
+    }
+
     /// How many faults have been handed out.
     pub fn faults_served(&self) -> usize {
         self.control.lock().unwrap().served
@@ -123,11 +141,15 @@ impl Drop for Proxy {
     }
 }
 
-async fn forward(client: TcpStream, target: u16, mut cut: watch::Receiver<u64>) {
-    let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+/// Forward `client` to the target, `read` (what was read from it already) first.
+async fn forward(client: TcpStream, read: Vec<u8>, target: u16, mut cut: watch::Receiver<u64>) {
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
         return;
     };
     server.set_nodelay(true).ok();
+    if server.write_all(&read).await.is_err() {
+        return;
+    }
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let up = async {
@@ -144,9 +166,37 @@ async fn forward(client: TcpStream, target: u16, mut cut: watch::Receiver<u64>) 
     }
 }
 
+/// Read the whole request; the `answer_when` fault if it holds the string, else forward it.
+async fn inspect(
+    mut client: TcpStream,
+    target: u16,
+    cut: watch::Receiver<u64>,
+    control: Arc<Mutex<Control>>,
+) {
+    let seen = read_request(&mut client).await;
+    let fault = {
+        let mut c = control.lock().unwrap();
+        let hit = c
+            .when
+            .as_ref()
+            .is_some_and(|(needle, _)| seen.windows(needle.len()).any(|w| w == needle.as_bytes()));
+        if hit {
+            c.served += 1;
+            c.when.take().map(|(_, f)| f)
+        } else {
+            None
+        }
+    };
+    match fault {
+        Some(fault) => answer(client, fault).await,
+        None => forward(client, seen, target, cut).await,
+    }
+}
+
 /// Read a whole HTTP request (head, then a `Content-Length` or chunked body), so that the
-/// client has sent everything and reads the answer; gives up after 5 s of waiting.
-async fn read_request(client: &mut TcpStream) {
+/// client has sent everything and reads the answer; gives up after 5 s of waiting. Returns
+/// what was read.
+async fn read_request(client: &mut TcpStream) -> Vec<u8> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut seen: Vec<u8> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -169,13 +219,19 @@ async fn read_request(client: &mut TcpStream) {
     while !complete(&seen) {
         match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            _ => return,
+            _ => return seen,
         }
     }
+    seen
 }
 
 async fn misbehave(mut client: TcpStream, fault: Fault) {
     read_request(&mut client).await;
+    answer(client, fault).await
+}
+
+/// Answer a request that was read with `fault`.
+async fn answer(mut client: TcpStream, fault: Fault) {
     match fault {
         Fault::Reply(bytes) => {
             let _ = client.write_all(&bytes).await;

@@ -201,16 +201,20 @@ impl Destination for ClickHouseDestination {
     }
 
     async fn complete_snapshot(&self, slot: &str) -> Result<()> {
-        let (consistent, _) = self
-            .state
-            .update_pipeline(slot, |_, done| *done = true)
-            .await?;
+        // Two writes without a transaction: the position first, so that a crash between them
+        // leaves an unfinished snapshot (taken again) rather than a finished one without a
+        // position (which `cdc run` could only refuse).
+        let consistent = self.state.pipeline(slot).await?.and_then(|(_, c, _)| c);
         let lsn = consistent.ok_or_else(|| {
             Error::Definite(format!(
                 "snapshot of {slot} completed without a consistent point"
             ))
         })?;
-        self.state.write_position(slot, Lsn(lsn), None).await
+        self.state.write_position(slot, Lsn(lsn), None).await?;
+        self.state
+            .update_pipeline(slot, |_, done| *done = true)
+            .await
+            .map(|_| ())
     }
 
     async fn snapshot_tables(&self, slot: &str) -> Result<Vec<(String, i64)>> {

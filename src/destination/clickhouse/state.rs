@@ -152,7 +152,7 @@ impl State {
     }
 
     /// The pipeline record of `slot` (publication, consistent point, completed).
-    async fn pipeline(&self, slot: &str) -> Result<Option<(String, Option<u64>, bool)>> {
+    pub async fn pipeline(&self, slot: &str) -> Result<Option<(String, Option<u64>, bool)>> {
         let out = self
             .client
             .query(&format!(
