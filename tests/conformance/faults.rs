@@ -5,9 +5,11 @@
 //! - the source restarted fast, smart and immediate (a crash), on every destination;
 //! - the Postgres destination restarted fast, smart and immediate;
 //! - the network to either side cut for 10 s (a proxy closes every connection and refuses new
-//!   ones), on every destination that has a network;
+//!   ones), then stalled for 10 s (nothing passes, nothing is closed), on every destination
+//!   that has a network;
 //! - ClickHouse answering what a loaded server or its load balancer answers (503, TOO_MANY_PARTS,
-//!   MEMORY_LIMIT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, a reset before the answer), and a
+//!   MEMORY_LIMIT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, a reset before the answer, no answer
+//!   at all until the statement timeout), and a
 //!   definite error still stopping the run with the statement named.
 
 use std::time::Duration;
@@ -26,14 +28,80 @@ const LOAD_DDL: &str = "
     INSERT INTO acct SELECT g, 0, repeat(md5(g::text), 100) FROM generate_series(1, 200) g;
     CREATE TABLE hist (id bigserial PRIMARY KEY, aid int NOT NULL, delta int NOT NULL);";
 
-const TABLES: &str = "[[tables]]\nsource = \"public.acct\"\n[[tables]]\nsource = \"public.hist\"\n";
+/// Our own tables, and pgbench's with a key (`pgbench_history` has none: it stays out).
+const TABLES: &str = "[[tables]]\nsource = \"public.acct\"\n[[tables]]\nsource = \"public.hist\"\n\
+    [[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_branches\"\n\
+    [[tables]]\nsource = \"public.pgbench_tellers\"\n";
 
-/// A pgbench-like write load (an account updated, a history row inserted; every seventh
-/// transaction deletes and re-inserts an account, every fifth leaves its TOASTed `doc`
-/// unchanged on purpose by updating another account's balance twice), one connection per
-/// transaction so a smart shutdown can finish, retrying through outages. Runs until `stop`;
-/// returns how many transactions committed.
-fn load(db: ConnInfo, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+/// `pgbench` against the case's source database (directly, never through a proxy).
+fn pgbench(db: &ConnInfo, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(cdc::local_pg::client_binary("pgbench").unwrap());
+    c.args(args)
+        .args([
+            "-h",
+            &db.host,
+            "-p",
+            &db.port.to_string(),
+            "-U",
+            &db.user,
+            &db.dbname,
+        ])
+        .env(
+            "PGPASSWORD",
+            db.password.as_ref().map_or("", |p| p.expose()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// pgbench's tables at scale 1 (100 000 accounts), before the snapshot.
+async fn init_pgbench(c: &Case) {
+    let mut init = pgbench(&c.p.src, &["-i", "-q", "-s", "1"]);
+    init.stdout(std::process::Stdio::null());
+    let status = tokio::task::spawn_blocking(move || init.status().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "pgbench -i failed");
+}
+
+/// pgbench's TPC-B-like transactions, two clients, a new connection per transaction (`-C`: a
+/// smart shutdown waits for sessions to end), in short runs started again until `stop`, since
+/// a run's clients give up when the server goes away. Returns the transactions processed.
+fn pgbench_load(db: ConnInfo, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+    tokio::task::spawn_blocking(move || {
+        let mut done = 0u64;
+        while !*stop.borrow() {
+            let out = pgbench(&db, &["-n", "-C", "-c", "2", "-j", "1", "-T", "2"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            done += text
+                .lines()
+                .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+                .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .unwrap_or(0);
+            if !out.status.success() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        done
+    })
+}
+
+/// The write load: pgbench (see [`pgbench_load`]) and, beside it, our own transactions on
+/// `acct`/`hist` for what pgbench does not do (an account updated and a history row inserted;
+/// every seventh transaction deletes and re-inserts an account, every fifth leaves its
+/// TOASTed `doc` unchanged on purpose by updating another account's balance twice), one
+/// connection per transaction so a smart shutdown can finish, retrying through outages. Runs
+/// until `stop`; returns how many transactions committed, ours and pgbench's.
+fn load(db: ConnInfo, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    let bench = pgbench_load(db.clone(), stop.clone());
+    let ours = own_load(db, stop);
+    tokio::spawn(async move { (ours.await.unwrap(), bench.await.unwrap()) })
+}
+
+fn own_load(db: ConnInfo, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let (mut done, mut seed) = (0u64, 12345u64);
         while !*stop.borrow() {
@@ -78,6 +146,9 @@ fn load(db: ConnInfo, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandl
 
 const ACCT: &[Col<'static>] = &[Col::Text("id"), Col::Text("bal"), Col::Md5("doc")];
 const HIST: &[Col<'static>] = &[Col::Text("id"), Col::Text("aid"), Col::Text("delta")];
+const ACCOUNTS: &[Col<'static>] = &[Col::Text("aid"), Col::Text("bid"), Col::Text("abalance")];
+const BRANCHES: &[Col<'static>] = &[Col::Text("bid"), Col::Text("bbalance")];
+const TELLERS: &[Col<'static>] = &[Col::Text("tid"), Col::Text("bid"), Col::Text("tbalance")];
 
 /// A server of the test's own (it is restarted), logical if it is a source.
 async fn own_server(logical: bool) -> LocalPostgres {
@@ -104,12 +175,20 @@ async fn reconnect(c: &mut Case) {
 }
 
 /// Stop the load, then wait for equal tables with `cdc run` still up.
-async fn finish(c: &mut Case, stop: watch::Sender<bool>, load: tokio::task::JoinHandle<u64>) {
+async fn finish(
+    c: &mut Case,
+    stop: watch::Sender<bool>,
+    load: tokio::task::JoinHandle<(u64, u64)>,
+) {
     let _ = stop.send(true);
-    let done = load.await.unwrap();
-    assert!(done > 20, "the load committed only {done} transactions");
+    let (ours, bench) = load.await.unwrap();
+    assert!(ours > 20, "our load committed only {ours} transactions");
+    assert!(bench > 20, "pgbench processed only {bench} transactions");
     c.wait_same("acct", ACCT, "id").await;
     c.wait_same("hist", HIST, "id").await;
+    c.wait_same("pgbench_accounts", ACCOUNTS, "aid").await;
+    c.wait_same("pgbench_branches", BRANCHES, "bid").await;
+    c.wait_same("pgbench_tellers", TELLERS, "tid").await;
     assert!(c.alive(), "cdc run exited:\n{}", c.log_text());
 }
 
@@ -124,6 +203,7 @@ async fn source_restarts_are_survived(dest: Dest) {
         TABLES,
     )
     .await;
+    init_pgbench(&c).await;
     restart_under_load(&mut c, &source, Side::Source).await;
 }
 
@@ -193,14 +273,17 @@ async fn the_postgres_destination_restarted_fast_smart_and_immediate() {
         TABLES,
     )
     .await;
+    init_pgbench(&c).await;
     restart_under_load(&mut c, &destination, Side::Destination).await;
 }
 
-/// The network to the source (and, where there is one, to the destination) cut for 10 s.
+/// The network to the source (and, where there is one, to the destination) cut for 10 s, then
+/// stalled for 10 s.
 async fn network_cuts_are_survived(dest: Dest) {
     let s = servers();
     let to_source = Proxy::start(s.source.port()).await;
     let mut c = Case::new(dest, "fault_cut", LOAD_DDL, TABLES).await;
+    init_pgbench(&c).await;
     c.set_source(&via(
         &s.source.url(&c.p.src.dbname),
         s.source.port(),
@@ -232,11 +315,19 @@ async fn network_cuts_are_survived(dest: Dest) {
     let (stop, stopped) = watch::channel(false);
     let writer = load(c.p.src.clone(), stopped);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Cut: connections closed and refused.
     to_source.cut(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(11)).await;
     c.wait_streaming().await;
     if let Some(proxy) = &to_dest {
         proxy.cut(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+    }
+    // Stalled: connections stay open and nothing passes.
+    to_source.stall(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    if let Some(proxy) = &to_dest {
+        proxy.stall(Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(11)).await;
     }
     finish(&mut c, stop, writer).await;
@@ -276,8 +367,10 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
     let ch = crate::clickhouse::server();
     let proxy = Proxy::start(ch.port()).await;
     let mut c = Case::new(Dest::ClickHouse, "fault_ch_errors", LOAD_DDL, TABLES).await;
+    init_pgbench(&c).await;
+    // A statement timeout short enough for the test, long enough for the snapshot's INSERTs.
     c.set_destination(&format!(
-        "clickhouse://default@127.0.0.1:{}/{}",
+        "clickhouse://default@127.0.0.1:{}/{}?timeout=10",
         proxy.port(),
         c.ch_db.clone().unwrap()
     ));
@@ -285,6 +378,7 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
     let (stop, stopped) = watch::channel(false);
     let writer = load(c.p.src.clone(), stopped);
     let faults = [
+        Fault::Hang,
         Fault::Reply(http_reply(
             "503 Service Unavailable",
             &[],
@@ -309,6 +403,13 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
         assert!(c.alive(), "cdc run exited:\n{}", c.log_text());
     }
     assert_eq!(proxy.faults_served(), n);
+    // The statement that got no answer was given up after the URL's timeout, and retried.
+    assert!(
+        c.log_text()
+            .contains("timed out after 10s while ClickHouse ran"),
+        "{}",
+        c.log_text()
+    );
     finish(&mut c, stop, writer).await;
     // A definite error (an unknown column) is not retried: the run stops, naming the statement.
     proxy.answer([clickhouse_error(47, "UNKNOWN_IDENTIFIER", true)]);
@@ -332,6 +433,7 @@ async fn clickhouse_lost_while_the_snapshot_records_its_end() {
     let ch = crate::clickhouse::server();
     let proxy = Proxy::start(ch.port()).await;
     let mut c = Case::new(Dest::ClickHouse, "fault_ch_snap_end", LOAD_DDL, TABLES).await;
+    init_pgbench(&c).await;
     c.set_destination(&format!(
         "clickhouse://default@127.0.0.1:{}/{}",
         proxy.port(),

@@ -309,16 +309,18 @@ impl Case {
             if let Some(run) = self.run.as_mut() {
                 if !run.alive() {
                     panic!(
-                        "cdc run exited; {table} on {:?}: {got:?}\n{}",
+                        "cdc run exited; {table} on {:?}: {}\n{}",
                         self.dest,
+                        difference(&want, got.as_deref()),
                         self.log_text()
                     );
                 }
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{table} on {:?}: expected {want:?}, got {got:?}\n{}",
+                "{table} on {:?}: {}\n{}",
                 self.dest,
+                difference(&want, got.as_deref()),
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -412,3 +414,29 @@ macro_rules! on_every_destination {
     };
 }
 pub(crate) use on_every_destination;
+
+/// What differs between expected and actual rows: all of both when they are short, else the
+/// counts and the first row that differs.
+fn difference<T: PartialEq + std::fmt::Debug>(want: &[T], got: Option<&[T]>) -> String {
+    let Some(got) = got else {
+        return format!("expected {} rows, the destination query failed", want.len());
+    };
+    if want.len() <= 20 && got.len() <= 20 {
+        return format!("expected {want:?}, got {got:?}");
+    }
+    let first = want.iter().zip(got).position(|(w, g)| w != g);
+    match first {
+        Some(i) => format!(
+            "{} rows expected, {} found; first difference at row {i}: expected {:?}, got {:?}",
+            want.len(),
+            got.len(),
+            want[i],
+            got[i]
+        ),
+        None => format!(
+            "{} rows expected, {} found (the same up to the shorter)",
+            want.len(),
+            got.len()
+        ),
+    }
+}

@@ -2,7 +2,8 @@
 //! answer errors, without touching the server itself.
 //!
 //! Every accepted connection is forwarded to the target byte for byte. `cut` closes every open
-//! connection and refuses new ones (accepts and drops them at once) until the time is up; `answer`
+//! connection and refuses new ones (accepts and drops them at once) until the time is up; `stall`
+//! closes nothing but lets no byte through until the time is up; `answer`
 //! makes the next connections get a canned reply instead of reaching the target (ClickHouse's
 //! HTTP interface opens one connection per statement, so "the next N connections" is "the next
 //! N statements"); `answer_when` gives a fault to the next request whose text holds a given
@@ -24,11 +25,16 @@ pub enum Fault {
     Reply(Vec<u8>),
     /// Read the request head, then reset the connection without answering.
     Reset,
+    /// Read the request, then never answer (the connection stays open until the client
+    /// gives up).
+    Hang,
 }
 
 #[derive(Default)]
 struct Control {
     cut_until: Option<Instant>,
+    /// Until then, nothing passes either way on open connections and new ones wait.
+    stalled_until: Option<Instant>,
     faults: VecDeque<Fault>,
     /// A fault for the next request holding the string.
     when: Option<(String, Fault)>,
@@ -83,7 +89,13 @@ impl Proxy {
                             if control.lock().unwrap().when.is_some() {
                                 tokio::spawn(inspect(client, target, gen, control.clone()));
                             } else {
-                                tokio::spawn(forward(client, Vec::new(), target, gen));
+                                tokio::spawn(forward(
+                                    client,
+                                    Vec::new(),
+                                    target,
+                                    gen,
+                                    control.clone(),
+                                ));
                             }
                         }
                     }
@@ -106,6 +118,13 @@ impl Proxy {
     pub fn cut(&self, how_long: Duration) {
         self.control.lock().unwrap().cut_until = Some(Instant::now() + how_long);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Let nothing through for `how_long`, closing nothing: connections stay open (new ones
+    /// are accepted) and their bytes wait, as when a network path silently drops packets and
+    /// TCP retransmits until it is back.
+    pub fn stall(&self, how_long: Duration) {
+        self.control.lock().unwrap().stalled_until = Some(Instant::now() + how_long);
     }
 
     /// The next connections get `faults`, one each, in order.
@@ -141,8 +160,16 @@ impl Drop for Proxy {
     }
 }
 
-/// Forward `client` to the target, `read` (what was read from it already) first.
-async fn forward(client: TcpStream, read: Vec<u8>, target: u16, mut cut: watch::Receiver<u64>) {
+/// Forward `client` to the target, `read` (what was read from it already) first. Bytes wait
+/// while the proxy is stalled.
+async fn forward(
+    client: TcpStream,
+    read: Vec<u8>,
+    target: u16,
+    mut cut: watch::Receiver<u64>,
+    control: Arc<Mutex<Control>>,
+) {
+    wait_unstalled(&control).await;
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
         return;
     };
@@ -150,19 +177,41 @@ async fn forward(client: TcpStream, read: Vec<u8>, target: u16, mut cut: watch::
     if server.write_all(&read).await.is_err() {
         return;
     }
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up = async {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-        let _ = sw.shutdown().await;
-    };
-    let down = async {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-        let _ = cw.shutdown().await;
-    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
     tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
+        _ = async { tokio::join!(pump(cr, sw, &control), pump(sr, cw, &control)) } => {}
         _ = cut.changed() => {}
+    }
+}
+
+/// Copy one direction until end of stream, holding every chunk while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    control: &Mutex<Control>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => break,
+        };
+        wait_unstalled(control).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+async fn wait_unstalled(control: &Mutex<Control>) {
+    loop {
+        let until = control.lock().unwrap().stalled_until;
+        match until {
+            Some(t) if Instant::now() < t => tokio::time::sleep_until(t).await,
+            _ => return,
+        }
     }
 }
 
@@ -189,7 +238,7 @@ async fn inspect(
     };
     match fault {
         Some(fault) => answer(client, fault).await,
-        None => forward(client, seen, target, cut).await,
+        None => forward(client, seen, target, cut, control).await,
     }
 }
 
@@ -241,6 +290,14 @@ async fn answer(mut client: TcpStream, fault: Fault) {
             // SO_LINGER 0: the close sends a reset, as a crashed peer's kernel would.
             let _ = client.set_zero_linger();
             drop(client);
+        }
+        Fault::Hang => {
+            // Until the client closes its end (or an hour, whichever comes first).
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(3600), async {
+                while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+            })
+            .await;
         }
     }
 }

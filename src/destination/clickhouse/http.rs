@@ -13,9 +13,6 @@ use tokio::net::TcpStream;
 use super::url::ClickHouseUrl;
 use crate::error::{Error, Result};
 
-/// How long a statement may take before the connection counts as dead.
-const TIMEOUT: Duration = Duration::from_secs(600);
-
 /// What follows the request head.
 enum Body {
     Full(Bytes),
@@ -98,13 +95,13 @@ impl Client {
                 }
             }
         };
-        let response =
-            tokio::time::timeout(TIMEOUT, work)
-                .await
-                .map_err(|_| Error::Timeout {
-                    what: format!("ClickHouse ran {shown}"),
-                    seconds: TIMEOUT.as_secs(),
-                })??;
+        let limit = Duration::from_secs(self.url.timeout_s);
+        let response = tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("ClickHouse ran {shown}"),
+                seconds: limit.as_secs(),
+            })??;
         if response.status != 200 {
             let message = String::from_utf8_lossy(&response.body).trim().to_owned();
             return Err(Error::ClickHouse {

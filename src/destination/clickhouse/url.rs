@@ -3,11 +3,16 @@
 //! HTTP interface, port 8123 by default; `clickhouses://` or `?secure=true` for HTTPS (port
 //! 8443 by default, `?sslrootcert=FILE` for a private CA, else the system's roots). The
 //! password comes from `CDC_DESTINATION_PASSWORD` or `destination.password_file` (or the URL,
-//! discouraged), as for Postgres.
+//! discouraged), as for Postgres. `?timeout=SECONDS` bounds one statement (600 by default);
+//! a statement that runs longer counts as a lost connection and is retried.
 
 use std::path::PathBuf;
 
 use crate::conninfo::Secret;
+
+/// Seconds a statement may take unless the URL says otherwise: long enough for a big INSERT
+/// or a merge-bound DELETE on a loaded server.
+pub const DEFAULT_TIMEOUT_S: u64 = 600;
 
 /// A parsed ClickHouse URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -19,6 +24,9 @@ pub struct ClickHouseUrl {
     pub password: Option<Secret>,
     pub database: String,
     pub root_cert: Option<PathBuf>,
+    /// How long one statement may take before the connection counts as lost (and the batch
+    /// is retried): `?timeout=SECONDS`, 600 by default.
+    pub timeout_s: u64,
 }
 
 impl std::fmt::Debug for ClickHouseUrl {
@@ -75,6 +83,7 @@ impl ClickHouseUrl {
             None => ("default".to_owned(), None),
         };
         let mut root_cert = None;
+        let mut timeout_s = DEFAULT_TIMEOUT_S;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
@@ -86,9 +95,14 @@ impl ClickHouseUrl {
                     }
                 }
                 "sslrootcert" => root_cert = Some(PathBuf::from(decode(v)?)),
+                "timeout" => {
+                    timeout_s = v.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                        format!("timeout={v}: give whole seconds, e.g. timeout=600")
+                    })?
+                }
                 _ => {
                     return Err(format!(
-                        "unknown parameter {k:?}: a ClickHouse URL takes secure and sslrootcert"
+                        "unknown parameter {k:?}: a ClickHouse URL takes secure, sslrootcert and timeout"
                     ))
                 }
             }
@@ -113,6 +127,7 @@ impl ClickHouseUrl {
             password,
             database,
             root_cert,
+            timeout_s,
         })
     }
 }
@@ -170,5 +185,25 @@ mod tests {
         assert!(ClickHouseUrl::parse("clickhouse://ch").is_err());
         assert!(ClickHouseUrl::parse("clickhouse://ch:x/db").is_err());
         assert!(ClickHouseUrl::parse("clickhouse://ch/db?color=red").is_err());
+    }
+
+    #[test]
+    fn the_statement_timeout_is_600_seconds_unless_the_url_says() {
+        assert_eq!(
+            ClickHouseUrl::parse("clickhouse://ch/db")
+                .unwrap()
+                .timeout_s,
+            600
+        );
+        assert_eq!(
+            ClickHouseUrl::parse("clickhouse://ch/db?timeout=5")
+                .unwrap()
+                .timeout_s,
+            5
+        );
+        for bad in ["0", "-1", "1.5", "", "ten"] {
+            let e = ClickHouseUrl::parse(&format!("clickhouse://ch/db?timeout={bad}")).unwrap_err();
+            assert!(e.contains("whole seconds"), "{bad}: {e}");
+        }
     }
 }
