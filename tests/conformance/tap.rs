@@ -389,3 +389,74 @@ async fn tap_020_messages(dest: Dest) {
     c.wait_same("tab_test", &[Col::Text("a")], "a").await;
 }
 on_every_destination!(tap_020_messages);
+
+/// A database `LATIN1`-encoded (locale C) beside `db`, on the same server; connected to.
+async fn latin1_twin(
+    admin: &tokio_postgres::Client,
+    db: &cdc::conninfo::ConnInfo,
+) -> (cdc::conninfo::ConnInfo, tokio_postgres::Client) {
+    let name = format!("{}_latin1", db.dbname);
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .await
+        .unwrap();
+    let mut info = db.clone();
+    info.dbname = name;
+    let sql = cdc::pg::connect(&info).await.unwrap();
+    let encoding: String = sql
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(encoding, "LATIN1");
+    (info, sql)
+}
+
+/// 005_encoding: databases of different encodings. Here the source is `LATIN1` (its
+/// changes reach cdc converted to UTF-8, every destination's text) and so is the Postgres
+/// destination (005's own case: UTF-8 converted into `LATIN1` on the way in). Compared
+/// through UTF-8 connections on both sides, so equal text is equal characters.
+async fn tap_005_encoding(dest: Dest) {
+    let s = crate::harness::servers();
+    let mut c = Case::new(
+        dest,
+        "tap005",
+        "",
+        "[[tables]]\nsource = \"public.test1\"\n",
+    )
+    .await;
+    let (src, src_sql) = latin1_twin(&c.p.src_sql, &c.p.src).await;
+    src_sql
+        .batch_execute(
+            "CREATE TABLE test1 (a int PRIMARY KEY, b text);
+             INSERT INTO test1 VALUES (0, 'Mötley Crüe'), (10, 'Ærøskøbing');",
+        )
+        .await
+        .unwrap();
+    c.set_source(&s.source.url(&src.dbname));
+    (c.p.src, c.p.src_sql) = (src, src_sql);
+    if dest == Dest::Postgres {
+        let (dst, dst_sql) = latin1_twin(&c.p.dst_sql, &c.p.dst).await;
+        c.set_destination(&s.destination.url(&dst.dbname));
+        (c.p.dst, c.p.dst_sql) = (dst, dst_sql);
+    }
+    c.start().await;
+    c.source(
+        "INSERT INTO test1 VALUES (1, 'Motörhead'), (2, 'façade ß ¿¡ ½ ÿ');
+         UPDATE test1 SET b = b || ' - é' WHERE a = 10;
+         UPDATE test1 SET b = 'Öl' WHERE a = 0;",
+    )
+    .await;
+    c.wait_same("test1", &[Col::Text("a"), Col::Text("b")], "a")
+        .await;
+    assert_eq!(
+        c.source_rows("test1", &[Col::Text("b")], "a").await[1],
+        vec!["Motörhead".to_string()]
+    );
+}
+on_every_destination!(tap_005_encoding);
