@@ -460,3 +460,37 @@ async fn tap_005_encoding(dest: Dest) {
     );
 }
 on_every_destination!(tap_005_encoding);
+
+/// 007_ddl, what of it applies: a publication that does not exist. cdc creates its own; if it
+/// is dropped under a running pipeline, changes can no longer be decoded for it, and `cdc run`
+/// must stop saying so (not retry forever, nor go on without the tables' changes, which is
+/// what Postgres 18's walsender does after a warning).
+async fn tap_007_publication_dropped(dest: Dest) {
+    let mut c = Case::new(
+        dest,
+        "tap007",
+        "CREATE TABLE test1 (a int PRIMARY KEY, b text); INSERT INTO test1 VALUES (1, 'one');",
+        "[[tables]]\nsource = \"public.test1\"\n",
+    )
+    .await;
+    c.start().await;
+    c.source("INSERT INTO test1 VALUES (2, 'two')").await;
+    c.wait_same("test1", &[Col::Text("a"), Col::Text("b")], "a")
+        .await;
+    let publication = c.p.slot.clone();
+    c.source(&format!(
+        "DROP PUBLICATION \"{publication}\"; INSERT INTO test1 VALUES (3, 'three')"
+    ))
+    .await;
+    let status = c.wait_exit().await;
+    let log = c.log_text();
+    assert_eq!(status.code(), Some(65), "{log}");
+    // Postgres up to 17 fails ("publication … does not exist"); 18 warns and skips it, which
+    // cdc turns into the same stop.
+    assert!(
+        log.contains(&publication)
+            && (log.contains("does not exist") || log.contains("cdc snapshot --force")),
+        "{log}"
+    );
+}
+on_every_destination!(tap_007_publication_dropped);

@@ -316,7 +316,11 @@ impl ReplicationClient {
             options.to_sql()
         );
         stream::start(self.wire_mut(), &sql).await?;
-        Ok(ReplicationStream::new(self, read_timeout))
+        Ok(ReplicationStream::new(
+            self,
+            read_timeout,
+            options.publication_names.clone(),
+        ))
     }
 
     fn wire_mut(&mut self) -> &mut PgWire {

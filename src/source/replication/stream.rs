@@ -14,7 +14,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::time::Instant;
 
 use super::frames::{encode_status, parse_copy_data, ReplicationEvent, StandbyStatus};
-use super::wire::{db_error, protocol, PgWire};
+use super::wire::{db_error, notice, protocol, PgWire};
 use super::ReplicationClient;
 use crate::decode::PgTimestamp;
 use crate::error::{Error, Result};
@@ -59,11 +59,18 @@ pub struct ReplicationStream {
     last_heard: Instant,
     probed: bool,
     done: bool,
+    /// The publications streamed for, to recognise the walsender's warning that one is gone.
+    publications: Vec<String>,
 }
 
 impl ReplicationStream {
-    pub(super) fn new(client: ReplicationClient, read_timeout: Duration) -> Self {
+    pub(super) fn new(
+        client: ReplicationClient,
+        read_timeout: Duration,
+        publications: Vec<String>,
+    ) -> Self {
         ReplicationStream {
+            publications,
             client,
             read_timeout,
             last_status: StandbyStatus::default(),
@@ -119,7 +126,10 @@ impl ReplicationStream {
                             source: Box::new(db_error(&body)),
                         })
                     }
-                    backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
+                    backend::Message::NoticeResponse(body) => {
+                        stream_notice(notice(&body), &self.publications)?
+                    }
+                    backend::Message::ParameterStatus(_) => {}
                     // A walsender told to shut down (`pg_ctl stop/restart -m fast`) sends what
                     // it has, ends the COPY with CommandComplete and exits, without CopyDone:
                     // the connection is going away, which is retried like any lost connection.
@@ -182,5 +192,63 @@ impl ReplicationStream {
         frontend::copy_done(self.client.wire_mut().out());
         let _ = self.client.wire_mut().flush().await;
         self.client.close().await
+    }
+}
+
+/// A notice from the walsender while it streams. Postgres 18 no longer fails when a
+/// publication it streams for has been dropped: it warns (`skipped loading publication "…"`,
+/// SQLSTATE 55000) and goes on without it, sending none of its tables' changes, and the slot
+/// would then confirm past them. That is the silent loss cdc refuses: it stops, before
+/// confirming anything newer. The SQLSTATE is a generic one, so the warning is told by it
+/// together with a publication's name in the text (names are not translated; the words may
+/// be). Other notices are logged.
+fn stream_notice(n: crate::error::DbError, publications: &[String]) -> Result<()> {
+    let names_ours = publications
+        .iter()
+        .any(|p| n.message.contains(&format!("\"{p}\"")) || n.message.contains(p.as_str()));
+    if n.code == "55000" && n.severity == "WARNING" && names_ours {
+        return Err(Error::Definite(format!(
+            "the source says \"{}\": the publication was dropped while cdc streamed, and \
+             Postgres now sends none of its tables' changes. cdc stopped before confirming any, \
+             but changes made after the drop can never be decoded for it again: take a new \
+             snapshot with `cdc snapshot --force`",
+            n.message
+        )));
+    }
+    tracing::warn!(severity = %n.severity, code = %n.code, message = %n.message, "the source's walsender says");
+    Ok(())
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::*;
+
+    fn notice(code: &str, message: &str) -> crate::error::DbError {
+        crate::error::DbError {
+            severity: "WARNING".into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn a_skipped_publication_of_ours_stops_the_stream_and_other_notices_pass() {
+        let ours = ["cdc".to_string()];
+        let e = stream_notice(
+            notice("55000", "skipped loading publication \"cdc\""),
+            &ours,
+        )
+        .unwrap_err();
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("cdc snapshot --force"), "{e}");
+        // Someone else's publication, another warning, another code: logged only.
+        assert!(stream_notice(
+            notice("55000", "skipped loading publication \"other\""),
+            &ours
+        )
+        .is_ok());
+        assert!(stream_notice(notice("01000", "publication \"cdc\" is fine"), &ours).is_ok());
     }
 }

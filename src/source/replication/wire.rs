@@ -57,8 +57,17 @@ pub(crate) fn protocol(context: &str, detail: impl std::fmt::Display) -> Error {
     }
 }
 
-/// An ErrorResponse (or NoticeResponse) body as a `DbError`.
+/// An ErrorResponse body as a `DbError`.
 pub(crate) fn db_error(body: &backend::ErrorResponseBody) -> DbError {
+    from_fields(body.fields())
+}
+
+/// A NoticeResponse body (the same fields, severity WARNING, NOTICE, ...) as a `DbError`.
+pub(crate) fn notice(body: &backend::NoticeResponseBody) -> DbError {
+    from_fields(body.fields())
+}
+
+fn from_fields(mut fields: backend::ErrorFields<'_>) -> DbError {
     let mut e = DbError {
         severity: "ERROR".into(),
         code: "XX000".into(),
@@ -66,7 +75,6 @@ pub(crate) fn db_error(body: &backend::ErrorResponseBody) -> DbError {
         detail: None,
         hint: None,
     };
-    let mut fields = body.fields();
     while let Ok(Some(f)) = fields.next() {
         let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
         match f.type_() {
