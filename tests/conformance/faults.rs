@@ -168,6 +168,16 @@ fn via(url: &str, port: u16, proxy: u16) -> String {
     url.replace(&format!(":{port}/"), &format!(":{proxy}/"))
 }
 
+/// Point a ClickHouse case at its database through `proxy`, with URL `params` (`?…` or empty).
+fn clickhouse_through(c: &mut Case, proxy: &Proxy, params: &str) {
+    let url = format!(
+        "clickhouse://default@127.0.0.1:{}/{}{params}",
+        proxy.port(),
+        c.ch_db.clone().unwrap()
+    );
+    c.set_destination(&url);
+}
+
 /// Fresh SQL connections for the case (the old ones died with a restart).
 async fn reconnect(c: &mut Case) {
     c.p.src_sql = cdc::pg::connect(&c.p.src).await.unwrap();
@@ -302,11 +312,7 @@ async fn network_cuts_are_survived(dest: Dest) {
         Dest::ClickHouse => {
             let ch = crate::clickhouse::server();
             let proxy = Proxy::start(ch.port()).await;
-            c.set_destination(&format!(
-                "clickhouse://default@127.0.0.1:{}/{}",
-                proxy.port(),
-                c.ch_db.clone().unwrap()
-            ));
+            clickhouse_through(&mut c, &proxy, "");
             Some(proxy)
         }
         Dest::DuckDb => None,
@@ -369,11 +375,7 @@ async fn clickhouse_under_pressure_is_retried_and_a_definite_error_still_stops_t
     let mut c = Case::new(Dest::ClickHouse, "fault_ch_errors", LOAD_DDL, TABLES).await;
     init_pgbench(&c).await;
     // A statement timeout short enough for the test, long enough for the snapshot's INSERTs.
-    c.set_destination(&format!(
-        "clickhouse://default@127.0.0.1:{}/{}?timeout=10",
-        proxy.port(),
-        c.ch_db.clone().unwrap()
-    ));
+    clickhouse_through(&mut c, &proxy, "?timeout=10");
     c.start().await;
     let (stop, stopped) = watch::channel(false);
     let writer = load(c.p.src.clone(), stopped);
@@ -434,11 +436,7 @@ async fn clickhouse_lost_while_the_snapshot_records_its_end() {
     let proxy = Proxy::start(ch.port()).await;
     let mut c = Case::new(Dest::ClickHouse, "fault_ch_snap_end", LOAD_DDL, TABLES).await;
     init_pgbench(&c).await;
-    c.set_destination(&format!(
-        "clickhouse://default@127.0.0.1:{}/{}",
-        proxy.port(),
-        c.ch_db.clone().unwrap()
-    ));
+    clickhouse_through(&mut c, &proxy, "");
     proxy.answer_when("INSERT INTO `cdc`.`positions`", Fault::Reset);
     // Off the runtime's thread: the proxy runs on it.
     let mut snapshot = c.cdc(&["snapshot"]);

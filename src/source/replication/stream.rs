@@ -203,9 +203,7 @@ impl ReplicationStream {
 /// together with a publication's name in the text (names are not translated; the words may
 /// be). Other notices are logged.
 fn stream_notice(n: crate::error::DbError, publications: &[String]) -> Result<()> {
-    let names_ours = publications
-        .iter()
-        .any(|p| n.message.contains(&format!("\"{p}\"")) || n.message.contains(p.as_str()));
+    let names_ours = publications.iter().any(|p| n.message.contains(p.as_str()));
     if n.code == "55000" && n.severity == "WARNING" && names_ours {
         return Err(Error::Definite(format!(
             "the source says \"{}\": the publication was dropped while cdc streamed, and \
