@@ -120,7 +120,7 @@ pub enum Error {
     /// alone, as a table joining the pipeline, and streams on.
     #[error("{table} must be copied again: {why}")]
     Recopy {
-        table: crate::config::TableName,
+        table: crate::model::schema::TableName,
         why: String,
     },
     #[error("{0}")]

@@ -37,6 +37,7 @@ pub mod local_clickhouse;
 pub mod local_pg;
 pub mod lsn;
 pub mod metrics;
+pub mod model;
 pub mod pg;
 pub mod run;
 pub mod snapshot;

@@ -70,7 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
                 let (last, position) = match &t.last_pass {
                     Some(s) => (
-                        s.last_pass.map_or("-".into(), cdc::status::format_utc),
+                        s.last_pass.map_or("-".into(), cdc::model::time::format_utc),
                         format!(
                             "{} ({} rows, {:.1}s)",
                             s.position.as_deref().unwrap_or("-"),

@@ -26,7 +26,7 @@ use crate::destination::Destination;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::source::replication::{
+use crate::source::postgres::replication::{
     PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, StandbyStatus,
 };
 use crate::stream::{enum_labels, Streamer};
@@ -150,7 +150,7 @@ impl Drop for AbortOnDrop {
 async fn stream_once(
     config: &Config,
     dest: &dyn Destination,
-    joined: std::collections::HashMap<crate::config::TableName, Lsn>,
+    joined: std::collections::HashMap<crate::model::schema::TableName, Lsn>,
     shutdown: &mut watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {

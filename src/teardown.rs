@@ -4,7 +4,8 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::source::replication::{quote_ident, ReplicationClient};
+use crate::model::sql::quote_ident;
+use crate::source::postgres::replication::ReplicationClient;
 
 /// Drop the slot and the publication (only report them unless `confirmed`). Returns one line
 /// per object, saying what was (or would be) done.

@@ -6,12 +6,12 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use cdc::config::TableName;
 use cdc::destination::clickhouse::ddl::{create_table, Names};
 use cdc::destination::clickhouse::http::Client;
 use cdc::destination::clickhouse::url::ClickHouseUrl;
 use cdc::local_clickhouse::LocalClickHouse;
-use cdc::snapshot::catalog::{ColumnDef, TableSchema};
+use cdc::model::schema::TableName;
+use cdc::model::schema::{ColumnDef, TableSchema};
 
 use crate::harness::unique;
 
@@ -221,11 +221,14 @@ async fn postgres_copy_text_round_trips_through_clickhouse() {
     )
     .await;
     let _ = db;
-    cdc::snapshot::catalog::prepare_session(&sql).await.unwrap();
-    let schema = cdc::snapshot::catalog::read_table(&sql, &TableName::parse("public.t").unwrap())
+    cdc::source::postgres::catalog::prepare_session(&sql)
         .await
-        .unwrap()
         .unwrap();
+    let schema =
+        cdc::source::postgres::catalog::read_table(&sql, &TableName::parse("public.t").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
     let copy = |query: &'static str| {
         let sql = &sql;
         async move {
@@ -292,15 +295,18 @@ async fn the_snapshot_loader_streams_a_copy_as_one_insert_and_abandons_a_bad_one
          INSERT INTO bad VALUES (1001, '1850-06-01');",
     )
     .await;
-    cdc::snapshot::catalog::prepare_session(&sql).await.unwrap();
+    cdc::source::postgres::catalog::prepare_session(&sql)
+        .await
+        .unwrap();
     let ch_db = unique("ch_load");
     let admin = client("default");
     let mut schemas = Vec::new();
     for name in ["public.big", "public.bad"] {
-        let schema = cdc::snapshot::catalog::read_table(&sql, &TableName::parse(name).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let schema =
+            cdc::source::postgres::catalog::read_table(&sql, &TableName::parse(name).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
         for stmt in create_table(&Names::of(&ch_db, &schema.name), &schema, None) {
             admin.query(&stmt).await.unwrap();
         }
@@ -308,7 +314,7 @@ async fn the_snapshot_loader_streams_a_copy_as_one_insert_and_abandons_a_bad_one
     }
     let mut loader = ClickHouseLoader::new(client(&ch_db), None);
     let bytes = AtomicU64::new(0);
-    let mut src = cdc::source::copy_out::CopySource::connect(&db)
+    let mut src = cdc::source::postgres::copy_out::CopySource::connect(&db)
         .await
         .unwrap();
     let target = SnapshotTable {
@@ -349,7 +355,7 @@ async fn the_snapshot_loader_streams_a_copy_as_one_insert_and_abandons_a_bad_one
         "2024-01-01 01:00:00.000000\n"
     );
     // A value ClickHouse cannot hold stops the load naming it; the INSERT is abandoned.
-    let mut src = cdc::source::copy_out::CopySource::connect(&db)
+    let mut src = cdc::source::postgres::copy_out::CopySource::connect(&db)
         .await
         .unwrap();
     let target = SnapshotTable {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cdc::conninfo::{ConnInfo, Secret};
 use cdc::decode::{Datum, LogicalMessage, OldTuple, PgOutputDecoder, ReplicaIdentity};
 use cdc::lsn::Lsn;
-use cdc::source::replication::{
+use cdc::source::postgres::replication::{
     PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, StandbyStatus,
 };
 

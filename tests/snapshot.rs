@@ -7,7 +7,7 @@ use std::time::Duration;
 use cdc::decode::{Datum, LogicalMessage, PgOutputDecoder};
 use cdc::error::Error;
 use cdc::lsn::Lsn;
-use cdc::source::replication::{PgOutputOptions, ReplicationClient, ReplicationEvent};
+use cdc::source::postgres::replication::{PgOutputOptions, ReplicationClient, ReplicationEvent};
 
 use crate::harness::{rows_text, servers, unique, wait_for, Pipeline};
 
@@ -325,7 +325,7 @@ async fn snapshot_under_concurrent_writes_ends_exactly_where_the_stream_begins()
 async fn repl_start(
     repl: &mut ReplicationClient,
     slot: &str,
-) -> cdc::source::replication::ReplicationStream {
+) -> cdc::source::postgres::replication::ReplicationStream {
     let client = std::mem::replace(
         repl,
         ReplicationClient::connect(&servers().source.conninfo("postgres"))

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use cdc::conninfo::{ChannelBinding, ConnInfo, SslMode};
-use cdc::source::replication::ReplicationClient;
+use cdc::source::postgres::replication::ReplicationClient;
 
 use crate::harness::{servers, source_db};
 

@@ -12,7 +12,6 @@
 //! [`crate::conninfo::Secret`]s.
 
 mod locate;
-mod table_name;
 mod validate;
 
 use std::fmt;
@@ -23,7 +22,7 @@ use serde::Deserialize;
 use crate::conninfo::{ConnInfo, Secret};
 use crate::destination::clickhouse::url::ClickHouseUrl;
 use crate::destination::Target;
-pub use table_name::TableName;
+pub use crate::model::schema::TableName;
 pub use validate::{Origin, Problem};
 
 /// The example configuration shipped with the project (tested to parse).

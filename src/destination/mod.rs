@@ -31,15 +31,18 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::apply::{Batch, TableMap};
-use crate::config::{Config, TableName};
+use crate::config::Config;
 use crate::conninfo::ConnInfo;
 use crate::decode::{Datum, PgTimestamp};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::catalog::{TableSchema, UserType};
-use crate::source::copy_out::CopySource;
+use crate::model::change::{Batch, TableMap};
+use crate::model::schema::TableName;
+use crate::model::schema::{
+    DestColumn, DestForeignKey, SchemaChange, SourceType, TableSchema, UserType,
+};
+use crate::source::postgres::copy_out::CopySource;
 
 /// What the destination remembers about a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -71,7 +74,7 @@ pub struct SyncState {
 
 fn serialize_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&crate::status::format_utc(*t)),
+        Some(t) => s.serialize_str(&crate::model::time::format_utc(*t)),
         None => s.serialize_none(),
     }
 }
@@ -84,52 +87,29 @@ pub struct TableSize {
     pub bytes: Option<i64>,
 }
 
-/// One column of a destination table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DestColumn {
-    pub name: String,
-    /// The column's type in the destination's own spelling (see [`Session::type_matches`]).
-    pub type_name: String,
-    /// Part of the primary key (rows are matched on these).
-    pub key: bool,
+/// The error for an update of a keyless table that carries no old row.
+pub fn no_old_row(t: &TableMap) -> Error {
+    Error::Definite(format!(
+        "update of {} carries no old row; set REPLICA IDENTITY FULL on the source table",
+        t.source
+    ))
 }
 
-/// A foreign key to create on a destination table (destination names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DestForeignKey {
-    pub columns: Vec<String>,
-    pub references: TableName,
-    pub referenced_columns: Vec<String>,
-    /// `NO ACTION`, `CASCADE`, `SET NULL`, `SET DEFAULT` or `RESTRICT`.
-    pub on_delete: String,
-    pub on_update: String,
-}
-
-/// A source column's type: `format_type` text (qualified) and its OID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceType {
-    pub sql: String,
-    pub oid: u32,
-}
-
-/// A source table's change of shape, to repeat on its destination table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SchemaChange {
-    pub added: Vec<(String, SourceType)>,
-    pub dropped: Vec<String>,
-    /// Columns whose destination type no longer matches the source's.
-    pub retyped: Vec<(String, SourceType)>,
-    /// Stored generated columns the source gained (not in Relation messages before Postgres
-    /// 18): name, type, expression. Only for destinations that keep generated columns.
-    pub added_generated: Vec<(String, SourceType, String)>,
-}
-
-impl SchemaChange {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
-            && self.dropped.is_empty()
-            && self.retyped.is_empty()
-            && self.added_generated.is_empty()
+/// Updates that kept TOAST values unchanged but found no destination row: they cannot be
+/// written (their unchanged values are known only to the source, and a NULL or a guess would
+/// be wrong data), so they are counted and reported.
+pub fn toast_rows_missing(metrics: &Metrics, t: &TableMap, missing: u64) {
+    if missing > 0 {
+        tracing::warn!(
+            table = %t.dest,
+            missing,
+            "updates that kept TOAST values unchanged found no row on the destination and were not \
+             written (a snapshot `where` filter left the row out, or the destination diverged; \
+             while new columns are backfilled, rows inserted meanwhile are counted here too, and \
+             their inserts follow in the stream); `cdc verify` lists the differences, \
+             `cdc snapshot --force` copies the table again"
+        );
+        metrics.rows_missing(missing);
     }
 }
 

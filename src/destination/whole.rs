@@ -4,9 +4,9 @@
 
 use async_trait::async_trait;
 
-use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::error::Result;
+use crate::model::schema::TableName;
 
 /// One look at whole tables, inside the destination.
 #[async_trait]

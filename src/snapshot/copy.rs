@@ -8,9 +8,9 @@
 //! partitioned table is copied partition by partition (each split the same way), all into the
 //! one destination table.
 
-use super::catalog::TableSchema;
 use crate::destination::CopyFormat;
-use crate::source::replication::quote_ident;
+use crate::model::schema::TableSchema;
+use crate::model::sql::column_list;
 
 /// Tables smaller than two of these (in 8 kB pages, i.e. 64 MiB) are copied in one piece.
 pub const MIN_CHUNK_PAGES: i64 = 8192;
@@ -137,20 +137,11 @@ pub fn copy_out_sql(
     }
 }
 
-/// The copied columns, quoted, in COPY order (both sides use the same list).
-pub(crate) fn column_list(table: &TableSchema) -> String {
-    table
-        .copied_columns()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::catalog::ColumnDef;
     use super::*;
-    use crate::config::TableName;
+    use crate::model::schema::ColumnDef;
+    use crate::model::schema::TableName;
 
     #[test]
     fn small_tables_and_old_servers_copy_in_one_piece() {
@@ -160,7 +151,7 @@ mod tests {
 
     #[test]
     fn partitioned_tables_are_planned_partition_by_partition() {
-        let leaf = |name: &str, pages: i64, heap: bool| super::super::catalog::Leaf {
+        let leaf = |name: &str, pages: i64, heap: bool| crate::model::schema::Leaf {
             name: TableName::parse(name).unwrap(),
             pages,
             heap,
@@ -282,7 +273,7 @@ mod tests {
         );
         let parts = TableSchema {
             partitioned: true,
-            leaves: vec![super::super::catalog::Leaf {
+            leaves: vec![crate::model::schema::Leaf {
                 name: TableName::parse("p.\"T_1\"").unwrap(),
                 pages: 10,
                 heap: true,

@@ -24,11 +24,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{copy_all, ensure_publication, prereq, Job};
-use crate::config::{Config, TableName};
+use crate::config::Config;
 use crate::destination::{Destination, SnapshotTable};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::replication::{quote_ident, ReplicationClient, SlotOptions};
+use crate::model::schema::TableName;
+use crate::model::sql::quote_ident;
+use crate::source::postgres::replication::{ReplicationClient, SlotOptions};
 
 /// Bring the pipeline's tables in line with the configuration; returns every joined table
 /// with the position its copy saw up to.

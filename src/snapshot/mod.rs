@@ -17,7 +17,6 @@
 //! transaction says so, so `cdc run` can never mistake a partial copy for a finished one.
 //! **A failed snapshot drops the slot it created** (an orphan slot pins WAL forever).
 
-pub mod catalog;
 pub mod copy;
 pub mod join;
 pub mod prereq;
@@ -31,14 +30,17 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
+
 use crate::conninfo::ConnInfo;
 use crate::destination::{CopyFormat, Destination, SnapshotTable};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::copy_out::CopySource;
-use crate::source::replication::{quote_ident, ReplicationClient};
-use catalog::TableSchema;
+use crate::model::schema::TableName;
+use crate::model::schema::TableSchema;
+use crate::model::sql::quote_ident;
+use crate::source::postgres::copy_out::CopySource;
+use crate::source::postgres::replication::ReplicationClient;
 
 /// What a snapshot run did.
 #[derive(Debug, Clone)]
@@ -114,7 +116,7 @@ pub async fn run_into(
     let slot = config.source.slot.as_str();
     let publication = config.source.publication.as_str();
     let src = crate::pg::connect(&src_info).await?;
-    catalog::prepare_session(&src).await?;
+    crate::source::postgres::catalog::prepare_session(&src).await?;
     if config.source.failover {
         // Refused before anything is created (the slot would be the first thing to fail).
         let version: i32 = src
@@ -122,9 +124,9 @@ pub async fn run_into(
             .await
             .map_err(Error::pg("reading the source version"))?
             .get(0);
-        crate::source::replication::create_slot_sql(
+        crate::source::postgres::replication::create_slot_sql(
             slot,
-            &crate::source::replication::SlotOptions {
+            &crate::source::postgres::replication::SlotOptions {
                 failover: true,
                 ..Default::default()
             },
@@ -241,7 +243,7 @@ pub async fn run_into(
     let created = repl
         .create_slot_with(
             slot,
-            &crate::source::replication::SlotOptions {
+            &crate::source::postgres::replication::SlotOptions {
                 export_snapshot: true,
                 temporary: false,
                 failover: config.source.failover,
@@ -423,7 +425,7 @@ pub(crate) async fn copy_all(
             let mut src = CopySource::connect(&src_info).await?;
             src.execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                crate::source::replication::quote_literal(&snapshot)
+                crate::model::sql::quote_literal(&snapshot)
             ))
             .await?;
             loop {

@@ -3,11 +3,13 @@
 
 use tokio_postgres::Client;
 
-use super::catalog::{self, TableSchema, UserType};
-use crate::config::TableName;
+use crate::model::schema::{TableSchema, UserType};
+
 use crate::destination::{Destination, SnapshotTable};
 use crate::error::{Error, Result};
-use crate::source::replication::quote_ident;
+use crate::model::schema::TableName;
+use crate::model::sql::quote_ident;
+use crate::source::postgres::catalog;
 
 /// What the checks learned, for the steps after them.
 pub struct Checked {

@@ -1,11 +1,8 @@
-//! The source side: everything that talks to the Postgres being replicated.
+//! The source side: what rows and changes are read from.
 //!
-//! - `replication`: our own replication-protocol client (tokio-postgres cannot open
-//!   `replication=database` connections): slot management and the CopyBoth WAL stream.
-//! - `copy_out`: the snapshot's COPY TO reader on the same wire code, chunking rows in place.
-//! - `rows`: rows read by query through a cursor, as text (backfill, `cdc sync`).
+//! - `postgres`: the Postgres being replicated or synced — our replication-protocol client
+//!   (`replication`), the snapshot's COPY reader (`copy_out`), rows by query (`rows`), and the
+//!   catalog reader (`catalog`).
 //! - `sqlite`: SQLite files as a source of `cdc sync` passes (read-only, by query).
-pub mod copy_out;
-pub mod replication;
-pub mod rows;
+pub mod postgres;
 pub mod sqlite;

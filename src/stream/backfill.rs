@@ -22,11 +22,11 @@
 
 use tokio_postgres::Client;
 
-use crate::apply::{RowOp, TableMap};
 use crate::decode::Datum;
 use crate::error::{Error, Result};
-use crate::source::replication::quote_ident;
-use crate::source::rows::RowCursor;
+use crate::model::change::{RowOp, TableMap};
+use crate::model::sql::quote_ident;
+use crate::source::postgres::rows::RowCursor;
 
 /// Columns of `added` that existing rows of `map.source` hold values of (a default, a missing
 /// value, or a generated expression); empty when a plain NULL column was added.
@@ -128,8 +128,8 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::MappedColumn;
-    use crate::config::TableName;
+    use crate::model::change::MappedColumn;
+    use crate::model::schema::TableName;
 
     #[test]
     fn reads_the_key_and_the_new_columns_as_text() {

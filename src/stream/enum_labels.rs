@@ -13,8 +13,9 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::snapshot::catalog::{self, UserType};
-use crate::source::replication::quote_literal;
+use crate::model::schema::UserType;
+use crate::model::sql::quote_literal;
+use crate::source::postgres::catalog;
 
 /// `ALTER TYPE` statements that give `name` on the destination every label of `source`, in
 /// the source's order (each new label goes right after its predecessor in `source`).

@@ -30,12 +30,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_postgres::Client;
 
-use crate::apply::{version, Applier, RowOp, TableMap, Version};
-use crate::config::{ApplyConfig, TableName};
+use crate::apply::Applier;
+
+use crate::config::ApplyConfig;
 use crate::decode::{Datum, LogicalMessage, PgOutputDecoder, PgTimestamp, Relation};
-use crate::destination::{DestColumn, SchemaChange, SourceType};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::model::change::{version, RowOp, TableMap, Version};
+use crate::model::schema::TableName;
+use crate::model::schema::{DestColumn, SchemaChange, SourceType};
 use speculate::Speculation;
 use spill::StreamedTxns;
 

@@ -29,10 +29,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apply::{Applier, Batch, Pending};
+use crate::apply::Applier;
+
 use crate::decode::{LogicalMessage, PgTimestamp};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::model::change::{Batch, Pending};
 
 use super::Streamer;
 

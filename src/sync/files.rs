@@ -19,12 +19,14 @@ use serde::{Deserialize, Serialize};
 
 use super::read::{self, Since};
 use super::write::Writer;
-use crate::config::{Config, Strategy, TableName};
+use crate::config::{Config, Strategy};
 use crate::decode::Datum;
 use crate::destination::SnapshotTable;
 use crate::error::{Error, Result};
-use crate::snapshot::catalog::{self, ColumnDef, TableSchema};
-use crate::source::copy_out::CopySource;
+use crate::model::schema::TableName;
+use crate::model::schema::{ColumnDef, TableSchema};
+use crate::source::postgres::catalog;
+use crate::source::postgres::copy_out::CopySource;
 
 /// The schema file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,7 +95,7 @@ pub async fn extract(config: &Config, table: &str, dir: &Path, delta: bool) -> R
     let select = read::select_sql(&schema, &since, order, t.config.filter.as_deref(), None);
     let names: Vec<String> = schema
         .copied_columns()
-        .map(|c| crate::source::replication::quote_ident(&c.name))
+        .map(|c| crate::model::sql::quote_ident(&c.name))
         .collect();
     let copy = format!(
         "COPY (SELECT {} FROM ({select}) AS s) TO STDOUT WITH (FORMAT csv, HEADER, FORCE_QUOTE *)",

@@ -37,12 +37,15 @@ use tokio_postgres::Client;
 
 pub use repair::{repair, Repaired};
 
-use crate::config::{Config, Strategy, TableConfig, TableName};
+use crate::config::{Config, Strategy, TableConfig};
+
 use crate::conninfo::ConnInfo;
 use crate::destination::{Destination, SnapshotTable, SyncState, Target};
 use crate::error::{Error, Result};
-use crate::snapshot::catalog::{self, TableSchema};
-use crate::source::rows::RowCursor;
+use crate::model::schema::TableName;
+use crate::model::schema::TableSchema;
+use crate::source::postgres::catalog;
+use crate::source::postgres::rows::RowCursor;
 use read::Since;
 use write::Writer;
 
@@ -672,7 +675,7 @@ async fn copy_rows(
             break;
         }
         for row in rows {
-            if let Some(v) = order_pos.and_then(|p| crate::apply::text(&row[p])) {
+            if let Some(v) = order_pos.and_then(|p| crate::model::change::text(&row[p])) {
                 last = Some(v.to_owned());
             }
             read += 1;
@@ -682,7 +685,7 @@ async fn copy_rows(
                 writer.insert(row).await?;
             }
         }
-        if read % 100_000 < crate::source::rows::FETCH_ROWS as u64 {
+        if read % 100_000 < crate::source::postgres::rows::FETCH_ROWS as u64 {
             tracing::info!(rows = read, "reading changed rows");
         }
     }

@@ -3,8 +3,8 @@
 //! position is a quoted literal cast to its column's type.
 
 use crate::config::Strategy;
-use crate::snapshot::catalog::{ColumnDef, TableSchema};
-use crate::source::replication::{quote_ident, quote_literal};
+use crate::model::schema::{ColumnDef, TableSchema};
+use crate::model::sql::{quote_ident, quote_literal};
 
 /// 2^32: xmin values are 32-bit transaction ids that wrap around.
 const XID_SPACE: u64 = 1 << 32;
@@ -42,7 +42,7 @@ pub fn column<'a>(table: &'a TableSchema, name: &str) -> Option<&'a ColumnDef> {
     table.columns.iter().find(|c| c.name == name)
 }
 
-/// `SELECT` of every copied column (read as text by [`crate::source::rows`]), meeting `since` and the table's `filter`, ordered
+/// `SELECT` of every copied column (read as text by [`crate::source::postgres::rows`]), meeting `since` and the table's `filter`, ordered
 /// by `order` (then the key), at most `limit` rows.
 pub fn select_sql(
     table: &TableSchema,
@@ -138,7 +138,7 @@ pub const SNAPSHOT_XIDS_SQL: &str = "SELECT txid_snapshot_xmin(txid_current_snap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TableName;
+    use crate::model::schema::TableName;
 
     fn table() -> TableSchema {
         let col = |n: &str, t: &str| ColumnDef {

@@ -9,8 +9,8 @@ use super::write::Writer;
 use crate::decode::Datum;
 use crate::destination::Destination;
 use crate::error::{Error, Result};
-use crate::snapshot::catalog::TableSchema;
-use crate::source::replication::quote_ident;
+use crate::model::schema::TableSchema;
+use crate::model::sql::quote_ident;
 use crate::verify::report::{Fields, TableReport};
 use crate::verify::TablePair;
 
@@ -89,7 +89,7 @@ async fn rows_by_key(
     key: &[String],
     keys: &[&Fields],
 ) -> Result<Vec<Vec<Datum>>> {
-    crate::source::rows::text_rows(src, &by_key_sql(schema, pair, key, keys)?).await
+    crate::source::postgres::rows::text_rows(src, &by_key_sql(schema, pair, key, keys)?).await
 }
 
 /// `SELECT` of the rows with the given keys: one text array per key column, unnested and cast.
@@ -125,7 +125,7 @@ fn by_key_sql(
                     .unwrap_or_default()
             })
             .collect();
-        arrays.push(crate::source::rows::text_array_literal(&values));
+        arrays.push(crate::source::postgres::rows::text_array_literal(&values));
         casts.push(format!("u.c{i}::{ty}"));
     }
     let names: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();

@@ -29,13 +29,13 @@ use tokio::sync::mpsc;
 
 use super::write::Writer;
 use super::{choose, strategy_of, Chosen, OnError, Options, Strategies, Summary, TableSummary};
-use crate::config::{Config, Strategy, TableName};
+use crate::config::{Config, Strategy};
 use crate::decode::Datum;
-use crate::destination::{
-    DestForeignKey, Destination, RowSource, SnapshotTable, SyncState, Target,
-};
+use crate::destination::{Destination, RowSource, SnapshotTable, SyncState, Target};
 use crate::error::{Error, Result};
-use crate::source::replication::quote_ident;
+use crate::model::schema::DestForeignKey;
+use crate::model::schema::TableName;
+use crate::model::sql::quote_ident;
 use crate::source::sqlite::catalog::{self, SqliteTable};
 use crate::source::sqlite::read::{self, Item, Query, Reject};
 use crate::source::sqlite::types::{key_order, same, Kind};
@@ -596,11 +596,11 @@ async fn full_copy(
     }
     // No bulk path: rows go through a session, which matches them by key: the key comes
     // first, the other indexes after the rows (cheaper built once than maintained row by row).
-    let key_only = crate::snapshot::catalog::TableSchema {
+    let key_only = crate::model::schema::TableSchema {
         indexes: Vec::new(),
         ..table.schema.clone()
     };
-    let indexes_only = crate::snapshot::catalog::TableSchema {
+    let indexes_only = crate::model::schema::TableSchema {
         primary_key: Vec::new(),
         ..table.schema.clone()
     };
@@ -939,7 +939,10 @@ impl Merge {
 
     fn compare(&self, a: &[Datum], b: &[Datum]) -> Result<std::cmp::Ordering> {
         for &k in &self.key {
-            let (Some(x), Some(y)) = (crate::apply::text(&a[k]), crate::apply::text(&b[k])) else {
+            let (Some(x), Some(y)) = (
+                crate::model::change::text(&a[k]),
+                crate::model::change::text(&b[k]),
+            ) else {
                 return Err(Error::Definite(format!(
                     "{}: a NULL in a key column; SQLite allows it outside INTEGER PRIMARY KEY, a destination key does not",
                     self.table
@@ -977,7 +980,7 @@ impl Merge {
 }
 
 fn same_value(kind: Kind, x: &Datum, y: &Datum) -> bool {
-    match (crate::apply::text(x), crate::apply::text(y)) {
+    match (crate::model::change::text(x), crate::model::change::text(y)) {
         (None, None) => true,
         (Some(x), Some(y)) => same(kind, x, y),
         _ => false,
@@ -1059,7 +1062,12 @@ pub async fn verify(
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| only.is_none_or(|o| o.contains(i)))
-                    .map(|(i, n)| (n.clone(), crate::apply::text(&row[i]).map(str::to_owned)))
+                    .map(|(i, n)| {
+                        (
+                            n.clone(),
+                            crate::model::change::text(&row[i]).map(str::to_owned),
+                        )
+                    })
                     .collect(),
             )
         };
@@ -1087,8 +1095,8 @@ pub async fn verify(
                         .filter(|&i| !same_value(merge.kinds[i], &a[i], &b[i]))
                         .map(|i| ColumnChange {
                             column: names[i].clone(),
-                            source: crate::apply::text(&a[i]).map(str::to_owned),
-                            destination: crate::apply::text(&b[i]).map(str::to_owned),
+                            source: crate::model::change::text(&a[i]).map(str::to_owned),
+                            destination: crate::model::change::text(&b[i]).map(str::to_owned),
                         })
                         .collect(),
                 }),
@@ -1249,7 +1257,7 @@ pub async fn extract(
         };
         let fields: Vec<String> = row
             .iter()
-            .map(|d| crate::apply::text(d).map(quote).unwrap_or_default())
+            .map(|d| crate::model::change::text(d).map(quote).unwrap_or_default())
             .collect();
         writeln!(out, "{}", fields.join(",")).map_err(file_error(&data))?;
         count += 1;

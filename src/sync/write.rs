@@ -8,13 +8,14 @@
 
 use std::sync::Arc;
 
-use crate::apply::{MappedColumn, Pending, RowOp, TableMap};
-use crate::config::TableName;
 use crate::decode::Datum;
-use crate::destination::{DestColumn, Destination, Session};
+use crate::destination::{Destination, Session};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::snapshot::catalog::TableSchema;
+use crate::model::change::{MappedColumn, Pending, RowOp, TableMap};
+use crate::model::schema::DestColumn;
+use crate::model::schema::TableName;
+use crate::model::schema::TableSchema;
 
 /// A session writing one table.
 pub struct Writer {

@@ -30,14 +30,17 @@ pub use bisect::{Difference, Stats};
 pub use plan::{Key, RowText};
 pub use report::{Report, TableReport};
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
+
 use crate::conninfo::ConnInfo;
 use crate::destination::clickhouse::verify::ClickHouseReader;
 use crate::destination::duckdb::verify::DuckDbReader;
 use crate::destination::whole::{CompareSpec, DestTable, Texts, WholeLook};
 use crate::destination::Target;
 use crate::error::{Error, Result};
-use plan::{quote_ident, Side, TableInfo};
+use crate::model::schema::TableName;
+use crate::model::sql::quote_ident;
+use plan::{Side, TableInfo};
 
 /// One table pair to compare.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,8 +11,8 @@
 
 use tokio_postgres::Client;
 
-use crate::config::TableName;
 use crate::error::{Error, Result};
+use crate::model::schema::TableName;
 
 /// A key value: the text form of each key column, in key order.
 pub type Key = Vec<String>;
@@ -415,14 +415,10 @@ fn text_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
     out
 }
 
-/// `"name"`, safe to splice into SQL.
-pub(super) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::sql::quote_ident;
 
     fn side(key: Vec<(&str, &str, bool)>) -> Side {
         Side {

@@ -381,7 +381,7 @@ fn show(v: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TableName;
+    use crate::model::schema::TableName;
 
     fn report() -> Report {
         let pair = TablePair {

@@ -36,17 +36,18 @@ use super::load::INSERT_SETTINGS;
 use super::state::{literal, State};
 use super::tsv::{self, field_of, Field};
 use super::types::clickhouse_type;
-use crate::apply::{
-    key_values, moved_from, reduce_with_origin, toast_rows_missing, Batch, Final, RowOp, TableMap,
-    Version,
-};
-use crate::config::TableName;
 use crate::decode::{Datum, PgTimestamp};
-use crate::destination::{missing_table, DestColumn, SchemaChange, Session, SourceType};
+use crate::destination::toast_rows_missing;
+use crate::destination::{missing_table, Session};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::catalog::ColumnDef;
+use crate::model::change::{
+    key_values, moved_from, reduce_with_origin, Batch, Final, RowOp, TableMap, Version,
+};
+use crate::model::schema::ColumnDef;
+use crate::model::schema::TableName;
+use crate::model::schema::{DestColumn, SchemaChange, SourceType};
 
 /// Comment on a column whose source values are still being written.
 pub const PENDING: &str = "cdc: source values pending";

@@ -11,8 +11,8 @@
 //! of a row lands on one shard and FINAL sees them together), and the view reads that.
 
 use super::types::clickhouse_type;
-use crate::config::TableName;
-use crate::snapshot::catalog::TableSchema;
+use crate::model::schema::TableName;
+use crate::model::schema::TableSchema;
 
 /// Our version column: from the change's commit LSN and its order in the transaction.
 pub const VERSION: &str = "_cdc_version";
@@ -158,7 +158,7 @@ pub fn create_table_with_enums(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::catalog::ColumnDef;
+    use crate::model::schema::ColumnDef;
 
     fn orders() -> TableSchema {
         let col = |name: &str, type_sql: &str, oid: u32, not_null: bool| ColumnDef {

@@ -12,7 +12,7 @@ use super::http::Client;
 use super::tsv;
 use crate::destination::{Loader, SnapshotTable};
 use crate::error::{Error, Result};
-use crate::source::copy_out::CopySource;
+use crate::source::postgres::copy_out::CopySource;
 
 /// Version and deleted flag of a snapshot row.
 const SNAPSHOT_COLUMNS: &[u8] = b"\t0\t0";

@@ -35,8 +35,6 @@ use self::ddl::{quote, Names};
 use self::http::Client;
 use self::state::{literal, State};
 use self::url::ClickHouseUrl;
-use crate::apply::TableMap;
-use crate::config::TableName;
 use crate::destination::{
     CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
     SyncState, TableSize,
@@ -44,7 +42,9 @@ use crate::destination::{
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::catalog::{TableSchema, UserType};
+use crate::model::change::TableMap;
+use crate::model::schema::TableName;
+use crate::model::schema::{TableSchema, UserType};
 
 /// The oldest server cdc writes to: `ReplacingMergeTree(version, is_deleted)` came in 23.2
 /// and lightweight `DELETE` in 23.3; 23.8 is the long-term release that has both.

@@ -9,7 +9,7 @@
 //! and `NaN` in a decimal column, which are errors naming the column and value.
 
 use super::types::clickhouse_type;
-use crate::snapshot::catalog::TableSchema;
+use crate::model::schema::TableSchema;
 
 /// How a column's COPY text becomes its ClickHouse text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 //! Columns are `Nullable(…)` unless NOT NULL or part of the key (ClickHouse sorting keys
 //! cannot be Nullable).
 
-use crate::snapshot::catalog::ColumnDef;
+use crate::model::schema::ColumnDef;
 
 /// The widest ClickHouse decimal.
 pub const MAX_DECIMAL_PRECISION: u32 = 76;

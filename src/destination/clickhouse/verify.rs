@@ -18,12 +18,12 @@ use super::load::copy_into;
 use super::state::literal;
 use super::tsv::{self, field_of, Field};
 use super::url::ClickHouseUrl;
-use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::destination::whole::{CompareSpec, Comparison, DestTable, Texts, WholeLook};
 use crate::error::Result;
-use crate::source::copy_out::CopySource;
-use crate::source::replication::quote_ident;
+use crate::model::schema::TableName;
+use crate::model::sql::quote_ident;
+use crate::source::postgres::copy_out::CopySource;
 
 /// A ClickHouse server opened for comparisons.
 pub struct ClickHouseReader {

@@ -14,14 +14,15 @@ use duckdb::{appender_params_from_iter, params, params_from_iter, Connection};
 
 use super::handle::{Handle, Pin};
 use super::types::{cast_expr, duck_type, to_duckdb_text};
-use crate::apply::{keyless_steps, reduce, text, Batch, Final, KeylessStep, TableMap};
-use crate::config::TableName;
 use crate::decode::{Datum, PgTimestamp};
-use crate::destination::{missing_table, DestColumn, SchemaChange, Session, SourceType};
+use crate::destination::{missing_table, Session};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::source::replication::quote_ident;
+use crate::model::change::{keyless_steps, reduce, text, Batch, Final, KeylessStep, TableMap};
+use crate::model::schema::TableName;
+use crate::model::schema::{DestColumn, SchemaChange, SourceType};
+use crate::model::sql::quote_ident;
 
 pub struct DuckSession {
     handle: Arc<Handle>,
@@ -225,7 +226,7 @@ fn write_table(
     c: &Connection,
     t: &TableMap,
     dest: &str,
-    ops: &[crate::apply::RowOp],
+    ops: &[crate::model::change::RowOp],
 ) -> Result<u64> {
     let ctx = || format!("applying changes to {}", t.dest);
     let n = t.columns.len();
@@ -268,7 +269,7 @@ fn write_table(
                         .map_err(Error::duck(ctx()))?;
                 }
                 KeylessStep::Update { old, new } => {
-                    let old = old.ok_or_else(|| crate::apply::no_old_row(t))?;
+                    let old = old.ok_or_else(|| crate::destination::no_old_row(t))?;
                     let present: Vec<usize> = (0..n)
                         .filter(|&i| new[i] != Datum::UnchangedToast)
                         .collect();
@@ -356,10 +357,10 @@ fn move_rows(
     c: &Connection,
     t: &TableMap,
     dest: &str,
-    ops: &[crate::apply::RowOp],
+    ops: &[crate::model::change::RowOp],
     finals: &[Final<'_>],
 ) -> Result<()> {
-    let moves = crate::apply::toast_moves(ops, finals, &t.key);
+    let moves = crate::model::change::toast_moves(ops, finals, &t.key);
     if moves.is_empty() {
         return Ok(());
     }
@@ -503,7 +504,7 @@ impl Session for DuckSession {
             })
             .await?;
         for (t, result) in missing {
-            crate::apply::toast_rows_missing(&self.metrics, &t, result?);
+            crate::destination::toast_rows_missing(&self.metrics, &t, result?);
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ use super::handle::{blocking, joined};
 use super::types::{cast_expr, reads_postgres_text, to_duckdb_text};
 use crate::destination::{CopyFormat, RowSource};
 use crate::error::{Error, Result};
-use crate::source::copy_out::CopySource;
-use crate::source::replication::quote_ident;
+use crate::model::sql::quote_ident;
+use crate::source::postgres::copy_out::CopySource;
 
 /// Rows staged per block on the text path.
 const BLOCK_ROWS: usize = 50_000;
@@ -200,7 +200,7 @@ impl CopyIn {
             for row in incoming {
                 let mut out = Vec::with_capacity(row.len());
                 for ((d, ty), name) in row.iter().zip(types).zip(names) {
-                    out.push(match crate::apply::text(d) {
+                    out.push(match crate::model::change::text(d) {
                         None => None,
                         Some(t) => Some(
                             to_duckdb_text(ty, t)

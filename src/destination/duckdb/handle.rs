@@ -130,7 +130,7 @@ impl Handle {
     }
 
     /// `table` qualified with the database name (known once the file was opened).
-    pub fn qualified(&self, table: &crate::config::TableName) -> String {
+    pub fn qualified(&self, table: &crate::model::schema::TableName) -> String {
         match self.catalog.get() {
             Some(catalog) => format!("{catalog}.{}", table.quoted()),
             None => table.quoted(),
@@ -243,9 +243,7 @@ impl Handle {
                         let name: String = c
                             .query_row("SELECT current_database()", [], |r| r.get(0))
                             .map_err(Error::duck("reading the database name"))?;
-                        let _ = self
-                            .catalog
-                            .set(crate::source::replication::quote_ident(&name));
+                        let _ = self.catalog.set(crate::model::sql::quote_ident(&name));
                     }
                     return Ok(c);
                 }

@@ -35,15 +35,15 @@ use super::{
     CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
     SyncState, TableSize,
 };
-use crate::apply::TableMap;
-use crate::config::TableName;
 use crate::decode::Datum;
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::catalog::{TableSchema, UserType};
-use crate::source::copy_out::CopySource;
-use crate::source::replication::{quote_ident, quote_literal};
+use crate::model::change::TableMap;
+use crate::model::schema::TableName;
+use crate::model::schema::{TableSchema, UserType};
+use crate::model::sql::{quote_ident, quote_literal};
+use crate::source::postgres::copy_out::CopySource;
 use copy_in::CopyIn;
 use handle::{Handle, Pin};
 

@@ -19,13 +19,13 @@ use duckdb::params;
 
 use super::copy_in::{self, CopyIn};
 use super::handle::{blocking, Handle};
-use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::destination::whole::{CompareSpec, Comparison, DestTable, Texts, WholeLook};
 use crate::destination::CopyFormat;
 use crate::error::{Error, Result};
-use crate::source::copy_out::CopySource;
-use crate::source::replication::quote_ident;
+use crate::model::schema::TableName;
+use crate::model::sql::quote_ident;
+use crate::source::postgres::copy_out::CopySource;
 
 /// A DuckDB file opened for comparisons.
 pub struct DuckDbReader {

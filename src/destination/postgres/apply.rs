@@ -18,14 +18,15 @@ use tokio_postgres::{Client, Statement};
 
 use super::sql;
 use super::state::StateStore;
-use crate::apply::{reduce, text, Batch, Final, RowOp, TableMap};
-use crate::config::TableName;
 use crate::decode::{Datum, PgTimestamp};
-use crate::destination::{missing_table, DestColumn, SchemaChange, Session, SourceType};
+use crate::destination::{missing_table, Session};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::source::replication::quote_ident;
+use crate::model::change::{reduce, text, Batch, Final, RowOp, TableMap};
+use crate::model::schema::TableName;
+use crate::model::schema::{DestColumn, SchemaChange, SourceType};
+use crate::model::sql::quote_ident;
 
 /// One destination session.
 pub struct PgSession {
@@ -102,7 +103,7 @@ impl PgSession {
         // Rows whose key changed while TOAST values stayed unchanged: those values are only in
         // the row under its old key, so the row is moved there first, before any delete of
         // that key; then its final state is an ordinary update of the columns it has.
-        let moves = crate::apply::toast_moves(ops, finals, &t.key);
+        let moves = crate::model::change::toast_moves(ops, finals, &t.key);
         if !moves.is_empty() {
             self.move_rows(t, &moves).await?;
         }
@@ -158,7 +159,7 @@ impl PgSession {
             if let Some((stmt, cols)) = sql::update_present(t, &present) {
                 let updated = self.exec_arrays(stmt, &rows, &cols).await?;
                 let missing = rows.len() as u64 - updated.min(rows.len() as u64);
-                crate::apply::toast_rows_missing(&self.metrics, t, missing);
+                crate::destination::toast_rows_missing(&self.metrics, t, missing);
             }
         }
         Ok(())
@@ -226,17 +227,17 @@ impl PgSession {
     /// one change at a time; duplicates are allowed and exactly one of them is touched.
     async fn apply_keyless(&mut self, t: &TableMap, ops: &[RowOp]) -> Result<()> {
         let all: Vec<usize> = (0..t.columns.len()).collect();
-        for step in crate::apply::keyless_steps(ops) {
+        for step in crate::model::change::keyless_steps(ops) {
             match step {
-                crate::apply::KeylessStep::Inserts(rows) => {
+                crate::model::change::KeylessStep::Inserts(rows) => {
                     self.exec_arrays(sql::insert_plain(t), &rows, &all).await?;
                 }
-                crate::apply::KeylessStep::Delete(old) => {
+                crate::model::change::KeylessStep::Delete(old) => {
                     let values: Vec<Option<&str>> = old.iter().map(text).collect();
                     self.exec_values(sql::delete_one(t), &values).await?;
                 }
-                crate::apply::KeylessStep::Update { old, new } => {
-                    let old = old.ok_or_else(|| crate::apply::no_old_row(t))?;
+                crate::model::change::KeylessStep::Update { old, new } => {
+                    let old = old.ok_or_else(|| crate::destination::no_old_row(t))?;
                     let present: Vec<usize> = (0..new.len())
                         .filter(|&i| new[i] != Datum::UnchangedToast)
                         .collect();

@@ -6,9 +6,9 @@
 //! row by row. Foreign keys are never copied: changes are applied table by table, and a
 //! constraint across tables would reject valid intermediate states.
 
-use crate::config::TableName;
-use crate::snapshot::catalog::{IndexDef, TableSchema, UserType};
-use crate::source::replication::{quote_ident, quote_literal};
+use crate::model::schema::TableName;
+use crate::model::schema::{IndexDef, TableSchema, UserType};
+use crate::model::sql::{quote_ident, quote_literal};
 
 /// `CREATE SCHEMA IF NOT EXISTS`.
 pub fn create_schema(schema: &str) -> String {
@@ -110,7 +110,7 @@ pub fn create_index(dest: &TableName, idx: &IndexDef) -> String {
 }
 
 /// Every row of a table, its text keys ordered by their bytes (`COLLATE "C"`).
-pub fn select_by_key(map: &crate::apply::TableMap, text_key: &[bool]) -> String {
+pub fn select_by_key(map: &crate::model::change::TableMap, text_key: &[bool]) -> String {
     let cols: Vec<String> = map.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let order: Vec<String> = map
         .key
@@ -134,7 +134,7 @@ pub fn select_by_key(map: &crate::apply::TableMap, text_key: &[bool]) -> String 
 }
 
 /// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY`, named like Postgres names its own.
-pub fn add_foreign_key(dest: &TableName, fk: &crate::destination::DestForeignKey) -> String {
+pub fn add_foreign_key(dest: &TableName, fk: &crate::model::schema::DestForeignKey) -> String {
     let list = |cols: &[String]| {
         cols.iter()
             .map(|c| quote_ident(c))
@@ -170,14 +170,14 @@ pub fn copy_in(dest: &TableName, table: &TableSchema, binary: bool) -> String {
     format!(
         "COPY {} ({}) FROM STDIN{format}",
         dest.quoted(),
-        crate::snapshot::copy::column_list(table)
+        crate::model::sql::column_list(table)
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::catalog::ColumnDef;
+    use crate::model::schema::ColumnDef;
 
     fn table() -> TableSchema {
         let col = |name: &str, ty: &str, not_null: bool| ColumnDef {

@@ -16,20 +16,20 @@ use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 use super::{
-    CopyFormat, DestForeignKey, Destination, Guarantee, Loader, PipelineState, RowSource, Session,
-    SnapshotTable, SyncState, TableSize,
+    CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
+    SyncState, TableSize,
 };
-use crate::apply::TableMap;
-use crate::config::TableName;
 use crate::conninfo::ConnInfo;
 use crate::decode::Datum;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::snapshot::catalog::{TableSchema, UserType};
-use crate::source::copy_out::CopySource;
-use crate::source::replication::quote_ident;
-use crate::source::rows::RowCursor;
+use crate::model::change::TableMap;
+use crate::model::schema::{DestForeignKey, TableName};
+use crate::model::schema::{TableSchema, UserType};
+use crate::model::sql::quote_ident;
+use crate::source::postgres::copy_out::CopySource;
+use crate::source::postgres::rows::RowCursor;
 pub use apply::PgSession;
 use state::StateStore;
 
@@ -581,7 +581,7 @@ fn copy_text_row(buf: &mut bytes::BytesMut, row: &[Datum]) {
         if i > 0 {
             buf.extend_from_slice(b"\t");
         }
-        match crate::apply::text(d) {
+        match crate::model::change::text(d) {
             None => buf.extend_from_slice(b"\\N"),
             Some(t) => {
                 let bytes = t.as_bytes();

@@ -2,8 +2,8 @@
 //! is cast to the destination column's type, which is exactly what COPY's text format does,
 //! so values arrive byte-exact. Every identifier is quoted.
 
-use crate::apply::TableMap;
-use crate::source::replication::quote_ident;
+use crate::model::change::TableMap;
+use crate::model::sql::quote_ident;
 
 /// `unnest($1::text[], ...) AS u(c0, ...)` for the given column positions, parameters from 1.
 fn unnest(cols: &[usize]) -> String {
@@ -244,8 +244,8 @@ pub fn update_one(t: &TableMap, present: &[usize]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::MappedColumn;
-    use crate::config::TableName;
+    use crate::model::change::MappedColumn;
+    use crate::model::schema::TableName;
 
     fn table(key: Vec<usize>) -> TableMap {
         let col = |n: &str, ty: &str| MappedColumn {

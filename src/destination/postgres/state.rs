@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use crate::destination::{PipelineState, SyncState};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::replication::{quote_ident, quote_literal};
+use crate::model::sql::{quote_ident, quote_literal};
 
 /// Handle on the state tables in one schema.
 #[derive(Debug, Clone)]
@@ -123,11 +123,11 @@ impl StateStore {
     /// run always leaves a trace that lets the next one clean up), replacing any earlier
     /// record in the same transaction: there is no moment without one.
     pub async fn begin_snapshot(&self, dest: &Client, slot: &str, publication: &str) -> Result<()> {
-        let slot = crate::source::replication::quote_literal(slot);
+        let slot = crate::model::sql::quote_literal(slot);
         dest.batch_execute(&format!(
             "BEGIN; DELETE FROM {pipeline} WHERE slot = {slot};
              INSERT INTO {pipeline} (slot, publication) VALUES ({slot}, {}); COMMIT",
-            crate::source::replication::quote_literal(publication),
+            crate::model::sql::quote_literal(publication),
             pipeline = self.t("pipeline"),
         ))
         .await

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 
 use super::types::{pg_type, Kind};
-use crate::config::TableName;
 use crate::error::{Error, Result};
-use crate::snapshot::catalog::{ColumnDef, IndexDef, TableSchema};
-use crate::source::replication::quote_ident;
+use crate::model::schema::TableName;
+use crate::model::schema::{ColumnDef, IndexDef, TableSchema};
+use crate::model::sql::quote_ident;
 
 /// A SQLite table as the destination sees it.
 #[derive(Debug, Clone)]

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::sql::quote_ident;
+
 /// `schema.table`, each part an exact (already folded) identifier.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
@@ -23,7 +25,7 @@ impl TableName {
 
     /// `"schema"."name"`, safe to splice into SQL.
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote(&self.schema), quote(&self.name))
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
 
@@ -31,10 +33,6 @@ impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)
     }
-}
-
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 fn split_identifiers(s: &str) -> Result<Vec<String>, String> {

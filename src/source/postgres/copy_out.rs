@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::conninfo::ConnInfo;
 use crate::error::Result;
-use crate::source::replication::startup_params;
-use crate::source::replication::wire::PgWire;
+use crate::source::postgres::replication::startup_params;
+use crate::source::postgres::replication::wire::PgWire;
 
 /// Largest chunk handed to the destination at once.
 const CHUNK_BYTES: usize = 256 * 1024;

@@ -75,7 +75,7 @@ pub fn text_array_literal(values: &[&str]) -> String {
         .collect();
     format!(
         "{}::text[]",
-        crate::source::replication::quote_literal(&format!("{{{}}}", items.join(",")))
+        crate::model::sql::quote_literal(&format!("{{{}}}", items.join(",")))
     )
 }
 

@@ -1,9 +1,9 @@
 //! How a source relation maps onto its destination table: column positions, destination
 //! types (for casts), and the key used to match rows.
 
-use crate::config::TableName;
 use crate::decode::Relation;
-use crate::destination::DestColumn;
+use crate::model::schema::DestColumn;
+use crate::model::schema::TableName;
 
 /// One replicated column.
 #[derive(Debug, Clone, PartialEq, Eq)]

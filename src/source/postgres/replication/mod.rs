@@ -27,6 +27,7 @@ pub use stream::ReplicationStream;
 use crate::conninfo::ConnInfo;
 use crate::error::Result;
 use crate::lsn::Lsn;
+use crate::model::sql::{quote_ident, quote_literal};
 use wire::PgWire;
 
 /// Session settings that decide how pgoutput prints values as text. They are fixed so that the
@@ -165,17 +166,6 @@ impl PgOutputOptions {
         }
         format!("({})", opts.join(", "))
     }
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'text'` with embedded quotes doubled (standard_conforming_strings is always on in the
-/// replication grammar, so backslashes are literal).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A connection in replication mode.

@@ -1,0 +1,5 @@
+//! A Postgres source: its catalog, its rows by query or COPY, and its replication slot.
+pub mod catalog;
+pub mod copy_out;
+pub mod replication;
+pub mod rows;
