@@ -31,6 +31,7 @@ pub mod conninfo;
 pub mod decode;
 pub mod demo;
 pub mod destination;
+pub mod endpoint;
 pub mod error;
 pub mod http;
 pub mod local_clickhouse;

@@ -492,21 +492,21 @@ fn cli_sync_failed(s: &cdc::sync::Summary) -> i32 {
 
 /// A connection string from the command line; the password may come from `password_var`.
 /// `--destination`: a ClickHouse URL, a DuckDB file URL, or a Postgres connection string.
-fn standalone_target(url: &str) -> anyhow::Result<cdc::destination::Target> {
-    use cdc::destination::clickhouse::url::ClickHouseUrl;
+fn standalone_target(url: &str) -> anyhow::Result<cdc::endpoint::Target> {
+    use cdc::endpoint::clickhouse::ClickHouseUrl;
     if ClickHouseUrl::is_clickhouse(url) {
         let mut parsed =
             ClickHouseUrl::parse(url).map_err(|e| anyhow::anyhow!("--destination {e}"))?;
         if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
             parsed.password = Some(Secret::new(pw));
         }
-        return Ok(cdc::destination::Target::ClickHouse(parsed));
+        return Ok(cdc::endpoint::Target::ClickHouse(parsed));
     }
-    match cdc::destination::Target::duckdb_path(url) {
-        Some(path) => Ok(cdc::destination::Target::DuckDb(
+    match cdc::endpoint::duckdb_path(url) {
+        Some(path) => Ok(cdc::endpoint::Target::DuckDb(
             path.map_err(|e| anyhow::anyhow!("--destination {e}"))?,
         )),
-        None => Ok(cdc::destination::Target::Postgres(standalone_conninfo(
+        None => Ok(cdc::endpoint::Target::Postgres(standalone_conninfo(
             "--destination",
             url,
             "CDC_DESTINATION_PASSWORD",

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use cdc::destination::clickhouse::ddl::{create_table, Names};
 use cdc::destination::clickhouse::http::Client;
-use cdc::destination::clickhouse::url::ClickHouseUrl;
+use cdc::endpoint::clickhouse::ClickHouseUrl;
 use cdc::local_clickhouse::LocalClickHouse;
 use cdc::model::schema::TableName;
 use cdc::model::schema::{ColumnDef, TableSchema};

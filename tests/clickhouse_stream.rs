@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cdc::destination::clickhouse::http::Client;
 use cdc::destination::clickhouse::tsv;
-use cdc::destination::clickhouse::url::ClickHouseUrl;
+use cdc::endpoint::clickhouse::ClickHouseUrl;
 
 use crate::clickhouse::server;
 use crate::duckdb::cdc;

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, so the real servers in `harness` are started once.
 
 mod harness;
+mod layers;
 
 mod cli;
 mod clickhouse;

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::conninfo::{ConnInfo, Secret};
-use crate::destination::clickhouse::url::ClickHouseUrl;
-use crate::destination::Target;
+use crate::endpoint::clickhouse::ClickHouseUrl;
+use crate::endpoint::Target;
 pub use crate::model::schema::TableName;
 pub use validate::{Origin, Problem};
 
@@ -437,7 +437,7 @@ impl Config {
 
     /// The SQLite file `source.url` names (`sqlite:PATH`), or `None` for a Postgres source.
     pub fn sqlite_source(&self) -> Result<Option<PathBuf>, Problem> {
-        match crate::source::sqlite::path_of(&self.source.url.0) {
+        match crate::endpoint::sqlite_path(&self.source.url.0) {
             None => Ok(None),
             Some(Ok(p)) => Ok(Some(p)),
             Some(Err(e)) => Err(Problem::file("source.url", e)),
@@ -446,7 +446,7 @@ impl Config {
 
     /// Connection settings of the source, with the password resolved.
     pub fn source_conninfo(&self) -> Result<ConnInfo, Problem> {
-        if crate::source::sqlite::path_of(&self.source.url.0).is_some() {
+        if crate::endpoint::sqlite_path(&self.source.url.0).is_some() {
             return Err(Problem::file(
                 "source.url",
                 "names a SQLite file, which has no change stream: `cdc snapshot` and `cdc run` (and \
@@ -475,7 +475,7 @@ impl Config {
             }
             return Ok(Target::ClickHouse(parsed));
         }
-        match Target::duckdb_path(&self.destination.url.0) {
+        match crate::endpoint::duckdb_path(&self.destination.url.0) {
             Some(path) => path
                 .map(Target::DuckDb)
                 .map_err(|e| Problem::file("destination.url", e)),
@@ -485,7 +485,7 @@ impl Config {
 
     /// Connection settings of a Postgres destination, with the password resolved.
     pub fn destination_conninfo(&self) -> Result<ConnInfo, Problem> {
-        if Target::duckdb_path(&self.destination.url.0).is_some() {
+        if crate::endpoint::duckdb_path(&self.destination.url.0).is_some() {
             return Err(Problem::file(
                 "destination.url",
                 "this command works with Postgres destinations only so far, and destination.url names a DuckDB file",

@@ -60,7 +60,7 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
         });
     };
 
-    let src = match crate::source::sqlite::path_of(&c.source.url.0) {
+    let src = match crate::endpoint::sqlite_path(&c.source.url.0) {
         Some(Ok(_)) => None,
         Some(Err(e)) => {
             add("source.url".into(), e);
@@ -69,11 +69,9 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
         None => check_url(&mut add, "source.url", &c.source.url.0),
     };
     let clickhouse =
-        crate::destination::clickhouse::url::ClickHouseUrl::is_clickhouse(&c.destination.url.0);
+        crate::endpoint::clickhouse::ClickHouseUrl::is_clickhouse(&c.destination.url.0);
     if clickhouse {
-        if let Err(e) =
-            crate::destination::clickhouse::url::ClickHouseUrl::parse(&c.destination.url.0)
-        {
+        if let Err(e) = crate::endpoint::clickhouse::ClickHouseUrl::parse(&c.destination.url.0) {
             add("destination.url".into(), e);
         }
     } else if c.destination.cluster.is_some() {
@@ -82,7 +80,7 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
             "applies to ClickHouse destinations only (destination.url = \"clickhouse://…\"): remove it".into(),
         );
     }
-    let dst = match crate::destination::Target::duckdb_path(&c.destination.url.0) {
+    let dst = match crate::endpoint::duckdb_path(&c.destination.url.0) {
         _ if clickhouse => None,
         Some(Ok(_)) => None,
         Some(Err(e)) => {
@@ -141,7 +139,7 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
     }
     let mut sources: HashMap<TableName, usize> = HashMap::new();
     let mut destinations: HashMap<TableName, usize> = HashMap::new();
-    let sqlite = crate::source::sqlite::path_of(&c.source.url.0).is_some();
+    let sqlite = crate::endpoint::sqlite_path(&c.source.url.0).is_some();
     for (i, t) in c.tables.iter().enumerate() {
         if !sqlite && (!t.columns.is_empty() || !t.ignore_columns.is_empty()) {
             add(

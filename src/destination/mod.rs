@@ -24,7 +24,6 @@ pub mod duckdb;
 pub mod postgres;
 pub mod whole;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -32,8 +31,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::config::Config;
-use crate::conninfo::ConnInfo;
 use crate::decode::{Datum, PgTimestamp};
+use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -308,37 +307,6 @@ pub trait Session: Send {
     async fn rollback(&mut self) -> Result<()>;
     /// Move the applied position to `lsn` outside any transaction (nothing in flight).
     async fn advance_idle(&mut self, slot: &str, lsn: Lsn) -> Result<()>;
-}
-
-/// Where `destination.url` points.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Postgres(ConnInfo),
-    DuckDb(PathBuf),
-    ClickHouse(clickhouse::url::ClickHouseUrl),
-}
-
-impl Target {
-    /// A `duckdb:` URL's path (`duckdb:relative/path`, `duckdb:///absolute/path`), or `None`
-    /// for any other URL.
-    pub fn duckdb_path(url: &str) -> Option<Result<PathBuf, String>> {
-        let rest = url.strip_prefix("duckdb:")?;
-        let path = match rest.strip_prefix("//") {
-            Some(abs) if abs.starts_with('/') => abs.to_owned(),
-            Some(_) => {
-                return Some(Err(format!(
-                    "{url:?}: a DuckDB URL is duckdb:RELATIVE/PATH or duckdb:///ABSOLUTE/PATH (three slashes)"
-                )))
-            }
-            None => rest.to_owned(),
-        };
-        if path.is_empty() || path.ends_with('/') {
-            return Some(Err(format!(
-                "{url:?} names no file: use e.g. duckdb:///var/lib/cdc/analytics.duckdb"
-            )));
-        }
-        Some(Ok(PathBuf::from(path)))
-    }
 }
 
 /// Open the configured destination.

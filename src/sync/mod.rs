@@ -40,7 +40,8 @@ pub use repair::{repair, Repaired};
 use crate::config::{Config, Strategy, TableConfig};
 
 use crate::conninfo::ConnInfo;
-use crate::destination::{Destination, SnapshotTable, SyncState, Target};
+use crate::destination::{Destination, SnapshotTable, SyncState};
+use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::model::schema::TableName;
 use crate::model::schema::TableSchema;

@@ -36,7 +36,7 @@ use crate::conninfo::ConnInfo;
 use crate::destination::clickhouse::verify::ClickHouseReader;
 use crate::destination::duckdb::verify::DuckDbReader;
 use crate::destination::whole::{CompareSpec, DestTable, Texts, WholeLook};
-use crate::destination::Target;
+use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::model::schema::TableName;
 use crate::model::sql::quote_ident;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::url::ClickHouseUrl;
+use crate::endpoint::ClickHouseUrl;
 use crate::error::{Error, Result};
 
 /// What follows the request head.

@@ -24,7 +24,6 @@ pub mod load;
 pub mod state;
 pub mod tsv;
 pub mod types;
-pub mod url;
 pub mod verify;
 
 use std::sync::Arc;
@@ -34,11 +33,11 @@ use async_trait::async_trait;
 use self::ddl::{quote, Names};
 use self::http::Client;
 use self::state::{literal, State};
-use self::url::ClickHouseUrl;
 use crate::destination::{
     CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
     SyncState, TableSize,
 };
+use crate::endpoint::ClickHouseUrl;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;

@@ -27,27 +27,6 @@ use crate::error::{Error, Result};
 /// How long a read waits for an application's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The file a `sqlite:` URL names (`sqlite:RELATIVE/PATH`, `sqlite:///ABSOLUTE/PATH`), or `None`
-/// for other URLs.
-pub fn path_of(url: &str) -> Option<std::result::Result<PathBuf, String>> {
-    let rest = url.trim().strip_prefix("sqlite:")?;
-    let path = match rest.strip_prefix("//") {
-        Some(abs) if abs.starts_with('/') => abs.to_owned(),
-        Some(_) => {
-            return Some(Err(format!(
-                "{url:?}: a SQLite URL is sqlite:RELATIVE/PATH or sqlite:///ABSOLUTE/PATH (three slashes)"
-            )))
-        }
-        None => rest.to_owned(),
-    };
-    if path.is_empty() || path.ends_with('/') {
-        return Some(Err(format!(
-            "{url:?} names no file: use e.g. sqlite:///var/lib/app/db.sqlite"
-        )));
-    }
-    Some(Ok(PathBuf::from(path)))
-}
-
 /// An open, read-only SQLite source.
 pub struct SqliteSource {
     pub path: PathBuf,
@@ -145,24 +124,4 @@ fn locked(path: &Path, e: rusqlite::Error) -> Error {
         path.display(),
         BUSY_TIMEOUT.as_secs()
     ))(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_name_relative_and_absolute_files() {
-        assert_eq!(
-            path_of("sqlite:db/app.sqlite"),
-            Some(Ok("db/app.sqlite".into()))
-        );
-        assert_eq!(
-            path_of("sqlite:///var/app.db"),
-            Some(Ok("/var/app.db".into()))
-        );
-        assert!(path_of("sqlite://host/app.db").unwrap().is_err());
-        assert!(path_of("sqlite:").unwrap().is_err());
-        assert!(path_of("postgresql://h/db").is_none());
-    }
 }
