@@ -49,8 +49,8 @@ const ROWS_DUCKDB: &str =
 async fn start(options: Options) -> Result<LocalPostgres> {
     tokio::task::spawn_blocking(move || LocalPostgres::start(&options))
         .await
-        .map_err(|e| Error::Definite(format!("demo server start panicked: {e}")))?
-        .map_err(|e| Error::Definite(format!("cannot start a local Postgres for the demo: {e}")))
+        .map_err(|e| Error::definite(format!("demo server start panicked: {e}")))?
+        .map_err(|e| Error::definite(format!("cannot start a local Postgres for the demo: {e}")))
 }
 
 /// Run the demo with `load` of writes.
@@ -86,7 +86,7 @@ pub async fn run(load: Duration, destination: DemoDestination) -> Result<()> {
         if pipeline.is_finished() {
             return match pipeline.await {
                 Ok(Err(e)) => Err(e),
-                _ => Err(Error::Definite("the pipeline stopped unexpectedly".into())),
+                _ => Err(Error::definite("the pipeline stopped unexpectedly".into())),
             };
         }
         let src_rows: i64 = src
@@ -138,7 +138,7 @@ pub async fn run(load: Duration, destination: DemoDestination) -> Result<()> {
     let _ = stop.send(true);
     pipeline
         .await
-        .map_err(|e| Error::Definite(format!("pipeline panicked: {e}")))??;
+        .map_err(|e| Error::definite(format!("pipeline panicked: {e}")))??;
     println!(
         "\nThe load wrote {transactions} transactions; the destination caught up and its {} rows are identical \
          to the source's (compared row by row).",
@@ -174,7 +174,7 @@ fn config(source: &LocalPostgres, destination_url: &str) -> Result<(String, Conf
         std::path::Path::new("demo"),
         &[] as &[(&str, &str); 0],
     )
-    .map_err(|e| Error::Definite(format!("demo config: {e}")))?;
+    .map_err(|e| Error::definite(format!("demo config: {e}")))?;
     Ok((text, config))
 }
 
@@ -204,7 +204,7 @@ async fn write_load(
 async fn finish_load(writer: tokio::task::JoinHandle<Result<u64>>, config: &Config) -> Result<u64> {
     let transactions = writer
         .await
-        .map_err(|e| Error::Definite(format!("demo writer panicked: {e}")))??;
+        .map_err(|e| Error::definite(format!("demo writer panicked: {e}")))??;
     let bounds = crate::status::Bounds {
         max_lag_bytes: config.status.max_lag_bytes,
         max_lag_seconds: config.status.max_lag_seconds,
@@ -232,7 +232,7 @@ async fn duckdb_rows(path: &std::path::Path) -> Result<Option<Vec<String>>> {
                 .map_err(Error::duck("demo"))?;
             match duckdb::Connection::open_with_flags(&path, config) {
                 Ok(c) => break c,
-                Err(e) if e.to_string().contains("lock") => {
+                Err(e) if crate::destination::duckdb::is_lock_conflict(&e) => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => return Err(Error::duck("reading the demo's DuckDB file")(e)),
@@ -248,7 +248,7 @@ async fn duckdb_rows(path: &std::path::Path) -> Result<Option<Vec<String>>> {
         Ok(Some(rows))
     })
     .await
-    .map_err(|e| Error::Definite(format!("demo reader panicked: {e}")))?
+    .map_err(|e| Error::definite(format!("demo reader panicked: {e}")))?
 }
 
 async fn pg_rows(client: &tokio_postgres::Client) -> Result<Vec<String>> {
@@ -294,7 +294,7 @@ async fn run_duckdb(load: Duration) -> Result<()> {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Some(status) = child.0.try_wait().map_err(Error::io("watching cdc run"))? {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "cdc run stopped unexpectedly ({status})"
             )));
         }

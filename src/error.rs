@@ -1,14 +1,16 @@
-//! The library's error type, and the one place that decides what is worth retrying.
+//! The library's one error type: opaque, with a [`Kind`] decided where each driver's error
+//! enters the crate (`Error::pg`, `Error::duck`, `Error::sqlite`, `Error::io`, the wire code's
+//! server errors, the ClickHouse client's answers), never later from message text.
 //!
-//! Errors are **transient** (connection lost, server shutting down, serialization failure: retry
-//! with backoff and resume from the stored position) or **definite** (configuration, permission,
-//! malformed data: a human must act, and the message says what to do). [`Error::is_transient`]
-//! is that decision; nothing else in the crate makes it.
+//! **Transient** (connection lost, server shutting down, serialization failure): retry with
+//! backoff and resume from the stored position. **Definite** (permission, missing table,
+//! malformed data): a human must act, and the message says what to do. **Configuration**: the
+//! configuration names something unusable (an unreadable password file, a bad URL).
+//! **Internal**: a command not built yet, or a bug.
 
 use std::fmt;
 use std::io;
 
-use crate::conninfo::ConnInfoError;
 use crate::decode::DecodeError;
 use crate::tls::TlsError;
 
@@ -42,15 +44,49 @@ impl fmt::Display for DbError {
 
 impl std::error::Error for DbError {}
 
+/// What the caller should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Retrying after a backoff may succeed without anyone changing anything.
+    Transient,
+    /// A human must act on the source or destination; the message says what.
+    Definite,
+    /// The configuration must change.
+    Configuration,
+    /// Not built yet, or a bug.
+    Internal,
+}
+
 /// Everything that can go wrong in the library.
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: Kind,
+    cause: Cause,
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}({:?})", self.0.kind, self.0.cause)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.cause, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0.cause)
+    }
+}
+
+/// What went wrong, as each driver's error entered the crate. Private: callers decide by
+/// [`Error::kind`] and the few accessors, never by variant or message text.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid connection string for {side}")]
-    ConnInfo {
-        side: &'static str,
-        #[source]
-        source: ConnInfoError,
-    },
+pub(crate) enum Cause {
     #[error("TLS setup failed")]
     Tls(#[from] TlsError),
     #[error("{context}")]
@@ -104,8 +140,6 @@ pub enum Error {
     DuckDbBusy { path: String, detail: String },
     #[error("prerequisites not met, nothing was changed:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Prerequisites(Vec<String>),
-    #[error("`cdc {0}` is not implemented yet")]
-    NotImplemented(&'static str),
     /// ClickHouse answered a statement with an error: its HTTP status and, when the server
     /// said, its error code (`X-ClickHouse-Exception-Code`, or `Code: N.` in the body).
     #[error("ClickHouse refused {statement} (HTTP {status}): {message}")]
@@ -127,104 +161,165 @@ pub enum Error {
     Definite(String),
 }
 
-/// ClickHouse error codes after which the same statement can succeed later: the server or a
-/// replica is overloaded, out of memory for now, restarting, or lost its coordination service.
-/// From ClickHouse's `ErrorCodes.cpp` and the retry lists its own clients keep.
-pub const CLICKHOUSE_RETRYABLE: &[(u32, &str)] = &[
-    (3, "UNEXPECTED_END_OF_FILE"),
-    (32, "ATTEMPT_TO_READ_AFTER_EOF"),
-    (159, "TIMEOUT_EXCEEDED"),
-    (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
-    (203, "NO_FREE_CONNECTION"),
-    (209, "SOCKET_TIMEOUT"),
-    (210, "NETWORK_ERROR"),
-    (225, "NO_ZOOKEEPER"),
-    (236, "ABORTED"),
-    (241, "MEMORY_LIMIT_EXCEEDED"),
-    (242, "TABLE_IS_READ_ONLY"),
-    (252, "TOO_MANY_PARTS"),
-    (279, "ALL_CONNECTION_TRIES_FAILED"),
-    (285, "TOO_FEW_LIVE_REPLICAS"),
-    (319, "UNKNOWN_STATUS_OF_INSERT"),
-    (373, "SESSION_IS_LOCKED"),
-    (394, "QUERY_WAS_CANCELLED"),
-    (425, "SYSTEM_ERROR"),
-    (439, "CANNOT_SCHEDULE_TASK"),
-    (999, "KEEPER_EXCEPTION"),
-    (1000, "POCO_EXCEPTION"),
-];
-
-/// Whether a ClickHouse error answer is worth retrying: by its code when it has one, else by the
-/// HTTP status (a load balancer or proxy in front answering 502/503/504/429 has no code).
-fn clickhouse_is_transient(status: u16, code: Option<u32>) -> bool {
-    match code {
-        Some(code) => CLICKHOUSE_RETRYABLE.iter().any(|(c, _)| *c == code),
-        None => matches!(status, 429 | 502 | 503 | 504),
+/// A cause's kind, for the causes that carry no driver-specific knowledge. Driver errors are
+/// classified by their constructors below.
+impl From<Cause> for Error {
+    fn from(cause: Cause) -> Self {
+        let kind = match &cause {
+            Cause::Io { .. } | Cause::Timeout { .. } | Cause::DuckDbBusy { .. } => Kind::Transient,
+            Cause::Db { source, .. } => sqlstate_kind(&source.code),
+            Cause::Postgres { source, .. } => postgres_kind(source),
+            // Another connection writing the SQLite file (a rollback-journal writer locks
+            // readers out while it commits).
+            Cause::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    Kind::Transient
+                }
+                _ => Kind::Definite,
+            },
+            _ => Kind::Definite,
+        };
+        Error(Box::new(Inner { kind, cause }))
     }
 }
 
 /// SQLSTATE classes and codes after which a retry can succeed.
-fn sqlstate_is_transient(code: &str) -> bool {
-    code.starts_with("08")          // connection exception
-        || code.starts_with("53")   // insufficient resources (too many connections, disk full)
-        || code.starts_with("57P")  // admin/crash shutdown, cannot connect now
-        || code == "40001"          // serialization failure
-        || code == "40P01"          // deadlock detected
-        || code == "55006" // object in use: a replication slot still held by a dying walsender
+fn sqlstate_kind(code: &str) -> Kind {
+    let transient = code.starts_with("08")  // connection exception
+        || code.starts_with("53")           // insufficient resources (too many connections, disk full)
+        || code.starts_with("57P")          // admin/crash shutdown, cannot connect now
+        || code == "40001"                  // serialization failure
+        || code == "40P01"                  // deadlock detected
+        || code == "55006"; // object in use: a replication slot still held by a dying walsender
+    if transient {
+        Kind::Transient
+    } else {
+        Kind::Definite
+    }
+}
+
+fn postgres_kind(e: &tokio_postgres::Error) -> Kind {
+    match e.code() {
+        Some(code) => sqlstate_kind(code.code()),
+        // No SQLSTATE: the connection itself failed or closed.
+        None if e.is_closed()
+            || std::error::Error::source(e).is_some_and(|s| s.is::<io::Error>()) =>
+        {
+            Kind::Transient
+        }
+        None => Kind::Definite,
+    }
 }
 
 impl Error {
-    /// Whether retrying (after a backoff) may succeed without a human changing anything.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Io { .. } | Error::Timeout { .. } | Error::DuckDbBusy { .. } => true,
-            Error::Db { source, .. } => sqlstate_is_transient(&source.code),
-            Error::ClickHouse { status, code, .. } => clickhouse_is_transient(*status, *code),
-            // Another connection writing the SQLite file (a rollback-journal writer locks
-            // readers out while it commits).
-            Error::Sqlite { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            ),
-            Error::Postgres { source, .. } => match source.code() {
-                Some(code) => sqlstate_is_transient(code.code()),
-                // No SQLSTATE: the connection itself failed or closed.
-                None => {
-                    source.is_closed()
-                        || std::error::Error::source(source).is_some_and(|s| s.is::<io::Error>())
-                }
-            },
-            _ => false,
-        }
+    /// What the caller should do about it.
+    pub fn kind(&self) -> Kind {
+        self.0.kind
     }
 
-    /// The server's SQLSTATE, when the server reported this error.
+    /// Whether retrying (after a backoff) may succeed without a human changing anything.
+    pub fn is_transient(&self) -> bool {
+        self.0.kind == Kind::Transient
+    }
+
+    /// The server's SQLSTATE, when a Postgres server reported this error.
     pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            Error::Db { source, .. } => Some(&source.code),
-            Error::Postgres { source, .. } => source.code().map(|c| c.code()),
+        match &self.0.cause {
+            Cause::Db { source, .. } => Some(&source.code),
+            Cause::Postgres { source, .. } => source.code().map(|c| c.code()),
             _ => None,
         }
     }
 
+    /// ClickHouse's error code, when ClickHouse reported this error with one.
+    pub fn clickhouse_code(&self) -> Option<u32> {
+        match &self.0.cause {
+            Cause::ClickHouse { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    /// The table to copy again and why, for the error that asks for it.
+    pub fn recopy(&self) -> Option<(&crate::model::schema::TableName, &str)> {
+        match &self.0.cause {
+            Cause::Recopy { table, why } => Some((table, why)),
+            _ => None,
+        }
+    }
+
+    /// Each unmet prerequisite, for the error that lists them.
+    pub fn prerequisites(&self) -> Option<&[String]> {
+        match &self.0.cause {
+            Cause::Prerequisites(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A definite error's message with `prefix: ` before it (where it happened); any other
+    /// error unchanged.
+    pub(crate) fn prefixed(mut self, prefix: &str) -> Error {
+        if let Cause::Definite(m) = &mut self.0.cause {
+            *m = format!("{prefix}: {m}");
+        }
+        self
+    }
+
+    /// `what` took longer than `seconds`: transient (the next attempt may be quicker).
+    pub(crate) fn timeout(what: impl Into<String>, seconds: u64) -> Error {
+        Cause::Timeout {
+            what: what.into(),
+            seconds,
+        }
+        .into()
+    }
+
+    /// A definite error: the message says what is wrong and what to do.
+    pub fn definite(message: String) -> Error {
+        Cause::Definite(message).into()
+    }
+
+    /// ClickHouse refused a statement; `transient` as its client decided from the answer.
+    pub fn clickhouse(
+        statement: String,
+        status: u16,
+        code: Option<u32>,
+        message: String,
+        transient: bool,
+    ) -> Error {
+        let kind = if transient {
+            Kind::Transient
+        } else {
+            Kind::Definite
+        };
+        Error(Box::new(Inner {
+            kind,
+            cause: Cause::ClickHouse {
+                statement,
+                status,
+                code,
+                message,
+            },
+        }))
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
-        move |source| Error::Io { context, source }
+        move |source| Cause::Io { context, source }.into()
     }
 
     pub(crate) fn sqlite(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
         let context = context.into();
-        move |source| Error::Sqlite { context, source }
+        move |source| Cause::Sqlite { context, source }.into()
     }
 
     pub(crate) fn duck(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Error {
         let context = context.into();
-        move |source| Error::DuckDb { context, source }
+        move |source| Cause::DuckDb { context, source }.into()
     }
 
     pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
         let context = context.into();
-        move |source| Error::Postgres { context, source }
+        move |source| Cause::Postgres { context, source }.into()
     }
 }
 
@@ -232,7 +327,16 @@ impl Error {
 /// definite error: a human must fix the configuration.
 impl From<crate::config::Problem> for Error {
     fn from(p: crate::config::Problem) -> Self {
-        Error::Definite(p.to_string())
+        Error(Box::new(Inner {
+            kind: Kind::Configuration,
+            cause: Cause::Definite(p.to_string()),
+        }))
+    }
+}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        Cause::Tls(e).into()
     }
 }
 
@@ -244,7 +348,7 @@ mod tests {
     use super::*;
 
     fn db(code: &str) -> Error {
-        Error::Db {
+        Cause::Db {
             context: "x".into(),
             source: Box::new(DbError {
                 severity: "ERROR".into(),
@@ -254,6 +358,7 @@ mod tests {
                 hint: None,
             }),
         }
+        .into()
     }
 
     #[test]
@@ -265,44 +370,20 @@ mod tests {
             "slot in use by a dying walsender"
         );
         assert!(!db("42501").is_transient(), "insufficient privilege");
-        assert!(
-            !db("42704").is_transient(),
+        assert_eq!(
+            db("42704").kind(),
+            Kind::Definite,
             "undefined object, e.g. slot dropped"
         );
+        assert_eq!(db("42704").sqlstate(), Some("42704"));
         assert!(
             Error::io("reading")(io::Error::from(io::ErrorKind::ConnectionReset)).is_transient()
         );
-        assert!(!Error::Auth("bad password".into()).is_transient());
-    }
-
-    fn ch(status: u16, code: Option<u32>) -> Error {
-        Error::ClickHouse {
-            statement: "INSERT".into(),
-            status,
-            code,
-            message: "m".into(),
-        }
-    }
-
-    #[test]
-    fn clickhouse_errors_are_retried_by_code_or_by_a_proxys_status() {
-        for code in [252, 241, 202, 159, 209, 210, 242, 999] {
-            assert!(ch(500, Some(code)).is_transient(), "code {code}");
-        }
-        for status in [502, 503, 504, 429] {
-            assert!(
-                ch(status, None).is_transient(),
-                "HTTP {status} without a code"
-            );
-        }
-        // Unknown column, type mismatch, syntax error, unknown table, a 500 with no code.
-        for code in [47, 53, 62, 60] {
-            assert!(!ch(400, Some(code)).is_transient(), "code {code}");
-        }
-        assert!(!ch(500, None).is_transient());
-        assert!(
-            !ch(503, Some(62)).is_transient(),
-            "the code decides over the status"
+        assert_eq!(
+            Error::from(Cause::Auth("bad password".into())).kind(),
+            Kind::Definite
         );
+        let problem = crate::config::Problem::file("destination.url", "bad");
+        assert_eq!(Error::from(problem).kind(), Kind::Configuration);
     }
 }

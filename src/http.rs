@@ -20,7 +20,7 @@ pub async fn serve(
     max_lag_seconds: u64,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(listen).await.map_err(|e| {
-        Error::Definite(format!("cannot listen on {listen} for /healthz and /metrics ({e}): set status.listen to a free address"))
+        Error::definite(format!("cannot listen on {listen} for /healthz and /metrics ({e}): set status.listen to a free address"))
     })?;
     tracing::info!(listen, "serving /healthz and /metrics");
     Ok(tokio::spawn(async move {

@@ -566,15 +566,18 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 /// The documented exit code for an error (see `cdc::cli::exit`).
 fn exit_code(e: &anyhow::Error) -> i32 {
+    use cdc::error::Kind;
     for cause in e.chain() {
         if cause.is::<ConfigError>() {
             return exit::CONFIG;
         }
         if let Some(err) = cause.downcast_ref::<cdc::error::Error>() {
-            return match err {
-                cdc::error::Error::NotImplemented(_) => exit::INTERNAL,
-                e if e.is_transient() => exit::TRANSIENT,
-                _ => exit::DEFINITE,
+            return match err.kind() {
+                Kind::Transient => exit::TRANSIENT,
+                // A configuration problem met while connecting (unreadable password file) has
+                // always exited as definite; CONFIG is for the file as loaded.
+                Kind::Definite | Kind::Configuration => exit::DEFINITE,
+                Kind::Internal => exit::INTERNAL,
             };
         }
     }

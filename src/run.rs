@@ -81,13 +81,14 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                     return Err(e);
                 }
             },
-            Err(Error::Recopy { table, why }) => {
+            Err(e) if e.recopy().is_some() => {
+                let (table, why) = e.recopy().expect("checked");
                 // Copied again alone under a snapshot, as a joining table; the next attempt skips
                 // its changes up to that snapshot. The batch in flight was not committed and is
                 // streamed again.
                 tracing::warn!(table = %table, reason = %why, "copying the table again, alone, while the others wait");
                 let dest = crate::destination::open(config).await?;
-                crate::snapshot::join::recopy(config, &dest, &table).await?;
+                crate::snapshot::join::recopy(config, &dest, table).await?;
             }
             Err(e) if e.is_transient() => {
                 // A connection that streamed for a while starts the backoff over.
@@ -158,7 +159,7 @@ async fn stream_once(
     let src_info = config.source_conninfo()?;
     let applier = Applier::new(dest.session(metrics.clone()).await?, slot);
     let state = dest.load_state(slot).await?.ok_or_else(|| {
-        Error::Definite(format!(
+        Error::definite(format!(
             "the destination has no pipeline for slot {slot}: run `cdc snapshot` first"
         ))
     })?;
@@ -228,10 +229,10 @@ async fn stream_once(
                 }
             }
             event = stream.next() => match event? {
-                None => return Err(Error::Io {
+                None => return Err(Error::from(crate::error::Cause::Io {
                     context: "the source ended the replication stream".into(),
                     source: std::io::ErrorKind::ConnectionAborted.into(),
-                }),
+                })),
                 Some(ReplicationEvent::XLogData { wal_start, wal_end: end, data, .. }) => {
                     wal_end = wal_end.max(end);
                     if let Some(lsn) = streamer.handle(data, &mut decoder, wal_start).await? {
@@ -254,10 +255,10 @@ async fn stream_once(
                     streamer.finish().await?;
                     confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
                     stream.close().await;
-                    return Err(Error::Io {
+                    return Err(Error::from(crate::error::Cause::Io {
                         context: format!("the {side} is shutting down (it refuses new sessions): disconnecting so that it can"),
                         source: std::io::ErrorKind::ConnectionAborted.into(),
-                    });
+                    }));
                 }
                 if last_report.elapsed() >= Duration::from_secs(30) {
                     last_report = Instant::now();
@@ -320,7 +321,7 @@ async fn check_slot(catalog: &tokio_postgres::Client, slot: &str, applied: Lsn) 
         .await
         .map_err(Error::pg("reading the replication slot"))?;
     let Some(row) = row else {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "replication slot {slot} does not exist on the source (was it dropped?); changes after {applied} can no \
              longer be streamed: take a new snapshot with `cdc snapshot --force`"
         )));
@@ -328,13 +329,13 @@ async fn check_slot(catalog: &tokio_postgres::Client, slot: &str, applied: Lsn) 
     let confirmed: Option<Lsn> = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
     let wal_status: Option<String> = row.get(1);
     if wal_status.as_deref() == Some("lost") {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "replication slot {slot} has lost required WAL (max_slot_wal_keep_size exceeded): take a new snapshot with \
              `cdc snapshot --force`"
         )));
     }
     if let Some(c) = confirmed.filter(|c| *c > applied) {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "replication slot {slot} has confirmed WAL up to {c}, but the destination applied only up to {applied}: the \
              changes in between were consumed elsewhere (another consumer of the slot, or a destination restored from \
              a backup). Refusing to skip them silently: take a new snapshot with `cdc snapshot --force`"

@@ -41,7 +41,7 @@ pub async fn run(config: &Config, confirmed: bool) -> Result<Vec<String>> {
         }
         (Some(row), true) => {
             if let Some(pid) = row.get::<_, Option<i32>>(0) {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "slot {slot} is in use by pid {pid} (a running `cdc run`?): stop it first, then run teardown again"
                 )));
             }

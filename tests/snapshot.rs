@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cdc::decode::{Datum, LogicalMessage, PgOutputDecoder};
-use cdc::error::Error;
 use cdc::lsn::Lsn;
 use cdc::source::postgres::replication::{PgOutputOptions, ReplicationClient, ReplicationEvent};
 
@@ -365,7 +364,7 @@ async fn every_missing_prerequisite_is_reported_at_once_and_nothing_is_created()
     let err = cdc::snapshot::run(&config, false)
         .await
         .expect_err("prerequisites are missing");
-    let Error::Prerequisites(problems) = &err else {
+    let Some(problems) = err.prerequisites() else {
         panic!("{err:?}")
     };
     let text = err.to_string();

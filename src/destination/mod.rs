@@ -88,7 +88,7 @@ pub struct TableSize {
 
 /// The error for an update of a keyless table that carries no old row.
 pub fn no_old_row(t: &TableMap) -> Error {
-    Error::Definite(format!(
+    Error::definite(format!(
         "update of {} carries no old row; set REPLICA IDENTITY FULL on the source table",
         t.source
     ))
@@ -328,7 +328,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Destination>> {
 
 /// A destination table that is missing where it should exist.
 pub(crate) fn missing_table(table: &TableName) -> Error {
-    Error::Definite(format!(
+    Error::definite(format!(
         "destination table {table} does not exist: run `cdc snapshot --force` to recreate the pipeline"
     ))
 }

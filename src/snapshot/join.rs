@@ -192,7 +192,7 @@ async fn join(
     let snapshot = created
         .snapshot_name
         .clone()
-        .ok_or_else(|| Error::Definite("the server exported no snapshot".into()))?;
+        .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
     tracing::info!(at = %created.consistent_point, "copying the added tables under a snapshot of this position");
     let jobs: Vec<Job> = checked
         .tables

@@ -132,7 +132,7 @@ pub async fn run_into(
             },
             version as u32,
         )
-        .map_err(Error::Definite)?;
+        .map_err(Error::definite)?;
     }
     dest.ensure_state().await?;
 
@@ -168,7 +168,7 @@ pub async fn run_into(
         .map_err(Error::pg("looking for the slot"))?
         .get(0);
     if slot_exists && previous.is_none() && !force {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "replication slot {slot} already exists on the source, but the destination has no pipeline for it: \
              if it is a leftover, drop it (SELECT pg_drop_replication_slot('{slot}')) or run `cdc snapshot --force`; \
              if another tool uses it, set a different source.slot"
@@ -207,7 +207,7 @@ pub async fn run_into(
         tokio::time::timeout(Duration::from_secs(60), repl.drop_slot(slot, true))
             .await
             .map_err(|_| {
-                Error::Definite(format!(
+                Error::definite(format!(
                     "slot {slot} is still in use by another process after 60s: stop it first"
                 ))
             })??;
@@ -255,7 +255,7 @@ pub async fn run_into(
         let snapshot = created
             .snapshot_name
             .clone()
-            .ok_or_else(|| Error::Definite("the server exported no snapshot".into()))?;
+            .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
         dest.set_consistent_point(slot, created.consistent_point)
             .await?;
         let jobs: Vec<Job> = checked
@@ -479,17 +479,17 @@ pub(crate) async fn copy_all(
                 None => copying_done = true,
             },
             Some(res) = tasks.join_next(), if !tasks.is_empty() => {
-                res.map_err(|e| Error::Definite(format!("copy worker panicked: {e}")))??;
+                res.map_err(|e| Error::definite(format!("copy worker panicked: {e}")))??;
             }
             Some(res) = finishing.join_next(), if !finishing.is_empty() => {
-                let (i, report) = res.map_err(|e| Error::Definite(format!("finishing task panicked: {e}")))??;
+                let (i, report) = res.map_err(|e| Error::definite(format!("finishing task panicked: {e}")))??;
                 progress.table_done(i);
                 reports[i] = Some(report);
             }
         }
     }
     while let Some(res) = tasks.join_next().await {
-        res.map_err(|e| Error::Definite(format!("copy worker panicked: {e}")))??;
+        res.map_err(|e| Error::definite(format!("copy worker panicked: {e}")))??;
     }
     progress.finish();
     Ok(reports

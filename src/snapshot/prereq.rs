@@ -217,6 +217,6 @@ pub async fn check(
             publication_exists,
         })
     } else {
-        Err(Error::Prerequisites(problems))
+        Err(Error::from(crate::error::Cause::Prerequisites(problems)))
     }
 }

@@ -221,12 +221,12 @@ impl Streamer {
         decoder: &mut PgOutputDecoder,
         wal_start: Lsn,
     ) -> Result<Option<Lsn>> {
-        let msg = decoder
-            .decode(data.clone())
-            .map_err(|source| Error::Decode {
+        let msg = decoder.decode(data.clone()).map_err(|source| {
+            Error::from(crate::error::Cause::Decode {
                 lsn: wal_start,
                 source,
-            })?;
+            })
+        })?;
         if let (Some(xid), false) = (
             decoder.open_stream(),
             matches!(msg, LogicalMessage::StreamStart(_)),
@@ -305,21 +305,21 @@ impl Streamer {
             LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {}
             LogicalMessage::StreamStart(_) | LogicalMessage::StreamStop => {}
             LogicalMessage::StreamCommit(_) | LogicalMessage::StreamAbort(_) => {
-                return Err(Error::Protocol {
+                return Err(Error::from(crate::error::Cause::Protocol {
                     context: "replaying a streamed transaction".into(),
                     detail: "nested stream end".into(),
-                })
+                }))
             }
             LogicalMessage::BeginPrepare(_)
             | LogicalMessage::Prepare(_)
             | LogicalMessage::CommitPrepared(_)
             | LogicalMessage::RollbackPrepared(_)
             | LogicalMessage::StreamPrepare(_) => {
-                return Err(Error::Protocol {
+                return Err(Error::from(crate::error::Cause::Protocol {
                     context: "streaming".into(),
                     detail: "two-phase message received although two_phase was not requested"
                         .into(),
-                })
+                }))
             }
         }
         Ok(None)
@@ -338,9 +338,11 @@ impl Streamer {
         self.txn_seq = 0;
         let mut decoder = PgOutputDecoder::inside_stream(xid);
         while let Some(m) = replay.next_message()? {
-            let msg = decoder.decode(m).map_err(|source| Error::Decode {
-                lsn: commit_lsn,
-                source,
+            let msg = decoder.decode(m).map_err(|source| {
+                Error::from(crate::error::Cause::Decode {
+                    lsn: commit_lsn,
+                    source,
+                })
             })?;
             let sub = match &msg {
                 LogicalMessage::Insert(x) => x.xid,
@@ -362,13 +364,12 @@ impl Streamer {
     }
 
     fn mapping(&self, relation_id: u32) -> Result<Option<Arc<TableMap>>> {
-        self.relations
-            .get(&relation_id)
-            .cloned()
-            .ok_or_else(|| Error::Protocol {
+        self.relations.get(&relation_id).cloned().ok_or_else(|| {
+            Error::from(crate::error::Cause::Protocol {
                 context: "streaming".into(),
                 detail: format!("change for relation {relation_id} before its Relation message"),
             })
+        })
     }
 
     async fn push(&mut self, relation_id: u32, op: RowOp) -> Result<()> {
@@ -510,7 +511,7 @@ impl Streamer {
             self.applier.alter(&dest, &change).await?;
             dest_cols = self.applier.dest_columns(&dest).await?;
         }
-        let map = Arc::new(TableMap::new(&r, src, dest, &dest_cols).map_err(Error::Definite)?);
+        let map = Arc::new(TableMap::new(&r, src, dest, &dest_cols).map_err(Error::definite)?);
         self.relations.insert(r.id, Some(map.clone()));
         if !change.added.is_empty() || !change.retyped.is_empty() {
             let added: Vec<String> = change.added.into_iter().map(|(n, _)| n).collect();
@@ -537,13 +538,13 @@ impl Streamer {
         }
         if map.is_keyless() {
             // Its rows cannot be found by key to fill in: the table is copied again instead.
-            return Err(Error::Recopy {
+            return Err(Error::from(crate::error::Cause::Recopy {
                 table: map.source.clone(),
                 why: format!(
                     "the source filled columns {columns:?} of its existing rows, and a table without a key \
                      cannot have them filled row by row"
                 ),
-            });
+            }));
         }
         let started = Instant::now();
         let mut reader = backfill::Reader::open(&self.catalog, map, &columns).await?;
@@ -658,7 +659,7 @@ impl Streamer {
             .filter(|n| !readded.contains(*n))
             .collect();
         if !gone.is_empty() && !new.is_empty() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{src} changed shape: columns {gone:?} disappeared and {new:?} appeared (a rename?). cdc cannot tell \
                  which is which: apply the change to {dest} by hand (ALTER TABLE ... RENAME COLUMN ...), then restart"
             )));

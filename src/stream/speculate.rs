@@ -112,7 +112,7 @@ async fn apply_ahead(mut applier: Applier, mut commands: mpsc::Receiver<Command>
 }
 
 fn task_gone() -> Error {
-    Error::Definite("the task applying a streamed transaction ended unexpectedly".into())
+    Error::definite("the task applying a streamed transaction ended unexpectedly".into())
 }
 
 impl Streamer {

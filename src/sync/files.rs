@@ -81,7 +81,7 @@ pub async fn extract(config: &Config, table: &str, dir: &Path, delta: bool) -> R
     let catalog = crate::pg::connect_qualified(&src_info).await?;
     let schema = catalog::read_table(&catalog, &t.source)
         .await?
-        .ok_or_else(|| Error::Definite(format!("source table {} does not exist", t.source)))?;
+        .ok_or_else(|| Error::definite(format!("source table {} does not exist", t.source)))?;
     let (since, what) = if delta {
         delta_since(config, t, &schema).await?
     } else {
@@ -178,7 +178,7 @@ async fn delta_since(
             xmax: p.parse::<u64>().unwrap_or(0) + (1 << 31) - 1,
         },
         other => {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "--delta reads from a stored position, which strategy {other} of {} does not keep: \
                  use new_rows, modified or xmin, or extract the whole table",
                 t.source
@@ -194,20 +194,20 @@ pub async fn load(config: &Config, table: &str, dir: &Path) -> Result<u64> {
     let t = &chosen[0];
     let (data, schema_path) = paths(dir, &t.destination);
     let text = std::fs::read_to_string(&schema_path).map_err(|e| {
-        Error::Definite(format!(
+        Error::definite(format!(
             "cannot read {}: {e} (`cdc extract` writes it last: without it the extract is incomplete)",
             schema_path.display()
         ))
     })?;
     let file: SchemaFile = serde_json::from_str(&text).map_err(|e| {
-        Error::Definite(format!(
+        Error::definite(format!(
             "{} is not a cdc schema file: {e}",
             schema_path.display()
         ))
     })?;
     let schema = TableSchema {
         name: TableName::parse(&file.source)
-            .map_err(|e| Error::Definite(format!("{}: source {e}", schema_path.display())))?,
+            .map_err(|e| Error::definite(format!("{}: source {e}", schema_path.display())))?,
         oid: 0,
         columns: file
             .columns
@@ -248,13 +248,13 @@ pub async fn load(config: &Config, table: &str, dir: &Path) -> Result<u64> {
     let mut csv = CsvReader::open(&data)?;
     let header = csv
         .next_record()?
-        .ok_or_else(|| Error::Definite(format!("{} is empty (no header row)", data.display())))?;
+        .ok_or_else(|| Error::definite(format!("{} is empty (no header row)", data.display())))?;
     let names: Vec<Option<String>> = schema
         .copied_columns()
         .map(|c| Some(c.name.clone()))
         .collect();
     if header != names {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "the header of {} does not match the columns in {}",
             data.display(),
             schema_path.display()
@@ -263,7 +263,7 @@ pub async fn load(config: &Config, table: &str, dir: &Path) -> Result<u64> {
     let keyed = !schema.primary_key.is_empty();
     while let Some(record) = csv.next_record()? {
         if record.len() != names.len() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{}: record {} has {} fields, the header {}",
                 data.display(),
                 writer.written + 1,
@@ -333,7 +333,7 @@ impl CsvReader {
                 .map_err(file_error(&path))?
                 == 0
             {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{}: the file ends inside a quoted value (truncated?)",
                     path.display()
                 )));
@@ -387,12 +387,12 @@ fn finish(field: &mut Vec<u8>, quoted: bool, path: &Path) -> Result<Option<Strin
     }
     String::from_utf8(bytes)
         .map(Some)
-        .map_err(|_| Error::Definite(format!("{}: a value is not UTF-8", path.display())))
+        .map_err(|_| Error::definite(format!("{}: a value is not UTF-8", path.display())))
 }
 
 /// File problems are the user's to fix (a path, a permission), not worth retrying.
 pub(super) fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Definite(format!("{}: {e}", path.display()))
+    move |e| Error::definite(format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -253,13 +253,13 @@ fn choose<'a>(config: &'a Config, only: &[String]) -> Result<Vec<Chosen<'a>>> {
     }
     let mut chosen = Vec::new();
     for name in only {
-        let wanted = TableName::parse(name).map_err(|e| Error::Definite(format!("{name}: {e}")))?;
+        let wanted = TableName::parse(name).map_err(|e| Error::definite(format!("{name}: {e}")))?;
         let i = all
             .iter()
             .position(|c| c.source == wanted || c.destination == wanted)
             .ok_or_else(|| {
                 let names: Vec<String> = all.iter().map(|c| c.source.to_string()).collect();
-                Error::Definite(format!(
+                Error::definite(format!(
                     "{name} is not a configured table (add a [[tables]] entry); configured: {}",
                     names.join(", ")
                 ))
@@ -388,7 +388,7 @@ fn strategy_of(
     for strategy in [base, this_pass] {
         match strategy {
             Strategy::NewRows if schema.primary_key.len() > 1 => {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{name}: new_rows needs a single-column key, and the key is ({}): use strategy \"modified\" \
                      with a timestamp column, or \"diff\"",
                     schema.primary_key.join(", ")
@@ -397,19 +397,19 @@ fn strategy_of(
             Strategy::NewRows | Strategy::Diff | Strategy::Modified | Strategy::Xmin
                 if schema.primary_key.is_empty() =>
             {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{name} has no primary key: strategy {strategy} matches rows by key; use strategy \"reload\" \
                      (or add a primary key on the source)"
                 )))
             }
             Strategy::Modified => {
                 let col = t.config.modified_column.as_deref().ok_or_else(|| {
-                    Error::Definite(format!(
+                    Error::definite(format!(
                         "{name}: strategy \"modified\" needs modified_column in its [[tables]] entry"
                     ))
                 })?;
                 if read::column(schema, col).is_none() {
-                    return Err(Error::Definite(format!(
+                    return Err(Error::definite(format!(
                         "{name}: modified_column {col:?} is not a column of the source table"
                     )));
                 }
@@ -427,7 +427,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
     let schema = catalog::read_table(&catalog, &t.source)
         .await?
         .ok_or_else(|| {
-            Error::Definite(format!(
+            Error::definite(format!(
                 "source table {} does not exist (or this role cannot see it)",
                 t.source
             ))
@@ -441,7 +441,7 @@ async fn run_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) ->
         return Ok(());
     }
     if ctx.streamed.contains(&t.source.to_string()) {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "{} is streamed by `cdc run` (slot {} exists): syncing it too would race the stream. \
              Remove it from one of them, or run `cdc teardown --yes` to stop streaming",
             t.source, ctx.config.source.slot
@@ -554,7 +554,7 @@ async fn snapshot_xids(reader: &Client) -> Result<(u64, u64)> {
     let parse = |i: usize| -> Result<u64> {
         row.get::<_, String>(i)
             .parse()
-            .map_err(|e| Error::Definite(format!("unexpected transaction id: {e}")))
+            .map_err(|e| Error::definite(format!("unexpected transaction id: {e}")))
     };
     Ok((parse(0)?, parse(1)?))
 }
@@ -718,7 +718,7 @@ async fn incremental(
         (Strategy::Modified, Some(p)) => Since::ModifiedFrom(p.to_owned()),
         (_, Some(p)) => {
             let horizon: u64 = p.parse().map_err(|_| {
-                Error::Definite(format!(
+                Error::definite(format!(
                     "stored xmin position {p:?} of {} is not a number",
                     t.destination
                 ))
@@ -897,7 +897,7 @@ pub async fn repair_report(
         let schema = catalog::read_table(&catalog, &pair.source)
             .await?
             .ok_or_else(|| {
-                Error::Definite(format!("source table {} does not exist", pair.source))
+                Error::definite(format!("source table {} does not exist", pair.source))
             })?;
         let repaired = repair(dest.as_ref(), &reader, &schema, pair, table, batch_rows).await?;
         done.push((pair.destination.to_string(), repaired));

@@ -112,7 +112,7 @@ fn by_key_sql(
             .find(|c| &c.name == k)
             .map(|c| c.type_sql.as_str())
             .ok_or_else(|| {
-                Error::Definite(format!("key column {k} is not a column of {}", schema.name))
+                Error::definite(format!("key column {k} is not a column of {}", schema.name))
             })?;
         let values: Vec<&str> = keys
             .iter()

@@ -80,7 +80,7 @@ async fn open<'a>(
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || SqliteSource::open(&path))
             .await
-            .map_err(|e| Error::Definite(format!("SQLite reader stopped: {e}")))??
+            .map_err(|e| Error::definite(format!("SQLite reader stopped: {e}")))??
     };
     let target = config.destination_target()?;
     let dest = crate::destination::open(config).await?;
@@ -197,7 +197,7 @@ async fn with_source<T: Send + 'static>(
         f(&s)
     })
     .await
-    .map_err(|e| Error::Definite(format!("SQLite reader stopped: {e}")))?
+    .map_err(|e| Error::definite(format!("SQLite reader stopped: {e}")))?
 }
 
 /// Parents before the tables whose foreign keys point at them (config order otherwise; a
@@ -264,7 +264,7 @@ async fn sync_table(ctx: &Ctx<'_>, t: &Chosen<'_>, summary: &mut TableSummary) -
         });
     }
     if strategy == Strategy::Xmin || base == Strategy::Xmin {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "{}: strategy xmin reads Postgres transaction ids, which a SQLite file does not have: \
              use \"diff\" (sees inserts, updates and deletes), \"modified\" or \"new_rows\"",
             t.source
@@ -336,7 +336,7 @@ async fn read_table(ctx: &Ctx<'_>, t: &Chosen<'_>) -> Result<(SqliteTable, Sqlit
     let raw = with_source(ctx, move |s| catalog::read_table(&s.conn, &name))
         .await?
         .ok_or_else(|| {
-            Error::Definite(format!(
+            Error::definite(format!(
                 "the SQLite file has no table {} (tables are named main.TABLE)",
                 t.source
             ))
@@ -447,7 +447,7 @@ fn query(
 /// Hand a rejected row to `--on-error`: an error, or a line in the rejects file.
 fn reject(ctx: &Ctx<'_>, t: &Chosen<'_>, r: Reject, summary: &mut TableSummary) -> Result<()> {
     match ctx.options.on_error {
-        OnError::Fail => Err(Error::Definite(format!(
+        OnError::Fail => Err(Error::definite(format!(
             "{}: {r}. Fix the value in the SQLite file (or the destination column's type), \
              or run with --on-error skip to write such rows to a rejects file and go on",
             t.source
@@ -502,7 +502,7 @@ impl SourceRows {
 async fn joined(handle: tokio::task::JoinHandle<Result<read::Done>>) -> Result<read::Done> {
     handle
         .await
-        .map_err(|e| Error::Definite(format!("SQLite reader stopped: {e}")))?
+        .map_err(|e| Error::definite(format!("SQLite reader stopped: {e}")))?
 }
 
 /// Read `q` into `writer` (inserts or upserts); the rows read and the last order value.
@@ -916,7 +916,7 @@ impl Merge {
             let prev_row = self.with_key(prev);
             let this_row = self.with_key(&key);
             if self.compare(&prev_row, &this_row)? != std::cmp::Ordering::Less {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{}: the {} does not sort its keys the way they compare here (a key column \
                      holding mixed types or spellings, e.g. upper- and lower-case UUIDs); \
                      use strategy \"reload\" for this table",
@@ -944,7 +944,7 @@ impl Merge {
                 crate::model::change::text(&a[k]),
                 crate::model::change::text(&b[k]),
             ) else {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{}: a NULL in a key column; SQLite allows it outside INTEGER PRIMARY KEY, a destination key does not",
                     self.table
                 )));
@@ -1036,7 +1036,7 @@ pub async fn verify(
         let started = Instant::now();
         let (_, table) = read_table(&ctx, t).await?;
         if table.schema.primary_key.is_empty() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{} has no primary key: cdc verify compares rows by key",
                 t.source
             )));
@@ -1193,7 +1193,7 @@ pub async fn extract(
 ) -> Result<super::files::Extracted> {
     use super::files::{file_error, paths, SchemaColumn, SchemaFile};
     if delta {
-        return Err(Error::Definite(
+        return Err(Error::definite(
             "--delta reads a Postgres source's positions; from a SQLite file extract the whole table".into(),
         ));
     }
@@ -1208,11 +1208,11 @@ pub async fn extract(
             Ok::<_, Error>((source, table))
         })
         .await
-        .map_err(|e| Error::Definite(format!("SQLite reader stopped: {e}")))??
+        .map_err(|e| Error::definite(format!("SQLite reader stopped: {e}")))??
     };
     let mut table = table
         .take()
-        .ok_or_else(|| Error::Definite(format!("the SQLite file has no table {}", t.source)))?;
+        .ok_or_else(|| Error::definite(format!("the SQLite file has no table {}", t.source)))?;
     table.rename(&t.config.columns, &t.config.ignore_columns)?;
     let source = Arc::new(Mutex::new(source));
     std::fs::create_dir_all(dir).map_err(file_error(dir))?;
@@ -1253,7 +1253,7 @@ pub async fn extract(
         let row = match item {
             Item::Row(r) => r,
             Item::Reject(r) => {
-                return Err(Error::Definite(format!("{}: {r}", t.source)));
+                return Err(Error::definite(format!("{}: {r}", t.source)));
             }
         };
         let fields: Vec<String> = row

@@ -76,7 +76,7 @@ impl Writer {
                 .iter()
                 .position(|c| c.name == name)
                 .ok_or_else(|| {
-                    Error::Definite(format!("key column {name} is not in {}", self.map.dest))
+                    Error::definite(format!("key column {name} is not in {}", self.map.dest))
                 })?;
             row[pos] = value;
         }
@@ -129,7 +129,7 @@ pub fn table_map(source: &TableSchema, table: &TableName, dest: &[DestColumn]) -
         .filter(|d| !src.contains(d))
         .collect();
     if !only_src.is_empty() || !only_dst.is_empty() {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "{table} does not have the columns of its source {}: only in the source: [{}]; only in the destination: [{}]. \
              Align the destination table (or drop it: the next pass copies it anew)",
             source.name,

@@ -367,7 +367,7 @@ async fn compare_by_quantiles(
                 0
             };
             if child_misses > 2 {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{}: key ranges do not shrink, so the key sorts differently on the two sides; \
                      compare by key columns of the same type on both sides (--key)",
                     pair.label
@@ -509,7 +509,7 @@ async fn fetch_and_diff(
     stats.queries += 2;
     stats.rows_fetched += (s.len() + d.len()) as u64;
     diff_rows(&pair.key_positions, texts(&s), texts(&d))
-        .map_err(|e| Error::Definite(format!("{}: {e}", pair.label)))
+        .map_err(|e| Error::definite(format!("{}: {e}", pair.label)))
 }
 
 /// Compare two sets of rows by key: source order first (missing and changed), then the
@@ -612,9 +612,11 @@ fn texts(rows: &[Row]) -> Vec<RowText> {
 
 async fn summary(client: &Client, q: Query, label: &str, side: &str) -> Result<Summary> {
     let rows = run(client, q, label, side).await?;
-    let row = rows.first().ok_or_else(|| Error::Protocol {
-        context: format!("hashing {label} on the {side}"),
-        detail: "aggregate returned no row".into(),
+    let row = rows.first().ok_or_else(|| {
+        Error::from(crate::error::Cause::Protocol {
+            context: format!("hashing {label} on the {side}"),
+            detail: "aggregate returned no row".into(),
+        })
     })?;
     Ok(Summary {
         count: row.get(0),

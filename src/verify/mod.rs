@@ -115,13 +115,13 @@ pub fn pairs_from_config(config: &Config, only: &[String]) -> Result<Vec<TablePa
     }
     let mut chosen = Vec::new();
     for name in only {
-        let wanted = TableName::parse(name).map_err(|e| Error::Definite(format!("--table {e}")))?;
+        let wanted = TableName::parse(name).map_err(|e| Error::definite(format!("--table {e}")))?;
         let pair = all
             .iter()
             .find(|p| p.source == wanted || p.destination == wanted)
             .ok_or_else(|| {
                 let names: Vec<String> = all.iter().map(|p| p.source.to_string()).collect();
-                Error::Definite(format!(
+                Error::definite(format!(
                     "--table {name} is not a configured table; configured: {}",
                     names.join(", ")
                 ))
@@ -138,7 +138,7 @@ pub fn pairs_from_args(tables: &[String]) -> Result<Vec<TablePair>> {
         .map(|arg| {
             let (src, dst) = split_pair(arg);
             let parse = |s: &str| {
-                TableName::parse(s).map_err(|e| Error::Definite(format!("--table {arg}: {e}")))
+                TableName::parse(s).map_err(|e| Error::definite(format!("--table {arg}: {e}")))
             };
             let source = parse(src)?;
             let destination = match dst {
@@ -195,12 +195,12 @@ pub async fn verify_into(
     observe: &(dyn Fn(&Event<'_>) + Send + Sync),
 ) -> Result<Report> {
     if pairs.is_empty() {
-        return Err(Error::Definite(
+        return Err(Error::definite(
             "no tables to verify: configure [[tables]] or pass --table".into(),
         ));
     }
     if !options.key.is_empty() && pairs.len() > 1 {
-        return Err(Error::Definite(
+        return Err(Error::definite(
             "--key applies to one table: pass exactly one --table with it".into(),
         ));
     }
@@ -248,9 +248,9 @@ async fn verify_table(
         ),
     };
     let si =
-        si.ok_or_else(|| Error::Definite(format!("source table {} does not exist", pair.source)))?;
+        si.ok_or_else(|| Error::definite(format!("source table {} does not exist", pair.source)))?;
     let di = di.ok_or_else(|| {
-        Error::Definite(format!(
+        Error::definite(format!(
             "destination table {} does not exist (`cdc snapshot` creates it)",
             pair.destination
         ))
@@ -477,7 +477,7 @@ impl Shape {
         } else if !di.primary_key.is_empty() {
             di.primary_key.clone()
         } else {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{} has no primary key on either side: pass --key with the columns that identify a row",
                 pair.source
             )));
@@ -495,7 +495,7 @@ impl Shape {
                 (di, "destination", &pair.destination),
             ] {
                 if !has(info, k) {
-                    return Err(Error::Definite(format!(
+                    return Err(Error::definite(format!(
                         "key column {k:?} does not exist in the {side} table {table}"
                     )));
                 }
@@ -588,7 +588,7 @@ async fn check_no_null_keys(
         )))?
         .get(0);
     if n > 0 {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "{n} rows of {table} on the {label} have a NULL key column ({}): rows cannot be matched by it; choose NOT NULL columns with --key",
             nullable.join(", ")
         )));

@@ -96,7 +96,7 @@ impl ClickSession {
 
     async fn write_table(&self, map: &TableMap, ops: &[RowOp], versions: &[Version]) -> Result<()> {
         if map.is_keyless() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{} has no primary key, and ClickHouse rows are replaced by key: add one on the source \
                  (ALTER TABLE {} ADD PRIMARY KEY (...)), then `cdc snapshot --force`",
                 map.source,
@@ -105,7 +105,7 @@ impl ClickSession {
         }
         if map.identity_key {
             // Versions replace each other by the primary key, which these changes do not carry.
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{} has REPLICA IDENTITY USING INDEX on an index that leaves out primary-key columns, and \
                  ClickHouse rows are replaced by the primary key, which its changes do not carry: ALTER TABLE {} \
                  REPLICA IDENTITY DEFAULT (or FULL) on the source, then restart cdc run",
@@ -253,15 +253,17 @@ impl ClickSession {
                 .ok()
                 .and_then(|t| t.parse().ok())
                 .filter(|&i| i >= 1 && i <= rows.len())
-                .ok_or_else(|| Error::Protocol {
-                    context: format!("looking up rows of {}", map.dest),
-                    detail: "ClickHouse answered with an unknown key position".into(),
+                .ok_or_else(|| {
+                    Error::from(crate::error::Cause::Protocol {
+                        context: format!("looking up rows of {}", map.dest),
+                        detail: "ClickHouse answered with an unknown key position".into(),
+                    })
                 })?;
             if current.len() != cols.len() + 1 {
-                return Err(Error::Protocol {
+                return Err(Error::from(crate::error::Cause::Protocol {
                     context: format!("looking up rows of {}", map.dest),
                     detail: format!("{} fields for {} columns", current.len() - 1, cols.len()),
-                });
+                }));
             }
             seen[i - 1] = true;
             let Fill { row, version, .. } = rows[i - 1];
@@ -358,10 +360,7 @@ fn strip_nullable(t: &str) -> &str {
 }
 
 fn in_table(e: Error, map: &TableMap) -> Error {
-    match e {
-        Error::Definite(m) => Error::Definite(format!("writing {} into ClickHouse: {m}", map.dest)),
-        e => e,
-    }
+    e.prefixed(&format!("writing {} into ClickHouse", map.dest))
 }
 
 /// One value as a TSV field; values ClickHouse cannot hold are errors naming the column.
@@ -375,7 +374,7 @@ fn push_datum(
     match d {
         Datum::Null => out.extend_from_slice(b"\\N"),
         Datum::Text(b) | Datum::Binary(b) => tsv::push_text(b, field, out).map_err(|why| {
-            Error::Definite(format!(
+            Error::definite(format!(
                 "{}.{}: {:?} {why}",
                 map.source,
                 map.columns[col].name,
@@ -383,7 +382,7 @@ fn push_datum(
             ))
         })?,
         Datum::UnchangedToast => {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{}.{}: an unchanged TOAST value in a key column",
                 map.source, map.columns[col].name
             )))

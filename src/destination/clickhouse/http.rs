@@ -98,18 +98,18 @@ impl Client {
         let limit = Duration::from_secs(self.url.timeout_s);
         let response = tokio::time::timeout(limit, work)
             .await
-            .map_err(|_| Error::Timeout {
-                what: format!("ClickHouse ran {shown}"),
-                seconds: limit.as_secs(),
-            })??;
+            .map_err(|_| Error::timeout(format!("ClickHouse ran {shown}"), limit.as_secs()))??;
         if response.status != 200 {
             let message = String::from_utf8_lossy(&response.body).trim().to_owned();
-            return Err(Error::ClickHouse {
-                statement: shown,
-                status: response.status,
-                code: response.code.or_else(|| code_in_body(&message)),
+            let code = response.code.or_else(|| code_in_body(&message));
+            let transient = is_transient(response.status, code);
+            return Err(Error::clickhouse(
+                shown,
+                response.status,
+                code,
                 message,
-            });
+                transient,
+            ));
         }
         Ok(response.body)
     }
@@ -185,15 +185,15 @@ impl Client {
         parse_response(&raw).map_err(|bad| match bad {
             // The server went away mid-answer (stopped, restarted): a lost connection, which
             // the run loop retries.
-            BadResponse::Truncated(why) => Error::Io {
+            BadResponse::Truncated(why) => Error::from(crate::error::Cause::Io {
                 context: "the connection to ClickHouse closed before its whole answer arrived"
                     .into(),
                 source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why),
-            },
-            BadResponse::Malformed(detail) => Error::Protocol {
+            }),
+            BadResponse::Malformed(detail) => Error::from(crate::error::Cause::Protocol {
                 context: "reading a ClickHouse HTTP response".into(),
                 detail,
-            },
+            }),
         })
     }
 }
@@ -324,9 +324,64 @@ fn encode(s: &str) -> String {
     out
 }
 
+/// ClickHouse error codes after which the same statement can succeed later: the server or a
+/// replica is overloaded, out of memory for now, restarting, or lost its coordination service.
+/// From ClickHouse's `ErrorCodes.cpp` and the retry lists its own clients keep.
+pub const RETRYABLE: &[(u32, &str)] = &[
+    (3, "UNEXPECTED_END_OF_FILE"),
+    (32, "ATTEMPT_TO_READ_AFTER_EOF"),
+    (159, "TIMEOUT_EXCEEDED"),
+    (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
+    (203, "NO_FREE_CONNECTION"),
+    (209, "SOCKET_TIMEOUT"),
+    (210, "NETWORK_ERROR"),
+    (225, "NO_ZOOKEEPER"),
+    (236, "ABORTED"),
+    (241, "MEMORY_LIMIT_EXCEEDED"),
+    (242, "TABLE_IS_READ_ONLY"),
+    (252, "TOO_MANY_PARTS"),
+    (279, "ALL_CONNECTION_TRIES_FAILED"),
+    (285, "TOO_FEW_LIVE_REPLICAS"),
+    (319, "UNKNOWN_STATUS_OF_INSERT"),
+    (373, "SESSION_IS_LOCKED"),
+    (394, "QUERY_WAS_CANCELLED"),
+    (425, "SYSTEM_ERROR"),
+    (439, "CANNOT_SCHEDULE_TASK"),
+    (999, "KEEPER_EXCEPTION"),
+    (1000, "POCO_EXCEPTION"),
+];
+
+/// Whether a ClickHouse error answer is worth retrying: by its code when it has one, else by the
+/// HTTP status (a load balancer or proxy in front answering 502/503/504/429 has no code).
+fn is_transient(status: u16, code: Option<u32>) -> bool {
+    match code {
+        Some(code) => RETRYABLE.iter().any(|(c, _)| *c == code),
+        None => matches!(status, 429 | 502 | 503 | 504),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_retried_by_code_or_by_a_proxys_status() {
+        for code in [252, 241, 202, 159, 209, 210, 242, 999] {
+            assert!(is_transient(500, Some(code)), "code {code}");
+        }
+        for status in [502, 503, 504, 429] {
+            assert!(is_transient(status, None), "HTTP {status} without a code");
+        }
+        // Unknown column, type mismatch, syntax error, unknown table, a 500 with no code.
+        for code in [47, 53, 62, 60] {
+            assert!(!is_transient(400, Some(code)), "code {code}");
+        }
+        assert!(!is_transient(500, None));
+        assert!(
+            !is_transient(503, Some(62)),
+            "the code decides over the status"
+        );
+    }
 
     #[test]
     fn responses_with_length_chunks_or_neither() {

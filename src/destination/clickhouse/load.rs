@@ -89,7 +89,7 @@ pub async fn copy_into(
             bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
             rows += tsv::convert(&chunk, fields, suffix, &mut out)
-                .map_err(|e| Error::Definite(format!("copying {what}: {e}")))?
+                .map_err(|e| Error::definite(format!("copying {what}: {e}")))?
                 as u64;
             if tx.send(Ok(Bytes::from(out))).await.is_err() {
                 // The INSERT failed; its error comes from the sender.
@@ -101,7 +101,7 @@ pub async fn copy_into(
     if let Err(e) = read.await {
         // Abandon the INSERT: the rows ClickHouse has not yet formed into a block (up to
         // max_insert_block_size) are dropped. A failed snapshot is redone from new tables.
-        let _ = tx.send(Err(Error::Definite(e.to_string()))).await;
+        let _ = tx.send(Err(Error::definite(e.to_string()))).await;
         drop(tx);
         let _ = sender.await;
         return Err(e);
@@ -109,6 +109,6 @@ pub async fn copy_into(
     drop(tx);
     sender
         .await
-        .map_err(|e| Error::Definite(format!("ClickHouse insert task stopped: {e}")))??;
+        .map_err(|e| Error::definite(format!("ClickHouse insert task stopped: {e}")))??;
     Ok(rows)
 }

@@ -60,7 +60,7 @@ fn supported(version: &str) -> Result<()> {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if have < MIN_VERSION {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "ClickHouse {version} is too old: cdc needs {}.{} or newer (ReplacingMergeTree with a deleted \
              flag, lightweight DELETE); upgrade the server",
             MIN_VERSION.0, MIN_VERSION.1
@@ -71,7 +71,7 @@ fn supported(version: &str) -> Result<()> {
 
 /// `cdc sync` keeps its positions and swaps tables in ways ClickHouse does not offer yet.
 pub fn no_sync() -> Error {
-    Error::Definite(
+    Error::definite(
         "`cdc sync` does not write to ClickHouse yet: stream into it with `cdc snapshot` and `cdc run`, \
          or sync into Postgres or DuckDB"
             .into(),
@@ -205,7 +205,7 @@ impl Destination for ClickHouseDestination {
         // position (which `cdc run` could only refuse).
         let consistent = self.state.pipeline(slot).await?.and_then(|(_, c, _)| c);
         let lsn = consistent.ok_or_else(|| {
-            Error::Definite(format!(
+            Error::definite(format!(
                 "snapshot of {slot} completed without a consistent point"
             ))
         })?;
@@ -416,7 +416,7 @@ impl Destination for ClickHouseDestination {
                 &format!("{db}.{}", quote(&to.storage)),
             );
         if !fixed.starts_with("CREATE OR REPLACE VIEW") {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "cannot read the definition of the staging view {}.{}",
                 from.database, from.view
             )));

@@ -100,10 +100,7 @@ impl State {
         {
             Ok(_) => Ok(true),
             // UNKNOWN_TABLE, UNKNOWN_DATABASE.
-            Err(Error::ClickHouse {
-                code: Some(60 | 81),
-                ..
-            }) => Ok(false),
+            Err(e) if matches!(e.clickhouse_code(), Some(60 | 81)) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -131,7 +128,7 @@ impl State {
             match row.get(i).and_then(|f| tsv::unescape(f)) {
                 None => Ok(None),
                 Some(t) => t.parse::<u64>().map(Some).map_err(|_| {
-                    Error::Definite(format!("unreadable cdc state in ClickHouse: {t:?}"))
+                    Error::definite(format!("unreadable cdc state in ClickHouse: {t:?}"))
                 }),
             }
         };
@@ -200,7 +197,7 @@ impl State {
     ) -> Result<(Option<u64>, bool)> {
         let (publication, mut consistent, mut completed) =
             self.pipeline(slot).await?.ok_or_else(|| {
-                Error::Definite(format!("no pipeline {slot} in the ClickHouse state"))
+                Error::definite(format!("no pipeline {slot} in the ClickHouse state"))
             })?;
         change(&mut consistent, &mut completed);
         self.write_pipeline(slot, &publication, consistent, completed)

@@ -107,7 +107,7 @@ fn value(t: &TableMap, col: usize, d: &Datum) -> Result<Option<String>> {
         Some(s) => to_duckdb_text(&t.columns[col].dest_type, s)
             .map(|v| Some(v.into_owned()))
             .map_err(|e| {
-                Error::Definite(format!("{}: column {}: {e}", t.dest, t.columns[col].name))
+                Error::definite(format!("{}: column {}: {e}", t.dest, t.columns[col].name))
             }),
     }
 }

@@ -153,7 +153,7 @@ impl CopyIn {
         let mut reader = RowReader::default();
         let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(BLOCK_ROWS);
         let mut total = 0u64;
-        let bad = |e: String| Error::Definite(format!("loading {dest}: {e}"));
+        let bad = |e: String| Error::definite(format!("loading {dest}: {e}"));
         while let Some(chunk) = src.next_chunk().await? {
             bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             reader
@@ -205,7 +205,7 @@ impl CopyIn {
                         Some(t) => Some(
                             to_duckdb_text(ty, t)
                                 .map_err(|e| {
-                                    Error::Definite(format!("loading {dest}: column {name}: {e}"))
+                                    Error::definite(format!("loading {dest}: column {name}: {e}"))
                                 })?
                                 .into_owned(),
                         ),

@@ -29,7 +29,7 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 /// The outcome of a blocking task started earlier.
 pub async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T> {
     task.await
-        .map_err(|e| Error::Definite(format!("DuckDB task failed: {e}")))
+        .map_err(|e| Error::definite(format!("DuckDB task failed: {e}")))
 }
 
 pub struct Handle {
@@ -101,7 +101,7 @@ impl Handle {
             _ => PathBuf::from("."),
         };
         if !dir.is_dir() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "cannot use DuckDB file {}: directory {} does not exist; create it or fix destination.url",
                 path.display(),
                 dir.display()
@@ -118,7 +118,7 @@ impl Handle {
     /// A read-only handle on an existing file.
     pub fn read_only(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "there is no DuckDB file at {}: check destination.url (`cdc snapshot` creates the file)",
                 path.display()
             )));
@@ -249,18 +249,18 @@ impl Handle {
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
+                    if is_lock_conflict(&e) {
                         if started.elapsed() >= BUSY_WAIT {
-                            return Err(Error::DuckDbBusy {
+                            return Err(Error::from(crate::error::Cause::DuckDbBusy {
                                 path: self.path.display().to_string(),
                                 detail: msg,
-                            });
+                            }));
                         }
                         std::thread::sleep(delay);
                         delay = (delay * 2).min(Duration::from_secs(1));
                         continue;
                     }
-                    return Err(Error::Definite(format!(
+                    return Err(Error::definite(format!(
                         "cannot open DuckDB file {}: {msg}. destination.url must name a DuckDB database file \
                          (created if missing) in a writable directory",
                         self.path.display()
@@ -269,4 +269,12 @@ impl Handle {
             }
         }
     }
+}
+
+/// Whether opening failed because another process holds the file. The one place a DuckDB error
+/// is told by its text: the C API reports a lock conflict as a generic I/O error whose only
+/// distinguishing part is the message.
+pub fn is_lock_conflict(e: &duckdb::Error) -> bool {
+    let msg = e.to_string();
+    msg.contains("Could not set lock") || msg.contains("Conflicting lock")
 }

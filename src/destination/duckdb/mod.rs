@@ -21,6 +21,7 @@ mod apply;
 mod copy_in;
 mod copy_text;
 mod handle;
+pub use handle::is_lock_conflict;
 pub mod types;
 pub mod verify;
 

@@ -409,7 +409,7 @@ impl Destination for PgDestination {
                     )
                 })
                 .unwrap_or_else(|| e.to_string());
-            Error::Definite(format!(
+            Error::definite(format!(
                 "the foreign key of {table} ({}) referencing {} cannot be created: {why}. \
                  The source has rows that break it (SQLite checks foreign keys only with \
                  PRAGMA foreign_keys = ON): fix them there, and the next pass creates it",

@@ -278,7 +278,7 @@ impl SqliteTable {
             .filter(|c| !self.source_columns.contains(c))
             .collect();
         if !unknown.is_empty() {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{}: columns / ignore_columns name columns the SQLite table does not have: {}; its columns: {}",
                 self.schema.name,
                 unknown.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
@@ -291,7 +291,7 @@ impl SqliteTable {
                 .iter()
                 .any(|k| renames.get(c).unwrap_or(c) == k || c == k)
         }) {
-            return Err(Error::Definite(format!(
+            return Err(Error::definite(format!(
                 "{}: ignore_columns cannot leave out a primary-key column ({})",
                 self.schema.name,
                 self.schema.primary_key.join(", ")

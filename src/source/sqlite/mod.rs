@@ -42,14 +42,14 @@ impl SqliteSource {
         let shown = path.display();
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "the SQLite file {shown} does not exist: check source.url \
                      (sqlite:RELATIVE/PATH from the working directory, or sqlite:///ABSOLUTE/PATH)"
                 )))
             }
             Err(e) => return Err(Error::io(format!("cannot read the SQLite file {shown}"))(e)),
             Ok(m) if m.is_dir() => {
-                return Err(Error::Definite(format!(
+                return Err(Error::definite(format!(
                     "{shown} is a directory, not a SQLite file: check source.url"
                 )))
             }
@@ -69,7 +69,7 @@ impl SqliteSource {
         });
         if let Err(e) = probe {
             return Err(match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::NotADatabase) => Error::Definite(format!(
+                Some(rusqlite::ErrorCode::NotADatabase) => Error::definite(format!(
                     "{shown} is not a SQLite database (or it is encrypted): check source.url"
                 )),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {

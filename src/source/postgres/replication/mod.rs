@@ -264,7 +264,7 @@ impl ReplicationClient {
         options: &SlotOptions,
     ) -> Result<CreatedSlot> {
         let sql = create_slot_sql(slot, options, self.server_version_num)
-            .map_err(crate::error::Error::Definite)?;
+            .map_err(crate::error::Error::definite)?;
         let rows = self.wire.simple_query(&sql).await?;
         let row = rows
             .first()

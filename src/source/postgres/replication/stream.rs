@@ -34,10 +34,10 @@ pub(super) async fn start(wire: &mut PgWire, sql: &str) -> Result<()> {
             COPY_BOTH_RESPONSE_TAG => return Ok(()),
             _ => match frame.parse()? {
                 backend::Message::ErrorResponse(body) => {
-                    return Err(Error::Db {
+                    return Err(Error::from(crate::error::Cause::Db {
                         context: sql.to_owned(),
                         source: Box::new(db_error(&body)),
-                    });
+                    }));
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
                 _ => {
@@ -98,11 +98,11 @@ impl ReplicationStream {
                     continue;
                 }
                 Err(_) => {
-                    return Err(Error::Timeout {
+                    return Err(Error::from(crate::error::Cause::Timeout {
                         what: "waiting for the replication stream (no keepalive from the server)"
                             .into(),
                         seconds: self.read_timeout.as_secs(),
-                    })
+                    }))
                 }
             };
             self.last_heard = Instant::now();
@@ -121,10 +121,10 @@ impl ReplicationStream {
                 }
                 _ => match frame.parse()? {
                     backend::Message::ErrorResponse(body) => {
-                        return Err(Error::Db {
+                        return Err(Error::from(crate::error::Cause::Db {
                             context: "replication stream".into(),
                             source: Box::new(db_error(&body)),
-                        })
+                        }))
                     }
                     backend::Message::NoticeResponse(body) => {
                         stream_notice(notice(&body), &self.publications)?
@@ -135,7 +135,7 @@ impl ReplicationStream {
                     // the connection is going away, which is retried like any lost connection.
                     backend::Message::CommandComplete(_) | backend::Message::ReadyForQuery(_) => {
                         self.done = true;
-                        return Err(Error::Io {
+                        return Err(Error::from(crate::error::Cause::Io {
                             context:
                                 "the source ended the replication stream (server shutting down)"
                                     .into(),
@@ -143,7 +143,7 @@ impl ReplicationStream {
                                 std::io::ErrorKind::ConnectionAborted,
                                 "walsender finished",
                             ),
-                        });
+                        }));
                     }
                     _ => {
                         return Err(protocol(
@@ -205,7 +205,7 @@ impl ReplicationStream {
 fn stream_notice(n: crate::error::DbError, publications: &[String]) -> Result<()> {
     let names_ours = publications.iter().any(|p| n.message.contains(p.as_str()));
     if n.code == "55000" && n.severity == "WARNING" && names_ours {
-        return Err(Error::Definite(format!(
+        return Err(Error::definite(format!(
             "the source says \"{}\": the publication was dropped while cdc streamed, and \
              Postgres now sends none of its tables' changes. cdc stopped before confirming any, \
              but changes made after the drop can never be decoded for it again: take a new \

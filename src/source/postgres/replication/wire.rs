@@ -51,10 +51,10 @@ impl Frame {
 }
 
 pub(crate) fn protocol(context: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Protocol {
+    Error::from(crate::error::Cause::Protocol {
         context: context.to_owned(),
         detail: detail.to_string(),
-    }
+    })
 }
 
 /// An ErrorResponse body as a `DbError`.
@@ -110,10 +110,10 @@ impl PgWire {
         let what = format!("connecting to {info}");
         match tokio::time::timeout(timeout, Self::connect_inner(info, startup_params)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
+            Err(_) => Err(Error::from(crate::error::Cause::Timeout {
                 what,
                 seconds: timeout.as_secs(),
-            }),
+            })),
         }
     }
 
@@ -184,9 +184,9 @@ impl PgWire {
                 Ok((Box::new(stream), true, end_point))
             }
             b'N' if info.sslmode == SslMode::Prefer => Ok((Box::new(tcp), false, None)),
-            b'N' => Err(Error::TlsRefused(format!(
+            b'N' => Err(Error::from(crate::error::Cause::TlsRefused(format!(
                 "{info} does not accept TLS; enable ssl on the server or use sslmode=prefer/disable"
-            ))),
+            )))),
             other => Err(protocol(
                 "negotiating TLS",
                 format!("unexpected answer byte {other:#x}"),
@@ -197,10 +197,10 @@ impl PgWire {
     async fn authenticate(&mut self, info: &ConnInfo) -> Result<()> {
         let password = || {
             info.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
-                Error::Auth(format!(
+                Error::from(crate::error::Cause::Auth(format!(
                     "{info} asks for a password but none is configured: add it to the URL, or set the \
                      CDC_*_PASSWORD variable or the password_file option"
-                ))
+                )))
             })
         };
         let mut scram: Option<sasl::ScramSha256> = None;
@@ -210,10 +210,10 @@ impl PgWire {
             let frame = self.read_frame().await?;
             match frame.parse()? {
                 backend::Message::AuthenticationOk if require && !bound => {
-                    return Err(Error::Auth(format!(
+                    return Err(Error::from(crate::error::Cause::Auth(format!(
                         "channel_binding=require, but {info} authenticated us without channel binding: \
                          use TLS and SCRAM password authentication on the server, or relax channel_binding"
-                    )))
+                    ))))
                 }
                 backend::Message::AuthenticationOk => return Ok(()),
                 backend::Message::AuthenticationCleartextPassword => {
@@ -244,20 +244,20 @@ impl PgWire {
                             sasl::ChannelBinding::tls_server_end_point(hash),
                         ),
                         _ if require => {
-                            return Err(Error::Auth(format!(
+                            return Err(Error::from(crate::error::Cause::Auth(format!(
                                 "channel_binding=require, but {info} offers no SCRAM channel binding \
                                  over this connection (it needs TLS, SCRAM-SHA-256-PLUS on the server, and \
                                  a certificate signed with RSA or ECDSA)"
-                            )))
+                            ))))
                         }
                         Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
                         None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
                     };
                     if !has_scram && mechanism == sasl::SCRAM_SHA_256 {
-                        return Err(Error::Auth(
+                        return Err(Error::from(crate::error::Cause::Auth(
                             "server offers no SASL mechanism we support (need SCRAM-SHA-256)"
                                 .into(),
-                        ));
+                        )));
                     }
                     bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
                     let s = sasl::ScramSha256::new(password()?, binding);
@@ -270,7 +270,7 @@ impl PgWire {
                         .as_mut()
                         .ok_or_else(|| protocol("authenticating", "SASL continue before start"))?;
                     s.update(body.data())
-                        .map_err(|e| Error::Auth(format!("SCRAM exchange failed: {e}")))?;
+                        .map_err(|e| Error::from(crate::error::Cause::Auth(format!("SCRAM exchange failed: {e}"))))?;
                     frontend::sasl_response(s.message(), &mut self.out)
                         .map_err(Error::io("encoding SASL"))?;
                 }
@@ -279,20 +279,20 @@ impl PgWire {
                         .take()
                         .ok_or_else(|| protocol("authenticating", "SASL final before start"))?;
                     s.finish(body.data()).map_err(|e| {
-                        Error::Auth(format!("server's SCRAM signature is invalid: {e}"))
+                        Error::from(crate::error::Cause::Auth(format!("server's SCRAM signature is invalid: {e}")))
                     })?;
                     continue;
                 }
                 backend::Message::ErrorResponse(body) => {
-                    return Err(Error::Db {
+                    return Err(Error::from(crate::error::Cause::Db {
                         context: format!("login to {info}"),
                         source: Box::new(db_error(&body)),
-                    })
+                    }))
                 }
                 _ => {
-                    return Err(Error::Auth(
+                    return Err(Error::from(crate::error::Cause::Auth(
                         "server asks for an authentication method we do not support".into(),
-                    ))
+                    )))
                 }
             }
             self.flush().await?;
@@ -311,10 +311,10 @@ impl PgWire {
                     }
                 }
                 backend::Message::ErrorResponse(body) => {
-                    return Err(Error::Db {
+                    return Err(Error::from(crate::error::Cause::Db {
                         context: context.to_owned(),
                         source: Box::new(db_error(&body)),
-                    })
+                    }))
                 }
                 _ => {}
             }
@@ -356,10 +356,10 @@ impl PgWire {
             .await
             .map_err(Error::io("reading from server"))?;
         if n == 0 {
-            return Err(Error::Io {
+            return Err(Error::from(crate::error::Cause::Io {
                 context: "server closed the connection".into(),
                 source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
+            }));
         }
         Ok(())
     }
@@ -403,10 +403,10 @@ impl PgWire {
             }
         }
         match failure {
-            Some(source) => Err(Error::Db {
+            Some(source) => Err(Error::from(crate::error::Cause::Db {
                 context: sql.to_owned(),
                 source: Box::new(source),
-            }),
+            })),
             None => Ok(rows),
         }
     }
@@ -448,10 +448,10 @@ impl PgWire {
                         if let backend::Message::ErrorResponse(body) =
                             self.read_frame().await?.parse()?
                         {
-                            return Err(Error::Db {
+                            return Err(Error::from(crate::error::Cause::Db {
                                 context: context.to_owned(),
                                 source: Box::new(db_error(&body)),
-                            });
+                            }));
                         }
                     }
                 }
@@ -474,10 +474,10 @@ impl PgWire {
                 backend::Message::ErrorResponse(body) => {
                     let source = db_error(&body);
                     self.read_until_ready(sql).await.ok();
-                    return Err(Error::Db {
+                    return Err(Error::from(crate::error::Cause::Db {
                         context: sql.to_owned(),
                         source: Box::new(source),
-                    });
+                    }));
                 }
                 backend::Message::ReadyForQuery(_) => {
                     return Err(protocol(
