@@ -120,7 +120,7 @@ async fn ensure_snapshot(config: &Config, dest: &Arc<dyn Destination>) -> Result
     if !dest
         .load_state(&config.source.slot)
         .await?
-        .is_some_and(|s| s.snapshot_completed)
+        .is_some_and(|s| s.snapshot_completed())
     {
         tracing::info!(slot = %config.source.slot, "no completed snapshot: taking one first");
         crate::snapshot::run_into(config, dest, false).await?;
@@ -163,7 +163,7 @@ async fn stream_once(
             "the destination has no pipeline for slot {slot}: run `cdc snapshot` first"
         ))
     })?;
-    let applied = state.applied_lsn.unwrap_or_default();
+    let applied = state.applied_lsn().unwrap_or_default();
 
     let catalog = crate::pg::connect_qualified(&src_info).await?;
     check_slot(&catalog, slot, applied).await?;

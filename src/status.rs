@@ -201,8 +201,8 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         Err(e) => return Err(e),
     };
     if let Some(s) = &state {
-        r.snapshot_complete = s.snapshot_completed;
-        r.applied_lsn = s.applied_lsn.map(|l| l.to_string());
+        r.snapshot_complete = s.snapshot_completed();
+        r.applied_lsn = s.applied_lsn().map(|l| l.to_string());
         let copied = dest.snapshot_tables(&slot).await?;
         r.tables = pairs
             .iter()
@@ -215,7 +215,7 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
                     .map(|(_, n)| *n),
             })
             .collect();
-        if let Some(time) = s.applied_commit_time {
+        if let Some(time) = s.applied_commit_time() {
             r.applied_commit_time = Some(crate::model::time::format_utc(time));
             let age = std::time::SystemTime::now()
                 .duration_since(time)

@@ -44,14 +44,94 @@ use crate::model::schema::{
 use crate::source::postgres::copy_out::CopySource;
 
 /// What the destination remembers about a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineState {
     pub slot: String,
-    pub consistent_lsn: Option<Lsn>,
-    pub applied_lsn: Option<Lsn>,
-    /// Source commit time of the last applied transaction (for lag in seconds).
-    pub applied_commit_time: Option<SystemTime>,
-    pub snapshot_completed: bool,
+    pub phase: Phase,
+}
+
+/// Where a pipeline is, each phase set by one step of the destination's state store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Set by [`Destination::begin_snapshot`]: the slot is recorded, the copy has no
+    /// consistent point yet. A run that finds this starts the snapshot over.
+    Begun,
+    /// Set by [`Destination::set_consistent_point`]: copying under the snapshot exported at
+    /// `consistent`. A run that finds this starts the snapshot over too.
+    Copying { consistent: Lsn },
+    /// Set by [`Destination::complete_snapshot`] (`applied` = `consistent`), advanced by every
+    /// [`Session::commit`]: the copy is whole and the stream resumes after `applied`.
+    Streaming {
+        consistent: Lsn,
+        applied: Lsn,
+        /// Source commit time of the last applied transaction (for lag in seconds).
+        applied_commit_time: Option<SystemTime>,
+    },
+}
+
+impl PipelineState {
+    /// The state as a store keeps it in columns: a consistent point, an applied position, a
+    /// completion mark and a commit time. A completion mark without a consistent point was
+    /// never written by cdc, and is refused.
+    pub fn from_stored(
+        slot: &str,
+        consistent: Option<Lsn>,
+        applied: Option<Lsn>,
+        completed: bool,
+        applied_commit_time: Option<SystemTime>,
+    ) -> Result<PipelineState> {
+        let phase = match (consistent, completed) {
+            (None, false) => Phase::Begun,
+            (Some(consistent), false) => Phase::Copying { consistent },
+            (Some(consistent), true) => Phase::Streaming {
+                consistent,
+                applied: applied.unwrap_or(consistent),
+                applied_commit_time,
+            },
+            (None, true) => {
+                return Err(Error::definite(format!(
+                    "the destination's state says the snapshot of slot {slot} completed but records no \
+                     consistent point; run `cdc snapshot --force` to copy the tables again"
+                )))
+            }
+        };
+        Ok(PipelineState {
+            slot: slot.to_owned(),
+            phase,
+        })
+    }
+
+    /// Whether the snapshot is whole, so `cdc run` may stream.
+    pub fn snapshot_completed(&self) -> bool {
+        matches!(self.phase, Phase::Streaming { .. })
+    }
+
+    /// The slot's consistent point, once the copy has one.
+    pub fn consistent_lsn(&self) -> Option<Lsn> {
+        match self.phase {
+            Phase::Begun => None,
+            Phase::Copying { consistent } | Phase::Streaming { consistent, .. } => Some(consistent),
+        }
+    }
+
+    /// The position the destination holds everything up to, once streaming.
+    pub fn applied_lsn(&self) -> Option<Lsn> {
+        match self.phase {
+            Phase::Streaming { applied, .. } => Some(applied),
+            _ => None,
+        }
+    }
+
+    /// Source commit time of the last applied transaction.
+    pub fn applied_commit_time(&self) -> Option<SystemTime> {
+        match self.phase {
+            Phase::Streaming {
+                applied_commit_time,
+                ..
+            } => applied_commit_time,
+            _ => None,
+        }
+    }
 }
 
 /// What `cdc sync` remembers about one destination table between passes.
@@ -331,4 +411,44 @@ pub(crate) fn missing_table(table: &TableName) -> Error {
     Error::definite(format!(
         "destination table {table} does not exist: run `cdc snapshot --force` to recreate the pipeline"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_state_is_one_of_three_phases() {
+        let at = |consistent, applied, done| {
+            PipelineState::from_stored("s", consistent, applied, done, None).map(|p| p.phase)
+        };
+        assert_eq!(at(None, None, false).unwrap(), Phase::Begun);
+        let (c, a) = (Lsn(16), Lsn(32));
+        assert_eq!(
+            at(Some(c), None, false).unwrap(),
+            Phase::Copying { consistent: c }
+        );
+        // An applied position before completion is not a streaming position.
+        assert_eq!(
+            at(Some(c), Some(a), false).unwrap(),
+            Phase::Copying { consistent: c }
+        );
+        let streaming = PipelineState::from_stored("s", Some(c), Some(a), true, None).unwrap();
+        assert!(streaming.snapshot_completed());
+        assert_eq!(
+            (streaming.consistent_lsn(), streaming.applied_lsn()),
+            (Some(c), Some(a))
+        );
+        // Completed with no applied position yet resumes from the consistent point.
+        assert_eq!(
+            at(Some(c), None, true).unwrap().clone(),
+            Phase::Streaming {
+                consistent: c,
+                applied: c,
+                applied_commit_time: None,
+            }
+        );
+        let e = at(None, Some(a), true).unwrap_err();
+        assert!(e.to_string().contains("cdc snapshot --force"), "{e}");
+    }
 }

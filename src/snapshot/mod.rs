@@ -137,11 +137,14 @@ pub async fn run_into(
     dest.ensure_state().await?;
 
     let previous = dest.load_state(slot).await?;
-    if let Some(p) = previous.as_ref().filter(|p| p.snapshot_completed && !force) {
-        tracing::info!(slot, lsn = %p.consistent_lsn.unwrap_or_default(), "snapshot already complete; nothing to do");
+    if let Some(p) = previous
+        .as_ref()
+        .filter(|p| p.snapshot_completed() && !force)
+    {
+        tracing::info!(slot, lsn = %p.consistent_lsn().unwrap_or_default(), "snapshot already complete; nothing to do");
         let tables = dest.snapshot_tables(slot).await?;
         return Ok(SnapshotReport {
-            consistent_lsn: p.consistent_lsn.unwrap_or_default(),
+            consistent_lsn: p.consistent_lsn().unwrap_or_default(),
             already_complete: true,
             tables: tables
                 .into_iter()

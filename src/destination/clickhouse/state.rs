@@ -138,14 +138,14 @@ impl State {
             Some(t) => t.parse::<i64>().ok(),
             None => None,
         };
-        Ok(Some(PipelineState {
-            slot: slot.to_owned(),
-            consistent_lsn: num(0)?.map(Lsn),
-            applied_lsn: applied,
-            applied_commit_time: micros
-                .map(|us| UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)),
-            snapshot_completed: completed,
-        }))
+        PipelineState::from_stored(
+            slot,
+            num(0)?.map(Lsn),
+            applied,
+            completed,
+            micros.map(|us| UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)),
+        )
+        .map(Some)
     }
 
     /// The pipeline record of `slot` (publication, consistent point, completed).

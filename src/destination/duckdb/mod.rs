@@ -161,12 +161,13 @@ impl Destination for DuckDbDestination {
     }
 
     async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>> {
-        let (schema, pipeline, slot) = (
+        let (schema, pipeline, key) = (
             self.schema_name.clone(),
             self.t("pipeline"),
             slot.to_owned(),
         );
-        self.handle
+        let stored = self
+            .handle
             .run("reading pipeline state", move |c| {
                 if !table_exists(c, &schema, "pipeline")? {
                     return Ok(None);
@@ -175,22 +176,26 @@ impl Destination for DuckDbDestination {
                     "SELECT consistent_lsn, applied_lsn, snapshot_completed_at IS NOT NULL,
                             epoch_us(applied_commit_time) FROM {pipeline} WHERE slot = ?"
                 ))?;
-                let mut rows = stmt.query(params![slot])?;
+                let mut rows = stmt.query(params![key])?;
                 let Some(r) = rows.next()? else {
                     return Ok(None);
                 };
                 let micros: Option<i64> = r.get(3)?;
-                Ok(Some(PipelineState {
-                    slot: slot.clone(),
-                    consistent_lsn: r.get::<_, Option<u64>>(0)?.map(Lsn),
-                    applied_lsn: r.get::<_, Option<u64>>(1)?.map(Lsn),
-                    snapshot_completed: r.get(2)?,
-                    applied_commit_time: micros.map(|us| {
+                Ok(Some((
+                    r.get::<_, Option<u64>>(0)?.map(Lsn),
+                    r.get::<_, Option<u64>>(1)?.map(Lsn),
+                    r.get::<_, bool>(2)?,
+                    micros.map(|us| {
                         std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
                     }),
-                }))
+                )))
             })
-            .await
+            .await?;
+        stored
+            .map(|(consistent, applied, completed, time)| {
+                PipelineState::from_stored(slot, consistent, applied, completed, time)
+            })
+            .transpose()
     }
 
     async fn delete_state(&self, slot: &str) -> Result<()> {

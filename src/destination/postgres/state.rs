@@ -99,13 +99,10 @@ impl StateStore {
             .await
             .map_err(Error::pg("reading pipeline state"))?;
         let lsn = |v: Option<String>| v.and_then(|s| s.parse().ok());
-        Ok(row.map(|r| PipelineState {
-            slot: slot.to_owned(),
-            consistent_lsn: lsn(r.get(0)),
-            applied_lsn: lsn(r.get(1)),
-            snapshot_completed: r.get(2),
-            applied_commit_time: r.get(3),
-        }))
+        row.map(|r| {
+            PipelineState::from_stored(slot, lsn(r.get(0)), lsn(r.get(1)), r.get(2), r.get(3))
+        })
+        .transpose()
     }
 
     /// Forget `slot` (and its per-table records).
