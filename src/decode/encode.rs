@@ -57,6 +57,7 @@ fn put_prepare(b: &mut BytesMut, p: &Prepare) {
     put_cstr(b, &p.gid);
 }
 
+// Long: one arm per message type, the exact inverse of `decode_body`, kept side by side.
 pub(crate) fn encode(msg: &LogicalMessage) -> Bytes {
     let mut b = BytesMut::new();
     match msg {

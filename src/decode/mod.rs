@@ -134,6 +134,7 @@ impl PgOutputDecoder {
         Ok(msg)
     }
 
+    // Long: one arm per pgoutput message tag, each a few reads; split, the arms would only move.
     fn decode_body(&self, tag: u8, r: &mut Reader) -> Result<LogicalMessage, DecodeError> {
         // Data messages inside a streamed block are prefixed with the transaction's xid.
         let streamed_xid = |r: &mut Reader| -> Result<Option<u32>, DecodeError> {

@@ -243,6 +243,7 @@ fn prepare() -> impl Strategy<Value = Prepare> {
     )
 }
 
+// Long: one generator per message type, in one `prop_oneof!` so every type is drawn alike.
 fn message() -> impl Strategy<Value = LogicalMessage> {
     let column = (any::<bool>(), text(), any::<u32>(), any::<i32>()).prop_map(
         |(is_key, name, type_oid, type_modifier)| Column {

@@ -14,10 +14,10 @@
 //! converts the Postgres text form of values itself.
 //!
 //! **Exactly-once effect.** [`Session::commit`] stores the source position in the same
-//! destination transaction as the data before it ([`Guarantee::Transactional`]); a destination
-//! without multi-statement transactions must instead make a replay write the same final state
-//! ([`Guarantee::Idempotent`]). The run loop relies only on "after `commit` returns, the data and
-//! the position are durable together, and `load_state` returns that position".
+//! destination transaction as the data before it (Postgres, DuckDB); a destination without
+//! multi-statement transactions must instead make a replay write the same final state
+//! (ClickHouse: versions from the WAL). The run loop relies only on "after `commit` returns, the
+//! data and the position are durable together, and `load_state` returns that position".
 
 pub mod clickhouse;
 pub mod duckdb;
@@ -192,15 +192,6 @@ pub fn toast_rows_missing(metrics: &Metrics, t: &TableMap, missing: u64) {
     }
 }
 
-/// How a destination makes a crash harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guarantee {
-    /// Data and position commit in one transaction.
-    Transactional,
-    /// Writes are deterministic and a replay from the stored position leaves the same state.
-    Idempotent,
-}
-
 /// The shape a snapshot's `COPY ... TO STDOUT` must produce for [`Loader::load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyFormat {
@@ -220,7 +211,6 @@ pub struct SnapshotTable<'a> {
 pub trait Destination: Send + Sync {
     /// Short name for logs and errors (`postgres`, `duckdb`).
     fn kind(&self) -> &'static str;
-    fn guarantee(&self) -> Guarantee;
     /// Whether two sessions may hold open write transactions at once, with row locks
     /// ordering them: the apply-ahead path (`stream/speculate.rs`) needs it.
     fn concurrent_sessions(&self) -> bool;
@@ -233,8 +223,6 @@ pub trait Destination: Send + Sync {
     async fn ensure_state(&self) -> Result<()>;
     /// The state of `slot`, if any. `Ok(None)` also when the state tables do not exist yet.
     async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>>;
-    /// Forget `slot` and its per-table records.
-    async fn delete_state(&self, slot: &str) -> Result<()>;
     /// Record that a snapshot of `slot` is starting (before the slot exists), replacing any
     /// earlier record of it and its tables without a moment with none.
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()>;

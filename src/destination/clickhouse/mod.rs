@@ -15,8 +15,8 @@
 //!  verify.rs ─ `cdc verify`: the source loaded beside the view, compared by joins
 //! ```
 //!
-//! The guarantee is [`Guarantee::Idempotent`]: the position is stored after the rows, and a
-//! replay from it leaves the same final state.
+//! Idempotent rather than transactional: the position is stored after the rows, and a replay
+//! from it leaves the same final state.
 pub mod apply;
 pub mod ddl;
 pub mod http;
@@ -34,8 +34,8 @@ use self::ddl::{quote, Names};
 use self::http::Client;
 use self::state::{literal, State};
 use crate::destination::{
-    CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
-    SyncState, TableSize,
+    CopyFormat, Destination, Loader, PipelineState, RowSource, Session, SnapshotTable, SyncState,
+    TableSize,
 };
 use crate::endpoint::ClickHouseUrl;
 use crate::error::{Error, Result};
@@ -152,10 +152,6 @@ impl Destination for ClickHouseDestination {
         "clickhouse"
     }
 
-    fn guarantee(&self) -> Guarantee {
-        Guarantee::Idempotent
-    }
-
     fn concurrent_sessions(&self) -> bool {
         // Applying ahead relies on row locks ordering two sessions; ClickHouse has none.
         false
@@ -177,10 +173,6 @@ impl Destination for ClickHouseDestination {
 
     async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>> {
         self.state.load(slot).await
-    }
-
-    async fn delete_state(&self, slot: &str) -> Result<()> {
-        self.state.delete(slot).await
     }
 
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {

@@ -223,11 +223,6 @@ impl State {
             .map(|_| ())
     }
 
-    pub async fn delete(&self, slot: &str) -> Result<()> {
-        self.delete_some(slot, &["snapshot_tables", "positions", "pipeline"])
-            .await
-    }
-
     /// Forget the copied tables and the position of `slot`, keeping its pipeline record.
     pub async fn delete_progress(&self, slot: &str) -> Result<()> {
         self.delete_some(slot, &["snapshot_tables", "positions"])

@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use duckdb::params;
 
 use super::{
-    CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
-    SyncState, TableSize,
+    CopyFormat, Destination, Loader, PipelineState, RowSource, Session, SnapshotTable, SyncState,
+    TableSize,
 };
 use crate::decode::Datum;
 use crate::error::Result;
@@ -102,10 +102,6 @@ fn copied_types(t: &TableSchema) -> Vec<String> {
 impl Destination for DuckDbDestination {
     fn kind(&self) -> &'static str {
         "duckdb"
-    }
-
-    fn guarantee(&self) -> Guarantee {
-        Guarantee::Transactional
     }
 
     fn concurrent_sessions(&self) -> bool {
@@ -196,23 +192,6 @@ impl Destination for DuckDbDestination {
                 PipelineState::from_stored(slot, consistent, applied, completed, time)
             })
             .transpose()
-    }
-
-    async fn delete_state(&self, slot: &str) -> Result<()> {
-        let sql = format!(
-            "DELETE FROM {} WHERE slot = $1; DELETE FROM {} WHERE slot = $1",
-            self.t("snapshot_tables"),
-            self.t("pipeline")
-        );
-        let slot = slot.to_owned();
-        self.handle
-            .run("deleting pipeline state", move |c| {
-                for stmt in sql.split("; ") {
-                    c.execute(stmt, params![slot])?;
-                }
-                Ok(())
-            })
-            .await
     }
 
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {

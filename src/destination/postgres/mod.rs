@@ -16,8 +16,8 @@ use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 use super::{
-    CopyFormat, Destination, Guarantee, Loader, PipelineState, RowSource, Session, SnapshotTable,
-    SyncState, TableSize,
+    CopyFormat, Destination, Loader, PipelineState, RowSource, Session, SnapshotTable, SyncState,
+    TableSize,
 };
 use crate::conninfo::ConnInfo;
 use crate::decode::Datum;
@@ -65,10 +65,6 @@ impl Destination for PgDestination {
         "postgres"
     }
 
-    fn guarantee(&self) -> Guarantee {
-        Guarantee::Transactional
-    }
-
     fn concurrent_sessions(&self) -> bool {
         true
     }
@@ -79,10 +75,6 @@ impl Destination for PgDestination {
 
     async fn load_state(&self, slot: &str) -> Result<Option<PipelineState>> {
         self.store.load(self.admin().await?, slot).await
-    }
-
-    async fn delete_state(&self, slot: &str) -> Result<()> {
-        self.store.delete(self.admin().await?, slot).await
     }
 
     async fn begin_snapshot(&self, slot: &str, publication: &str) -> Result<()> {

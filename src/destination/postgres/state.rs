@@ -105,17 +105,6 @@ impl StateStore {
         .transpose()
     }
 
-    /// Forget `slot` (and its per-table records).
-    pub async fn delete(&self, dest: &Client, slot: &str) -> Result<()> {
-        dest.execute(
-            &format!("DELETE FROM {} WHERE slot = $1", self.t("pipeline")),
-            &[&slot],
-        )
-        .await
-        .map(|_| ())
-        .map_err(Error::pg("deleting pipeline state"))
-    }
-
     /// Record that a snapshot of `slot` is starting (before the slot exists, so an interrupted
     /// run always leaves a trace that lets the next one clean up), replacing any earlier
     /// record in the same transaction: there is no moment without one.

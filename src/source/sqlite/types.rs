@@ -152,6 +152,7 @@ pub fn pg_type(declared: &str) -> (Kind, String, u32) {
 
 /// A SQLite value as the Postgres input text of `kind` (`None` for NULL), or why it does
 /// not fit.
+// Long: one arm per destination kind; each checks the value and refuses what would not be exact.
 pub fn convert(kind: Kind, value: ValueRef<'_>) -> Result<Option<String>, String> {
     let text = match value {
         ValueRef::Null => return Ok(None),
