@@ -48,47 +48,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let path = cli.config.clone();
-    let load = || -> anyhow::Result<Config> {
-        let config = Config::load(&path, &ProcessEnv).context("cannot use the configuration")?;
-        tracing::debug!(config = ?config, "configuration loaded");
-        Ok(config)
-    };
     match cli.command {
         Command::Tables { destination: true } => {
-            let config = load_config(&cli)?;
-            let tables = cdc::tables::destination(&config)
-                .await
-                .context("cannot list destination tables")?;
-            println!(
-                "{:<36} {:>12} {:>10}  {:<9} {:<27} position",
-                "destination table", "rows", "size", "strategy", "last pass"
-            );
-            for t in tables {
-                let rows = t.rows.map_or("(missing)".into(), |r| r.to_string());
-                let size = t
-                    .bytes
-                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
-                let (last, position) = match &t.last_pass {
-                    Some(s) => (
-                        s.last_pass.map_or("-".into(), cdc::model::time::format_utc),
-                        format!(
-                            "{} ({} rows, {:.1}s)",
-                            s.position.as_deref().unwrap_or("-"),
-                            s.rows,
-                            s.seconds
-                        ),
-                    ),
-                    None => ("never".into(), "-".into()),
-                };
-                println!(
-                    "{:<36} {rows:>12} {size:>10}  {:<9} {last:<27} {position}",
-                    t.name, t.strategy
-                );
-            }
-            Ok(exit::OK)
+            print_destination_tables(&load_config(&path)?).await
         }
         Command::Sync(args) => {
-            let config = load()?;
+            let config = load_config(&path)?;
             let options = cdc::sync::Options {
                 tables: args.tables,
                 strategy: args.strategy,
@@ -99,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             sync(&config, &options, args.every, args.json).await
         }
         Command::Reload { tables, json } => {
-            let config = load()?;
+            let config = load_config(&path)?;
             let options = cdc::sync::Options {
                 tables,
                 strategy: Some(cdc::config::Strategy::Reload),
@@ -109,7 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             sync(&config, &options, None, json).await
         }
         Command::Extract { table, to, delta } => {
-            let config = load()?;
+            let config = load_config(&path)?;
             let written = cdc::sync::files::extract(&config, &table, &to, delta)
                 .await
                 .context("extract failed")?;
@@ -121,53 +86,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Load { table, from } => {
-            let config = load()?;
+            let config = load_config(&path)?;
             let loaded = cdc::sync::files::load(&config, &table, &from)
                 .await
                 .context("load failed")?;
             println!("Loaded {loaded} rows into {table}");
             Ok(exit::OK)
         }
-        Command::Tables { destination: false } => {
-            let config = load_config(&cli)?;
-            let tables = cdc::tables::list(&config)
-                .await
-                .context("cannot list source tables")?;
-            println!(
-                "{:<40} {:>12}  {:<34} {:<10} status",
-                "table", "est. rows", "identity", "configured"
-            );
-            for t in tables {
-                let status = t
-                    .problem
-                    .as_deref()
-                    .map_or("replicable".to_owned(), |p| format!("NOT replicable: {p}"));
-                println!(
-                    "{:<40} {:>12}  {:<34} {:<10} {status}",
-                    t.name,
-                    t.estimated_rows,
-                    t.identity,
-                    if t.configured { "yes" } else { "no" }
-                );
-            }
-            Ok(exit::OK)
-        }
-        Command::Init { output, force } => {
-            if output.exists() && !force {
-                // The command line asks for something unsafe, not an internal failure.
-                eprintln!(
-                    "error: {} already exists; pass --force to overwrite it",
-                    output.display()
-                );
-                return Ok(exit::USAGE);
-            }
-            std::fs::write(&output, cdc::config::EXAMPLE)
-                .with_context(|| format!("cannot write {}", output.display()))?;
-            println!("Wrote {}: set source.url, destination.url and [[tables]], then run `cdc snapshot`.", output.display());
-            Ok(exit::OK)
-        }
+        Command::Tables { destination: false } => print_source_tables(&load_config(&path)?).await,
+        Command::Init { output, force } => init(&output, force),
         Command::Teardown { yes } => {
-            let config = load_config(&cli)?;
+            let config = load_config(&path)?;
             let dropped = cdc::teardown::run(&config, yes)
                 .await
                 .context("teardown failed")?;
@@ -188,52 +117,150 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Snapshot { force } => {
-            let config = load_config(&cli)?;
+            let config = load_config(&path)?;
             let report = cdc::snapshot::run(&config, force)
                 .await
                 .context("snapshot failed")?;
             print_snapshot_report(&report);
             Ok(exit::OK)
         }
-        Command::Run => {
-            let config = load_config(&cli)?;
-            let (stop, shutdown) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutdown requested; finishing the batch in flight");
-                let _ = stop.send(true);
-            });
-            cdc::run::run(&config, shutdown)
-                .await
-                .context("streaming failed")?;
-            Ok(exit::OK)
-        }
+        Command::Run => stream(&load_config(&path)?).await,
         Command::Status {
             json,
             max_lag_bytes,
             max_lag_seconds,
             require_active,
         } => {
-            let config = load_config(&cli)?;
-            let bounds = cdc::status::Bounds {
-                max_lag_bytes: max_lag_bytes.unwrap_or(config.status.max_lag_bytes),
-                max_lag_seconds: max_lag_seconds.unwrap_or(config.status.max_lag_seconds),
+            let config = load_config(&path)?;
+            status(
+                &config,
+                json,
+                max_lag_bytes,
+                max_lag_seconds,
                 require_active,
-            };
-            let report = cdc::status::check(&config, &bounds)
-                .await
-                .context("status check failed")?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("encoding status")?
-                );
-            } else {
-                print!("{report}");
-            }
-            Ok(report.exit_code())
+            )
+            .await
         }
     }
+}
+
+/// `cdc tables --destination`: each destination table with its size and last sync pass.
+async fn print_destination_tables(config: &Config) -> anyhow::Result<i32> {
+    let tables = cdc::tables::destination(config)
+        .await
+        .context("cannot list destination tables")?;
+    println!(
+        "{:<36} {:>12} {:>10}  {:<9} {:<27} position",
+        "destination table", "rows", "size", "strategy", "last pass"
+    );
+    for t in tables {
+        let rows = t.rows.map_or("(missing)".into(), |r| r.to_string());
+        let size = t
+            .bytes
+            .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+        let (last, position) = match &t.last_pass {
+            Some(s) => (
+                s.last_pass.map_or("-".into(), cdc::model::time::format_utc),
+                format!(
+                    "{} ({} rows, {:.1}s)",
+                    s.position.as_deref().unwrap_or("-"),
+                    s.rows,
+                    s.seconds
+                ),
+            ),
+            None => ("never".into(), "-".into()),
+        };
+        println!(
+            "{:<36} {rows:>12} {size:>10}  {:<9} {last:<27} {position}",
+            t.name, t.strategy
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `cdc tables`: each source table and whether it can be replicated.
+async fn print_source_tables(config: &Config) -> anyhow::Result<i32> {
+    let tables = cdc::tables::list(config)
+        .await
+        .context("cannot list source tables")?;
+    println!(
+        "{:<40} {:>12}  {:<34} {:<10} status",
+        "table", "est. rows", "identity", "configured"
+    );
+    for t in tables {
+        let status = t
+            .problem
+            .as_deref()
+            .map_or("replicable".to_owned(), |p| format!("NOT replicable: {p}"));
+        println!(
+            "{:<40} {:>12}  {:<34} {:<10} {status}",
+            t.name,
+            t.estimated_rows,
+            t.identity,
+            if t.configured { "yes" } else { "no" }
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `cdc status`: the report, printed or as JSON; its verdict is the exit code.
+async fn status(
+    config: &Config,
+    json: bool,
+    max_lag_bytes: Option<u64>,
+    max_lag_seconds: Option<u64>,
+    require_active: bool,
+) -> anyhow::Result<i32> {
+    let bounds = cdc::status::Bounds {
+        max_lag_bytes: max_lag_bytes.unwrap_or(config.status.max_lag_bytes),
+        max_lag_seconds: max_lag_seconds.unwrap_or(config.status.max_lag_seconds),
+        require_active,
+    };
+    let report = cdc::status::check(config, &bounds)
+        .await
+        .context("status check failed")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding status")?
+        );
+    } else {
+        print!("{report}");
+    }
+    Ok(report.exit_code())
+}
+
+/// `cdc init`: the example configuration written out.
+fn init(output: &Path, force: bool) -> anyhow::Result<i32> {
+    if output.exists() && !force {
+        // The command line asks for something unsafe, not an internal failure.
+        eprintln!(
+            "error: {} already exists; pass --force to overwrite it",
+            output.display()
+        );
+        return Ok(exit::USAGE);
+    }
+    std::fs::write(&output, cdc::config::EXAMPLE)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "Wrote {}: set source.url, destination.url and [[tables]], then run `cdc snapshot`.",
+        output.display()
+    );
+    Ok(exit::OK)
+}
+
+/// `cdc run` until a signal asks it to stop after the batch in flight.
+async fn stream(config: &Config) -> anyhow::Result<i32> {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing the batch in flight");
+        let _ = stop.send(true);
+    });
+    cdc::run::run(config, shutdown)
+        .await
+        .context("streaming failed")?;
+    Ok(exit::OK)
 }
 
 /// `cdc verify`: compare, print or write the report, exit 0 (equal), 1 (differences), 2 (error).
@@ -558,8 +585,8 @@ fn print_snapshot_report(r: &cdc::snapshot::SnapshotReport) {
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let config = Config::load(&cli.config, &ProcessEnv).context("cannot use the configuration")?;
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let config = Config::load(path, &ProcessEnv).context("cannot use the configuration")?;
     tracing::debug!(config = ?config, "configuration loaded");
     Ok(config)
 }

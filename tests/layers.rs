@@ -323,7 +323,6 @@ const NOT_YET_SPLIT: &[&str] = &[
     "src/destination/duckdb/verify.rs fn compare",
     "src/destination/postgres/mod.rs",
     "src/main.rs",
-    "src/main.rs fn run",
     "src/main.rs fn verify_output",
     "src/run.rs fn stream_once",
     "src/snapshot/join.rs fn join",
