@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::model::schema::TableName;
 
 /// Everything `cdc status` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -121,8 +122,29 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
             ))
         }
     };
-    let pg = |what: &'static str| Error::pg(what);
+    read_slot(&src, &slot, &mut r).await?;
+    let pairs = config.table_pairs();
+    read_publication(&src, &pairs, &mut r).await?;
+    let state = match dest.load_state(&slot).await {
+        Ok(state) => state,
+        Err(e) if e.is_transient() => {
+            return Ok(unreachable(
+                r,
+                format!("cannot read the destination: {}", chain(&e)),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(s) = &state {
+        read_pipeline(dest.as_ref(), s, &pairs, &mut r).await?;
+    }
+    (r.verdict, r.reason) = verdict(&r, bounds);
+    Ok(r)
+}
 
+/// The slot's activity and positions, and its spill and stream counters.
+async fn read_slot(src: &tokio_postgres::Client, slot: &str, r: &mut StatusReport) -> Result<()> {
+    let pg = |what: &'static str| Error::pg(what);
     r.current_wal_lsn = src
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -159,6 +181,16 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         r.spill_bytes = row.get(0);
         r.stream_bytes = row.get(1);
     }
+    Ok(())
+}
+
+/// Whether the publication exists and which configured tables it lacks or adds.
+async fn read_publication(
+    src: &tokio_postgres::Client,
+    pairs: &[(TableName, TableName)],
+    r: &mut StatusReport,
+) -> Result<()> {
+    let pg = |what: &'static str| Error::pg(what);
     r.publication_exists = src
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -177,7 +209,6 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let pairs = config.table_pairs();
     let configured: Vec<String> = pairs.iter().map(|(s, _)| s.to_string()).collect();
     r.publication_missing = configured
         .iter()
@@ -190,45 +221,48 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         .cloned()
         .collect();
 
-    let state = match dest.load_state(&slot).await {
-        Ok(state) => state,
-        Err(e) if e.is_transient() => {
-            return Ok(unreachable(
-                r,
-                format!("cannot read the destination: {}", chain(&e)),
-            ))
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(s) = &state {
-        r.snapshot_complete = s.snapshot_completed();
-        r.applied_lsn = s.applied_lsn().map(|l| l.to_string());
-        let copied = dest.snapshot_tables(&slot).await?;
-        r.tables = pairs
-            .iter()
-            .map(|(s, d)| TableStatus {
-                source: s.to_string(),
-                destination: d.to_string(),
-                snapshot_rows: copied
-                    .iter()
-                    .find(|(t, _)| *t == s.to_string())
-                    .map(|(_, n)| *n),
-            })
-            .collect();
-        if let Some(time) = s.applied_commit_time() {
-            r.applied_commit_time = Some(crate::model::time::format_utc(time));
-            let age = std::time::SystemTime::now()
-                .duration_since(time)
-                .map_or(0.0, |d| d.as_secs_f64());
-            r.lag_seconds = Some(if r.lag_bytes.unwrap_or(0) > 0 {
-                age
-            } else {
-                0.0
-            });
-        }
-    }
+    Ok(())
+}
 
-    let (verdict, reason) = if !r.slot_exists {
+/// What the destination's state says: snapshot, applied position, lag in seconds, tables.
+async fn read_pipeline(
+    dest: &dyn crate::destination::Destination,
+    s: &crate::destination::PipelineState,
+    pairs: &[(TableName, TableName)],
+    r: &mut StatusReport,
+) -> Result<()> {
+    r.snapshot_complete = s.snapshot_completed();
+    r.applied_lsn = s.applied_lsn().map(|l| l.to_string());
+    let copied = dest.snapshot_tables(&s.slot).await?;
+    r.tables = pairs
+        .iter()
+        .map(|(s, d)| TableStatus {
+            source: s.to_string(),
+            destination: d.to_string(),
+            snapshot_rows: copied
+                .iter()
+                .find(|(t, _)| *t == s.to_string())
+                .map(|(_, n)| *n),
+        })
+        .collect();
+    if let Some(time) = s.applied_commit_time() {
+        r.applied_commit_time = Some(crate::model::time::format_utc(time));
+        let age = std::time::SystemTime::now()
+            .duration_since(time)
+            .map_or(0.0, |d| d.as_secs_f64());
+        r.lag_seconds = Some(if r.lag_bytes.unwrap_or(0) > 0 {
+            age
+        } else {
+            0.0
+        });
+    }
+    Ok(())
+}
+
+/// The verdict on a gathered report, and why.
+fn verdict(r: &StatusReport, bounds: &Bounds) -> (Verdict, String) {
+    let slot = &r.slot;
+    if !r.slot_exists {
         (
             Verdict::SlotProblem,
             format!("replication slot {slot} does not exist on the source"),
@@ -269,10 +303,7 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         )
     } else {
         (Verdict::Healthy, "within bounds".to_owned())
-    };
-    r.verdict = verdict;
-    r.reason = reason;
-    Ok(r)
+    }
 }
 
 /// Configured tables a completed snapshot did not copy, or that the publication lacks: nothing

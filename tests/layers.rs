@@ -332,7 +332,6 @@ const NOT_YET_SPLIT: &[&str] = &[
     "src/source/postgres/catalog.rs fn read_table",
     "src/source/postgres/replication/wire.rs fn authenticate",
     "src/source/sqlite/types.rs",
-    "src/status.rs fn check",
     "src/stream/mod.rs",
     "src/sync/mod.rs",
     "src/sync/sqlite.rs",
