@@ -314,7 +314,6 @@ fn no_import_runs_upward_or_closes_a_circle() {
 /// What was over the size rule when the rule came in (the layers issue), still to split. The
 /// list only shrinks: anything new over the rule fails, and so does an entry that no longer is.
 const NOT_YET_SPLIT: &[&str] = &[
-    "src/config/validate.rs fn validate",
     "src/destination/clickhouse/apply.rs",
     "src/destination/clickhouse/verify.rs fn compare",
     "src/destination/duckdb/apply.rs",

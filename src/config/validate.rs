@@ -60,13 +60,22 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
         });
     };
 
+    check_endpoints(c, &mut add);
+    check_source_settings(c, &mut add);
+    check_tables(c, &mut add);
+    check_limits(c, &mut add);
+    problems
+}
+
+/// source.url and destination.url: each parses, and they are not the same database.
+fn check_endpoints(c: &Config, add: &mut impl FnMut(String, String)) {
     let src = match crate::endpoint::sqlite_path(&c.source.url.0) {
         Some(Ok(_)) => None,
         Some(Err(e)) => {
             add("source.url".into(), e);
             None
         }
-        None => check_url(&mut add, "source.url", &c.source.url.0),
+        None => check_url(add, "source.url", &c.source.url.0),
     };
     let clickhouse =
         crate::endpoint::clickhouse::ClickHouseUrl::is_clickhouse(&c.destination.url.0);
@@ -87,7 +96,7 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
             add("destination.url".into(), e);
             None
         }
-        None => check_url(&mut add, "destination.url", &c.destination.url.0),
+        None => check_url(add, "destination.url", &c.destination.url.0),
     };
     if let (Some(s), Some(d)) = (&src, &dst) {
         if s.host == d.host && s.port == d.port && s.dbname == d.dbname {
@@ -97,6 +106,10 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
             );
         }
     }
+}
+
+/// Password files, slot, publication, state schema, timeouts.
+fn check_source_settings(c: &Config, add: &mut impl FnMut(String, String)) {
     for (field, file) in [
         ("source.password_file", &c.source.password_file),
         ("destination.password_file", &c.destination.password_file),
@@ -130,7 +143,10 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
             "must be at least 1000 (one second)".into(),
         );
     }
+}
 
+/// Every `[[tables]]` entry, and no source or destination table listed twice.
+fn check_tables(c: &Config, add: &mut impl FnMut(String, String)) {
     if c.tables.is_empty() {
         add(
             "tables".into(),
@@ -223,7 +239,10 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
             );
         }
     }
+}
 
+/// Batch, memory and status bounds.
+fn check_limits(c: &Config, add: &mut impl FnMut(String, String)) {
     for (field, value) in [
         (
             "apply.batch_max_rows",
@@ -248,7 +267,6 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
             ),
         );
     }
-    problems
 }
 
 fn check_url(add: &mut impl FnMut(String, String), field: &str, url: &str) -> Option<ConnInfo> {
