@@ -325,7 +325,6 @@ const NOT_YET_SPLIT: &[&str] = &[
     "src/main.rs fn verify_output",
     "src/run.rs fn stream_once",
     "src/snapshot/join.rs fn join",
-    "src/snapshot/mod.rs fn run_into",
     "src/snapshot/mod.rs fn copy_all",
     "src/snapshot/prereq.rs fn check",
     "src/source/postgres/catalog.rs fn read_table",

@@ -118,21 +118,7 @@ pub async fn run_into(
     let src = crate::pg::connect(&src_info).await?;
     crate::source::postgres::catalog::prepare_session(&src).await?;
     if config.source.failover {
-        // Refused before anything is created (the slot would be the first thing to fail).
-        let version: i32 = src
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .await
-            .map_err(Error::pg("reading the source version"))?
-            .get(0);
-        crate::source::postgres::replication::create_slot_sql(
-            slot,
-            &crate::source::postgres::replication::SlotOptions {
-                failover: true,
-                ..Default::default()
-            },
-            version as u32,
-        )
-        .map_err(Error::definite)?;
+        refuse_failover_early(&src, slot).await?;
     }
     dest.ensure_state().await?;
 
@@ -141,42 +127,9 @@ pub async fn run_into(
         .as_ref()
         .filter(|p| p.snapshot_completed() && !force)
     {
-        tracing::info!(slot, lsn = %p.consistent_lsn().unwrap_or_default(), "snapshot already complete; nothing to do");
-        let tables = dest.snapshot_tables(slot).await?;
-        return Ok(SnapshotReport {
-            consistent_lsn: p.consistent_lsn().unwrap_or_default(),
-            already_complete: true,
-            tables: tables
-                .into_iter()
-                .filter_map(|(s, rows)| {
-                    let name = TableName::parse(&s).ok()?;
-                    Some(TableReport {
-                        source: name.clone(),
-                        destination: name,
-                        rows: rows as u64,
-                        bytes: 0,
-                        skipped_indexes: vec![],
-                    })
-                })
-                .collect(),
-            elapsed: started.elapsed(),
-        });
+        return already_complete(dest.as_ref(), p, started).await;
     }
-    let slot_exists: bool = src
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&slot],
-        )
-        .await
-        .map_err(Error::pg("looking for the slot"))?
-        .get(0);
-    if slot_exists && previous.is_none() && !force {
-        return Err(Error::definite(format!(
-            "replication slot {slot} already exists on the source, but the destination has no pipeline for it: \
-             if it is a leftover, drop it (SELECT pg_drop_replication_slot('{slot}')) or run `cdc snapshot --force`; \
-             if another tool uses it, set a different source.slot"
-        )));
-    }
+    let slot_exists = slot_exists(&src, slot, previous.is_some() || force).await?;
 
     let pairs = config.table_pairs();
     let wanted: Vec<prereq::Wanted> = pairs
@@ -206,15 +159,7 @@ pub async fn run_into(
             slot,
             "dropping the slot left by an earlier, unfinished snapshot"
         );
-        let mut repl = ReplicationClient::connect(&src_info).await?;
-        tokio::time::timeout(Duration::from_secs(60), repl.drop_slot(slot, true))
-            .await
-            .map_err(|_| {
-                Error::definite(format!(
-                    "slot {slot} is still in use by another process after 60s: stop it first"
-                ))
-            })??;
-        repl.close().await;
+        drop_leftover_slot(&src_info, slot).await?;
     }
     let via_root = checked.tables.iter().any(|t| t.partitioned);
     let created_publication = ensure_publication(
@@ -242,85 +187,209 @@ pub async fn run_into(
         .await?;
     drop(targets);
 
-    let mut repl = ReplicationClient::connect(&src_info).await?;
-    let created = repl
-        .create_slot_with(
-            slot,
-            &crate::source::postgres::replication::SlotOptions {
-                export_snapshot: true,
-                temporary: false,
-                failover: config.source.failover,
-            },
-        )
-        .await?;
-    tracing::info!(slot, lsn = %created.consistent_point, "slot created; copying under its snapshot");
-    let result = async {
-        let snapshot = created
-            .snapshot_name
-            .clone()
-            .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
-        dest.set_consistent_point(slot, created.consistent_point)
+    let copy = Copy {
+        config,
+        src: &src,
+        src_info: &src_info,
+        pairs: &pairs,
+        created_publication,
+        started,
+    };
+    copy.run(dest, checked).await
+}
+
+/// The part of a snapshot that runs under its new slot: create it, copy every table under
+/// its exported snapshot, mark the snapshot complete; on failure drop the slot (and a
+/// publication this run created) so nothing is left behind.
+struct Copy<'a> {
+    config: &'a Config,
+    src: &'a tokio_postgres::Client,
+    src_info: &'a ConnInfo,
+    pairs: &'a [(TableName, TableName)],
+    created_publication: bool,
+    started: Instant,
+}
+
+impl Copy<'_> {
+    async fn run(
+        &self,
+        dest: &Arc<dyn Destination>,
+        checked: prereq::Checked,
+    ) -> Result<SnapshotReport> {
+        let (config, src, src_info, pairs, started) = (
+            self.config,
+            self.src,
+            self.src_info,
+            self.pairs,
+            self.started,
+        );
+        let created_publication = self.created_publication;
+        let slot = config.source.slot.as_str();
+        let publication = config.source.publication.as_str();
+        let mut repl = ReplicationClient::connect(src_info).await?;
+        let created = repl
+            .create_slot_with(
+                slot,
+                &crate::source::postgres::replication::SlotOptions {
+                    export_snapshot: true,
+                    temporary: false,
+                    failover: config.source.failover,
+                },
+            )
             .await?;
-        let jobs: Vec<Job> = checked
-            .tables
-            .into_iter()
-            .zip(&pairs)
-            .zip(&config.tables)
-            .map(|((schema, (_, d)), t)| Job {
-                format: dest.copy_format(&schema),
-                schema,
-                destination: d.clone(),
-                filter: t.filter.clone(),
-                bytes: AtomicU64::new(0),
-            })
-            .collect();
-        let workers = match config.snapshot.jobs {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
-        let tid_ranges = repl.server_version_num() >= 140000;
-        copy_all(
-            &src_info,
-            dest,
-            Some(slot),
-            &snapshot,
-            jobs,
-            workers,
-            tid_ranges,
+        tracing::info!(slot, lsn = %created.consistent_point, "slot created; copying under its snapshot");
+        let result = async {
+            let snapshot = created
+                .snapshot_name
+                .clone()
+                .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
+            dest.set_consistent_point(slot, created.consistent_point)
+                .await?;
+            let jobs: Vec<Job> = checked
+                .tables
+                .into_iter()
+                .zip(pairs)
+                .zip(&config.tables)
+                .map(|((schema, (_, d)), t)| Job {
+                    format: dest.copy_format(&schema),
+                    schema,
+                    destination: d.clone(),
+                    filter: t.filter.clone(),
+                    bytes: AtomicU64::new(0),
+                })
+                .collect();
+            let workers = match config.snapshot.jobs {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            };
+            let tid_ranges = repl.server_version_num() >= 140000;
+            copy_all(
+                src_info,
+                dest,
+                Some(slot),
+                &snapshot,
+                jobs,
+                workers,
+                tid_ranges,
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(tables) => {
+                // The copies are committed; the exported snapshot may now end.
+                repl.close().await;
+                dest.complete_snapshot(slot).await?;
+                tracing::info!(slot, lsn = %created.consistent_point, "snapshot complete");
+                Ok(SnapshotReport {
+                    consistent_lsn: created.consistent_point,
+                    already_complete: false,
+                    tables,
+                    elapsed: started.elapsed(),
+                })
+            }
+            Err(e) => {
+                tracing::error!(slot, error = %e, "snapshot failed; dropping its slot");
+                if let Err(drop_err) = repl.drop_slot(slot, false).await {
+                    tracing::warn!(slot, error = %drop_err, "could not drop the slot now; the next `cdc snapshot` drops it");
+                }
+                repl.close().await;
+                if created_publication {
+                    let _ = src
+                        .batch_execute(&format!(
+                            "DROP PUBLICATION IF EXISTS {}",
+                            quote_ident(publication)
+                        ))
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether the slot exists on the source; one the destination has no pipeline for (and that
+/// `--force` does not claim, `ours`) is refused: another tool may be using it.
+async fn slot_exists(src: &tokio_postgres::Client, slot: &str, ours: bool) -> Result<bool> {
+    let exists: bool = src
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
         )
         .await
+        .map_err(Error::pg("looking for the slot"))?
+        .get(0);
+    if exists && !ours {
+        return Err(Error::definite(format!(
+            "replication slot {slot} already exists on the source, but the destination has no pipeline for it: \
+             if it is a leftover, drop it (SELECT pg_drop_replication_slot('{slot}')) or run `cdc snapshot --force`; \
+             if another tool uses it, set a different source.slot"
+        )));
     }
-    .await;
-    match result {
-        Ok(tables) => {
-            // The copies are committed; the exported snapshot may now end.
-            repl.close().await;
-            dest.complete_snapshot(slot).await?;
-            tracing::info!(slot, lsn = %created.consistent_point, "snapshot complete");
-            Ok(SnapshotReport {
-                consistent_lsn: created.consistent_point,
-                already_complete: false,
-                tables,
-                elapsed: started.elapsed(),
+    Ok(exists)
+}
+
+/// A failover slot on a server too old for one is refused before anything is created (the
+/// slot would be the first thing to fail).
+async fn refuse_failover_early(src: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    let version: i32 = src
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(Error::pg("reading the source version"))?
+        .get(0);
+    crate::source::postgres::replication::create_slot_sql(
+        slot,
+        &crate::source::postgres::replication::SlotOptions {
+            failover: true,
+            ..Default::default()
+        },
+        version as u32,
+    )
+    .map_err(Error::definite)?;
+    Ok(())
+}
+
+/// The report of a snapshot completed by an earlier run: nothing to do.
+async fn already_complete(
+    dest: &dyn Destination,
+    p: &crate::destination::PipelineState,
+    started: Instant,
+) -> Result<SnapshotReport> {
+    let slot = p.slot.as_str();
+    tracing::info!(slot, lsn = %p.consistent_lsn().unwrap_or_default(), "snapshot already complete; nothing to do");
+    let tables = dest.snapshot_tables(slot).await?;
+    Ok(SnapshotReport {
+        consistent_lsn: p.consistent_lsn().unwrap_or_default(),
+        already_complete: true,
+        tables: tables
+            .into_iter()
+            .filter_map(|(s, rows)| {
+                let name = TableName::parse(&s).ok()?;
+                Some(TableReport {
+                    source: name.clone(),
+                    destination: name,
+                    rows: rows as u64,
+                    bytes: 0,
+                    skipped_indexes: vec![],
+                })
             })
-        }
-        Err(e) => {
-            tracing::error!(slot, error = %e, "snapshot failed; dropping its slot");
-            if let Err(drop_err) = repl.drop_slot(slot, false).await {
-                tracing::warn!(slot, error = %drop_err, "could not drop the slot now; the next `cdc snapshot` drops it");
-            }
-            repl.close().await;
-            if created_publication {
-                let _ = src
-                    .batch_execute(&format!(
-                        "DROP PUBLICATION IF EXISTS {}",
-                        quote_ident(publication)
-                    ))
-                    .await;
-            }
-            Err(e)
-        }
-    }
+            .collect(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Drop the slot an interrupted earlier snapshot left, waiting up to a minute for its user.
+async fn drop_leftover_slot(src_info: &ConnInfo, slot: &str) -> Result<()> {
+    let mut repl = ReplicationClient::connect(&src_info).await?;
+    tokio::time::timeout(Duration::from_secs(60), repl.drop_slot(slot, true))
+        .await
+        .map_err(|_| {
+            Error::definite(format!(
+                "slot {slot} is still in use by another process after 60s: stop it first"
+            ))
+        })??;
+    repl.close().await;
+    Ok(())
 }
 
 /// Create the publication for exactly these tables, or add the missing ones. Returns whether
