@@ -9,20 +9,25 @@
 //!
 //! ```text
 //!  snapshot ── exported snapshot, COPY ────────────────────────────► destination
-//!  source::replication ──► decode ──► stream (batches) ──► apply ──►     │
+//!  source::postgres     ──► decode ──► stream (batches) ──► apply ──►     │
 //!   our replication         pgoutput    transactions,       set-based     │
 //!   protocol client         decoder     spill, schema       writes + LSN ◄┘
 //! ```
 //!
+//! Modules sit in layers (ARCHITECTURE.md; `tests/layers.rs` keeps them): nothing imports from
+//! a layer above its own.
+//!
+//! - [`model`]: the data every layer shares (schema, changes, SQL quoting); no I/O.
+//! - [`endpoint`]: every URL scheme parsed once.
 //! - [`config`], [`cli`]: the user-facing contract (config file, environment, flags, exit codes).
 //! - [`conninfo`], [`tls`], [`pg`]: connection strings, TLS policy, ordinary SQL connections.
-//! - [`source`]: the replication connection and WAL stream.
+//! - [`source`]: a Postgres source (catalog, replication, COPY, rows) and SQLite files.
 //! - [`decode`]: bytes of pgoutput to typed messages; pure, no I/O.
 //! - [`snapshot`]: `cdc snapshot`; [`stream`], [`apply`], [`run`]: `cdc run`.
 //! - [`verify`]: `cdc verify`, the row-by-row consistency report (range hashes, then rows).
 //! - [`lsn`]: WAL positions.
 //! - [`local_pg`]: throwaway servers for tests and the demo; [`demo`]: `cdc demo`.
-//! - [`error`]: the library error and the transient/definite decision.
+//! - [`error`]: the one library error, its [`error::Kind`] set where a driver's error enters.
 
 pub mod apply;
 pub mod cli;

@@ -8,7 +8,7 @@
 //! | verify-ca    | yes             | yes           | no                   |
 //! | verify-full  | yes             | yes           | yes                  |
 //!
-//! The same `ClientConfig` serves our replication connection (`source::replication`) and stock
+//! The same `ClientConfig` serves our replication connection (`source::postgres::replication`) and stock
 //! tokio-postgres connections, through the small adapter at the end of this file. Both bind
 //! SCRAM to the session (`channel_binding`) with the certificate hash from [`server_end_point`].
 
