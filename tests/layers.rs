@@ -326,7 +326,6 @@ const NOT_YET_SPLIT: &[&str] = &[
     "src/run.rs fn stream_once",
     "src/snapshot/join.rs fn join",
     "src/snapshot/mod.rs fn copy_all",
-    "src/snapshot/prereq.rs fn check",
     "src/source/postgres/catalog.rs fn read_table",
     "src/source/postgres/replication/wire.rs fn authenticate",
     "src/source/sqlite/types.rs",

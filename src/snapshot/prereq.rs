@@ -40,8 +40,70 @@ pub async fn check(
     replace_tables: bool,
 ) -> Result<Checked> {
     let mut problems = Vec::new();
-    let pg = |what: &'static str| Error::pg(what);
+    let role = check_server(src, own_slot_exists, &mut problems).await?;
+    let (publication_exists, published) =
+        check_publication(src, publication, &role, &mut problems).await?;
+    let table_check = TableCheck {
+        src,
+        role: &role,
+        published: &published,
+        publication,
+    };
+    let mut tables = Vec::new();
+    for w in wanted {
+        let name = w.source;
+        let Some(t) = catalog::read_table(src, name).await? else {
+            problems.push(format!(
+                "table {name} does not exist on the source (unquoted names fold to lower case; quote mixed-case names)"
+            ));
+            continue;
+        };
+        table_check.check(w, &t, &mut problems).await?;
+        tables.push(t);
+    }
 
+    let type_oids: Vec<u32> = tables
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|c| c.type_oid))
+        .collect();
+    let types = catalog::user_types(src, &type_oids).await?;
+    let targets: Vec<SnapshotTable<'_>> = wanted
+        .iter()
+        .zip(&tables)
+        .map(|(w, schema)| SnapshotTable {
+            schema,
+            destination: w.destination,
+        })
+        .collect();
+    problems.extend(
+        dest.check(&targets, &types, state_schema, replace_tables)
+            .await?,
+    );
+
+    if problems.is_empty() {
+        Ok(Checked {
+            tables,
+            types,
+            publication_exists,
+        })
+    } else {
+        Err(Error::from(crate::error::Cause::Prerequisites(problems)))
+    }
+}
+
+/// The role the source session runs as.
+struct Role {
+    user: String,
+    superuser: bool,
+}
+
+/// wal_level, the role's right to replicate, a free slot and WAL sender.
+async fn check_server(
+    src: &Client,
+    own_slot_exists: bool,
+    problems: &mut Vec<String>,
+) -> Result<Role> {
+    let pg = |what: &'static str| Error::pg(what);
     let setting = |name: &'static str| async move {
         src.query_one("SELECT current_setting($1)", &[&name])
             .await
@@ -87,6 +149,18 @@ pub async fn check(
     if free.get::<_, i32>(1) < 1 {
         problems.push("no free WAL sender on the source: raise max_wal_senders and restart".into());
     }
+    Ok(Role { user, superuser })
+}
+
+/// Whether the publication exists, the tables it has, and whether the role may create it.
+async fn check_publication(
+    src: &Client,
+    publication: &str,
+    role: &Role,
+    problems: &mut Vec<String>,
+) -> Result<(bool, Vec<(String, String)>)> {
+    let pg = |what: &'static str| Error::pg(what);
+    let (user, superuser) = (&role.user, role.superuser);
     let publication_exists = src
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -120,19 +194,32 @@ pub async fn check(
         }
     }
 
-    let mut tables = Vec::new();
-    for w in wanted {
+    Ok((publication_exists, published))
+}
+
+/// What one table needs: read and publish rights, columns, a way to match rows, a valid filter.
+struct TableCheck<'a> {
+    src: &'a Client,
+    role: &'a Role,
+    published: &'a [(String, String)],
+    publication: &'a str,
+}
+
+impl TableCheck<'_> {
+    async fn check(
+        &self,
+        w: &Wanted<'_>,
+        t: &TableSchema,
+        problems: &mut Vec<String>,
+    ) -> Result<()> {
+        let pg = |what: &'static str| Error::pg(what);
+        let (src, published, publication) = (self.src, self.published, self.publication);
+        let (user, superuser) = (&self.role.user, self.role.superuser);
         let name = w.source;
-        let Some(t) = catalog::read_table(src, name).await? else {
-            problems.push(format!(
-                "table {name} does not exist on the source (unquoted names fold to lower case; quote mixed-case names)"
-            ));
-            continue;
-        };
         let checks = src
             .query_one(
                 "SELECT has_table_privilege($1::oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE')
-                   FROM pg_class c WHERE c.oid = $1::oid",
+                       FROM pg_class c WHERE c.oid = $1::oid",
                 &[&t.oid],
             )
             .await
@@ -150,33 +237,34 @@ pub async fn check(
             .any(|(s, n)| *s == name.schema && *n == name.name);
         if !in_publication && !owns && !superuser {
             problems.push(format!(
-                "role {user} must own {name} to add it to publication {publication}: add it as the owner with \
-                 ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(publication),
-                name.quoted()
-            ));
+                    "role {user} must own {name} to add it to publication {publication}: add it as the owner with \
+                     ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(publication),
+                    name.quoted()
+                ));
         }
         // `CREATE TABLE t ()` is legal and holds rows, but a row of no values cannot be told
         // from another, keyed, or written by COPY: say so before anything is created.
         if t.columns.is_empty() {
             problems.push(format!(
-                "table {name} has no columns, so its rows cannot be copied or told apart: add a key column                  (ALTER TABLE {q} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY) or leave the table out",
-                q = name.quoted()
-            ));
+                    "table {name} has no columns, so its rows cannot be copied or told apart: add a key column \
+                 (ALTER TABLE {q} ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY) or leave the table out",
+                    q = name.quoted()
+                ));
         }
         match (t.primary_key.is_empty(), t.replica_identity) {
-            (_, 'n') => problems.push(format!(
-                "table {name} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: \
-                 ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key) or FULL",
-                name.quoted()
-            )),
-            (true, 'd') => problems.push(format!(
-                "table {name} has no primary key: add one (ALTER TABLE {q} ADD PRIMARY KEY (...)) or let rows be \
-                 matched by all their values (ALTER TABLE {q} REPLICA IDENTITY FULL)",
-                q = name.quoted()
-            )),
-            _ => {}
-        }
+                (_, 'n') => problems.push(format!(
+                    "table {name} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: \
+                     ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key) or FULL",
+                    name.quoted()
+                )),
+                (true, 'd') => problems.push(format!(
+                    "table {name} has no primary key: add one (ALTER TABLE {q} ADD PRIMARY KEY (...)) or let rows be \
+                     matched by all their values (ALTER TABLE {q} REPLICA IDENTITY FULL)",
+                    q = name.quoted()
+                )),
+                _ => {}
+            }
         if let Some(filter) = w.filter {
             let probe = format!("EXPLAIN SELECT 1 FROM {} WHERE ({filter})", name.quoted());
             if let Err(e) = src.batch_execute(&probe).await {
@@ -189,34 +277,6 @@ pub async fn check(
                 ));
             }
         }
-        tables.push(t);
-    }
-
-    let type_oids: Vec<u32> = tables
-        .iter()
-        .flat_map(|t| t.columns.iter().map(|c| c.type_oid))
-        .collect();
-    let types = catalog::user_types(src, &type_oids).await?;
-    let targets: Vec<SnapshotTable<'_>> = wanted
-        .iter()
-        .zip(&tables)
-        .map(|(w, schema)| SnapshotTable {
-            schema,
-            destination: w.destination,
-        })
-        .collect();
-    problems.extend(
-        dest.check(&targets, &types, state_schema, replace_tables)
-            .await?,
-    );
-
-    if problems.is_empty() {
-        Ok(Checked {
-            tables,
-            types,
-            publication_exists,
-        })
-    } else {
-        Err(Error::from(crate::error::Cause::Prerequisites(problems)))
+        Ok(())
     }
 }

@@ -104,6 +104,10 @@ async fn a_table_with_no_columns_is_refused_by_name_and_leaves_no_slot() {
         stderr.contains("public.nocols has no columns"),
         "names the table: {stderr}"
     );
+    assert!(
+        stderr.contains("add a key column (ALTER TABLE \"public\".\"nocols\" ADD COLUMN id"),
+        "gives the fix in one readable sentence: {stderr}"
+    );
     assert_eq!(c.p.slot_count().await, 0, "no slot left behind");
     assert_eq!(
         crate::harness::rows_text(
