@@ -88,7 +88,7 @@ impl std::error::Error for Error {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Cause {
     #[error("TLS setup failed")]
-    Tls(#[from] TlsError),
+    Tls(#[source] TlsError),
     #[error("{context}")]
     Io {
         context: String,

@@ -144,11 +144,10 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
 
 /// The slot's activity and positions, and its spill and stream counters.
 async fn read_slot(src: &tokio_postgres::Client, slot: &str, r: &mut StatusReport) -> Result<()> {
-    let pg = |what: &'static str| Error::pg(what);
     r.current_wal_lsn = src
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
-        .map_err(pg("reading the WAL position"))?
+        .map_err(Error::pg("reading the WAL position"))?
         .get(0);
     if let Some(row) = src
         .query_opt(
@@ -159,7 +158,7 @@ async fn read_slot(src: &tokio_postgres::Client, slot: &str, r: &mut StatusRepor
             &[&slot],
         )
         .await
-        .map_err(pg("reading the replication slot"))?
+        .map_err(Error::pg("reading the replication slot"))?
     {
         r.slot_exists = true;
         r.slot_active = row.get(0);
@@ -190,14 +189,13 @@ async fn read_publication(
     pairs: &[(TableName, TableName)],
     r: &mut StatusReport,
 ) -> Result<()> {
-    let pg = |what: &'static str| Error::pg(what);
     r.publication_exists = src
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
             &[&r.publication],
         )
         .await
-        .map_err(pg("reading publications"))?
+        .map_err(Error::pg("reading publications"))?
         .get(0);
     let published: Vec<String> = src
         .query(
@@ -205,7 +203,7 @@ async fn read_publication(
             &[&r.publication],
         )
         .await
-        .map_err(pg("reading the publication"))?
+        .map_err(Error::pg("reading the publication"))?
         .iter()
         .map(|row| row.get(0))
         .collect();

@@ -103,7 +103,6 @@ async fn check_server(
     own_slot_exists: bool,
     problems: &mut Vec<String>,
 ) -> Result<Role> {
-    let pg = |what: &'static str| Error::pg(what);
     let setting = |name: &'static str| async move {
         src.query_one("SELECT current_setting($1)", &[&name])
             .await
@@ -111,7 +110,7 @@ async fn check_server(
     };
     let wal_level = setting("wal_level")
         .await
-        .map_err(pg("reading wal_level"))?;
+        .map_err(Error::pg("reading wal_level"))?;
     if wal_level != "logical" {
         problems.push(format!(
             "wal_level is '{wal_level}' on the source; logical replication needs 'logical': run \
@@ -121,7 +120,7 @@ async fn check_server(
     let role = src
         .query_one("SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[])
         .await
-        .map_err(pg("reading the source role"))?;
+        .map_err(Error::pg("reading the source role"))?;
     let (user, superuser, replication): (String, bool, bool) =
         (role.get(0), role.get(1), role.get(2));
     if !superuser && !replication {
@@ -137,7 +136,7 @@ async fn check_server(
             &[],
         )
         .await
-        .map_err(pg("counting replication slots"))?;
+        .map_err(Error::pg("counting replication slots"))?;
     let free_slots: i32 = free.get::<_, i32>(0) + i32::from(own_slot_exists);
     if free_slots < 1 {
         problems.push(
@@ -159,7 +158,6 @@ async fn check_publication(
     role: &Role,
     problems: &mut Vec<String>,
 ) -> Result<(bool, Vec<(String, String)>)> {
-    let pg = |what: &'static str| Error::pg(what);
     let (user, superuser) = (&role.user, role.superuser);
     let publication_exists = src
         .query_one(
@@ -167,12 +165,12 @@ async fn check_publication(
             &[&publication],
         )
         .await
-        .map_err(pg("reading publications"))?
+        .map_err(Error::pg("reading publications"))?
         .get::<_, bool>(0);
     let published: Vec<(String, String)> = src
         .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
         .await
-        .map_err(pg("reading the publication"))?
+        .map_err(Error::pg("reading the publication"))?
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -183,7 +181,7 @@ async fn check_publication(
                 &[],
             )
             .await
-            .map_err(pg("checking privileges"))?
+            .map_err(Error::pg("checking privileges"))?
             .get(0);
         if !can_create {
             problems.push(format!(
@@ -212,7 +210,6 @@ impl TableCheck<'_> {
         t: &TableSchema,
         problems: &mut Vec<String>,
     ) -> Result<()> {
-        let pg = |what: &'static str| Error::pg(what);
         let (src, published, publication) = (self.src, self.published, self.publication);
         let (user, superuser) = (&self.role.user, self.role.superuser);
         let name = w.source;
@@ -223,7 +220,7 @@ impl TableCheck<'_> {
                 &[&t.oid],
             )
             .await
-            .map_err(pg("checking table privileges"))?;
+            .map_err(Error::pg("checking table privileges"))?;
         let (can_select, owns): (bool, bool) = (checks.get(0), checks.get(1));
         if !can_select {
             problems.push(format!(
