@@ -136,10 +136,18 @@ pub fn timed_status(cmd: &mut Command, ok_codes: &[i32]) -> (f64, u64) {
     }
 }
 
-/// The release binary the benchmarks run.
+/// The release binary the benchmarks run: `BENCH_CDC_BIN` (another commit's build, to compare
+/// two commits run after run on the same machine), else this checkout's.
 pub fn cdc_binary() -> std::path::PathBuf {
-    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc");
-    assert!(bin.exists(), "build it first: cargo build --release");
+    let bin = match std::env::var_os("BENCH_CDC_BIN") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/cdc"),
+    };
+    assert!(
+        bin.exists(),
+        "build it first: cargo build --release ({})",
+        bin.display()
+    );
     bin
 }
 

@@ -49,7 +49,7 @@ const ROWS_DUCKDB: &str =
 async fn start(options: Options) -> Result<LocalPostgres> {
     tokio::task::spawn_blocking(move || LocalPostgres::start(&options))
         .await
-        .map_err(|e| Error::definite(format!("demo server start panicked: {e}")))?
+        .map_err(Error::stopped("demo server start"))?
         .map_err(|e| Error::definite(format!("cannot start a local Postgres for the demo: {e}")))
 }
 
@@ -136,9 +136,7 @@ pub async fn run(load: Duration, destination: DemoDestination) -> Result<()> {
     }
     let transactions = finish_load(writer, &config).await?;
     let _ = stop.send(true);
-    pipeline
-        .await
-        .map_err(|e| Error::definite(format!("pipeline panicked: {e}")))??;
+    pipeline.await.map_err(Error::stopped("pipeline"))??;
     println!(
         "\nThe load wrote {transactions} transactions; the destination caught up and its {} rows are identical \
          to the source's (compared row by row).",
@@ -202,9 +200,7 @@ async fn write_load(
 /// Wait for the write load to end, then print what `cdc status` says of the running pipeline
 /// (what an operator or a health check sees). Returns the number of transactions written.
 async fn finish_load(writer: tokio::task::JoinHandle<Result<u64>>, config: &Config) -> Result<u64> {
-    let transactions = writer
-        .await
-        .map_err(|e| Error::definite(format!("demo writer panicked: {e}")))??;
+    let transactions = writer.await.map_err(Error::stopped("demo writer"))??;
     let bounds = crate::status::Bounds {
         max_lag_bytes: config.status.max_lag_bytes,
         max_lag_seconds: config.status.max_lag_seconds,
@@ -248,7 +244,7 @@ async fn duckdb_rows(path: &std::path::Path) -> Result<Option<Vec<String>>> {
         Ok(Some(rows))
     })
     .await
-    .map_err(|e| Error::definite(format!("demo reader panicked: {e}")))?
+    .map_err(Error::stopped("demo reader"))?
 }
 
 async fn pg_rows(client: &tokio_postgres::Client) -> Result<Vec<String>> {

@@ -6,7 +6,7 @@
 //! backoff and resume from the stored position. **Definite** (permission, missing table,
 //! malformed data): a human must act, and the message says what to do. **Configuration**: the
 //! configuration names something unusable (an unreadable password file, a bad URL).
-//! **Internal**: a command not built yet, or a bug.
+//! **Internal**: a bug of ours (a task that panicked).
 
 use std::fmt;
 use std::io;
@@ -53,7 +53,7 @@ pub enum Kind {
     Definite,
     /// The configuration must change.
     Configuration,
-    /// Not built yet, or a bug.
+    /// A bug of ours: a task panicked or was cancelled.
     Internal,
 }
 
@@ -94,6 +94,13 @@ pub(crate) enum Cause {
         context: String,
         #[source]
         source: io::Error,
+    },
+    /// A task of ours ended without its answer: it panicked (a bug) or was cancelled.
+    #[error("{what} stopped")]
+    Stopped {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("timed out after {seconds}s while {what}")]
     Timeout { what: String, seconds: u64 },
@@ -177,6 +184,7 @@ impl From<Cause> for Error {
                 }
                 _ => Kind::Definite,
             },
+            Cause::Stopped { .. } => Kind::Internal,
             _ => Kind::Definite,
         };
         Error(Box::new(Inner { kind, cause }))
@@ -274,6 +282,13 @@ impl Error {
     }
 
     /// A definite error: the message says what is wrong and what to do.
+    /// For `map_err` on a task's `JoinHandle`: the task `what` panicked or was cancelled,
+    /// which is a bug of ours, not the user's to fix.
+    pub fn stopped(what: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Error {
+        let what = what.into();
+        move |source| Cause::Stopped { what, source }.into()
+    }
+
     pub fn definite(message: String) -> Error {
         Cause::Definite(message).into()
     }
@@ -385,5 +400,14 @@ mod tests {
         );
         let problem = crate::config::Problem::file("destination.url", "bad");
         assert_eq!(Error::from(problem).kind(), Kind::Configuration);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panicked_is_ours_to_fix() {
+        let join = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let e = Error::stopped("copy worker")(join);
+        assert_eq!(e.kind(), Kind::Internal);
+        assert!(!e.is_transient());
+        assert_eq!(e.to_string(), "copy worker stopped");
     }
 }

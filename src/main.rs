@@ -265,58 +265,19 @@ async fn stream(config: &Config) -> anyhow::Result<i32> {
 
 /// `cdc verify`: compare, print or write the report, exit 0 (equal), 1 (differences), 2 (error).
 async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
-    let sqlite = match (&args.source, &args.destination) {
-        (Some(_), Some(_)) => None,
-        _ => {
-            let config = Config::load(config_path, &ProcessEnv).context(
-                "cannot use the configuration (or pass --source, --destination and --table)",
-            )?;
-            match config.sqlite_source().map_err(cdc::error::Error::from)? {
-                Some(path) => Some(
-                    cdc::sync::sqlite::verify(&config, &path, &args.tables, args.max_differences)
-                        .await?,
-                ),
-                None => None,
-            }
-        }
-    };
-    let (report, pairs) = match sqlite {
-        Some(report) => (report, None),
-        None => {
-            let (report, pairs) = postgres_verify(config_path, &args).await?;
-            (report, Some(pairs))
-        }
-    };
-    verify_output(config_path, args, report, pairs).await
-}
+    use cdc::verify::{self, Options};
 
-async fn postgres_verify(
-    config_path: &Path,
-    args: &VerifyArgs,
-) -> anyhow::Result<(cdc::verify::Report, Vec<cdc::verify::TablePair>)> {
-    use cdc::verify::{self, Event, Options};
-
-    let (source, destination, pairs, default_recheck_ms) = match (&args.source, &args.destination) {
-        (Some(src), Some(dst)) => (
+    let standalone = match (&args.source, &args.destination) {
+        (Some(src), Some(dst)) => Some((
             standalone_conninfo("--source", src, "CDC_SOURCE_PASSWORD")?,
             standalone_target(dst)?,
             verify::pairs_from_args(&args.tables)?,
-            0,
-        ),
-        _ => {
-            let config = Config::load(config_path, &ProcessEnv).context(
-                "cannot use the configuration (or pass --source, --destination and --table)",
-            )?;
-            (
-                config.source_conninfo().map_err(cdc::error::Error::from)?,
-                config
-                    .destination_target()
-                    .map_err(cdc::error::Error::from)?,
-                verify::pairs_from_config(&config, &args.tables)?,
-                5000,
-            )
-        }
+        )),
+        _ => None,
     };
+    // Standalone comparisons report the first look; a configured pipeline may be applying
+    // the rows still, so differences are looked at again after 5 s.
+    let default_recheck_ms = if standalone.is_some() { 0 } else { 5000 };
     let options = Options {
         key: args.key.clone(),
         leaf_rows: args.leaf_rows,
@@ -327,7 +288,27 @@ async fn postgres_verify(
         recheck_rounds: args.recheck_rounds,
         ..Options::default()
     };
-    let report = verify::verify_into(&source, &destination, &pairs, &options, &|event| match event {
+    let (report, pairs) = match standalone {
+        Some((source, destination, pairs)) => {
+            let report =
+                verify::verify_into(&source, &destination, &pairs, &options, &observe_verify)
+                    .await?;
+            (report, pairs)
+        }
+        None => {
+            let config = Config::load(config_path, &ProcessEnv).context(
+                "cannot use the configuration (or pass --source, --destination and --table)",
+            )?;
+            verify::configured(&config, &args.tables, &options, &observe_verify).await?
+        }
+    };
+    verify_output(config_path, args, report, pairs).await
+}
+
+/// What `cdc verify` logs as it goes.
+fn observe_verify(event: &cdc::verify::Event<'_>) {
+    use cdc::verify::Event;
+    match event {
         Event::TableStarted { pair } => {
             tracing::info!(source = %pair.source, destination = %pair.destination, "comparing")
         }
@@ -343,16 +324,14 @@ async fn postgres_verify(
             wait.as_secs_f64()
         ),
         Event::PassDone { .. } => {}
-    })
-    .await?;
-    Ok((report, pairs))
+    }
 }
 
 async fn verify_output(
     config_path: &Path,
     args: VerifyArgs,
     report: cdc::verify::Report,
-    pairs: Option<Vec<cdc::verify::TablePair>>,
+    pairs: Vec<cdc::verify::TablePair>,
 ) -> anyhow::Result<i32> {
     use cdc::verify::report::Format;
     let format = match args.format {
@@ -401,45 +380,7 @@ async fn verify_output(
     if args.repair && !report.equal {
         let config =
             Config::load(config_path, &ProcessEnv).context("cannot use the configuration")?;
-        let repaired = match &pairs {
-            Some(pairs) => cdc::sync::repair_report(&config, pairs, &report).await?,
-            None => {
-                // A SQLite source: the repair is a diff pass over the tables that differ.
-                let options = cdc::sync::Options {
-                    tables: report
-                        .tables
-                        .iter()
-                        .filter(|t| !t.equal)
-                        .map(|t| t.source.clone())
-                        .collect(),
-                    strategy: Some(cdc::config::Strategy::Diff),
-                    jobs: 1,
-                    ..Default::default()
-                };
-                let summary = cdc::sync::pass(&config, &options).await?;
-                if let Some(t) = summary.tables.iter().find(|t| t.error.is_some()) {
-                    anyhow::bail!(
-                        "repair of {} failed: {}",
-                        t.source,
-                        t.error.as_deref().unwrap_or_default()
-                    );
-                }
-                summary
-                    .tables
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.destination.clone(),
-                            cdc::sync::Repaired {
-                                inserted: t.inserted,
-                                updated: t.updated,
-                                deleted: t.deleted,
-                            },
-                        )
-                    })
-                    .collect()
-            }
-        };
+        let repaired = cdc::sync::repair_report(&config, &pairs, &report).await?;
         for (table, r) in &repaired {
             println!(
                 "Repaired {table}: {} inserted, {} updated, {} deleted",
@@ -520,20 +461,16 @@ fn cli_sync_failed(s: &cdc::sync::Summary) -> i32 {
 /// A connection string from the command line; the password may come from `password_var`.
 /// `--destination`: a ClickHouse URL, a DuckDB file URL, or a Postgres connection string.
 fn standalone_target(url: &str) -> anyhow::Result<cdc::endpoint::Target> {
-    use cdc::endpoint::clickhouse::ClickHouseUrl;
-    if ClickHouseUrl::is_clickhouse(url) {
-        let mut parsed =
-            ClickHouseUrl::parse(url).map_err(|e| anyhow::anyhow!("--destination {e}"))?;
-        if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
-            parsed.password = Some(Secret::new(pw));
+    use cdc::endpoint::{destination_url, DestinationUrl, Target};
+    match destination_url(url).map_err(|e| anyhow::anyhow!("--destination {e}"))? {
+        DestinationUrl::ClickHouse(mut parsed) => {
+            if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
+                parsed.password = Some(Secret::new(pw));
+            }
+            Ok(Target::ClickHouse(parsed))
         }
-        return Ok(cdc::endpoint::Target::ClickHouse(parsed));
-    }
-    match cdc::endpoint::duckdb_path(url) {
-        Some(path) => Ok(cdc::endpoint::Target::DuckDb(
-            path.map_err(|e| anyhow::anyhow!("--destination {e}"))?,
-        )),
-        None => Ok(cdc::endpoint::Target::Postgres(standalone_conninfo(
+        DestinationUrl::DuckDb(path) => Ok(Target::DuckDb(path)),
+        DestinationUrl::Postgres => Ok(Target::Postgres(standalone_conninfo(
             "--destination",
             url,
             "CDC_DESTINATION_PASSWORD",

@@ -81,16 +81,19 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                     return Err(e);
                 }
             },
-            Err(e) if e.recopy().is_some() => {
-                let (table, why) = e.recopy().expect("checked");
-                // Copied again alone under a snapshot, as a joining table; the next attempt skips
-                // its changes up to that snapshot. The batch in flight was not committed and is
-                // streamed again.
-                tracing::warn!(table = %table, reason = %why, "copying the table again, alone, while the others wait");
-                let dest = crate::destination::open(config).await?;
-                crate::snapshot::join::recopy(config, &dest, table).await?;
-            }
-            Err(e) if e.is_transient() => {
+            Err(e) => {
+                if let Some((table, why)) = e.recopy() {
+                    // Copied again alone under a snapshot, as a joining table; the next attempt
+                    // skips its changes up to that snapshot. The batch in flight was not
+                    // committed and is streamed again.
+                    tracing::warn!(table = %table, reason = %why, "copying the table again, alone, while the others wait");
+                    let dest = crate::destination::open(config).await?;
+                    crate::snapshot::join::recopy(config, &dest, table).await?;
+                    continue;
+                }
+                if !e.is_transient() {
+                    return Err(e);
+                }
                 // A connection that streamed for a while starts the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
                     attempt = 0;
@@ -110,7 +113,6 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                     _ = shutdown.changed() => return Ok(()),
                 }
             }
-            Err(e) => return Err(e),
         }
     }
 }

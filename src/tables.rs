@@ -114,7 +114,7 @@ async fn sqlite_list(config: &Config, path: std::path::PathBuf) -> Result<Vec<So
         Ok(out)
     })
     .await
-    .map_err(|e| Error::definite(format!("SQLite reader stopped: {e}")))?
+    .map_err(Error::stopped("SQLite reader"))?
 }
 
 /// One configured table as the destination has it (`cdc tables --destination`).

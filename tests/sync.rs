@@ -1092,3 +1092,53 @@ async fn diff_finds_changes_scattered_over_many_ranges() {
         all_rows(&p.dst_sql, "s").await
     );
 }
+
+#[tokio::test]
+async fn foreign_keys_order_tables_and_deletes_go_children_first() {
+    // The child is configured first; the destination's tables are prepared with the key, so
+    // a child row written before its parent, or a parent deleted before its children, fails.
+    let parent = "CREATE TABLE parent (id int PRIMARY KEY, name text)";
+    let child = "CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, note text)";
+    let ddl = format!(
+        "{parent}; {child};
+         INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 50) g;
+         INSERT INTO child SELECT g, 1 + g % 50, 'c' || g FROM generate_series(1, 200) g;"
+    );
+    let p = Pipeline::new(
+        "sync_fk",
+        &ddl,
+        "[[tables]]\nsource = \"public.child\"\nstrategy = \"diff\"\n\n\
+         [[tables]]\nsource = \"public.parent\"\nstrategy = \"diff\"",
+    )
+    .await;
+    p.dst_sql
+        .batch_execute(&format!("{parent}; {child};"))
+        .await
+        .unwrap();
+    let first = pass(&p, None).await;
+    let order: Vec<&str> = first.tables.iter().map(|t| t.source.as_str()).collect();
+    assert_eq!(order, ["public.parent", "public.child"], "parents first");
+    assert_eq!(first.tables[1].inserted, 200);
+    // Parent 7 goes with its four children; a new parent comes with a child.
+    p.src_sql
+        .batch_execute(
+            "DELETE FROM child WHERE parent_id = 7; DELETE FROM parent WHERE id = 7;
+             INSERT INTO parent VALUES (51, 'new'); INSERT INTO child VALUES (201, 51, 'new');",
+        )
+        .await
+        .unwrap();
+    let second = pass(&p, None).await;
+    let counts: Vec<(u64, u64)> = second
+        .tables
+        .iter()
+        .map(|t| (t.inserted, t.deleted))
+        .collect();
+    assert_eq!(counts, [(1, 1), (1, 4)]);
+    for table in ["parent", "child"] {
+        assert_eq!(
+            all_rows(&p.dst_sql, table).await,
+            all_rows(&p.src_sql, table).await,
+            "{table}"
+        );
+    }
+}

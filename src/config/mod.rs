@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::conninfo::{ConnInfo, Secret};
-use crate::endpoint::clickhouse::ClickHouseUrl;
-use crate::endpoint::Target;
+use crate::endpoint::{destination_url, source_url, DestinationUrl, SourceUrl, Target};
 pub use crate::model::schema::TableName;
 pub use validate::{Origin, Problem};
 
@@ -437,16 +436,16 @@ impl Config {
 
     /// The SQLite file `source.url` names (`sqlite:PATH`), or `None` for a Postgres source.
     pub fn sqlite_source(&self) -> Result<Option<PathBuf>, Problem> {
-        match crate::endpoint::sqlite_path(&self.source.url.0) {
-            None => Ok(None),
-            Some(Ok(p)) => Ok(Some(p)),
-            Some(Err(e)) => Err(Problem::file("source.url", e)),
+        match source_url(&self.source.url.0) {
+            Ok(SourceUrl::Postgres) => Ok(None),
+            Ok(SourceUrl::Sqlite(p)) => Ok(Some(p)),
+            Err(e) => Err(Problem::file("source.url", e)),
         }
     }
 
     /// Connection settings of the source, with the password resolved.
     pub fn source_conninfo(&self) -> Result<ConnInfo, Problem> {
-        if crate::endpoint::sqlite_path(&self.source.url.0).is_some() {
+        if self.sqlite_source()?.is_some() {
             return Err(Problem::file(
                 "source.url",
                 "names a SQLite file, which has no change stream: `cdc snapshot` and `cdc run` (and \
@@ -464,37 +463,34 @@ impl Config {
 
     /// Where the destination is: a DuckDB file, or a Postgres database (password resolved).
     pub fn destination_target(&self) -> Result<Target, Problem> {
-        let url = &self.destination.url.0;
-        if ClickHouseUrl::is_clickhouse(url) {
-            let mut parsed =
-                ClickHouseUrl::parse(url).map_err(|e| Problem::file("destination.url", e))?;
-            if let Some(pw) = &self.destination.password {
-                parsed.password = Some(pw.clone());
-            } else if let Some(f) = &self.destination.password_file {
-                parsed.password = Some(read_password_file("destination", f)?);
+        let url = destination_url(&self.destination.url.0)
+            .map_err(|e| Problem::file("destination.url", e))?;
+        match url {
+            DestinationUrl::ClickHouse(mut parsed) => {
+                if let Some(pw) = &self.destination.password {
+                    parsed.password = Some(pw.clone());
+                } else if let Some(f) = &self.destination.password_file {
+                    parsed.password = Some(read_password_file("destination", f)?);
+                }
+                Ok(Target::ClickHouse(parsed))
             }
-            return Ok(Target::ClickHouse(parsed));
-        }
-        match crate::endpoint::duckdb_path(&self.destination.url.0) {
-            Some(path) => path
-                .map(Target::DuckDb)
-                .map_err(|e| Problem::file("destination.url", e)),
-            None => self.destination_conninfo().map(Target::Postgres),
+            DestinationUrl::DuckDb(path) => Ok(Target::DuckDb(path)),
+            DestinationUrl::Postgres => self.destination_conninfo().map(Target::Postgres),
         }
     }
 
     /// Connection settings of a Postgres destination, with the password resolved.
     pub fn destination_conninfo(&self) -> Result<ConnInfo, Problem> {
-        if crate::endpoint::duckdb_path(&self.destination.url.0).is_some() {
+        let other = match destination_url(&self.destination.url.0) {
+            Ok(DestinationUrl::Postgres) => None,
+            Ok(DestinationUrl::DuckDb(_)) => Some("a DuckDB file"),
+            Ok(DestinationUrl::ClickHouse(_)) => Some("a ClickHouse server"),
+            Err(e) => return Err(Problem::file("destination.url", e)),
+        };
+        if let Some(other) = other {
             return Err(Problem::file(
                 "destination.url",
-                "this command works with Postgres destinations only so far, and destination.url names a DuckDB file",
-            ));
-        }
-        if ClickHouseUrl::is_clickhouse(&self.destination.url.0) {
-            return Err(Problem::file(
-                "destination.url",
-                "this command works with Postgres destinations only so far, and destination.url names a ClickHouse server",
+                format!("this command works with Postgres destinations only so far, and destination.url names {other}"),
             ));
         }
         resolve(

@@ -69,34 +69,34 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
 
 /// source.url and destination.url: each parses, and they are not the same database.
 fn check_endpoints(c: &Config, add: &mut impl FnMut(String, String)) {
-    let src = match crate::endpoint::sqlite_path(&c.source.url.0) {
-        Some(Ok(_)) => None,
-        Some(Err(e)) => {
+    use crate::endpoint::{destination_url, source_url, DestinationUrl, SourceUrl};
+    let src = match source_url(&c.source.url.0) {
+        Ok(SourceUrl::Sqlite(_)) => None,
+        Err(e) => {
             add("source.url".into(), e);
             None
         }
-        None => check_url(add, "source.url", &c.source.url.0),
+        Ok(SourceUrl::Postgres) => check_url(add, "source.url", &c.source.url.0),
     };
-    let clickhouse =
-        crate::endpoint::clickhouse::ClickHouseUrl::is_clickhouse(&c.destination.url.0);
-    if clickhouse {
-        if let Err(e) = crate::endpoint::clickhouse::ClickHouseUrl::parse(&c.destination.url.0) {
-            add("destination.url".into(), e);
-        }
-    } else if c.destination.cluster.is_some() {
+    let dest = destination_url(&c.destination.url.0);
+    if c.destination.cluster.is_some()
+        && matches!(
+            dest,
+            Ok(DestinationUrl::Postgres | DestinationUrl::DuckDb(_))
+        )
+    {
         add(
             "destination.cluster".into(),
             "applies to ClickHouse destinations only (destination.url = \"clickhouse://…\"): remove it".into(),
         );
     }
-    let dst = match crate::endpoint::duckdb_path(&c.destination.url.0) {
-        _ if clickhouse => None,
-        Some(Ok(_)) => None,
-        Some(Err(e)) => {
+    let dst = match dest {
+        Ok(DestinationUrl::Postgres) => check_url(add, "destination.url", &c.destination.url.0),
+        Ok(_) => None,
+        Err(e) => {
             add("destination.url".into(), e);
             None
         }
-        None => check_url(add, "destination.url", &c.destination.url.0),
     };
     if let (Some(s), Some(d)) = (&src, &dst) {
         if s.host == d.host && s.port == d.port && s.dbname == d.dbname {
@@ -155,7 +155,10 @@ fn check_tables(c: &Config, add: &mut impl FnMut(String, String)) {
     }
     let mut sources: HashMap<TableName, usize> = HashMap::new();
     let mut destinations: HashMap<TableName, usize> = HashMap::new();
-    let sqlite = crate::endpoint::sqlite_path(&c.source.url.0).is_some();
+    let sqlite = matches!(
+        crate::endpoint::source_url(&c.source.url.0),
+        Ok(crate::endpoint::SourceUrl::Sqlite(_))
+    );
     for (i, t) in c.tables.iter().enumerate() {
         if !sqlite && (!t.columns.is_empty() || !t.ignore_columns.is_empty()) {
             add(

@@ -20,6 +20,7 @@
 //! data and the position are durable together, and `load_state` returns that position".
 
 pub mod clickhouse;
+pub mod columns;
 pub mod duckdb;
 pub mod postgres;
 pub mod whole;
@@ -31,7 +32,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::config::Config;
-use crate::decode::{Datum, PgTimestamp};
+use crate::decode::PgTimestamp;
 use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -42,6 +43,7 @@ use crate::model::schema::{
     DestColumn, DestForeignKey, SchemaChange, SourceType, TableSchema, UserType,
 };
 use crate::source::postgres::copy_out::CopySource;
+use crate::source::RowSource;
 
 /// What the destination remembers about a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,13 +339,6 @@ pub trait Loader: Send {
         let _ = (rows, table);
         Ok(None)
     }
-}
-
-/// Blocks of rows (for [`Loader::load_rows`], from [`Destination::rows_by_key`]), `None` at
-/// the end.
-#[async_trait]
-pub trait RowSource: Send {
-    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>>;
 }
 
 /// A destination session applying changes inside one open transaction at a time.

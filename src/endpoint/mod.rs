@@ -17,15 +17,52 @@ pub enum Target {
     ClickHouse(ClickHouseUrl),
 }
 
+/// What `destination.url` (or `--destination`) names, by its scheme. A Postgres connection
+/// string is parsed by [`crate::conninfo`] with the environment's defaults, so it carries
+/// nothing here.
+#[derive(Debug, Clone)]
+pub enum DestinationUrl {
+    Postgres,
+    DuckDb(PathBuf),
+    ClickHouse(ClickHouseUrl),
+}
+
+/// What `source.url` names, by its scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    Postgres,
+    Sqlite(PathBuf),
+}
+
+/// The one place a destination URL's scheme is told: the error says what is wrong with a URL
+/// of a known scheme.
+pub fn destination_url(url: &str) -> Result<DestinationUrl, String> {
+    if ClickHouseUrl::is_clickhouse(url) {
+        return ClickHouseUrl::parse(url).map(DestinationUrl::ClickHouse);
+    }
+    match duckdb_path(url) {
+        Some(path) => path.map(DestinationUrl::DuckDb),
+        None => Ok(DestinationUrl::Postgres),
+    }
+}
+
+/// The one place a source URL's scheme is told.
+pub fn source_url(url: &str) -> Result<SourceUrl, String> {
+    match sqlite_path(url) {
+        Some(path) => path.map(SourceUrl::Sqlite),
+        None => Ok(SourceUrl::Postgres),
+    }
+}
+
 /// A `duckdb:` URL's file (`duckdb:RELATIVE/PATH`, `duckdb:///ABSOLUTE/PATH`), or `None` for
 /// any other URL.
-pub fn duckdb_path(url: &str) -> Option<Result<PathBuf, String>> {
+fn duckdb_path(url: &str) -> Option<Result<PathBuf, String>> {
     file_path(url, "duckdb", "DuckDB", "/var/lib/cdc/analytics.duckdb")
 }
 
 /// A `sqlite:` URL's file (`sqlite:RELATIVE/PATH`, `sqlite:///ABSOLUTE/PATH`), or `None` for
 /// any other URL.
-pub fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
+fn sqlite_path(url: &str) -> Option<Result<PathBuf, String>> {
     file_path(url, "sqlite", "SQLite", "/var/lib/app/db.sqlite")
 }
 
@@ -83,5 +120,28 @@ mod tests {
         assert!(sqlite_path("postgresql://h/db").is_none());
         assert!(duckdb_path("sqlite:a.db").is_none());
         assert!(sqlite_path("sqlitex:a.db").is_none());
+    }
+
+    #[test]
+    fn every_scheme_is_told_in_one_place() {
+        assert!(matches!(
+            destination_url("duckdb:a.duckdb"),
+            Ok(DestinationUrl::DuckDb(p)) if p == PathBuf::from("a.duckdb")
+        ));
+        assert!(matches!(
+            destination_url("clickhouse://h:8123/db"),
+            Ok(DestinationUrl::ClickHouse(_))
+        ));
+        assert!(matches!(
+            destination_url("postgresql://h/db"),
+            Ok(DestinationUrl::Postgres)
+        ));
+        assert!(destination_url("duckdb://host/a").is_err());
+        assert_eq!(
+            source_url("sqlite:app.db"),
+            Ok(SourceUrl::Sqlite("app.db".into()))
+        );
+        assert_eq!(source_url("host=h dbname=d"), Ok(SourceUrl::Postgres));
+        assert!(source_url("sqlite:").is_err());
     }
 }

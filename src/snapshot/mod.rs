@@ -551,17 +551,17 @@ pub(crate) async fn copy_all(
                 None => copying_done = true,
             },
             Some(res) = tasks.join_next(), if !tasks.is_empty() => {
-                res.map_err(|e| Error::definite(format!("copy worker panicked: {e}")))??;
+                res.map_err(Error::stopped("copy worker"))??;
             }
             Some(res) = finishing.join_next(), if !finishing.is_empty() => {
-                let (i, report) = res.map_err(|e| Error::definite(format!("finishing task panicked: {e}")))??;
+                let (i, report) = res.map_err(Error::stopped("finishing task"))??;
                 progress.table_done(i);
                 reports[i] = Some(report);
             }
         }
     }
     while let Some(res) = tasks.join_next().await {
-        res.map_err(|e| Error::definite(format!("copy worker panicked: {e}")))??;
+        res.map_err(Error::stopped("copy worker"))??;
     }
     progress.finish();
     Ok(reports

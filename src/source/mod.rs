@@ -6,3 +6,21 @@
 //! - `sqlite`: SQLite files as a source of `cdc sync` passes (read-only, by query).
 pub mod postgres;
 pub mod sqlite;
+
+use crate::decode::Datum;
+use crate::error::Result;
+
+/// Rows in blocks, `None` at the end: what a source's read hands a destination's bulk loader
+/// (`Loader::load_rows`), and what a destination's key-ordered read (`rows_by_key`) hands a
+/// comparison.
+#[async_trait::async_trait]
+pub trait RowSource: Send {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>>;
+}
+
+#[async_trait::async_trait]
+impl<R: RowSource + ?Sized> RowSource for Box<R> {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
+        (**self).next_rows().await
+    }
+}

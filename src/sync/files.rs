@@ -14,9 +14,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::choose;
 use super::read::{self, Since};
 use super::write::Writer;
 use crate::config::{Config, Strategy};
@@ -27,6 +29,10 @@ use crate::model::schema::TableName;
 use crate::model::schema::{ColumnDef, TableSchema};
 use crate::source::postgres::catalog;
 use crate::source::postgres::copy_out::CopySource;
+use crate::source::sqlite::read::Reading;
+use crate::source::sqlite::select::{self, select_sql, source_key};
+use crate::source::sqlite::SqliteSource;
+use crate::source::RowSource;
 
 /// The schema file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,7 +79,7 @@ pub(super) fn paths(dir: &Path, table: &TableName) -> (PathBuf, PathBuf) {
 /// would move from its stored position.
 pub async fn extract(config: &Config, table: &str, dir: &Path, delta: bool) -> Result<Extracted> {
     if let Some(path) = config.sqlite_source()? {
-        return super::sqlite::extract(config, &path, table, dir, delta).await;
+        return extract_sqlite(config, &path, table, dir, delta).await;
     }
     let chosen = super::choose(config, &[table.to_owned()])?;
     let t = &chosen[0];
@@ -424,4 +430,106 @@ mod tests {
         r.next_record().unwrap();
         assert!(r.next_record().is_err());
     }
+}
+
+/// `cdc extract` from a SQLite file: the whole table as CSV (values as the destination would
+/// get them: the declared types' conversions) and its schema file, written last.
+async fn extract_sqlite(
+    config: &Config,
+    path: &Path,
+    table_name: &str,
+    dir: &Path,
+    delta: bool,
+) -> Result<Extracted> {
+    if delta {
+        return Err(Error::definite(
+            "--delta reads a Postgres source's positions; from a SQLite file extract the whole table".into(),
+        ));
+    }
+    let chosen = choose(config, &[table_name.to_owned()])?;
+    let t = &chosen[0];
+    // Only the file is needed: an extract carries data to a destination out of reach.
+    let (source, mut table) = {
+        let (path, name) = (path.to_owned(), t.source.clone());
+        tokio::task::spawn_blocking(move || {
+            let source = SqliteSource::open(&path)?;
+            let table = crate::source::sqlite::catalog::read_table(&source.conn, &name)?;
+            Ok::<_, Error>((source, table))
+        })
+        .await
+        .map_err(Error::stopped("SQLite reader"))??
+    };
+    let mut table = table
+        .take()
+        .ok_or_else(|| Error::definite(format!("the SQLite file has no table {}", t.source)))?;
+    table.rename(&t.config.columns, &t.config.ignore_columns)?;
+    let source = Arc::new(Mutex::new(source));
+    std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+    let (data, schema_path) = paths(dir, &t.destination);
+    let _ = std::fs::remove_file(&schema_path);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&data).map_err(file_error(&data))?);
+    let names: Vec<String> = table
+        .schema
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let quote = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
+    let header: Vec<String> = names.iter().map(|n| quote(n)).collect();
+    writeln!(out, "{}", header.join(",")).map_err(file_error(&data))?;
+    let key = source_key(&table);
+    let sql = select_sql(&table, t.config.filter.as_deref(), None, &key, None);
+    let q = select::into_new_table(&table, sql, &key);
+    let name = &t.source;
+    let mut reading = Reading::start(
+        source,
+        q,
+        Box::new(move |r| Err(Error::definite(format!("{name}: {r}")))),
+    );
+    let mut count = 0u64;
+    let written = async {
+        while let Some(rows) = reading.next_rows().await? {
+            for row in rows {
+                let fields: Vec<String> = row
+                    .iter()
+                    .map(|d| crate::model::change::text(d).map(quote).unwrap_or_default())
+                    .collect();
+                writeln!(out, "{}", fields.join(",")).map_err(file_error(&data))?;
+                count += 1;
+            }
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    let done = reading.finish().await;
+    written?;
+    done?;
+    out.flush().map_err(file_error(&data))?;
+    drop(out);
+    let file = SchemaFile {
+        source: t.source.to_string(),
+        columns: table
+            .schema
+            .columns
+            .iter()
+            .map(|c| SchemaColumn {
+                name: c.name.clone(),
+                type_sql: c.type_sql.clone(),
+                type_oid: c.type_oid,
+                not_null: c.not_null,
+                dims: 0,
+            })
+            .collect(),
+        primary_key: table.schema.primary_key.clone(),
+        rows: count,
+        extracted: "table".into(),
+        format: "CSV, header row; every value quoted; an unquoted empty field is NULL".into(),
+    };
+    let json = serde_json::to_string_pretty(&file).expect("schema file serializes");
+    std::fs::write(&schema_path, json).map_err(file_error(&schema_path))?;
+    Ok(Extracted {
+        data,
+        schema: schema_path,
+        rows: count,
+    })
 }

@@ -5,13 +5,16 @@
 
 use tokio_postgres::Client;
 
+use super::source::Key;
 use super::write::Writer;
+use crate::config::Config;
 use crate::decode::Datum;
 use crate::destination::Destination;
 use crate::error::{Error, Result};
 use crate::model::schema::TableSchema;
 use crate::model::sql::quote_ident;
 use crate::verify::report::{Fields, TableReport};
+use crate::verify::Report;
 use crate::verify::TablePair;
 
 /// Keys looked up on the source per query.
@@ -43,15 +46,38 @@ pub async fn repair(
     report: &TableReport,
     batch_rows: usize,
 ) -> Result<Repaired> {
+    Ok(
+        repair_deferring(dest, src, schema, pair, report, batch_rows, false)
+            .await?
+            .0,
+    )
+}
+
+/// [`repair`], the extra rows' deletes left to the caller when `defer_deletes` (their keys
+/// returned; `deleted` counts only the rows deleted here).
+pub(super) async fn repair_deferring(
+    dest: &dyn Destination,
+    src: &Client,
+    schema: &TableSchema,
+    pair: &TablePair,
+    report: &TableReport,
+    batch_rows: usize,
+    defer_deletes: bool,
+) -> Result<(Repaired, Vec<Key>)> {
     let mut writer = Writer::open(dest, schema, &pair.destination, batch_rows).await?;
     let mut done = Repaired::default();
+    let mut deferred = Vec::new();
     for extra in &report.extra {
-        let key = extra
+        let key: Key = extra
             .key
             .0
             .iter()
             .map(|(k, v)| (k.clone(), datum(v.as_deref())))
             .collect();
+        if defer_deletes {
+            deferred.push(key);
+            continue;
+        }
         writer.delete(key).await?;
         done.deleted += 1;
     }
@@ -70,8 +96,8 @@ pub async fn repair(
     }
     writer.finish().await?;
     tracing::info!(table = %pair.destination, inserted = done.inserted, updated = done.updated,
-        deleted = done.deleted, "repaired");
-    Ok(done)
+        deleted = done.deleted, deletes_deferred = deferred.len(), "repaired");
+    Ok((done, deferred))
 }
 
 fn datum(v: Option<&str>) -> Datum {
@@ -143,4 +169,74 @@ fn by_key_sql(
         sql.push_str(&format!(" AND ({f})"));
     }
     Ok(sql)
+}
+
+/// `cdc verify --repair`: repair every table of `report` that differs; what each repair did.
+pub async fn repair_report(
+    config: &Config,
+    pairs: &[crate::verify::TablePair],
+    report: &Report,
+) -> Result<Vec<(String, Repaired)>> {
+    if config.sqlite_source()?.is_some() {
+        return repair_by_diff(config, report).await;
+    }
+    let src_info = config.source_conninfo()?;
+    let dest = crate::destination::open(config).await?;
+    let catalog = crate::pg::connect(&src_info).await?;
+    crate::source::postgres::catalog::prepare_session(&catalog).await?;
+    let reader = crate::pg::connect(&src_info).await?;
+    let batch_rows = config
+        .apply
+        .batch_max_rows
+        .unwrap_or(dest.default_batch_rows());
+    let mut done = Vec::new();
+    for (pair, table) in pairs.iter().zip(&report.tables) {
+        if table.equal {
+            continue;
+        }
+        let schema = crate::source::postgres::catalog::read_table(&catalog, &pair.source)
+            .await?
+            .ok_or_else(|| {
+                Error::definite(format!("source table {} does not exist", pair.source))
+            })?;
+        let repaired = repair(dest.as_ref(), &reader, &schema, pair, table, batch_rows).await?;
+        done.push((pair.destination.to_string(), repaired));
+    }
+    Ok(done)
+}
+
+/// A SQLite source's repair: a `diff` pass over the tables that differ (its merge finds the
+/// same rows again and writes them).
+async fn repair_by_diff(config: &Config, report: &Report) -> Result<Vec<(String, Repaired)>> {
+    let options = super::Options {
+        tables: report
+            .tables
+            .iter()
+            .filter(|t| !t.equal)
+            .map(|t| t.source.clone())
+            .collect(),
+        strategy: Some(crate::config::Strategy::Diff),
+        jobs: 1,
+        ..Default::default()
+    };
+    let summary = super::pass(config, &options).await?;
+    if let Some(t) = summary.tables.iter().find(|t| t.error.is_some()) {
+        return Err(Error::definite(format!(
+            "repair of {} failed: {}",
+            t.source,
+            t.error.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(summary
+        .tables
+        .iter()
+        .map(|t| {
+            let r = Repaired {
+                inserted: t.inserted,
+                updated: t.updated,
+                deleted: t.deleted,
+            };
+            (t.destination.clone(), r)
+        })
+        .collect())
 }

@@ -18,8 +18,10 @@
 //! every look (a hot row under constant writes) can still be reported; re-run to confirm.
 
 mod bisect;
+pub mod merge;
 mod plan;
 pub mod report;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -184,6 +186,28 @@ enum Dest {
     Postgres(Client),
     /// A destination compared by one look at whole tables inside it (DuckDB, ClickHouse).
     Whole(Box<dyn WholeLook>),
+}
+
+/// `cdc verify` of configured tables (`only`: some of them, else all), by what the source
+/// can do: a Postgres source's key ranges hashed on both sides ([`verify_into`]), a SQLite
+/// file's rows walked beside the destination's in key order (`merge`). The same report
+/// either way; the pairs it compared.
+pub async fn configured(
+    config: &Config,
+    only: &[String],
+    options: &Options,
+    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
+) -> Result<(Report, Vec<TablePair>)> {
+    let pairs = pairs_from_config(config, only)?;
+    let report = match config.sqlite_source()? {
+        Some(path) => sqlite::verify(config, &path, &pairs, options.max_differences).await?,
+        None => {
+            let source = config.source_conninfo()?;
+            let destination = config.destination_target()?;
+            verify_into(&source, &destination, &pairs, options, observe).await?
+        }
+    };
+    Ok((report, pairs))
 }
 
 /// Compare every pair between a Postgres source and any destination.

@@ -109,6 +109,6 @@ pub async fn copy_into(
     drop(tx);
     sender
         .await
-        .map_err(|e| Error::definite(format!("ClickHouse insert task stopped: {e}")))??;
+        .map_err(Error::stopped("ClickHouse insert task"))??;
     Ok(rows)
 }

@@ -34,8 +34,7 @@ use self::ddl::{quote, Names};
 use self::http::Client;
 use self::state::{literal, State};
 use crate::destination::{
-    CopyFormat, Destination, Loader, PipelineState, RowSource, Session, SnapshotTable, SyncState,
-    TableSize,
+    CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
 use crate::endpoint::ClickHouseUrl;
 use crate::error::{Error, Result};
@@ -44,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::model::change::TableMap;
 use crate::model::schema::TableName;
 use crate::model::schema::{TableSchema, UserType};
+use crate::source::RowSource;
 
 /// The oldest server cdc writes to: `ReplacingMergeTree(version, is_deleted)` came in 23.2
 /// and lightweight `DELETE` in 23.3; 23.8 is the long-term release that has both.

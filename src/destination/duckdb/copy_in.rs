@@ -18,10 +18,11 @@ use super::apply::insert_rows;
 use super::copy_text::RowReader;
 use super::handle::{blocking, joined};
 use super::types::{cast_expr, reads_postgres_text, to_duckdb_text};
-use crate::destination::{CopyFormat, RowSource};
+use crate::destination::CopyFormat;
 use crate::error::{Error, Result};
 use crate::model::sql::quote_ident;
 use crate::source::postgres::copy_out::CopySource;
+use crate::source::RowSource;
 
 /// Rows staged per block on the text path.
 const BLOCK_ROWS: usize = 50_000;

@@ -33,8 +33,7 @@ use async_trait::async_trait;
 use duckdb::params;
 
 use super::{
-    CopyFormat, Destination, Loader, PipelineState, RowSource, Session, SnapshotTable, SyncState,
-    TableSize,
+    CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
 use crate::decode::Datum;
 use crate::error::Result;
@@ -45,6 +44,7 @@ use crate::model::schema::TableName;
 use crate::model::schema::{TableSchema, UserType};
 use crate::model::sql::{quote_ident, quote_literal};
 use crate::source::postgres::copy_out::CopySource;
+use crate::source::RowSource;
 use copy_in::CopyIn;
 use handle::{Handle, Pin};
 

@@ -16,8 +16,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 use super::{
-    CopyFormat, Destination, Loader, PipelineState, RowSource, Session, SnapshotTable, SyncState,
-    TableSize,
+    CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
 use crate::conninfo::ConnInfo;
 use crate::decode::Datum;
@@ -30,6 +29,7 @@ use crate::model::schema::{TableSchema, UserType};
 use crate::model::sql::quote_ident;
 use crate::source::postgres::copy_out::CopySource;
 use crate::source::postgres::rows::RowCursor;
+use crate::source::RowSource;
 pub use apply::PgSession;
 use state::StateStore;
 

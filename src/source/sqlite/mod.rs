@@ -6,6 +6,7 @@
 //!   the same `TableSchema` a Postgres source gives (types mapped by `types.rs`);
 //! - `types.rs`: declared types to destination types, values to Postgres text (checked, never
 //!   rounded), comparison by meaning;
+//! - `select.rs`: the queries a pass reads with, and the conversions they ask for;
 //! - `read.rs`: a query's rows converted on a thread of their own and handed over in blocks.
 //!
 //! Consistency: each table is read inside one read transaction, so it is read as of one
@@ -15,6 +16,7 @@
 //! gets its own, and a pass may see tables from slightly different moments.
 pub mod catalog;
 pub mod read;
+pub mod select;
 pub mod types;
 
 use std::path::{Path, PathBuf};

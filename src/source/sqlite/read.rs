@@ -87,6 +87,56 @@ pub fn spawn(
     (rx, handle)
 }
 
+/// What a read does with a row that does not fit its column: an error, or somewhere to put it.
+pub type OnReject<'a> = Box<dyn FnMut(Reject) -> Result<()> + Send + 'a>;
+
+/// A read in flight: its converted rows in blocks (rejected ones handed to its `OnReject`),
+/// then its end from [`Reading::finish`].
+pub struct Reading<'a> {
+    rx: mpsc::Receiver<Vec<Item>>,
+    handle: tokio::task::JoinHandle<Result<Done>>,
+    on_reject: OnReject<'a>,
+}
+
+impl<'a> Reading<'a> {
+    pub fn start(source: Arc<Mutex<SqliteSource>>, query: Query, on_reject: OnReject<'a>) -> Self {
+        let (rx, handle) = spawn(source, query);
+        Reading {
+            rx,
+            handle,
+            on_reject,
+        }
+    }
+
+    /// End the read (early or not); its count, last order value and fingerprint. The reading
+    /// thread's errors surface here.
+    pub async fn finish(self) -> Result<Done> {
+        drop(self.rx);
+        self.handle.await.map_err(Error::stopped("SQLite reader"))?
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::source::RowSource for Reading<'_> {
+    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
+        loop {
+            let Some(items) = self.rx.recv().await else {
+                return Ok(None);
+            };
+            let mut rows = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Item::Row(r) => rows.push(r),
+                    Item::Reject(r) => (self.on_reject)(r)?,
+                }
+            }
+            if !rows.is_empty() {
+                return Ok(Some(rows));
+            }
+        }
+    }
+}
+
 fn read(source: &SqliteSource, q: &Query, tx: &mpsc::Sender<Vec<Item>>) -> Result<Done> {
     let fail = |e| source.error("reading rows", e);
     let mut stmt = source.conn.prepare(&q.sql).map_err(fail)?;
