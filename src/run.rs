@@ -150,15 +150,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn stream_once(
+/// Connect for one attempt: the slot checked against the destination's position, the
+/// replication stream started there, the streamer that applies it.
+async fn start(
     config: &Config,
     dest: &dyn Destination,
-    joined: std::collections::HashMap<crate::model::schema::TableName, Lsn>,
-    shutdown: &mut watch::Receiver<bool>,
+    src_info: &crate::conninfo::ConnInfo,
     metrics: &Arc<Metrics>,
-) -> Result<()> {
+) -> Result<(Streamer, ReplicationStream, Lsn)> {
     let slot = config.source.slot.as_str();
-    let src_info = config.source_conninfo()?;
     let applier = Applier::new(dest.session(metrics.clone()).await?, slot);
     let state = dest.load_state(slot).await?.ok_or_else(|| {
         Error::definite(format!(
@@ -167,17 +167,17 @@ async fn stream_once(
     })?;
     let applied = state.applied_lsn().unwrap_or_default();
 
-    let catalog = crate::pg::connect_qualified(&src_info).await?;
+    let catalog = crate::pg::connect_qualified(src_info).await?;
     check_slot(&catalog, slot, applied).await?;
 
-    let mut repl = ReplicationClient::connect(&src_info).await?;
+    let mut repl = ReplicationClient::connect(src_info).await?;
     let options =
         PgOutputOptions::for_server(repl.server_version_num(), &config.source.publication);
     if options.streaming {
         limit_decoding_memory(&mut repl).await?;
     }
     let read_timeout = Duration::from_millis(config.source.read_timeout_ms);
-    let mut stream = repl
+    let stream = repl
         .start_logical_replication(slot, applied, &options, read_timeout)
         .await?;
     tracing::info!(slot, lsn = %applied, proto_version = options.proto_version, streaming = options.streaming, "streaming changes");
@@ -191,7 +191,7 @@ async fn stream_once(
     } else {
         None
     };
-    let mut streamer = Streamer::new(
+    let streamer = Streamer::new(
         applier,
         spare,
         catalog,
@@ -203,6 +203,19 @@ async fn stream_once(
         applied,
         metrics.clone(),
     );
+    Ok((streamer, stream, applied))
+}
+
+async fn stream_once(
+    config: &Config,
+    dest: &dyn Destination,
+    joined: std::collections::HashMap<crate::model::schema::TableName, Lsn>,
+    shutdown: &mut watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
+) -> Result<()> {
+    let slot = config.source.slot.as_str();
+    let src_info = config.source_conninfo()?;
+    let (mut streamer, mut stream, applied) = start(config, dest, &src_info, metrics).await?;
     streamer.set_joined(joined);
     // The server's latest WAL position, for the lag gauge.
     let mut wal_end = applied;

@@ -4,7 +4,8 @@
 //! Also the size rule: no file over 600 lines and no function over 100 unless a `// Long:`
 //! comment at its top says why.
 //!
-//! Only code outside `#[cfg(test)]` modules counts: tests may reach anywhere.
+//! Only code outside `#[cfg(test)]` modules (and `tests.rs` files) counts: tests may reach
+//! anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -123,6 +124,10 @@ fn edges(files: &[(String, String)]) -> Vec<Edge> {
         let Some(from) = module_of(Path::new(rel)) else {
             continue;
         };
+        // A test module kept in a file of its own (`mod tests;`): tests may reach anywhere.
+        if Path::new(rel).file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
         for to in named_modules(&live_code(text)) {
             if to != from {
                 out.insert(Edge {
@@ -313,25 +318,8 @@ fn no_import_runs_upward_or_closes_a_circle() {
 
 /// What was over the size rule when the rule came in (the layers issue), still to split. The
 /// list only shrinks: anything new over the rule fails, and so does an entry that no longer is.
-const NOT_YET_SPLIT: &[&str] = &[
-    "src/destination/clickhouse/apply.rs",
-    "src/destination/clickhouse/verify.rs fn compare",
-    "src/destination/duckdb/apply.rs",
-    "src/destination/duckdb/apply.rs fn write_table",
-    "src/destination/duckdb/mod.rs",
-    "src/destination/duckdb/verify.rs fn compare",
-    "src/destination/postgres/mod.rs",
-    "src/run.rs fn stream_once",
-    "src/snapshot/join.rs fn join",
-    "src/snapshot/mod.rs fn copy_all",
-    "src/source/postgres/catalog.rs fn read_table",
-    "src/source/postgres/replication/wire.rs fn authenticate",
-    "src/source/sqlite/types.rs",
-    "src/stream/mod.rs",
-    "src/verify/bisect.rs",
-    "src/verify/mod.rs",
-    "src/verify/mod.rs fn verify_table",
-];
+/// Empty since every file and function was brought within the rule.
+const NOT_YET_SPLIT: &[&str] = &[];
 
 #[test]
 fn no_file_or_function_over_the_size_rule_without_a_reason() {

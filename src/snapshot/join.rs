@@ -119,6 +119,33 @@ pub async fn recopy(config: &Config, dest: &Arc<dyn Destination>, table: &TableN
     join(config, dest, &src, &[i], true).await
 }
 
+/// The staging tables the added tables are copied into (what an interrupted join left is
+/// dropped first), created like their sources.
+async fn create_staging(
+    dest: &dyn Destination,
+    new_pairs: &[(TableName, TableName)],
+    checked: &prereq::Checked,
+) -> Result<Vec<TableName>> {
+    let staging: Vec<TableName> = new_pairs
+        .iter()
+        .map(|(_, d)| dest.staging_name(d))
+        .collect();
+    for s in &staging {
+        dest.drop_table(s).await?;
+    }
+    let targets: Vec<SnapshotTable<'_>> = checked
+        .tables
+        .iter()
+        .zip(&staging)
+        .map(|(schema, d)| SnapshotTable {
+            schema,
+            destination: d,
+        })
+        .collect();
+    dest.create_tables(&targets, &checked.types, true).await?;
+    Ok(staging)
+}
+
 /// Copy the tables of `added` (indexes into the configured pairs) alone and record them as
 /// joined; `replace`: their destination tables may exist and are replaced (a re-copy), else an
 /// existing one is refused.
@@ -158,24 +185,7 @@ async fn join(
     let via_root = checked.tables.iter().any(|t| t.partitioned);
     ensure_publication(src, publication, &new_pairs, true, via_root).await?;
 
-    let staging: Vec<TableName> = new_pairs
-        .iter()
-        .map(|(_, d)| dest.staging_name(d))
-        .collect();
-    for s in &staging {
-        dest.drop_table(s).await?;
-    }
-    let targets: Vec<SnapshotTable<'_>> = checked
-        .tables
-        .iter()
-        .zip(&staging)
-        .map(|(schema, d)| SnapshotTable {
-            schema,
-            destination: d,
-        })
-        .collect();
-    dest.create_tables(&targets, &checked.types, true).await?;
-    drop(targets);
+    let staging = create_staging(dest.as_ref(), &new_pairs, &checked).await?;
 
     let mut repl = ReplicationClient::connect(&src_info).await?;
     let temp = format!("{slot}_join_{}", std::process::id());

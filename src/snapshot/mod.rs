@@ -465,6 +465,38 @@ pub(crate) async fn ensure_publication(
     Ok(false)
 }
 
+/// One copy connection under the exported snapshot: ranges taken from `queue` until it is
+/// empty, each loaded and reported on `done` as (job, rows).
+async fn copy_worker(
+    src_info: ConnInfo,
+    snapshot: String,
+    jobs: Arc<Vec<Job>>,
+    queue: Arc<Mutex<VecDeque<(usize, copy::Part)>>>,
+    done: tokio::sync::mpsc::UnboundedSender<(usize, u64)>,
+    mut loader: Box<dyn crate::destination::Loader>,
+) -> Result<()> {
+    let mut src = CopySource::connect(&src_info).await?;
+    src.execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::model::sql::quote_literal(&snapshot)
+    ))
+    .await?;
+    loop {
+        let Some((i, range)) = queue.lock().expect("queue lock").pop_front() else {
+            break;
+        };
+        let job = &jobs[i];
+        let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), job.format);
+        let rows = loader
+            .load(&mut src, &out, &job.target(), &job.bytes)
+            .await?;
+        let _ = done.send((i, rows));
+    }
+    src.execute("COMMIT").await?;
+    src.close().await;
+    Ok(())
+}
+
 /// Copy every table with `workers` connections that share the exported snapshot, then
 /// finish each table (keys, indexes, and with a slot its state) as soon as all its ranges are
 /// in. Also `cdc sync`'s full copies, under a snapshot exported without a slot.
@@ -492,29 +524,8 @@ pub(crate) async fn copy_all(
     for _ in 0..workers {
         let (jobs, queue, done) = (jobs.clone(), queue.clone(), done_tx.clone());
         let (src_info, snapshot) = (src_info.clone(), snapshot.to_owned());
-        let mut loader = dest.loader().await?;
-        tasks.spawn(async move {
-            let mut src = CopySource::connect(&src_info).await?;
-            src.execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                crate::model::sql::quote_literal(&snapshot)
-            ))
-            .await?;
-            loop {
-                let Some((i, range)) = queue.lock().expect("queue lock").pop_front() else {
-                    break;
-                };
-                let job = &jobs[i];
-                let out = copy::copy_out_sql(&job.schema, range, job.filter.as_deref(), job.format);
-                let rows = loader
-                    .load(&mut src, &out, &job.target(), &job.bytes)
-                    .await?;
-                let _ = done.send((i, rows));
-            }
-            src.execute("COMMIT").await?;
-            src.close().await;
-            Ok(())
-        });
+        let loader = dest.loader().await?;
+        tasks.spawn(copy_worker(src_info, snapshot, jobs, queue, done, loader));
     }
     drop(done_tx);
 

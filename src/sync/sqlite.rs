@@ -11,7 +11,7 @@
 //!  after the pass: foreign keys created on the destination where missing (Postgres)
 //! ```
 //!
-//! Values are compared by meaning (`types::same`): a timestamp written `…+00` in SQLite equals
+//! Values are compared by meaning (`compare::same`): a timestamp written `…+00` in SQLite equals
 //! the destination's `…+00:00`, `1` equals `true` in a BOOLEAN column. A value that does not
 //! fit its destination column stops the table with its key, column and value, or with
 //! `--on-error skip` goes to the rejects file while the rest goes on (a diff pass with

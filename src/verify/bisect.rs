@@ -19,13 +19,17 @@
 //! Hashes are computed by the servers, so equal tables transfer no rows. Ranges are visited
 //! depth-first in key order: memory holds one path of pending ranges and one leaf per side.
 
-use std::collections::{HashMap, HashSet};
-
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::plan::{Key, KeyRange, Query, RowText, Side};
 use crate::error::{Error, Result};
+#[cfg(test)]
+use rows::diff_rows;
+pub(super) use rows::recompare_keys;
+use rows::{compare_rows, fetch_and_diff};
+
+mod rows;
 
 /// How a row differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,114 +467,6 @@ async fn buckets(
     Ok(out)
 }
 
-/// Fetch a range from both sides and compare it row by row.
-async fn compare_rows(
-    pair: &Pair<'_>,
-    range: &KeyRange,
-    stats: &mut Stats,
-) -> Result<Vec<Difference>> {
-    fetch_and_diff(
-        pair,
-        pair.src_side.fetch(range),
-        pair.dst_side.fetch(range),
-        stats,
-    )
-    .await
-}
-
-/// Fetch the rows with the given keys from both sides and compare them again.
-pub(super) async fn recompare_keys(
-    pair: &Pair<'_>,
-    keys: &[Key],
-    stats: &mut Stats,
-) -> Result<Vec<Difference>> {
-    let mut out = Vec::new();
-    for chunk in keys.chunks(1000) {
-        let (src_q, dst_q) = (
-            pair.src_side.fetch_keys(chunk),
-            pair.dst_side.fetch_keys(chunk),
-        );
-        out.extend(fetch_and_diff(pair, src_q, dst_q, stats).await?);
-    }
-    Ok(out)
-}
-
-/// Run a row query on each side at once and compare the rows by key.
-async fn fetch_and_diff(
-    pair: &Pair<'_>,
-    src_q: Query,
-    dst_q: Query,
-    stats: &mut Stats,
-) -> Result<Vec<Difference>> {
-    let (s, d) = tokio::try_join!(
-        run(pair.src, src_q, &pair.label, "source"),
-        run(pair.dst, dst_q, &pair.label, "destination"),
-    )?;
-    stats.queries += 2;
-    stats.rows_fetched += (s.len() + d.len()) as u64;
-    diff_rows(&pair.key_positions, texts(&s), texts(&d))
-        .map_err(|e| Error::definite(format!("{}: {e}", pair.label)))
-}
-
-/// Compare two sets of rows by key: source order first (missing and changed), then the
-/// destination's extra rows in its order. Fails on a duplicate key: comparing by a key that is
-/// not unique would report nonsense.
-pub(super) fn diff_rows(
-    key_positions: &[usize],
-    source: Vec<RowText>,
-    destination: Vec<RowText>,
-) -> std::result::Result<Vec<Difference>, String> {
-    let key_of = |row: &RowText, side: &str| -> std::result::Result<Key, String> {
-        key_positions
-            .iter()
-            .map(|&i| {
-                row[i].clone().ok_or_else(|| {
-                    format!("a key column is NULL in the {side}: choose NOT NULL key columns")
-                })
-            })
-            .collect()
-    };
-    let mut dst_by_key: HashMap<Key, RowText> = HashMap::with_capacity(destination.len());
-    let mut dst_order = Vec::with_capacity(destination.len());
-    for row in destination {
-        let key = key_of(&row, "destination")?;
-        dst_order.push(key.clone());
-        if dst_by_key.insert(key.clone(), row).is_some() {
-            return Err(format!(
-                "key {key:?} is not unique in the destination: compare by a unique key (--key)"
-            ));
-        }
-    }
-    let mut seen = HashSet::with_capacity(source.len());
-    let mut out = Vec::new();
-    for row in source {
-        let key = key_of(&row, "source")?;
-        if !seen.insert(key.clone()) {
-            return Err(format!(
-                "key {key:?} is not unique in the source: compare by a unique key (--key)"
-            ));
-        }
-        match dst_by_key.remove(&key) {
-            None => out.push(Difference::Missing { key, source: row }),
-            Some(d) if d != row => out.push(Difference::Changed {
-                key,
-                source: row,
-                destination: d,
-            }),
-            Some(_) => {}
-        }
-    }
-    for key in dst_order {
-        if let Some(row) = dst_by_key.remove(&key) {
-            out.push(Difference::Extra {
-                key,
-                destination: row,
-            });
-        }
-    }
-    Ok(out)
-}
-
 /// A log line every few seconds while a large table is being compared.
 struct Progress {
     last: std::time::Instant,
@@ -600,16 +496,6 @@ impl Progress {
     }
 }
 
-fn texts(rows: &[Row]) -> Vec<RowText> {
-    rows.iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| r.get::<_, Option<String>>(i))
-                .collect()
-        })
-        .collect()
-}
-
 async fn summary(client: &Client, q: Query, label: &str, side: &str) -> Result<Summary> {
     let rows = run(client, q, label, side).await?;
     let row = rows.first().ok_or_else(|| {
@@ -636,57 +522,4 @@ async fn run(client: &Client, q: Query, label: &str, side: &str) -> Result<Vec<R
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(vals: &[Option<&str>]) -> RowText {
-        vals.iter().map(|v| v.map(str::to_owned)).collect()
-    }
-
-    #[test]
-    fn classifies_missing_changed_and_extra_by_key() {
-        let src = vec![
-            row(&[Some("1"), Some("a")]),
-            row(&[Some("2"), Some("b")]),
-            row(&[Some("3"), None]),
-        ];
-        let dst = vec![
-            row(&[Some("1"), Some("a")]),
-            row(&[Some("3"), Some("")]),
-            row(&[Some("4"), Some("d")]),
-        ];
-        let diffs = diff_rows(&[0], src, dst).unwrap();
-        assert_eq!(
-            diffs,
-            vec![
-                Difference::Missing {
-                    key: vec!["2".into()],
-                    source: row(&[Some("2"), Some("b")])
-                },
-                Difference::Changed {
-                    key: vec!["3".into()],
-                    source: row(&[Some("3"), None]),
-                    destination: row(&[Some("3"), Some("")])
-                },
-                Difference::Extra {
-                    key: vec!["4".into()],
-                    destination: row(&[Some("4"), Some("d")])
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn duplicate_or_null_keys_are_errors_not_reports() {
-        let dup = vec![row(&[Some("1")]), row(&[Some("1")])];
-        assert!(diff_rows(&[0], dup.clone(), vec![])
-            .unwrap_err()
-            .contains("not unique in the source"));
-        assert!(diff_rows(&[0], vec![], dup)
-            .unwrap_err()
-            .contains("not unique in the destination"));
-        assert!(diff_rows(&[0], vec![row(&[None])], vec![])
-            .unwrap_err()
-            .contains("NULL"));
-    }
-}
+mod tests;

@@ -13,7 +13,8 @@ use std::collections::VecDeque;
 use crate::decode::Datum;
 use crate::error::{Error, Result};
 use crate::model::change::text;
-use crate::source::sqlite::types::{key_order, same, Kind};
+use crate::source::sqlite::compare::{key_order, same};
+use crate::source::sqlite::types::Kind;
 use crate::source::RowSource;
 
 /// A difference between the two sides.

@@ -21,6 +21,7 @@ mod bisect;
 pub mod merge;
 mod plan;
 pub mod report;
+mod shape;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -41,8 +42,8 @@ use crate::destination::whole::{CompareSpec, DestTable, Texts, WholeLook};
 use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::model::schema::TableName;
-use crate::model::sql::quote_ident;
-use plan::{Side, TableInfo};
+use plan::TableInfo;
+use shape::{check_no_null_keys, Shape};
 
 /// One table pair to compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,15 +253,8 @@ async fn session(info: &ConnInfo) -> Result<Client> {
     Ok(client)
 }
 
-async fn verify_table(
-    src: &Client,
-    source: &ConnInfo,
-    dst: &Dest,
-    pair: &TablePair,
-    options: &Options,
-    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
-) -> Result<TableReport> {
-    let started = Instant::now();
+/// Both tables of `pair` as the comparison plans them; an error names a missing one.
+async fn read_tables(src: &Client, dst: &Dest, pair: &TablePair) -> Result<(TableInfo, TableInfo)> {
     let (si, di) = match dst {
         Dest::Postgres(dst) => tokio::try_join!(
             plan::read_table(src, &pair.source),
@@ -279,6 +273,19 @@ async fn verify_table(
             pair.destination
         ))
     })?;
+    Ok((si, di))
+}
+
+async fn verify_table(
+    src: &Client,
+    source: &ConnInfo,
+    dst: &Dest,
+    pair: &TablePair,
+    options: &Options,
+    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
+) -> Result<TableReport> {
+    let started = Instant::now();
+    let (si, di) = read_tables(src, dst, pair).await?;
     let shape = Shape::of(
         pair,
         &si,
@@ -331,41 +338,18 @@ async fn verify_table(
             whole_compare(*reader, source, pair, &shape, &di, options, &mut stats).await?
         }
     };
-    let mut rounds = 0;
-    while !differences.is_empty()
-        && rounds < options.recheck_rounds
-        && !options.recheck_after.is_zero()
-    {
-        observe(&Event::PassDone {
-            pair,
-            round: rounds,
-            differences: differences.len(),
-            recheck_in: Some(options.recheck_after),
-        });
-        tokio::time::sleep(options.recheck_after).await;
-        let order: HashMap<Key, usize> = differences
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.key().clone(), i))
-            .collect();
-        differences = match &look {
-            Look::Ranges(bisect_pair) => {
-                let keys: Vec<Key> = differences.iter().map(|d| d.key().clone()).collect();
-                bisect::recompare_keys(bisect_pair, &keys, &mut stats).await?
-            }
-            // A second whole look; only differences seen in both looks stand.
-            Look::Whole(reader) => {
-                whole_compare(*reader, source, pair, &shape, &di, options, &mut stats)
-                    .await?
-                    .1
-                    .into_iter()
-                    .filter(|d| order.contains_key(d.key()))
-                    .collect()
-            }
-        };
-        differences.sort_by_key(|d| order.get(d.key()).copied().unwrap_or(usize::MAX));
-        rounds += 1;
-    }
+    let rounds = recheck(
+        &look,
+        source,
+        pair,
+        &shape,
+        &di,
+        options,
+        &mut stats,
+        observe,
+        &mut differences,
+    )
+    .await?;
     observe(&Event::PassDone {
         pair,
         round: rounds,
@@ -387,6 +371,57 @@ async fn verify_table(
         stats,
         started.elapsed(),
     ))
+}
+
+/// Look again, after `recheck_after`, at the rows that differed (a running pipeline may have
+/// been applying them), up to `recheck_rounds` times; only what persists stays in
+/// `differences`. Returns the rounds taken.
+#[allow(clippy::too_many_arguments)]
+async fn recheck(
+    look: &Look<'_>,
+    source: &ConnInfo,
+    pair: &TablePair,
+    shape: &Shape,
+    di: &TableInfo,
+    options: &Options,
+    stats: &mut Stats,
+    observe: &(dyn Fn(&Event<'_>) + Send + Sync),
+    differences: &mut Vec<Difference>,
+) -> Result<u32> {
+    let mut rounds = 0;
+    while !differences.is_empty()
+        && rounds < options.recheck_rounds
+        && !options.recheck_after.is_zero()
+    {
+        observe(&Event::PassDone {
+            pair,
+            round: rounds,
+            differences: differences.len(),
+            recheck_in: Some(options.recheck_after),
+        });
+        tokio::time::sleep(options.recheck_after).await;
+        let order: HashMap<Key, usize> = differences
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.key().clone(), i))
+            .collect();
+        *differences = match look {
+            Look::Ranges(bisect_pair) => {
+                let keys: Vec<Key> = differences.iter().map(|d| d.key().clone()).collect();
+                bisect::recompare_keys(bisect_pair, &keys, stats).await?
+            }
+            // A second whole look; only differences seen in both looks stand.
+            Look::Whole(reader) => whole_compare(*reader, source, pair, shape, di, options, stats)
+                .await?
+                .1
+                .into_iter()
+                .filter(|d| order.contains_key(d.key()))
+                .collect(),
+        };
+        differences.sort_by_key(|d| order.get(d.key()).copied().unwrap_or(usize::MAX));
+        rounds += 1;
+    }
+    Ok(rounds)
 }
 
 /// How a table is compared: range hashes on two Postgres servers, or a whole look inside the
@@ -475,149 +510,6 @@ async fn whole_compare(
         differences,
         c.truncated,
     ))
-}
-
-/// The key and the columns both sides share.
-struct Shape {
-    key: Vec<String>,
-    columns: Vec<String>,
-    key_positions: Vec<usize>,
-    only_in_source: Vec<String>,
-    only_in_destination: Vec<String>,
-}
-
-impl Shape {
-    fn of(
-        pair: &TablePair,
-        si: &TableInfo,
-        di: &TableInfo,
-        key_override: &[String],
-        compare_types: bool,
-    ) -> Result<Shape> {
-        let key = if !key_override.is_empty() {
-            key_override.to_vec()
-        } else if !si.primary_key.is_empty() {
-            si.primary_key.clone()
-        } else if !di.primary_key.is_empty() {
-            di.primary_key.clone()
-        } else {
-            return Err(Error::definite(format!(
-                "{} has no primary key on either side: pass --key with the columns that identify a row",
-                pair.source
-            )));
-        };
-        let has = |info: &TableInfo, name: &str| info.columns.iter().any(|c| c.name == name);
-        let columns: Vec<String> = si
-            .columns
-            .iter()
-            .filter(|c| has(di, &c.name))
-            .map(|c| c.name.clone())
-            .collect();
-        for k in &key {
-            for (info, side, table) in [
-                (si, "source", &pair.source),
-                (di, "destination", &pair.destination),
-            ] {
-                if !has(info, k) {
-                    return Err(Error::definite(format!(
-                        "key column {k:?} does not exist in the {side} table {table}"
-                    )));
-                }
-            }
-        }
-        let key_positions = key
-            .iter()
-            .map(|k| columns.iter().position(|c| c == k).unwrap_or_default())
-            .collect();
-        // Types of two Postgres databases can be compared by name; a DuckDB column's type
-        // is always spelled differently (and its sort order is the typed one on both sides).
-        for k in key.iter().filter(|_| compare_types) {
-            let types: Vec<&str> = [si, di]
-                .iter()
-                .filter_map(|info| info.columns.iter().find(|c| &c.name == k))
-                .map(|c| c.type_sql.as_str())
-                .collect();
-            if types.len() == 2 && types[0] != types[1] {
-                tracing::warn!(table = %pair.source, column = %k, source_type = types[0], destination_type = types[1],
-                    "key column types differ; ranges assume both types sort alike");
-            }
-        }
-        Ok(Shape {
-            only_in_source: si
-                .columns
-                .iter()
-                .filter(|c| !has(di, &c.name))
-                .map(|c| c.name.clone())
-                .collect(),
-            only_in_destination: di
-                .columns
-                .iter()
-                .filter(|c| !has(si, &c.name))
-                .map(|c| c.name.clone())
-                .collect(),
-            key,
-            columns,
-            key_positions,
-        })
-    }
-
-    fn side(&self, table: &TableName, info: &TableInfo, filter: Option<String>) -> Side {
-        Side {
-            table: table.quoted(),
-            columns: self.columns.iter().map(|c| quote_ident(c)).collect(),
-            key: self
-                .key
-                .iter()
-                .filter_map(|k| info.columns.iter().find(|c| &c.name == k))
-                .map(|c| (quote_ident(&c.name), c.type_sql.clone(), c.collatable))
-                .collect(),
-            filter,
-        }
-    }
-}
-
-/// Rows whose key is NULL cannot be matched (and no key range selects them): refuse to
-/// compare rather than silently skip them. Only nullable key columns cost a query.
-async fn check_no_null_keys(
-    client: &Client,
-    side: &Side,
-    info: &TableInfo,
-    table: &TableName,
-    label: &str,
-) -> Result<()> {
-    let nullable: Vec<&str> = side
-        .key
-        .iter()
-        .filter(|(quoted, _, _)| {
-            info.columns
-                .iter()
-                .any(|c| &quote_ident(&c.name) == quoted && !c.not_null)
-        })
-        .map(|(quoted, _, _)| quoted.as_str())
-        .collect();
-    if nullable.is_empty() {
-        return Ok(());
-    }
-    let cond: Vec<String> = nullable.iter().map(|c| format!("{c} IS NULL")).collect();
-    let sql = format!(
-        "SELECT count(*) FROM {} WHERE {}",
-        side.table,
-        cond.join(" OR ")
-    );
-    let n: i64 = client
-        .query_one(&sql, &[])
-        .await
-        .map_err(Error::pg(format!(
-            "checking the key of {table} on the {label}"
-        )))?
-        .get(0);
-    if n > 0 {
-        return Err(Error::definite(format!(
-            "{n} rows of {table} on the {label} have a NULL key column ({}): rows cannot be matched by it; choose NOT NULL columns with --key",
-            nullable.join(", ")
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

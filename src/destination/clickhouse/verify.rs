@@ -43,6 +43,66 @@ impl ClickHouseReader {
             .map(|r| r.iter().map(|f| tsv::unescape(f)).collect())
             .collect())
     }
+
+    /// A scratch table `scratch` made anew with the compared columns, and the source's rows
+    /// copied into it under one snapshot; the rows copied.
+    async fn load_source(
+        &self,
+        source: &ConnInfo,
+        spec: &CompareSpec<'_>,
+        types: &[String],
+        scratch: &str,
+    ) -> Result<i64> {
+        let typed: Vec<String> = spec
+            .columns
+            .iter()
+            .zip(types)
+            .map(|(c, t)| format!("{} {t}", quote(c)))
+            .collect();
+        let key: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
+        self.client
+            .query(&format!("DROP TABLE IF EXISTS {scratch}"))
+            .await?;
+        self.client
+            .query(&format!(
+                "CREATE TABLE {scratch} ({}) ENGINE = MergeTree ORDER BY ({})",
+                typed.join(", "),
+                key.join(", ")
+            ))
+            .await?;
+        let filter = spec
+            .source_filter
+            .map_or(String::new(), |f| format!(" WHERE ({f})"));
+        let pg_cols: Vec<String> = spec.columns.iter().map(|c| quote_ident(c)).collect();
+        let copy = format!(
+            "COPY (SELECT {} FROM {}{filter}) TO STDOUT",
+            pg_cols.join(", "),
+            spec.source.quoted()
+        );
+        let fields: Vec<(String, Field)> = spec
+            .columns
+            .iter()
+            .zip(types)
+            .map(|(c, t)| (c.clone(), field_of(t)))
+            .collect();
+        let mut src = CopySource::connect(source).await?;
+        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let source_rows = copy_into(
+            &self.client,
+            &mut src,
+            &copy,
+            format!("INSERT INTO {scratch} FORMAT TSV"),
+            &fields,
+            b"",
+            &AtomicU64::new(0),
+            &spec.source.to_string(),
+        )
+        .await? as i64;
+        src.execute("COMMIT").await?;
+        src.close().await;
+        Ok(source_rows)
+    }
 }
 
 /// `s.c` and `d.c` hold the same value (NULL equal to NULL, NaN to NaN).
@@ -105,53 +165,8 @@ impl WholeLook for ClickHouseReader {
         let n = spec.columns.len();
         let cols: Vec<String> = spec.columns.iter().map(|c| quote(c)).collect();
         let key: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
-        let typed: Vec<String> = cols
-            .iter()
-            .zip(types)
-            .map(|(c, t)| format!("{c} {t}"))
-            .collect();
-        self.client
-            .query(&format!("DROP TABLE IF EXISTS {scratch}"))
-            .await?;
-        self.client
-            .query(&format!(
-                "CREATE TABLE {scratch} ({}) ENGINE = MergeTree ORDER BY ({})",
-                typed.join(", "),
-                key.join(", ")
-            ))
-            .await?;
         let result = async {
-            let filter = spec
-                .source_filter
-                .map_or(String::new(), |f| format!(" WHERE ({f})"));
-            let pg_cols: Vec<String> = spec.columns.iter().map(|c| quote_ident(c)).collect();
-            let copy = format!(
-                "COPY (SELECT {} FROM {}{filter}) TO STDOUT",
-                pg_cols.join(", "),
-                spec.source.quoted()
-            );
-            let fields: Vec<(String, Field)> = spec
-                .columns
-                .iter()
-                .zip(types)
-                .map(|(c, t)| (c.clone(), field_of(t)))
-                .collect();
-            let mut src = CopySource::connect(source).await?;
-            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await?;
-            let source_rows = copy_into(
-                &self.client,
-                &mut src,
-                &copy,
-                format!("INSERT INTO {scratch} FORMAT TSV"),
-                &fields,
-                b"",
-                &AtomicU64::new(0),
-                &spec.source.to_string(),
-            )
-            .await? as i64;
-            src.execute("COMMIT").await?;
-            src.close().await;
+            let source_rows = self.load_source(source, spec, types, &scratch).await?;
 
             let view = format!("{db}.{}", quote(&names.view));
             let on: Vec<String> = key.iter().map(|k| format!("s.{k} = d.{k}")).collect();

@@ -19,7 +19,7 @@ use crate::destination::{missing_table, Session};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::model::change::{keyless_steps, reduce, text, Batch, Final, KeylessStep, TableMap};
+use crate::model::change::{reduce, text, Batch, Final, TableMap};
 use crate::model::schema::TableName;
 use crate::model::schema::{DestColumn, SchemaChange, SourceType};
 use crate::model::sql::quote_ident;
@@ -58,7 +58,7 @@ impl DuckSession {
 }
 
 /// A staging table of `n` VARCHAR columns in the connection's temporary catalog, emptied.
-fn stage(c: &Connection, n: usize) -> duckdb::Result<String> {
+pub(super) fn stage(c: &Connection, n: usize) -> duckdb::Result<String> {
     let name = format!("cdc_stage_{n}");
     let cols: Vec<String> = (0..n).map(|i| format!("c{i} VARCHAR")).collect();
     c.execute_batch(&format!(
@@ -69,7 +69,11 @@ fn stage(c: &Connection, n: usize) -> duckdb::Result<String> {
 }
 
 /// Append text rows to a staging table.
-fn append(c: &Connection, stage: &str, rows: &[Vec<Option<String>>]) -> duckdb::Result<()> {
+pub(super) fn append(
+    c: &Connection,
+    stage: &str,
+    rows: &[Vec<Option<String>>],
+) -> duckdb::Result<()> {
     let mut app = c.appender_to_catalog_and_db(stage, "temp", "main")?;
     for row in rows {
         app.append_row(appender_params_from_iter(row.iter().map(|v| v.as_deref())))?;
@@ -101,7 +105,7 @@ pub(super) fn insert_rows(
 }
 
 /// A value for DuckDB: the Postgres text rewritten for the column's type.
-fn value(t: &TableMap, col: usize, d: &Datum) -> Result<Option<String>> {
+pub(super) fn value(t: &TableMap, col: usize, d: &Datum) -> Result<Option<String>> {
     match text(d) {
         None => Ok(None),
         Some(s) => to_duckdb_text(&t.columns[col].dest_type, s)
@@ -203,24 +207,6 @@ fn stage_finals(t: &TableMap, finals: &[Final<'_>]) -> Result<(Vec<Vec<Option<St
     Ok((rows, with_kept))
 }
 
-/// Every column of a keyless table's row equal to the given old row by exact representation:
-/// `CAST("a" AS VARCHAR) IS NOT DISTINCT FROM CAST(CAST(? AS t) AS VARCHAR) AND …`. Not by `=`,
-/// which calls `-0.0` and `0.0` (or two NaNs) the same, so an update or delete could hit the
-/// other duplicate.
-fn all_match(t: &TableMap) -> String {
-    t.columns
-        .iter()
-        .map(|c| {
-            format!(
-                "CAST({} AS VARCHAR) IS NOT DISTINCT FROM CAST({} AS VARCHAR)",
-                quote_ident(&c.name),
-                cast_expr(&c.dest_type, "?")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
 /// Write one table's changes; `dest` is its qualified name.
 fn write_table(
     c: &Connection,
@@ -231,78 +217,7 @@ fn write_table(
     let ctx = || format!("applying changes to {}", t.dest);
     let n = t.columns.len();
     if t.is_keyless() {
-        for step in keyless_steps(ops) {
-            match step {
-                KeylessStep::Inserts(rows) => {
-                    let staged = rows
-                        .iter()
-                        .map(|r| (0..n).map(|i| value(t, i, &r[i])).collect())
-                        .collect::<Result<Vec<Vec<Option<String>>>>>()?;
-                    let stage = stage(c, n).map_err(Error::duck(ctx()))?;
-                    append(c, &stage, &staged).map_err(Error::duck(ctx()))?;
-                    let cols: Vec<String> =
-                        t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-                    let casts: Vec<String> = t
-                        .columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, col)| cast_expr(&col.dest_type, &format!("c{i}")))
-                        .collect();
-                    c.execute_batch(&format!(
-                        "INSERT INTO {} ({}) SELECT {} FROM temp.main.{stage}",
-                        dest,
-                        cols.join(", "),
-                        casts.join(", ")
-                    ))
-                    .map_err(Error::duck(ctx()))?;
-                }
-                KeylessStep::Delete(old) => {
-                    let values = (0..n)
-                        .map(|i| value(t, i, &old[i]))
-                        .collect::<Result<Vec<_>>>()?;
-                    let sql = format!(
-                        "DELETE FROM {d} WHERE rowid = (SELECT rowid FROM {d} WHERE {m} LIMIT 1)",
-                        d = dest,
-                        m = all_match(t)
-                    );
-                    c.execute(&sql, params_from_iter(values.iter()))
-                        .map_err(Error::duck(ctx()))?;
-                }
-                KeylessStep::Update { old, new } => {
-                    let old = old.ok_or_else(|| crate::destination::no_old_row(t))?;
-                    let present: Vec<usize> = (0..n)
-                        .filter(|&i| new[i] != Datum::UnchangedToast)
-                        .collect();
-                    if present.is_empty() {
-                        continue;
-                    }
-                    let sets: Vec<String> = present
-                        .iter()
-                        .map(|&i| {
-                            let col = &t.columns[i];
-                            format!(
-                                "{} = {}",
-                                quote_ident(&col.name),
-                                cast_expr(&col.dest_type, "?")
-                            )
-                        })
-                        .collect();
-                    let values = present
-                        .iter()
-                        .map(|&i| value(t, i, &new[i]))
-                        .chain((0..n).map(|i| value(t, i, &old[i])))
-                        .collect::<Result<Vec<_>>>()?;
-                    let sql = format!(
-                        "UPDATE {d} SET {s} WHERE rowid = (SELECT rowid FROM {d} WHERE {m} LIMIT 1)",
-                        d = dest,
-                        s = sets.join(", "),
-                        m = all_match(t)
-                    );
-                    c.execute(&sql, params_from_iter(values.iter()))
-                        .map_err(Error::duck(ctx()))?;
-                }
-            }
-        }
+        super::keyless::write(c, t, dest, ops)?;
         return Ok(0);
     }
     let finals = reduce(ops, &t.key);

@@ -21,12 +21,13 @@ mod apply;
 mod copy_in;
 mod copy_text;
 mod handle;
+mod keyless;
+mod load;
 pub use handle::is_lock_conflict;
 pub mod types;
 pub mod verify;
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,7 +36,6 @@ use duckdb::params;
 use super::{
     CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
-use crate::decode::Datum;
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -43,10 +43,8 @@ use crate::model::change::TableMap;
 use crate::model::schema::TableName;
 use crate::model::schema::{TableSchema, UserType};
 use crate::model::sql::{quote_ident, quote_literal};
-use crate::source::postgres::copy_out::CopySource;
 use crate::source::RowSource;
-use copy_in::CopyIn;
-use handle::{Handle, Pin};
+use handle::Handle;
 
 /// A DuckDB file.
 pub struct DuckDbDestination {
@@ -89,13 +87,6 @@ fn table_exists(c: &duckdb::Connection, schema: &str, name: &str) -> duckdb::Res
         params![schema, name],
         |r| r.get(0),
     )
-}
-
-/// The DuckDB types of the columns a snapshot copies, in COPY order.
-fn copied_types(t: &TableSchema) -> Vec<String> {
-    t.copied_columns()
-        .map(|c| types::duck_type(c.type_oid, &c.type_sql, c.dims))
-        .collect()
 }
 
 #[async_trait]
@@ -366,17 +357,17 @@ impl Destination for DuckDbDestination {
     }
 
     fn copy_format(&self, table: &TableSchema) -> CopyFormat {
-        copy_in::format(&copied_types(table))
+        copy_in::format(&load::copied_types(table))
     }
 
     async fn loader(&self) -> Result<Box<dyn Loader>> {
         // A connection per worker: DuckDB appends to tables from several at once.
         let (conn, pin) = self.handle.connection().await?;
-        Ok(Box::new(DuckLoader {
-            copy_in: CopyIn::new(conn),
-            handle: self.handle.clone(),
-            _pin: pin,
-        }))
+        Ok(Box::new(load::DuckLoader::new(
+            conn,
+            self.handle.clone(),
+            pin,
+        )))
     }
 
     async fn finish_table(
@@ -507,63 +498,7 @@ impl Destination for DuckDbDestination {
 
     async fn rows_by_key(&self, map: &TableMap, text_key: &[bool]) -> Result<Box<dyn RowSource>> {
         let _ = text_key; // DuckDB's default collation already orders text by its bytes.
-        let cols: Vec<String> = map
-            .columns
-            .iter()
-            .map(|c| {
-                let q = quote_ident(&c.name);
-                if c.dest_type.eq_ignore_ascii_case("BLOB") {
-                    // Postgres's bytea text, which the source side prints too.
-                    format!("'\\x' || lower(hex({q}))")
-                } else {
-                    format!("CAST({q} AS VARCHAR)")
-                }
-            })
-            .collect();
-        let order: Vec<String> = map
-            .key
-            .iter()
-            .map(|&k| quote_ident(&map.columns[k].name))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {}",
-            cols.join(", "),
-            self.handle.qualified(&map.dest),
-            order.join(", ")
-        );
-        let (conn, pin) = self.handle.connection().await?;
-        let width = map.columns.len();
-        let what = format!("reading {}", map.dest);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let _pin = pin;
-            let read = || -> duckdb::Result<()> {
-                let mut stmt = conn.prepare(&sql)?;
-                let mut rows = stmt.query([])?;
-                let mut block = Vec::with_capacity(2048);
-                while let Some(row) = rows.next()? {
-                    let mut out = Vec::with_capacity(width);
-                    for i in 0..width {
-                        let v: Option<String> = row.get(i)?;
-                        out.push(v.map_or(Datum::Null, |s| Datum::Text(bytes::Bytes::from(s))));
-                    }
-                    block.push(out);
-                    if block.len() >= 2048
-                        && tx.blocking_send(Ok(std::mem::take(&mut block))).is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-                if !block.is_empty() {
-                    let _ = tx.blocking_send(Ok(block));
-                }
-                Ok(())
-            };
-            if let Err(e) = read() {
-                let _ = tx.blocking_send(Err(crate::error::Error::duck(what)(e)));
-            }
-        });
-        Ok(Box::new(ChannelRows(rx)))
+        load::rows_by_key(&self.handle, map).await
     }
 
     async fn drop_table(&self, table: &TableName) -> Result<()> {
@@ -659,71 +594,5 @@ impl Destination for DuckDbDestination {
                 .map(|_| ())
             })
             .await
-    }
-}
-
-/// A snapshot worker's connection: loads ranges through `CopyIn`.
-struct DuckLoader {
-    copy_in: CopyIn,
-    handle: Arc<Handle>,
-    /// The file stays open for the whole snapshot.
-    _pin: Pin,
-}
-
-#[async_trait]
-impl Loader for DuckLoader {
-    async fn load(
-        &mut self,
-        src: &mut CopySource,
-        out_sql: &str,
-        table: &SnapshotTable<'_>,
-        bytes: &AtomicU64,
-    ) -> Result<u64> {
-        let names: Vec<String> = table
-            .schema
-            .copied_columns()
-            .map(|c| c.name.clone())
-            .collect();
-        self.copy_in
-            .load(
-                src,
-                out_sql,
-                &self.handle.qualified(table.destination),
-                &names,
-                &copied_types(table.schema),
-                bytes,
-            )
-            .await
-    }
-
-    async fn load_rows(
-        &mut self,
-        rows: &mut (dyn RowSource + '_),
-        table: &SnapshotTable<'_>,
-    ) -> Result<Option<u64>> {
-        let names: Vec<String> = table
-            .schema
-            .copied_columns()
-            .map(|c| c.name.clone())
-            .collect();
-        self.copy_in
-            .load_rows(
-                rows,
-                &self.handle.qualified(table.destination),
-                &names,
-                &copied_types(table.schema),
-            )
-            .await
-            .map(Some)
-    }
-}
-
-/// Row blocks from a reading thread.
-struct ChannelRows(tokio::sync::mpsc::Receiver<Result<Vec<Vec<Datum>>>>);
-
-#[async_trait]
-impl RowSource for ChannelRows {
-    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
-        self.0.recv().await.transpose()
     }
 }

@@ -83,48 +83,8 @@ impl WholeLook for DuckDbReader {
     ) -> Result<Comparison> {
         // A connection of its own: the temporary table lives in it.
         let (conn, _pin) = self.handle.connection().await?;
-        let typed: Vec<String> = types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("c{i} {t}"))
-            .collect();
-        conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE cdc_verify_source ({})",
-            typed.join(", ")
-        ))
-        .map_err(Error::duck("preparing the comparison"))?;
-
+        let (conn, source_rows) = load_source(conn, source, spec, types).await?;
         let cols: Vec<String> = spec.columns.iter().map(|c| quote_ident(c)).collect();
-        let filter = spec
-            .source_filter
-            .map_or(String::new(), |f| format!(" WHERE ({f})"));
-        let format = match copy_in::format(types) {
-            CopyFormat::Csv => " (FORMAT csv)",
-            _ => "",
-        };
-        let copy = format!(
-            "COPY (SELECT {} FROM {}{filter}) TO STDOUT{format}",
-            cols.join(", "),
-            spec.source.quoted()
-        );
-        let mut src = CopySource::connect(source).await?;
-        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let names: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
-        let mut copy_in = CopyIn::new(conn);
-        let source_rows = copy_in
-            .load(
-                &mut src,
-                &copy,
-                "temp.main.cdc_verify_source",
-                &names,
-                types,
-                &AtomicU64::new(0),
-            )
-            .await? as i64;
-        src.execute("COMMIT").await?;
-        src.close().await;
-        let conn = copy_in.into_connection();
 
         let dest = self.handle.qualified(spec.destination);
         let n = spec.columns.len();
@@ -205,4 +165,56 @@ impl WholeLook for DuckDbReader {
         .await?
         .map_err(Error::duck(what))
     }
+}
+
+/// The source's rows of the compared columns copied (under one snapshot) into a temporary
+/// table of `conn`; the connection back, and the rows copied.
+async fn load_source(
+    conn: duckdb::Connection,
+    source: &ConnInfo,
+    spec: &CompareSpec<'_>,
+    types: &[String],
+) -> Result<(duckdb::Connection, i64)> {
+    let typed: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("c{i} {t}"))
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE OR REPLACE TEMP TABLE cdc_verify_source ({})",
+        typed.join(", ")
+    ))
+    .map_err(Error::duck("preparing the comparison"))?;
+
+    let cols: Vec<String> = spec.columns.iter().map(|c| quote_ident(c)).collect();
+    let filter = spec
+        .source_filter
+        .map_or(String::new(), |f| format!(" WHERE ({f})"));
+    let format = match copy_in::format(types) {
+        CopyFormat::Csv => " (FORMAT csv)",
+        _ => "",
+    };
+    let copy = format!(
+        "COPY (SELECT {} FROM {}{filter}) TO STDOUT{format}",
+        cols.join(", "),
+        spec.source.quoted()
+    );
+    let mut src = CopySource::connect(source).await?;
+    src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let names: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
+    let mut copy_in = CopyIn::new(conn);
+    let source_rows = copy_in
+        .load(
+            &mut src,
+            &copy,
+            "temp.main.cdc_verify_source",
+            &names,
+            types,
+            &AtomicU64::new(0),
+        )
+        .await? as i64;
+    src.execute("COMMIT").await?;
+    src.close().await;
+    Ok((copy_in.into_connection(), source_rows))
 }

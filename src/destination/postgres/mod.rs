@@ -4,14 +4,13 @@
 
 mod apply;
 pub mod ddl;
+mod load;
 mod sql;
 pub mod state;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::SinkExt;
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
@@ -19,7 +18,6 @@ use super::{
     CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
 use crate::conninfo::ConnInfo;
-use crate::decode::Datum;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -27,7 +25,6 @@ use crate::model::change::TableMap;
 use crate::model::schema::{DestForeignKey, TableName};
 use crate::model::schema::{TableSchema, UserType};
 use crate::model::sql::quote_ident;
-use crate::source::postgres::copy_out::CopySource;
 use crate::source::postgres::rows::RowCursor;
 use crate::source::RowSource;
 pub use apply::PgSession;
@@ -237,7 +234,7 @@ impl Destination for PgDestination {
     }
 
     async fn loader(&self) -> Result<Box<dyn Loader>> {
-        Ok(Box::new(PgLoader {
+        Ok(Box::new(load::PgLoader {
             client: crate::pg::connect(&self.info).await?,
         }))
     }
@@ -420,7 +417,7 @@ impl Destination for PgDestination {
             .map_err(Error::pg(format!("reading {}", map.dest)))?;
         let sql = ddl::select_by_key(map, text_key);
         let cursor = RowCursor::declare(&client, "cdc_rows_by_key", &sql).await?;
-        Ok(Box::new(PgRows { client, cursor }))
+        Ok(Box::new(load::PgRows { client, cursor }))
     }
 
     async fn drop_table(&self, table: &TableName) -> Result<()> {
@@ -468,144 +465,5 @@ impl Destination for PgDestination {
 
     async fn save_sync_state(&self, state: &SyncState) -> Result<()> {
         self.store.save_sync_state(self.admin().await?, state).await
-    }
-}
-
-/// COPY output of the source streamed straight into `COPY ... FROM STDIN`.
-struct PgLoader {
-    client: Client,
-}
-
-#[async_trait]
-impl Loader for PgLoader {
-    async fn load(
-        &mut self,
-        src: &mut CopySource,
-        out_sql: &str,
-        table: &SnapshotTable<'_>,
-        bytes: &AtomicU64,
-    ) -> Result<u64> {
-        let binary = table.schema.binary_copy_safe();
-        let in_sql = ddl::copy_in(table.destination, table.schema, binary);
-        src.copy_out(out_sql).await?;
-        let sink = self
-            .client
-            .copy_in(&in_sql)
-            .await
-            .map_err(Error::pg(format!("starting {in_sql}")))?;
-        let mut sink = std::pin::pin!(sink);
-        while let Some(chunk) = src.next_chunk().await? {
-            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            sink.send(chunk)
-                .await
-                .map_err(Error::pg(format!("copying rows ({out_sql})")))?;
-        }
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(Error::pg(format!("finishing {in_sql}")))
-    }
-
-    async fn load_rows(
-        &mut self,
-        rows: &mut (dyn RowSource + '_),
-        table: &SnapshotTable<'_>,
-    ) -> Result<Option<u64>> {
-        let in_sql = ddl::copy_in(table.destination, table.schema, false);
-        let sink = self
-            .client
-            .copy_in(&in_sql)
-            .await
-            .map_err(Error::pg(format!("starting {in_sql}")))?;
-        let mut sink = std::pin::pin!(sink);
-        let mut count = 0u64;
-        let mut buf = bytes::BytesMut::with_capacity(COPY_CHUNK + 4096);
-        while let Some(block) = rows.next_rows().await? {
-            for row in &block {
-                copy_text_row(&mut buf, row);
-            }
-            count += block.len() as u64;
-            if buf.len() >= COPY_CHUNK {
-                sink.send(buf.split().freeze())
-                    .await
-                    .map_err(Error::pg(format!(
-                        "copying rows into {}",
-                        table.destination
-                    )))?;
-            }
-        }
-        if !buf.is_empty() {
-            sink.send(buf.split().freeze())
-                .await
-                .map_err(Error::pg(format!(
-                    "copying rows into {}",
-                    table.destination
-                )))?;
-        }
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(Error::pg(format!("finishing {in_sql}")))?;
-        Ok(Some(count))
-    }
-}
-
-/// A table's rows through a cursor in a read-only transaction of its own connection.
-struct PgRows {
-    client: Client,
-    cursor: RowCursor,
-}
-
-#[async_trait]
-impl RowSource for PgRows {
-    async fn next_rows(&mut self) -> Result<Option<Vec<Vec<Datum>>>> {
-        let rows = self.cursor.next(&self.client).await?;
-        Ok((!rows.is_empty()).then_some(rows))
-    }
-}
-
-/// Bytes sent per CopyData message by [`PgLoader::load_rows`].
-const COPY_CHUNK: usize = 256 * 1024;
-
-/// One row in COPY's text format: tab-separated, `\N` for NULL, backslash escapes.
-fn copy_text_row(buf: &mut bytes::BytesMut, row: &[Datum]) {
-    for (i, d) in row.iter().enumerate() {
-        if i > 0 {
-            buf.extend_from_slice(b"\t");
-        }
-        match crate::model::change::text(d) {
-            None => buf.extend_from_slice(b"\\N"),
-            Some(t) => {
-                let bytes = t.as_bytes();
-                let mut start = 0;
-                for (i, &b) in bytes.iter().enumerate() {
-                    let escaped: &[u8] = match b {
-                        b'\\' => b"\\\\",
-                        b'\t' => b"\\t",
-                        b'\n' => b"\\n",
-                        b'\r' => b"\\r",
-                        _ => continue,
-                    };
-                    buf.extend_from_slice(&bytes[start..i]);
-                    buf.extend_from_slice(escaped);
-                    start = i + 1;
-                }
-                buf.extend_from_slice(&bytes[start..]);
-            }
-        }
-    }
-    buf.extend_from_slice(b"\n");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_rows_escape_what_the_format_reserves() {
-        let mut buf = bytes::BytesMut::new();
-        let text = |s: &str| Datum::Text(bytes::Bytes::copy_from_slice(s.as_bytes()));
-        copy_text_row(&mut buf, &[text("a\tb\nc\\d\re"), Datum::Null, text("")]);
-        assert_eq!(&buf[..], b"a\\tb\\nc\\\\d\\re\t\\N\t\n");
     }
 }

@@ -40,33 +40,11 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
     let mut leaves = Vec::new();
     if partitioned {
         // The root holds no rows: its size is its leaves'.
-        (estimated_rows, pages) = (0, 0);
-        for r in client
-            .query(
-                "SELECT n.nspname::text, l.relname::text, l.relpages::int8, l.relkind = 'r',
-                        greatest(l.reltuples, 0)::int8
-                   FROM pg_partition_tree($1::oid::regclass) t
-                   JOIN pg_class l ON l.oid = t.relid
-                   JOIN pg_namespace n ON n.oid = l.relnamespace
-                  WHERE t.isleaf ORDER BY l.relpages DESC, n.nspname, l.relname",
-                &[&oid],
-            )
-            .await
-            .map_err(Error::pg(ctx()))?
-        {
-            let leaf = Leaf {
-                name: TableName {
-                    schema: r.get(0),
-                    name: r.get(1),
-                },
-                pages: r.get(2),
-                heap: r.get(3),
-            };
-            estimated_rows += r.get::<_, i64>(4);
-            pages += leaf.pages;
-            leaves.push(leaf);
-        }
+        leaves = read_leaves(client, oid, name).await?;
+        estimated_rows = leaves.iter().map(|(_, rows)| rows).sum();
+        pages = leaves.iter().map(|(l, _)| l.pages).sum();
     }
+    let leaves: Vec<Leaf> = leaves.into_iter().map(|(l, _)| l).collect();
     let replica_identity = row.get::<_, String>(1).chars().next().unwrap_or('d');
     let columns = client
         .query(
@@ -110,6 +88,54 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
             key_include.push(r.get(0));
         }
     }
+    let indexes = read_indexes(client, oid, name).await?;
+    Ok(Some(TableSchema {
+        name: name.clone(),
+        oid,
+        columns,
+        primary_key,
+        key_include,
+        replica_identity,
+        indexes,
+        estimated_rows,
+        pages,
+        partitioned,
+        leaves,
+    }))
+}
+
+/// A partitioned table's leaves, largest first, with their estimated rows.
+async fn read_leaves(client: &Client, oid: u32, name: &TableName) -> Result<Vec<(Leaf, i64)>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, l.relname::text, l.relpages::int8, l.relkind = 'r',
+                    greatest(l.reltuples, 0)::int8
+               FROM pg_partition_tree($1::oid::regclass) t
+               JOIN pg_class l ON l.oid = t.relid
+               JOIN pg_namespace n ON n.oid = l.relnamespace
+              WHERE t.isleaf ORDER BY l.relpages DESC, n.nspname, l.relname",
+            &[&oid],
+        )
+        .await
+        .map_err(Error::pg(format!("reading the partitions of {name}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let leaf = Leaf {
+                name: TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                pages: r.get(2),
+                heap: r.get(3),
+            };
+            (leaf, r.get::<_, i64>(4))
+        })
+        .collect())
+}
+
+/// The table's valid indexes other than the primary key, as the tails of their definitions.
+async fn read_indexes(client: &Client, oid: u32, name: &TableName) -> Result<Vec<IndexDef>> {
     let mut indexes = Vec::new();
     for r in client
         .query(
@@ -124,7 +150,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
             &[&oid],
         )
         .await
-        .map_err(Error::pg(ctx()))?
+        .map_err(Error::pg(format!("reading the indexes of {name}")))?
     {
         let (index_name, def, unique, table): (String, String, bool, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
@@ -147,19 +173,7 @@ pub async fn read_table(client: &Client, name: &TableName) -> Result<Option<Tabl
             }
         }
     }
-    Ok(Some(TableSchema {
-        name: name.clone(),
-        oid,
-        columns,
-        primary_key,
-        key_include,
-        replica_identity,
-        indexes,
-        estimated_rows,
-        pages,
-        partitioned,
-        leaves,
-    }))
+    Ok(indexes)
 }
 
 /// The user-defined types behind `type_oids`, dependencies first, each once.

@@ -7,6 +7,7 @@
 //! - `types.rs`: declared types to destination types, values to Postgres text (checked, never
 //!   rounded), comparison by meaning;
 //! - `select.rs`: the queries a pass reads with, and the conversions they ask for;
+//! - `compare.rs`: a value read and the destination's spelling of it compared by meaning;
 //! - `read.rs`: a query's rows converted on a thread of their own and handed over in blocks.
 //!
 //! Consistency: each table is read inside one read transaction, so it is read as of one
@@ -15,6 +16,7 @@
 //! rollback-journal mode a read transaction blocks the application's commits, so each table
 //! gets its own, and a pass may see tables from slightly different moments.
 pub mod catalog;
+pub mod compare;
 pub mod read;
 pub mod select;
 pub mod types;

@@ -226,43 +226,8 @@ impl PgWire {
                         .map_err(Error::io("encoding password"))?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
-                    let mut mechanisms = body.mechanisms();
-                    let (mut has_scram, mut has_plus) = (false, false);
-                    while let Ok(Some(m)) = mechanisms.next() {
-                        has_scram |= m == sasl::SCRAM_SHA_256;
-                        has_plus |= m == sasl::SCRAM_SHA_256_PLUS;
-                    }
-                    let end_point = self
-                        .end_point
-                        .clone()
-                        .filter(|_| info.channel_binding != ChannelBindingMode::Disable);
-                    // Bind when we can; otherwise say why not, so that a server offering
-                    // binding to a client that supports it detects a downgrade ("y").
-                    let (mechanism, binding) = match end_point {
-                        Some(hash) if has_plus => (
-                            sasl::SCRAM_SHA_256_PLUS,
-                            sasl::ChannelBinding::tls_server_end_point(hash),
-                        ),
-                        _ if require => {
-                            return Err(Error::from(crate::error::Cause::Auth(format!(
-                                "channel_binding=require, but {info} offers no SCRAM channel binding \
-                                 over this connection (it needs TLS, SCRAM-SHA-256-PLUS on the server, and \
-                                 a certificate signed with RSA or ECDSA)"
-                            ))))
-                        }
-                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
-                        None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
-                    };
-                    if !has_scram && mechanism == sasl::SCRAM_SHA_256 {
-                        return Err(Error::from(crate::error::Cause::Auth(
-                            "server offers no SASL mechanism we support (need SCRAM-SHA-256)"
-                                .into(),
-                        )));
-                    }
-                    bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
-                    let s = sasl::ScramSha256::new(password()?, binding);
-                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.out)
-                        .map_err(Error::io("encoding SASL"))?;
+                    let (s, plus) = self.sasl_start(info, &body, password()?)?;
+                    bound = plus;
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
@@ -297,6 +262,53 @@ impl PgWire {
             }
             self.flush().await?;
         }
+    }
+
+    /// Answer the server's SASL offer: SCRAM-SHA-256, with channel binding (`-PLUS`) when
+    /// both sides can. The exchange, and whether it is bound.
+    fn sasl_start(
+        &mut self,
+        info: &ConnInfo,
+        body: &backend::AuthenticationSaslBody,
+        password: &[u8],
+    ) -> Result<(sasl::ScramSha256, bool)> {
+        let require = info.channel_binding == ChannelBindingMode::Require;
+        let mut mechanisms = body.mechanisms();
+        let (mut has_scram, mut has_plus) = (false, false);
+        while let Ok(Some(m)) = mechanisms.next() {
+            has_scram |= m == sasl::SCRAM_SHA_256;
+            has_plus |= m == sasl::SCRAM_SHA_256_PLUS;
+        }
+        let end_point = self
+            .end_point
+            .clone()
+            .filter(|_| info.channel_binding != ChannelBindingMode::Disable);
+        // Bind when we can; otherwise say why not, so that a server offering
+        // binding to a client that supports it detects a downgrade ("y").
+        let (mechanism, binding) = match end_point {
+            Some(hash) if has_plus => (
+                sasl::SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(hash),
+            ),
+            _ if require => {
+                return Err(Error::from(crate::error::Cause::Auth(format!(
+                    "channel_binding=require, but {info} offers no SCRAM channel binding \
+                     over this connection (it needs TLS, SCRAM-SHA-256-PLUS on the server, and \
+                     a certificate signed with RSA or ECDSA)"
+                ))))
+            }
+            Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+            None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+        };
+        if !has_scram && mechanism == sasl::SCRAM_SHA_256 {
+            return Err(Error::from(crate::error::Cause::Auth(
+                "server offers no SASL mechanism we support (need SCRAM-SHA-256)".into(),
+            )));
+        }
+        let s = sasl::ScramSha256::new(password, binding);
+        frontend::sasl_initial_response(mechanism, s.message(), &mut self.out)
+            .map_err(Error::io("encoding SASL"))?;
+        Ok((s, mechanism == sasl::SCRAM_SHA_256_PLUS))
     }
 
     /// Read until ReadyForQuery, remembering parameters and failing on ErrorResponse.
