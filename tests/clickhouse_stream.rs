@@ -16,7 +16,11 @@ use crate::harness::{unique, Pipeline};
 use crate::run::FAST;
 
 /// A pipeline into a fresh ClickHouse database; the client reads that database.
-async fn ch_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, Client, String) {
+pub(crate) async fn ch_pipeline(
+    prefix: &str,
+    ddl: &str,
+    tables: &str,
+) -> (Pipeline, Client, String) {
     let mut p = Pipeline::new(prefix, ddl, &format!("{tables}{FAST}")).await;
     let db = unique(prefix);
     let admin = Client::new(ClickHouseUrl::parse(&server().url("default")).unwrap()).unwrap();
@@ -57,7 +61,7 @@ async fn pg_rows(p: &Pipeline, sql: &str) -> Vec<Vec<String>> {
         .unwrap_or_else(|| panic!("source query failed: {sql}"))
 }
 
-async fn wait_ch(c: &Client, sql: &str, expected: Vec<Vec<String>>) {
+pub(crate) async fn wait_ch(c: &Client, sql: &str, expected: Vec<Vec<String>>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got = ch_rows(c, sql).await;
@@ -96,15 +100,15 @@ async fn wait_pgbench_equal(p: &Pipeline, c: &Client, tables: &[&str]) {
     }
 }
 
-fn row(v: &[&str]) -> Vec<String> {
+pub(crate) fn row(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
 /// A `cdc run` process, killed when dropped.
-struct RunProcess(Child);
+pub(crate) struct RunProcess(Child);
 
 impl RunProcess {
-    fn start(p: &Pipeline) -> RunProcess {
+    pub(crate) fn start(p: &Pipeline) -> RunProcess {
         RunProcess(
             cdc(p, &["run"])
                 .stdout(Stdio::null())
@@ -114,7 +118,7 @@ impl RunProcess {
         )
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

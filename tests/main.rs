@@ -6,6 +6,7 @@ mod layers;
 mod cli;
 mod clickhouse;
 mod clickhouse_stream;
+mod clickhouse_sync;
 mod conformance;
 mod decoder_fixtures;
 mod docker;

@@ -11,15 +11,20 @@ use cdc::sync::{OnError, Options, Summary};
 use crate::harness::{fresh_db, rows_text, servers, unique};
 
 /// A SQLite file in a temporary directory, a fresh destination database, and a config.
-struct Fixture {
-    dir: PathBuf,
-    file: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) dir: PathBuf,
+    pub(crate) file: PathBuf,
     dst_sql: tokio_postgres::Client,
-    config_text: String,
+    pub(crate) config_text: String,
 }
 
 impl Fixture {
-    async fn new(prefix: &str, sqlite_ddl: &str, dest_ddl: &str, tables: &str) -> Fixture {
+    pub(crate) async fn new(
+        prefix: &str,
+        sqlite_ddl: &str,
+        dest_ddl: &str,
+        tables: &str,
+    ) -> Fixture {
         let dir = std::env::temp_dir().join(unique(prefix));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("app.db");
@@ -51,14 +56,14 @@ impl Fixture {
         .expect("valid config")
     }
 
-    fn sqlite(&self, sql: &str) {
+    pub(crate) fn sqlite(&self, sql: &str) {
         rusqlite::Connection::open(&self.file)
             .unwrap()
             .execute_batch(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    fn cdc(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cdc(&self, args: &[&str]) -> std::process::Output {
         let config = self.dir.join("cdc.toml");
         std::fs::write(&config, &self.config_text).unwrap();
         Command::new(env!("CARGO_BIN_EXE_cdc"))
@@ -83,7 +88,7 @@ impl Drop for Fixture {
 
 /// A pass with tables synced four at once, as Postgres sources' are: foreign-key order and
 /// the deferred deletes must hold with them.
-async fn pass(f: &Fixture) -> Summary {
+pub(crate) async fn pass(f: &Fixture) -> Summary {
     let options = Options {
         jobs: 4,
         ..Options::default()
@@ -729,7 +734,7 @@ async fn into_duckdb_passes_diff_and_verify_compare_by_meaning() {
 }
 
 /// `cdc verify`'s comparison of every configured table.
-async fn verify(f: &Fixture) -> cdc::error::Result<cdc::verify::Report> {
+pub(crate) async fn verify(f: &Fixture) -> cdc::error::Result<cdc::verify::Report> {
     let options = cdc::verify::Options {
         max_differences: 100,
         ..Default::default()

@@ -37,7 +37,7 @@ use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::model::change::{Batch, TableMap};
+use crate::model::change::{Batch, TableMap, Version};
 use crate::model::schema::TableName;
 use crate::model::schema::{
     DestColumn, DestForeignKey, SchemaChange, SourceType, TableSchema, UserType,
@@ -354,6 +354,12 @@ pub trait Session: Send {
     /// The stored generated columns the destination table has, or `None` when this destination
     /// leaves generated columns out (they are then never added).
     async fn generated_columns(&mut self, _table: &TableName) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+    /// Where the versions of `cdc sync`'s next writes to `table` start: above every version
+    /// the table holds, for destinations that keep the row with the highest version instead of
+    /// ordering writes by transactions (ClickHouse). `None` where versions are not read.
+    async fn sync_versions_from(&mut self, _table: &TableName) -> Result<Option<Version>> {
         Ok(None)
     }
     /// Write a batch of changes into the open transaction (opening it if needed).

@@ -108,9 +108,6 @@ impl Ctx<'_> {
 /// Run one pass over the chosen tables. Errors of single tables are in the summary; an error
 /// that stops every table (configuration, destination unreachable) is returned.
 pub async fn pass(config: &Config, options: &Options) -> Result<Summary> {
-    if let Target::ClickHouse(_) = config.destination_target()? {
-        return Err(crate::destination::clickhouse::no_sync());
-    }
     let chosen = choose(config, &options.tables)?;
     match config.sqlite_source()? {
         Some(path) => {

@@ -534,7 +534,13 @@ async fn merge_of<'a>(
     let key = q.key.clone();
     let text_key: Vec<bool> = key
         .iter()
-        .map(|&k| matches!(kinds[k], crate::source::sqlite::types::Kind::Text { .. }))
+        .map(|&k| {
+            matches!(
+                kinds[k],
+                crate::source::sqlite::types::Kind::Text { .. }
+                    | crate::source::sqlite::types::Kind::AnyText
+            )
+        })
         .collect();
     let rows = ctx.dest.rows_by_key(map, &text_key).await?;
     let reading = Reading::start(read.conn.clone(), q, on_reject);

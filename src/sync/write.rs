@@ -5,6 +5,11 @@
 //! it has, and inserts the ones it lacks (`Session::write` promises both). Deletes carry the key
 //! only. Each batch commits on its own, so a pass interrupted at any point leaves whole batches,
 //! and a rerun from the stored position writes the same rows again to the same effect.
+//!
+//! Where the destination keeps the row with the highest version rather than the last
+//! committed one (ClickHouse), a writer's versions start above every version its table holds
+//! ([`Session::sync_versions_from`]), so they order after every earlier write to the same key,
+//! including those of a pass killed before it saved its position.
 
 use std::sync::Arc;
 
@@ -12,7 +17,7 @@ use crate::decode::Datum;
 use crate::destination::{Destination, Session};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::model::change::{Pending, RowOp, TableMap};
+use crate::model::change::{Pending, RowOp, TableMap, Version};
 use crate::model::schema::TableName;
 use crate::model::schema::TableSchema;
 
@@ -22,6 +27,8 @@ pub struct Writer {
     map: Arc<TableMap>,
     pending: Pending,
     batch_rows: usize,
+    /// The version of the next write, where the destination keeps the highest one.
+    next_version: Option<Version>,
     /// Rows handed to the destination so far.
     pub written: u64,
 }
@@ -37,11 +44,13 @@ impl Writer {
         let mut session = dest.session(Arc::new(Metrics::default())).await?;
         let columns = session.columns(table).await?;
         let map = crate::destination::columns::table_map(source, table, &columns)?;
+        let next_version = session.sync_versions_from(table).await?;
         Ok(Writer {
             session,
             map: Arc::new(map),
             pending: Pending::default(),
             batch_rows: batch_rows.max(1),
+            next_version,
             written: 0,
         })
     }
@@ -83,7 +92,13 @@ impl Writer {
     }
 
     async fn push(&mut self, op: RowOp) -> Result<()> {
-        self.pending.push(&self.map, op);
+        // Each write a version of its own, in the order of the writes: a later write to the
+        // same key wins, as it does in a transaction.
+        let version = self.next_version.map_or(0, |v| {
+            self.next_version = Some(v + 1);
+            v
+        });
+        self.pending.push_at(&self.map, op, version);
         if self.pending.rows() >= self.batch_rows {
             self.flush().await?;
         }

@@ -96,7 +96,7 @@ async fn compare_table(
     let text_key: Vec<bool> = q
         .key
         .iter()
-        .map(|&k| matches!(q.kinds[k], Kind::Text { .. }))
+        .map(|&k| matches!(q.kinds[k], Kind::Text { .. } | Kind::AnyText))
         .collect();
     let names: Vec<String> = map.columns.iter().map(|c| c.name.clone()).collect();
     let rows = dest.rows_by_key(&map, &text_key).await?;

@@ -424,6 +424,13 @@ impl Session for ClickSession {
         self.open
     }
 
+    async fn sync_versions_from(&mut self, table: &TableName) -> Result<Option<Version>> {
+        let names = self.names(table);
+        super::rows::versions_above(&self.client, &names, self.cluster.as_deref())
+            .await
+            .map(Some)
+    }
+
     async fn write(&mut self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());

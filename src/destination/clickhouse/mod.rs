@@ -11,16 +11,20 @@
 //!  types.rs ─ Postgres → ClickHouse types   ddl.rs ─ storage table + view (ON CLUSTER)
 //!  tsv.rs ─ Postgres text → TabSeparated (out-of-range values refused)
 //!  load.rs ─ snapshot: one streamed INSERT per range     apply.rs ─ stream: versioned rows
-//!  state.rs ─ pipeline, positions, copied tables (ReplacingMergeTree, read with FINAL)
+//!  state.rs ─ pipeline, positions, copied tables, sync states (ReplacingMergeTree, FINAL)
+//!  rows.rs ─ a view's rows in key order, page by page (a SQLite `diff` pass)
 //!  verify.rs ─ `cdc verify`: the source loaded beside the view, compared by joins
 //! ```
 //!
 //! Idempotent rather than transactional: the position is stored after the rows, and a replay
-//! from it leaves the same final state.
+//! from it leaves the same final state. `cdc sync` writes have no WAL position: each writer's
+//! versions start above the highest its table holds (`Session::sync_versions_from`), and a
+//! reload is built in a staging table and swapped in with `EXCHANGE TABLES`.
 pub mod apply;
 pub mod ddl;
 pub mod http;
 pub mod load;
+pub mod rows;
 pub mod state;
 pub mod tsv;
 pub mod types;
@@ -69,12 +73,13 @@ fn supported(version: &str) -> Result<()> {
     Ok(())
 }
 
-/// `cdc sync` keeps its positions and swaps tables in ways ClickHouse does not offer yet.
-pub fn no_sync() -> Error {
-    Error::definite(
-        "`cdc sync` does not write to ClickHouse yet: stream into it with `cdc snapshot` and `cdc run`, \
-         or sync into Postgres or DuckDB"
-            .into(),
+/// Why a table without a primary key cannot go into ClickHouse, and what to do.
+fn keyless(table: &TableSchema) -> String {
+    format!(
+        "{} has no primary key, and ClickHouse rows are replaced by key (ReplacingMergeTree): add \
+         one on the source (ALTER TABLE {} ADD PRIMARY KEY (...)) or leave the table out",
+        table.name,
+        table.name.quoted()
     )
 }
 
@@ -262,12 +267,7 @@ impl Destination for ClickHouseDestination {
         let mut problems = Vec::new();
         for t in tables {
             if t.schema.primary_key.is_empty() {
-                problems.push(format!(
-                    "{} has no primary key, and ClickHouse rows are replaced by key (ReplacingMergeTree): add \
-                     one on the source (ALTER TABLE {} ADD PRIMARY KEY (...)) or leave the table out",
-                    t.schema.name,
-                    t.schema.name.quoted()
-                ));
+                problems.push(keyless(t.schema));
             }
             let names = self.names(t.destination);
             if !replace && self.exists(&names.database, &names.storage).await? {
@@ -294,6 +294,10 @@ impl Destination for ClickHouseDestination {
                 _ => None,
             })
             .collect();
+        // A sync's reload comes here without `check`.
+        if let Some(t) = tables.iter().find(|t| t.schema.primary_key.is_empty()) {
+            return Err(Error::definite(keyless(t.schema)));
+        }
         for t in tables {
             let names = self.names(t.destination);
             if replace {
@@ -452,16 +456,17 @@ impl Destination for ClickHouseDestination {
         self.exists(&names.database, &names.storage).await
     }
 
-    async fn rows_by_key(&self, _map: &TableMap, _text_key: &[bool]) -> Result<Box<dyn RowSource>> {
-        Err(no_sync())
+    async fn rows_by_key(&self, map: &TableMap, _text_key: &[bool]) -> Result<Box<dyn RowSource>> {
+        // ClickHouse orders Strings by their bytes already.
+        Ok(Box::new(rows::KeyOrdered::new(self.client.clone(), map)))
     }
 
     async fn sync_states(&self) -> Result<Vec<SyncState>> {
-        Ok(Vec::new())
+        self.state.sync_states().await
     }
 
-    async fn save_sync_state(&self, _state: &SyncState) -> Result<()> {
-        Err(no_sync())
+    async fn save_sync_state(&self, state: &SyncState) -> Result<()> {
+        self.state.save_sync_state(state).await
     }
 }
 

@@ -5,6 +5,7 @@
 //!  pipeline         slot → publication, consistent point, snapshot done   (rare writes)
 //!  positions        slot → applied LSN, its commit time                    (every batch)
 //!  snapshot_tables  (slot, source table) → destination table, rows, joined at
+//!  sync_tables      destination table → `cdc sync`'s strategy, position, last pass
 //! ```
 //! ClickHouse has no transactions, so each is a `ReplacingMergeTree` read with `FINAL`: a write
 //! is an INSERT of the whole record and the one with the highest version is the record.
@@ -18,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::ddl::quote;
 use super::http::Client;
 use super::tsv;
-use crate::destination::PipelineState;
+use crate::destination::{PipelineState, SyncState};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
@@ -51,6 +52,12 @@ pub fn create_sql(database: &str, cluster: Option<&str>) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {db}.snapshot_tables{on} (slot String, source_table String, \
              destination_table String, rows Int64, joined_lsn Nullable(UInt64), seq UInt64) \
              ENGINE = {} ORDER BY (slot, source_table)",
+            engine("seq")
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.sync_tables{on} (destination_table String, source_table String, \
+             strategy String, position Nullable(String), last_pass_us Nullable(Int64), rows Int64, \
+             seconds Float64, seq UInt64) ENGINE = {} ORDER BY destination_table",
             engine("seq")
         ),
     ]
@@ -293,6 +300,49 @@ impl State {
             .collect())
     }
 
+    /// Every `cdc sync` table state; none before the state tables exist.
+    pub async fn sync_states(&self) -> Result<Vec<SyncState>> {
+        if !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .query(&format!(
+                "SELECT destination_table, source_table, strategy, position, last_pass_us, rows, seconds \
+                 FROM {} FINAL ORDER BY destination_table FORMAT TSV",
+                self.t("sync_tables")
+            ))
+            .await?;
+        tsv::rows(&out).map(|r| sync_state(&r)).collect()
+    }
+
+    /// Record a table's `cdc sync` state: the newest record is the state.
+    pub async fn save_sync_state(&self, state: &SyncState) -> Result<()> {
+        let last_pass = state
+            .last_pass
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or("NULL".to_owned(), |d| d.as_micros().to_string());
+        let seconds = if state.seconds.is_finite() {
+            state.seconds
+        } else {
+            0.0
+        };
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (destination_table, source_table, strategy, position, last_pass_us, rows, seconds, seq) \
+                 VALUES ({}, {}, {}, {}, {last_pass}, {}, {seconds}, {})",
+                self.t("sync_tables"),
+                literal(&state.destination_table),
+                literal(&state.source_table),
+                literal(&state.strategy),
+                state.position.as_deref().map_or("NULL".to_owned(), literal),
+                state.rows,
+                next_seq()
+            ))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn forget_table(&self, slot: &str, source: &str) -> Result<()> {
         self.client
             .query(&format!(
@@ -306,9 +356,64 @@ impl State {
     }
 }
 
+/// One `sync_tables` row (TSV fields in `sync_states`' order).
+fn sync_state(r: &[&[u8]]) -> Result<SyncState> {
+    let field = |i: usize| r.get(i).and_then(|f| tsv::unescape(f));
+    let bad = |what: &str| {
+        Error::definite(format!(
+            "the ClickHouse sync state has a row with a bad {what}: {:?}",
+            r.iter()
+                .map(|f| String::from_utf8_lossy(f))
+                .collect::<Vec<_>>()
+        ))
+    };
+    let last_pass = match field(4) {
+        None => None,
+        Some(us) => {
+            let us: u64 = us.parse().map_err(|_| bad("last_pass_us"))?;
+            Some(UNIX_EPOCH + std::time::Duration::from_micros(us))
+        }
+    };
+    Ok(SyncState {
+        destination_table: field(0).ok_or_else(|| bad("destination_table"))?,
+        source_table: field(1).unwrap_or_default(),
+        strategy: field(2).unwrap_or_default(),
+        position: field(3),
+        last_pass,
+        rows: field(5)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("rows"))?,
+        seconds: field(6).and_then(|v| v.parse().ok()).unwrap_or(0.0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_state_row_reads_back_with_nulls_and_escapes() {
+        let s = sync_state(&[
+            b"public.a\\tb",
+            b"main.a",
+            b"modified",
+            b"2024-01-01 00:00:00+00",
+            b"1700000000000000",
+            b"12",
+            b"0.5",
+        ])
+        .unwrap();
+        assert_eq!(s.destination_table, "public.a\tb");
+        assert_eq!(s.position.as_deref(), Some("2024-01-01 00:00:00+00"));
+        assert_eq!(
+            s.last_pass,
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!((s.rows, s.seconds), (12, 0.5));
+        let none = sync_state(&[b"t", b"t", b"reload", b"\\N", b"\\N", b"0", b"0"]).unwrap();
+        assert_eq!((none.position, none.last_pass), (None, None));
+        assert!(sync_state(&[b"t", b"t", b"reload", b"\\N", b"soon", b"0", b"0"]).is_err());
+    }
 
     #[test]
     fn literals_escape_quotes_and_backslashes() {

@@ -184,8 +184,12 @@ fn convert_value(v: &[u8], field: Field, out: &mut Vec<u8>) -> Result<(), &'stat
         }
         Field::Timestamp => {
             in_range(v)?;
-            // The session's time zone is UTC: a zone, when printed, is `+00`.
-            let v = v.strip_suffix(b"+00").unwrap_or(v);
+            // The session's time zone is UTC: a zone, when printed, is `+00` (`+00:00` from
+            // a SQLite source's conversion).
+            let v = v
+                .strip_suffix(b"+00")
+                .or_else(|| v.strip_suffix(b"+00:00"))
+                .unwrap_or(v);
             if v.contains(&b'+') || v[10..].contains(&b'-') {
                 return Err("has a zone other than UTC (the session should print UTC)");
             }

@@ -40,7 +40,7 @@ pub fn same(kind: Kind, source: &str, destination: &str) -> bool {
             }
         }
         Kind::Bytes => source.eq_ignore_ascii_case(destination),
-        Kind::Date | Kind::Text { .. } => false,
+        Kind::Date | Kind::Text { .. } | Kind::AnyText => false,
     }
 }
 

@@ -106,7 +106,11 @@ pub fn into_map(
     Query {
         sql,
         params,
-        kinds: map.columns.iter().map(|c| Kind::of(&c.dest_type)).collect(),
+        kinds: map
+            .columns
+            .iter()
+            .map(|c| Kind::of_destination(&c.dest_type))
+            .collect(),
         columns: map.columns.iter().map(|c| c.name.clone()).collect(),
         key: map.key.clone(),
         order: order_position(table, order),

@@ -48,6 +48,58 @@ fn declared_types_map_by_name_then_by_affinity() {
     );
     assert_eq!(Kind::of("VARCHAR"), Kind::Text { max: None });
     assert_eq!(Kind::of("DOUBLE"), Kind::Float);
+    // ClickHouse's, as destination columns: "String" is not a number by SQLite's affinity.
+    assert_eq!(Kind::of_destination("String"), Kind::AnyText);
+    assert_eq!(
+        Kind::of_destination("LowCardinality(Nullable(String))"),
+        Kind::AnyText
+    );
+    assert_eq!(
+        Kind::of_destination("Nullable(Int16)"),
+        Kind::Int {
+            max: i16::MAX as i64
+        }
+    );
+    assert_eq!(
+        Kind::of_destination("Nullable(Decimal(10, 2))"),
+        Kind::Numeric {
+            precision: Some(10),
+            scale: Some(2)
+        }
+    );
+    assert_eq!(
+        Kind::of_destination("Nullable(DateTime64(6, 'UTC'))"),
+        Kind::TimestampTz
+    );
+    assert_eq!(Kind::of_destination("Date32"), Kind::Date);
+    assert_eq!(Kind::of_destination("UUID"), Kind::Uuid);
+    // Postgres's and DuckDB's names read as before.
+    assert_eq!(
+        Kind::of_destination("character varying(5)"),
+        Kind::Text { max: Some(5) }
+    );
+    assert_eq!(Kind::of_destination("BIGINT"), Kind::Int { max: i64::MAX });
+    // Instants arrive in UTC, across a day, month and year boundary, fraction kept.
+    let tz = |t: &str| convert(Kind::TimestampTz, Text(t.as_bytes()));
+    assert_eq!(
+        tz("2024-01-01 01:30:00.25+02:00"),
+        Ok(Some("2023-12-31 23:30:00.25+00:00".into()))
+    );
+    assert_eq!(
+        tz("2024-02-28 22:00:00-05:30"),
+        Ok(Some("2024-02-29 03:30:00+00:00".into()))
+    );
+    assert_eq!(
+        tz("1969-12-31 23:00:00-01:00"),
+        Ok(Some("1970-01-01 00:00:00+00:00".into()))
+    );
+    // A BLOB in a String column is its bytea text; in a text column it is refused.
+    assert_eq!(
+        convert(Kind::AnyText, Blob(&[0, 255])),
+        Ok(Some("\\x00ff".into()))
+    );
+    assert_eq!(convert(Kind::AnyText, Integer(7)), Ok(Some("7".into())));
+    assert!(convert(Kind::Text { max: None }, Blob(&[0])).is_err());
 }
 
 #[test]
