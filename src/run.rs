@@ -44,6 +44,7 @@ const DECODING_WORK_MEM_KB: i64 = 8 * 1024;
 /// Run until `shutdown` becomes true (then finish the batch in flight and return `Ok`) or a
 /// definite error occurs.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    config.every_row("cdc run")?;
     let metrics = Arc::new(Metrics::default());
     let server = crate::http::serve(
         &config.status.listen,

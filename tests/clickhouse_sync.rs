@@ -475,3 +475,76 @@ async fn a_sqlite_file_syncs_into_clickhouse_and_verifies_by_meaning() {
     assert_eq!(report.tables[0].different.len(), 1, "{}", report.human(5));
     assert_eq!(report.tables[0].different[0].columns[0].column, "at");
 }
+
+#[tokio::test]
+async fn pgwarehouse_variables_sync_all_and_max_records_make_a_trial_run() {
+    let (mut p, c, db) = ch_pipeline(
+        "ch_sync_pgw",
+        "CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 100) g;
+         CREATE TABLE small (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO small VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+        "[[tables]]\nsource = \"public.big\"\n[[tables]]\nsource = \"public.small\"\n",
+    )
+    .await;
+    // No URL in the file: the source from libpq's variables, the destination from
+    // pgwarehouse's; the cap for every table from the source stanza.
+    p.config_text = p
+        .config_text
+        .lines()
+        .filter(|l| !l.starts_with("url = "))
+        .map(|l| {
+            if l == "[source]" {
+                "[source]\nmax_records = 10".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ch = cdc::endpoint::clickhouse::ClickHouseUrl::parse(&crate::clickhouse::server().url(&db))
+        .unwrap();
+    let with_env = |args: &[&str]| {
+        let mut cmd = cdc(&p, args);
+        cmd.env("PGHOST", &p.src.host)
+            .env("PGPORT", p.src.port.to_string())
+            .env("PGDATABASE", &p.src.dbname)
+            .env("PGUSER", &p.src.user)
+            .env("CLICKHOUSE_HOST", format!("{}:{}", ch.host, ch.port))
+            .env("CLICKHOUSE_DATABASE", &db)
+            .env("CLICKHOUSE_USER", "default");
+        if let Some(pw) = &p.src.password {
+            cmd.env("PGPASSWORD", pw.expose());
+        }
+        cmd.output().unwrap()
+    };
+    let out = with_env(&["sync", "all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.matches("TRIAL: stopped at max_records = 10").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        ch_rows(
+            &c,
+            "SELECT (SELECT count() FROM big), (SELECT count() FROM small)"
+        )
+        .await,
+        Some(vec![row(&["10", "3"])])
+    );
+    // The stream copies every row: a capped config is refused before anything starts.
+    let out = with_env(&["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("source.max_records") && err.contains("cdc sync"),
+        "{err}"
+    );
+    assert_eq!(p.slot_count().await, 0, "no slot left behind");
+}

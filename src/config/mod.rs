@@ -11,6 +11,7 @@
 //! the URL without its password, and passwords from env or files become
 //! [`crate::conninfo::Secret`]s.
 
+mod env;
 mod locate;
 mod validate;
 
@@ -64,7 +65,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Connection string of the source; the role needs REPLICATION (or superuser).
+    /// Connection string of the source; the role needs REPLICATION (or superuser). Left out,
+    /// it is built from `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER` (and `PGPASSWORD`).
+    #[serde(default)]
     pub url: ConnString,
     /// File whose content is the password, so that it stays out of the config file.
     pub password_file: Option<PathBuf>,
@@ -81,6 +84,10 @@ pub struct SourceConfig {
     /// `sync_replication_slots = on`, so streaming survives a promotion.
     #[serde(default)]
     pub failover: bool,
+    /// `cdc sync` copies at most this many rows of each table (a trial run; a table's own
+    /// `max_records` wins). `cdc snapshot` and `cdc run` refuse it.
+    #[serde(alias = "max_rows")]
+    pub max_records: Option<u64>,
     /// Password set by environment (`CDC_SOURCE_PASSWORD`); never read from the file.
     #[serde(skip)]
     pub password: Option<Secret>,
@@ -90,7 +97,10 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
-    /// Connection string of the destination database.
+    /// Connection string of the destination database. Left out, it is built from
+    /// `CLICKHOUSE_HOST` (with `CLICKHOUSE_DATABASE`, `CLICKHOUSE_USER`, `CLICKHOUSE_PWD`,
+    /// `CLICKHOUSE_SECURE`) or `DUCKDB_PATH`, the variables pgwarehouse reads.
+    #[serde(default)]
     pub url: ConnString,
     /// File whose content is the password.
     pub password_file: Option<PathBuf>,
@@ -125,6 +135,8 @@ pub struct TableConfig {
     #[serde(default)]
     pub reload_on: Vec<ReloadDay>,
     /// At most this many rows per `cdc sync` pass (a trial run); the next pass goes on.
+    /// `max_records` is the same setting (pgwarehouse's name).
+    #[serde(alias = "max_records")]
     pub max_rows: Option<u64>,
     /// Source column → destination column renames (`cdc sync` from SQLite), e.g.
     /// `{ created_at = "created" }`.
@@ -300,7 +312,7 @@ fn default_read_timeout_ms() -> u64 {
 /// Why the configuration cannot be used. The message lists every problem found.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no config file at {path}: pass --config PATH, set CDC_CONFIG, or set CDC_SOURCE_URL and CDC_DESTINATION_URL")]
+    #[error("no config file at {path}: pass --config PATH, set CDC_CONFIG, or set CDC_SOURCE_URL (or PGHOST) and CDC_DESTINATION_URL (or CLICKHOUSE_HOST, DUCKDB_PATH)")]
     Missing { path: PathBuf },
     #[error("cannot read config file {path}")]
     Read {
@@ -364,7 +376,10 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if env.var("CDC_SOURCE_URL").is_none() || env.var("CDC_DESTINATION_URL").is_none() {
+                let source = ["CDC_SOURCE_URL", "PGHOST", "PGDATABASE"];
+                let destination = ["CDC_DESTINATION_URL", "CLICKHOUSE_HOST", "DUCKDB_PATH"];
+                let set = |names: &[&str]| names.iter().any(|n| env.var(n).is_some());
+                if !set(&source) || !set(&destination) {
                     return Err(ConfigError::Missing {
                         path: path.to_owned(),
                     });
@@ -395,7 +410,11 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        let overridden = config.apply_env(env);
+        let mut overridden = config.apply_env(env);
+        overridden.extend(config.apply_libpq_env(env));
+        for t in &mut config.tables {
+            t.max_rows = t.max_rows.or(config.source.max_records);
+        }
         let mut problems = validate::validate(&config, &overridden);
         // Point every problem about a file value at its line.
         for p in &mut problems {
@@ -430,6 +449,31 @@ impl Config {
                 _ => unreachable!("every ENV_OVERRIDES field is handled"),
             }
             applied.push((field, var));
+        }
+        applied
+    }
+
+    /// The variables libpq and pgwarehouse read, for URLs the file and `CDC_*` leave out;
+    /// returns `(field, variable)` for each.
+    fn apply_libpq_env(&mut self, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
+        let mut applied = Vec::new();
+        if self.source.url.0.trim().is_empty() {
+            if let Some((url, var)) = env::source_url(env) {
+                self.source.url = ConnString(url);
+                applied.push(("source.url", var));
+                if self.source.password.is_none() && self.source.password_file.is_none() {
+                    self.source.password = env.var("PGPASSWORD").map(Secret::new);
+                }
+            }
+        }
+        if self.destination.url.0.trim().is_empty() {
+            if let Some((url, var, password)) = env::destination_url(env) {
+                self.destination.url = ConnString(url);
+                applied.push(("destination.url", var));
+                if self.destination.password.is_none() && self.destination.password_file.is_none() {
+                    self.destination.password = password.map(Secret::new);
+                }
+            }
         }
         applied
     }
@@ -499,6 +543,29 @@ impl Config {
             self.destination.password.as_ref(),
             self.destination.password_file.as_deref(),
         )
+    }
+
+    /// Refuse `max_records` for `command`, which copies and streams every row: a capped copy
+    /// followed by a stream would be a table that never matches its source.
+    pub fn every_row(&self, command: &str) -> Result<(), Problem> {
+        let field = if self.source.max_records.is_some() {
+            Some("source.max_records".to_owned())
+        } else {
+            self.tables
+                .iter()
+                .position(|t| t.max_rows.is_some())
+                .map(|i| format!("tables[{i}].max_records"))
+        };
+        match field {
+            None => Ok(()),
+            Some(field) => Err(Problem::file(
+                field,
+                format!(
+                    "caps the rows of a trial `cdc sync`, and {command} copies and streams every row: \
+                     remove it (or use `cdc sync`)"
+                ),
+            )),
+        }
     }
 
     /// Parsed table names, in config order (valid after `validate`).

@@ -233,3 +233,56 @@ batch_rows = 500
         .to_string();
     assert!(e.contains("three slashes"), "{e}");
 }
+
+#[test]
+fn urls_left_out_come_from_libpq_and_pgwarehouse_variables() {
+    let text = "[source]\n[destination]\n[[tables]]\nsource = \"public.orders\"\n";
+    let env = [
+        ("PGHOST", "db.internal"),
+        ("PGDATABASE", "app"),
+        ("PGUSER", "reader"),
+        ("PGPASSWORD", "pgsecret"),
+        ("CLICKHOUSE_HOST", "ch.internal"),
+        ("CLICKHOUSE_DATABASE", "wh"),
+        ("CLICKHOUSE_PWD", "chsecret"),
+    ];
+    let c = Config::from_toml(text, Path::new("t"), &env).unwrap();
+    let src = c.source_conninfo().unwrap();
+    assert_eq!(
+        (src.host.as_str(), src.dbname.as_str(), src.user.as_str()),
+        ("db.internal", "app", "reader")
+    );
+    assert_eq!(src.password.as_ref().map(|p| p.expose()), Some("pgsecret"));
+    let Target::ClickHouse(ch) = c.destination_target().unwrap() else {
+        panic!("a ClickHouse destination")
+    };
+    assert_eq!(ch.password.as_ref().map(|p| p.expose()), Some("chsecret"));
+    assert!(!format!("{c:?}").contains("secret"), "{c:?}");
+    // The file's URL wins over the variables.
+    let c = Config::from_toml(MINIMAL, Path::new("t"), &env).unwrap();
+    assert_eq!(c.source_conninfo().unwrap().host, "src");
+    // Nothing anywhere: the problem names every way to set it.
+    let Err(ConfigError::Invalid { problems, .. }) = load(text) else {
+        panic!()
+    };
+    let all = problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("PGHOST") && all.contains("CLICKHOUSE_HOST"),
+        "{all}"
+    );
+}
+
+#[test]
+fn max_records_caps_every_table_unless_a_table_says_otherwise() {
+    let text = format!(
+        "{}\n[[tables]]\nsource = \"public.items\"\nmax_records = 5\n[[tables]]\nsource = \"public.other\"\nmax_rows = 7\n",
+        MINIMAL.replace("url = \"postgresql://u@src/db\"", "url = \"postgresql://u@src/db\"\nmax_records = 100")
+    );
+    let c = load(&text).unwrap();
+    let caps: Vec<Option<u64>> = c.tables.iter().map(|t| t.max_rows).collect();
+    assert_eq!(caps, [Some(100), Some(5), Some(7)]);
+}

@@ -276,7 +276,15 @@ fn check_url(add: &mut impl FnMut(String, String), field: &str, url: &str) -> Op
     if url.trim().is_empty() {
         add(
             field.into(),
-            "is empty: set a connection string like postgresql://user@host:5432/dbname".into(),
+            if field.starts_with("source") {
+                "is not set: set a connection string like postgresql://user@host:5432/dbname (or \
+                 CDC_SOURCE_URL, or PGHOST/PGDATABASE)"
+                    .into()
+            } else {
+                "is not set: set a connection string like postgresql://user@host:5432/dbname (or \
+                 CDC_DESTINATION_URL, CLICKHOUSE_HOST, DUCKDB_PATH)"
+                    .into()
+            },
         );
         return None;
     }

@@ -101,6 +101,7 @@ impl Job {
 /// Run the snapshot described by `config`. With `force`, redo a completed one and replace
 /// existing destination tables.
 pub async fn run(config: &Config, force: bool) -> Result<SnapshotReport> {
+    config.every_row("cdc snapshot")?;
     let dest = crate::destination::open(config).await?;
     run_into(config, &dest, force).await
 }

@@ -382,6 +382,7 @@ async fn second_phase(
         }
         state.seconds = p.started.elapsed().as_secs_f64();
         summary.position = state.position.clone();
+        summary.capped = t.config.max_rows.filter(|&cap| summary.rows_read >= cap);
         ctx.dest.save_sync_state(&state).await?;
         tracing::info!(table = %t.source, strategy = %summary.strategy, rows = state.rows, "table synced");
         Ok::<_, Error>(())
@@ -406,7 +407,9 @@ fn choose<'a>(config: &'a Config, only: &[String]) -> Result<Vec<Chosen<'a>>> {
             config,
         })
         .collect();
-    if only.is_empty() {
+    // `cdc sync all`, as pgwarehouse says it: every configured table (table names are
+    // schema-qualified, so no table is named `all`).
+    if only.is_empty() || only == ["all"] {
         return Ok(all);
     }
     let mut chosen = Vec::new();
@@ -531,5 +534,34 @@ mod tests {
         assert_eq!(today(at(20_786)), (6, 29));
         assert_eq!(today(at(19_782)), (3, 29));
         assert_eq!(today(at(0)), (3, 1));
+    }
+
+    fn config(tables: &[&str]) -> Config {
+        let mut text = "[source]\nurl = \"postgresql://u@a/db\"\n[destination]\nurl = \"postgresql://u@b/db\"\n".to_owned();
+        for t in tables {
+            text.push_str(&format!("[[tables]]\nsource = \"{t}\"\n"));
+        }
+        Config::from_toml(&text, std::path::Path::new("t"), &[("", ""); 0]).unwrap()
+    }
+
+    #[test]
+    fn all_chooses_every_configured_table() {
+        let names = |c: &Config, only: &[&str]| {
+            let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+            choose(c, &only)
+                .map(|v| v.iter().map(|t| t.source.to_string()).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
+        };
+        let c = config(&["public.a", "public.b"]);
+        assert_eq!(names(&c, &["all"]).unwrap(), ["public.a", "public.b"]);
+        assert_eq!(names(&c, &[]).unwrap(), ["public.a", "public.b"]);
+        assert_eq!(names(&c, &["public.b"]).unwrap(), ["public.b"]);
+        assert!(
+            names(&c, &["all", "public.a"]).is_err(),
+            "all is a word alone"
+        );
+        let c = config(&["public.a", "public.all"]);
+        assert_eq!(names(&c, &["all"]).unwrap(), ["public.a", "public.all"]);
+        assert_eq!(names(&c, &["public.all"]).unwrap(), ["public.all"]);
     }
 }

@@ -25,6 +25,9 @@ pub struct TableSummary {
     pub seconds: f64,
     /// Where the next pass starts.
     pub position: Option<String>,
+    /// `max_records` (`max_rows`) stopped the pass at this many rows: a trial, not the whole
+    /// table.
+    pub capped: Option<u64>,
     /// Why the table failed (the others still synced).
     pub error: Option<String>,
     #[serde(skip)]
@@ -77,6 +80,12 @@ impl fmt::Display for Summary {
             )?;
             if let Some(e) = &t.error {
                 writeln!(f, "  FAILED: {e}")?;
+            }
+            if let Some(cap) = t.capped {
+                writeln!(
+                    f,
+                    "  TRIAL: stopped at max_records = {cap} rows; the table may have more (the next pass goes on)"
+                )?;
             }
         }
         let rejected: u64 = self.tables.iter().map(|t| t.rejected).sum();

@@ -1,0 +1,140 @@
+//! Connection settings from the variables other tools read, for users who come with them:
+//! libpq's `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD` for the source, and
+//! pgwarehouse's `CLICKHOUSE_*` and `DUCKDB_PATH` for the destination. They apply only where
+//! the config file and the `CDC_*` variables leave a URL out.
+
+use super::Env;
+
+/// A libpq key=value value, quoted.
+fn quoted(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The source URL from `PG*` variables, and the variable that decided it.
+pub(super) fn source_url(env: &dyn Env) -> Option<(String, &'static str)> {
+    let decided = ["PGHOST", "PGDATABASE"]
+        .into_iter()
+        .find(|v| env.var(v).is_some())?;
+    let parts: Vec<String> = [
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("dbname", "PGDATABASE"),
+        ("user", "PGUSER"),
+        ("sslmode", "PGSSLMODE"),
+    ]
+    .iter()
+    .filter_map(|(key, var)| env.var(var).map(|v| format!("{key}={}", quoted(&v))))
+    .collect();
+    Some((parts.join(" "), decided))
+}
+
+/// Whether a `CLICKHOUSE_SECURE` value asks for TLS.
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+/// The destination URL from pgwarehouse's variables, the variable that decided it, and the
+/// password they carry.
+pub(super) fn destination_url(env: &dyn Env) -> Option<(String, &'static str, Option<String>)> {
+    if let Some(host) = env.var("CLICKHOUSE_HOST") {
+        let secure = env.var("CLICKHOUSE_SECURE").is_some_and(|v| truthy(&v));
+        let (scheme, default_port) = if secure {
+            ("clickhouses", 8443)
+        } else {
+            ("clickhouse", 8123)
+        };
+        // A host may carry its port (`ch.example.com:9440`).
+        let host = if host.contains(':') && !host.starts_with('[') {
+            host
+        } else {
+            let port = env.var("CLICKHOUSE_PORT");
+            format!(
+                "{host}:{}",
+                port.as_deref().unwrap_or(&default_port.to_string())
+            )
+        };
+        let user = env
+            .var("CLICKHOUSE_USER")
+            .unwrap_or_else(|| "default".into());
+        let database = env
+            .var("CLICKHOUSE_DATABASE")
+            .unwrap_or_else(|| "default".into());
+        let url = format!(
+            "{scheme}://{}@{host}/{}",
+            percent(&user),
+            percent(&database)
+        );
+        return Some((url, "CLICKHOUSE_HOST", env.var("CLICKHOUSE_PWD")));
+    }
+    let path = env.var("DUCKDB_PATH")?;
+    let url = if path.starts_with('/') {
+        format!("duckdb://{path}")
+    } else {
+        format!("duckdb:{path}")
+    };
+    Some((url, "DUCKDB_PATH", None))
+}
+
+/// A URL part with the characters that would end it escaped.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_variables_make_a_quoted_connection_string() {
+        let env = [
+            ("PGHOST", "db.internal"),
+            ("PGDATABASE", "app's"),
+            ("PGUSER", "me"),
+            ("PGPORT", "6432"),
+        ];
+        let (url, var) = source_url(&env).unwrap();
+        assert_eq!(
+            url,
+            "host='db.internal' port='6432' dbname='app\\'s' user='me'"
+        );
+        assert_eq!(var, "PGHOST");
+        let info = crate::conninfo::ConnInfo::parse(&url).unwrap();
+        assert_eq!((info.dbname.as_str(), info.port), ("app's", 6432));
+        assert!(
+            source_url(&[("PGUSER", "me")]).is_none(),
+            "no host, no database: nothing"
+        );
+    }
+
+    #[test]
+    fn pgwarehouse_variables_name_a_clickhouse_or_duckdb_destination() {
+        let env = [
+            ("CLICKHOUSE_HOST", "ch.example.com"),
+            ("CLICKHOUSE_DATABASE", "analytics"),
+            ("CLICKHOUSE_USER", "loader"),
+            ("CLICKHOUSE_PWD", "s3cret"),
+            ("CLICKHOUSE_SECURE", "true"),
+        ];
+        let (url, var, pw) = destination_url(&env).unwrap();
+        assert_eq!(url, "clickhouses://loader@ch.example.com:8443/analytics");
+        assert_eq!((var, pw.as_deref()), ("CLICKHOUSE_HOST", Some("s3cret")));
+        let (url, ..) = destination_url(&[("CLICKHOUSE_HOST", "localhost:18123")]).unwrap();
+        assert_eq!(url, "clickhouse://default@localhost:18123/default");
+        assert!(crate::endpoint::destination_url(&url).is_ok(), "{url}");
+        let (url, ..) = destination_url(&[("DUCKDB_PATH", "/data/w.duckdb")]).unwrap();
+        assert_eq!(url, "duckdb:///data/w.duckdb");
+        let (url, ..) = destination_url(&[("DUCKDB_PATH", "w.duckdb")]).unwrap();
+        assert_eq!(url, "duckdb:w.duckdb");
+        assert!(destination_url(&[("SNOWSQL_ACCOUNT", "x")]).is_none());
+    }
+}
