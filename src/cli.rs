@@ -134,6 +134,10 @@ pub enum Command {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+        /// Write the config from a pgwarehouse `pgwarehouse_conf.yaml` (its credentials,
+        /// warehouse and tables with their strategies), saying what could not be carried over.
+        #[arg(long, value_name = "FILE")]
+        from_pgwarehouse: Option<PathBuf>,
     },
     /// Drop the replication slot and the publication on the source (so nothing pins WAL).
     Teardown {

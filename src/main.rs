@@ -94,7 +94,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Tables { destination: false } => print_source_tables(&load_config(&path)?).await,
-        Command::Init { output, force } => init(&output, force),
+        Command::Init {
+            output,
+            force,
+            from_pgwarehouse,
+        } => init(&output, force, from_pgwarehouse.as_deref()),
         Command::Teardown { yes } => {
             let config = load_config(&path)?;
             let dropped = cdc::teardown::run(&config, yes)
@@ -231,7 +235,7 @@ async fn status(
 }
 
 /// `cdc init`: the example configuration written out.
-fn init(output: &Path, force: bool) -> anyhow::Result<i32> {
+fn init(output: &Path, force: bool, from_pgwarehouse: Option<&Path>) -> anyhow::Result<i32> {
     if output.exists() && !force {
         // The command line asks for something unsafe, not an internal failure.
         eprintln!(
@@ -240,7 +244,29 @@ fn init(output: &Path, force: bool) -> anyhow::Result<i32> {
         );
         return Ok(exit::USAGE);
     }
-    std::fs::write(&output, cdc::config::EXAMPLE)
+    if let Some(yaml) = from_pgwarehouse {
+        let text = std::fs::read_to_string(yaml)
+            .with_context(|| format!("cannot read the pgwarehouse config {}", yaml.display()))?;
+        let converted = match cdc::config::pgwarehouse::convert(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {}: {e}", yaml.display());
+                return Ok(exit::CONFIG);
+            }
+        };
+        std::fs::write(output, &converted.toml)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        println!(
+            "Wrote {} from {}: check it, then run `cdc sync` (or `cdc sync --every 1h`).",
+            output.display(),
+            yaml.display()
+        );
+        for note in &converted.notes {
+            eprintln!("not carried over: {note}");
+        }
+        return Ok(exit::OK);
+    }
+    std::fs::write(output, cdc::config::EXAMPLE)
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!(
         "Wrote {}: set source.url, destination.url and [[tables]], then run `cdc snapshot`.",

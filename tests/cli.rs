@@ -9,6 +9,10 @@ fn cdc(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .env_remove("CDC_CONFIG")
         .env_remove("CDC_SOURCE_URL")
         .env_remove("CDC_DESTINATION_URL");
+    // The libpq and pgwarehouse variables a config may fall back on.
+    for var in ["PGHOST", "PGDATABASE", "CLICKHOUSE_HOST", "DUCKDB_PATH"] {
+        cmd.env_remove(var);
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -186,4 +190,63 @@ fn the_demo_replicates_into_a_duckdb_file_read_by_another_process() {
         text.contains("`cdc status` (exit code 0") && text.contains("HEALTHY"),
         "{text}"
     );
+}
+
+#[test]
+fn init_from_pgwarehouse_writes_a_config_and_names_what_it_left() {
+    let dir = std::env::temp_dir().join(format!("cdc-pgw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = dir.join("pgwarehouse_conf.yaml");
+    std::fs::write(
+        &yaml,
+        "postgres:\n  pghost: db\n  pgdatabase: shop\n  pgpassword: hunter2\n\
+         warehouse:\n  backend: duckdb\n  duckdb_path: /data/wh.duckdb\n\
+         tables:\n  - users:\n      reload: true\n  - orders:\n      last_modified: updated_at\n      reload: sun\n",
+    )
+    .unwrap();
+    let out_path = dir.join("config.toml");
+    let (y, o) = (yaml.to_str().unwrap(), out_path.to_str().unwrap());
+    let out = cdc(&["init", "--from-pgwarehouse", y, "--output", o], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not carried over: postgres.pgpassword"),
+        "{}",
+        stderr(&out)
+    );
+    let written = std::fs::read_to_string(&out_path).unwrap();
+    assert!(!written.contains("hunter2"), "{written}");
+    let config = cdc::config::Config::from_toml(&written, &out_path, &[("", ""); 0]).unwrap();
+    assert_eq!(config.destination.url.0, "duckdb:///data/wh.duckdb");
+    assert_eq!(
+        config.tables[1].modified_column.as_deref(),
+        Some("updated_at")
+    );
+    // Not over an existing file, and a file that is not YAML is named with the problem.
+    let again = cdc(&["init", "--from-pgwarehouse", y, "--output", o], &[]);
+    assert_eq!(again.status.code(), Some(64), "{}", stderr(&again));
+    std::fs::write(&yaml, "tables: [a").unwrap();
+    let bad = cdc(
+        &["init", "--from-pgwarehouse", y, "--output", o, "--force"],
+        &[],
+    );
+    assert_eq!(bad.status.code(), Some(78), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("not valid YAML"), "{}", stderr(&bad));
+    let missing = cdc(
+        &[
+            "init",
+            "--from-pgwarehouse",
+            "/nonexistent.yaml",
+            "--output",
+            o,
+            "--force",
+        ],
+        &[],
+    );
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(
+        stderr(&missing).contains("cannot read the pgwarehouse config"),
+        "{}",
+        stderr(&missing)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

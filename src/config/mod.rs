@@ -13,6 +13,7 @@
 
 mod env;
 mod locate;
+pub mod pgwarehouse;
 mod validate;
 
 use std::fmt;
