@@ -15,6 +15,13 @@
 //!     the replicated tables) written while `cdc run` is stopped; then `cdc run` drains them.
 //!     Done when the slot has confirmed the source's WAL position taken after the load.
 //!
+//! (c) `cdc sync` into ClickHouse against pgwarehouse's own sync, on pgbench_accounts plus an
+//!     indexed `updated_at`: a first pass (a whole copy; pgwarehouse `sync`), a `modified` pass
+//!     after 1 % of the rows changed (pgwarehouse `sync … last_modified=updated_at`), and a
+//!     `diff` pass after 0.1 % changed without touching `updated_at` (pgwarehouse can only
+//!     `reload`); after each, both views must equal the source. One run each (`BENCH_SYNC=0`
+//!     skips it).
+//!
 //! Prints each repetition, medians, ratios and cdc's peak RSS. `BENCH_REPS` (default 3),
 //! `BENCH_TXNS` (default 100,000; 0 skips (b)), `BENCH_LOG` (cdc's log filter), `BENCH_JOBS`
 //! (`snapshot.jobs`; unset: one per core).
@@ -128,6 +135,38 @@ fn main() {
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let pgw_config = dir.join("pgwarehouse.yml");
+    let write_pgw_config = |db: &str| {
+        std::fs::write(
+            &pgw_config,
+            format!(
+                "postgres:\n  pghost: 127.0.0.1\n  pgport: {}\n  pgdatabase: postgres\n  pguser: {SUPERUSER}\n  \
+                 pgpassword: '{}'\n  pgsslmode: disable\nwarehouse:\n  backend: clickhouse\n  clickhouse_host: 127.0.0.1\n  \
+                 clickhouse_user: default\n  clickhouse_password: ''\n  clickhouse_database: {db}\n",
+                source.port(),
+                source.password(),
+            ),
+        )
+        .unwrap();
+    };
+    let pgw_command = |bin: &std::path::Path, args: &[&str]| {
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&pgw_config)
+            .arg("--data")
+            .arg(dir.join("pgw-data"))
+            .args(args)
+            .env("PATH", path)
+            .env("PGPASSWORD", source.password())
+            .env("PGPORT", source.port().to_string())
+            .env("PGSSLMODE", "disable")
+            .stderr(std::fs::File::create(dir.join("pgwarehouse.log")).unwrap());
+        cmd
+    };
 
     // (a) Snapshot.
     let (mut pipe, mut ours, mut pgw, mut peaks) = (vec![], vec![], vec![], vec![]);
@@ -187,38 +226,9 @@ fn main() {
         if let Some(bin) = &pgwarehouse {
             let db = format!("pgw_{rep}");
             fresh(&db);
-            std::fs::write(
-                &pgw_config,
-                format!(
-                    "postgres:\n  pghost: 127.0.0.1\n  pgport: {}\n  pgdatabase: postgres\n  pguser: {SUPERUSER}\n  \
-                     pgpassword: '{}'\n  pgsslmode: disable\nwarehouse:\n  backend: clickhouse\n  clickhouse_host: 127.0.0.1\n  \
-                     clickhouse_user: default\n  clickhouse_password: ''\n  clickhouse_database: {db}\n",
-                    source.port(),
-                    source.password(),
-                ),
-            )
-            .unwrap();
+            write_pgw_config(&db);
             let _ = std::fs::remove_dir_all(dir.join("pgw-data"));
-            let path = format!(
-                "{}:{}",
-                dir.join("bin").display(),
-                std::env::var("PATH").unwrap_or_default()
-            );
-            let mut cmd = Command::new(bin);
-            cmd.arg("--config")
-                .arg(&pgw_config)
-                .arg("--data")
-                .arg(dir.join("pgw-data"))
-                .args(["sync", "pgbench_accounts"])
-                .env("PATH", path)
-                .env("PGPASSWORD", source.password())
-                .env("PGPORT", source.port().to_string())
-                .env("PGSSLMODE", "disable")
-                .stderr(std::fs::File::create(dir.join("pgwarehouse.log")).unwrap());
-            eprintln!(
-                "(pgwarehouse's log: {})",
-                dir.join("pgwarehouse.log").display()
-            );
+            let cmd = pgw_command(bin, &["sync", "pgbench_accounts"]);
             let (t, peak) = timed(cmd);
             assert_eq!(
                 count(&db, "pgbench_accounts"),
@@ -244,6 +254,117 @@ fn main() {
         println!(
             "pgwarehouse sync (ClickHouse backend): median {t:.2}s; cdc is {:.2}x faster",
             t / c
+        );
+    }
+
+    // (c) Sync passes.
+    if env_or("BENCH_SYNC", 1) != 0 {
+        let cdc_sync = |args: &[&str]| -> (f64, String) {
+            let mut cmd = cdc(args);
+            let started = Instant::now();
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                started.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        psql(&source, "postgres", "ALTER TABLE pgbench_accounts ADD COLUMN updated_at timestamptz NOT NULL DEFAULT '2024-01-01'");
+        psql(
+            &source,
+            "postgres",
+            "CREATE INDEX ON pgbench_accounts (updated_at)",
+        );
+        fresh("sync_cdc");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = {:?}\n[destination]\nurl = {:?}\n{jobs}[[tables]]\nsource = \"public.pgbench_accounts\"\n\
+                 strategy = \"modified\"\nmodified_column = \"updated_at\"\n",
+                source.url("postgres"),
+                ch.url("sync_cdc"),
+            ),
+        )
+        .unwrap();
+        let same = |db: &str| {
+            let src = query(
+                &source,
+                "SELECT count(*) || ' ' || sum(abalance) FROM pgbench_accounts",
+            );
+            let dst = http(&format!(
+                "SELECT concat(toString(count()), ' ', toString(sum(abalance))) FROM `{db}`.pgbench_accounts"
+            ));
+            assert_eq!(src, dst, "{db} equals the source");
+        };
+        let pgw_db = "sync_pgw";
+        let pgw_run = |args: &[&str]| -> Option<f64> {
+            let bin = pgwarehouse.as_ref()?;
+            let started = Instant::now();
+            let status = pgw_command(bin, args)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "pgwarehouse {args:?}: see {}",
+                dir.join("pgwarehouse.log").display()
+            );
+            Some(started.elapsed().as_secs_f64())
+        };
+        if pgwarehouse.is_some() {
+            fresh(pgw_db);
+            write_pgw_config(pgw_db);
+            let _ = std::fs::remove_dir_all(dir.join("pgw-data"));
+        }
+        let mut rows = Vec::new();
+        let (t, _) = cdc_sync(&["sync"]);
+        same("sync_cdc");
+        let p = pgw_run(&["sync", "pgbench_accounts"]);
+        rows.push(("first pass (whole copy)", t, p));
+        psql(&source, "postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1, updated_at = now() WHERE aid % 100 = 0");
+        psql(&source, "postgres", "VACUUM ANALYZE pgbench_accounts");
+        let (t, out) = cdc_sync(&["sync", "--json"]);
+        same("sync_cdc");
+        eprintln!("modified pass: {}", out.trim());
+        let p = pgw_run(&["sync", "pgbench_accounts", "last_modified=updated_at"]);
+        rows.push(("1 % modified", t, p));
+        psql(
+            &source,
+            "postgres",
+            "UPDATE pgbench_accounts SET abalance = abalance - 7 WHERE aid % 1000 = 7",
+        );
+        let (t, out) = cdc_sync(&["sync", "--strategy", "diff", "--json"]);
+        same("sync_cdc");
+        let moved: serde_json::Value =
+            serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+        let updated = &moved["tables"][0]["updated"];
+        eprintln!("diff pass moved {updated} rows: {}", out.trim());
+        let p = pgw_run(&["reload", "pgbench_accounts"]);
+        rows.push(("0.1 % changed, diff (pgwarehouse: reload)", t, p));
+        if pgwarehouse.is_some() {
+            same(pgw_db);
+        }
+        for (what, ours, theirs) in rows {
+            match theirs {
+                Some(p) => println!(
+                    "sync into ClickHouse, {what}: cdc {ours:.2}s, pgwarehouse {p:.2}s, cdc is {:.2}x faster",
+                    p / ours
+                ),
+                None => println!("sync into ClickHouse, {what}: cdc {ours:.2}s"),
+            }
+        }
+        println!(
+            "diff pass rows updated: {updated} (0.1 % = {})",
+            scale * 100
+        );
+        psql(
+            &source,
+            "postgres",
+            "ALTER TABLE pgbench_accounts DROP COLUMN updated_at",
         );
     }
 

@@ -321,3 +321,16 @@ mod tests {
         assert_eq!(args.format, ReportFormat::Csv);
     }
 }
+
+/// What `cdc sync`'s arguments ask of a pass.
+impl From<SyncArgs> for crate::sync::Options {
+    fn from(args: SyncArgs) -> Self {
+        crate::sync::Options {
+            tables: args.tables,
+            strategy: args.strategy,
+            jobs: args.jobs,
+            on_error: args.on_error,
+            rejects: args.rejects,
+        }
+    }
+}

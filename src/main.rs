@@ -54,14 +54,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Sync(args) => {
             let config = load_config(&path)?;
-            let options = cdc::sync::Options {
-                tables: args.tables,
-                strategy: args.strategy,
-                jobs: args.jobs,
-                on_error: args.on_error,
-                rejects: args.rejects,
-            };
-            sync(&config, &options, args.every, args.json).await
+            let (every, json) = (args.every, args.json);
+            sync(&config, &args.into(), every, json).await
         }
         Command::Reload { tables, json } => {
             let config = load_config(&path)?;

@@ -3,7 +3,35 @@
 //! pgwarehouse's `CLICKHOUSE_*` and `DUCKDB_PATH` for the destination. They apply only where
 //! the config file and the `CDC_*` variables leave a URL out.
 
-use super::Env;
+use super::{Config, ConnString, Env};
+use crate::conninfo::Secret;
+
+impl Config {
+    /// The variables libpq and pgwarehouse read, for URLs the file and `CDC_*` leave out;
+    /// returns `(field, variable)` for each.
+    pub(super) fn apply_libpq_env(&mut self, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
+        let mut applied = Vec::new();
+        if self.source.url.0.trim().is_empty() {
+            if let Some((url, var)) = source_url(env) {
+                self.source.url = ConnString(url);
+                applied.push(("source.url", var));
+                if self.source.password.is_none() && self.source.password_file.is_none() {
+                    self.source.password = env.var("PGPASSWORD").map(Secret::new);
+                }
+            }
+        }
+        if self.destination.url.0.trim().is_empty() {
+            if let Some((url, var, password)) = destination_url(env) {
+                self.destination.url = ConnString(url);
+                applied.push(("destination.url", var));
+                if self.destination.password.is_none() && self.destination.password_file.is_none() {
+                    self.destination.password = password.map(Secret::new);
+                }
+            }
+        }
+        applied
+    }
+}
 
 /// A libpq key=value value, quoted.
 fn quoted(v: &str) -> String {

@@ -454,31 +454,6 @@ impl Config {
         applied
     }
 
-    /// The variables libpq and pgwarehouse read, for URLs the file and `CDC_*` leave out;
-    /// returns `(field, variable)` for each.
-    fn apply_libpq_env(&mut self, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
-        let mut applied = Vec::new();
-        if self.source.url.0.trim().is_empty() {
-            if let Some((url, var)) = env::source_url(env) {
-                self.source.url = ConnString(url);
-                applied.push(("source.url", var));
-                if self.source.password.is_none() && self.source.password_file.is_none() {
-                    self.source.password = env.var("PGPASSWORD").map(Secret::new);
-                }
-            }
-        }
-        if self.destination.url.0.trim().is_empty() {
-            if let Some((url, var, password)) = env::destination_url(env) {
-                self.destination.url = ConnString(url);
-                applied.push(("destination.url", var));
-                if self.destination.password.is_none() && self.destination.password_file.is_none() {
-                    self.destination.password = password.map(Secret::new);
-                }
-            }
-        }
-        applied
-    }
-
     /// The SQLite file `source.url` names (`sqlite:PATH`), or `None` for a Postgres source.
     pub fn sqlite_source(&self) -> Result<Option<PathBuf>, Problem> {
         match source_url(&self.source.url.0) {
@@ -544,29 +519,6 @@ impl Config {
             self.destination.password.as_ref(),
             self.destination.password_file.as_deref(),
         )
-    }
-
-    /// Refuse `max_records` for `command`, which copies and streams every row: a capped copy
-    /// followed by a stream would be a table that never matches its source.
-    pub fn every_row(&self, command: &str) -> Result<(), Problem> {
-        let field = if self.source.max_records.is_some() {
-            Some("source.max_records".to_owned())
-        } else {
-            self.tables
-                .iter()
-                .position(|t| t.max_rows.is_some())
-                .map(|i| format!("tables[{i}].max_records"))
-        };
-        match field {
-            None => Ok(()),
-            Some(field) => Err(Problem::file(
-                field,
-                format!(
-                    "caps the rows of a trial `cdc sync`, and {command} copies and streams every row: \
-                     remove it (or use `cdc sync`)"
-                ),
-            )),
-        }
     }
 
     /// Parsed table names, in config order (valid after `validate`).

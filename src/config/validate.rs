@@ -299,3 +299,28 @@ fn is_slot_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
+
+impl super::Config {
+    /// Refuse `max_records` for `command`, which copies and streams every row: a capped copy
+    /// followed by a stream would be a table that never matches its source.
+    pub fn every_row(&self, command: &str) -> Result<(), Problem> {
+        let field = if self.source.max_records.is_some() {
+            Some("source.max_records".to_owned())
+        } else {
+            self.tables
+                .iter()
+                .position(|t| t.max_rows.is_some())
+                .map(|i| format!("tables[{i}].max_records"))
+        };
+        match field {
+            None => Ok(()),
+            Some(field) => Err(Problem::file(
+                field,
+                format!(
+                    "caps the rows of a trial `cdc sync`, and {command} copies and streams every row: \
+                     remove it (or use `cdc sync`)"
+                ),
+            )),
+        }
+    }
+}
