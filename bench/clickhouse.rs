@@ -17,7 +17,7 @@
 //!
 //! (c) `cdc sync` into ClickHouse against pgwarehouse's own sync, on pgbench_accounts plus an
 //!     indexed `updated_at`: a first pass (a whole copy; pgwarehouse `sync`), a `modified` pass
-//!     after 1 % of the rows changed (pgwarehouse `sync … last_modified=updated_at`), and a
+//!     after 1 % of the rows changed (pgwarehouse `--last-modified updated_at sync`), and a
 //!     `diff` pass after 0.1 % changed without touching `updated_at` (pgwarehouse can only
 //!     `reload`); after each, both views must equal the source. One run each (`BENCH_SYNC=0`
 //!     skips it).
@@ -273,7 +273,20 @@ fn main() {
                 String::from_utf8_lossy(&out.stdout).into_owned(),
             )
         };
-        psql(&source, "postgres", "ALTER TABLE pgbench_accounts ADD COLUMN updated_at timestamptz NOT NULL DEFAULT '2024-01-01'");
+        // Distinct times, as an application's rows have: the pass re-reads the rows at its
+        // boundary value, which must be few.
+        psql(
+            &source,
+            "postgres",
+            "ALTER TABLE pgbench_accounts ADD COLUMN updated_at timestamptz",
+        );
+        psql(&source, "postgres", "UPDATE pgbench_accounts SET updated_at = '2024-01-01'::timestamptz + aid * interval '1 second'");
+        psql(
+            &source,
+            "postgres",
+            "ALTER TABLE pgbench_accounts ALTER COLUMN updated_at SET NOT NULL",
+        );
+        psql(&source, "postgres", "VACUUM ANALYZE pgbench_accounts");
         psql(
             &source,
             "postgres",
@@ -296,7 +309,7 @@ fn main() {
                 "SELECT count(*) || ' ' || sum(abalance) FROM pgbench_accounts",
             );
             let dst = http(&format!(
-                "SELECT concat(toString(count()), ' ', toString(sum(abalance))) FROM `{db}`.pgbench_accounts"
+                "SELECT concat(toString(count()), ' ', toString(sum(abalance))) FROM `{db}`.pgbench_accounts FORMAT TSVRaw"
             ));
             assert_eq!(src, dst, "{db} equals the source");
         };
@@ -330,7 +343,7 @@ fn main() {
         let (t, out) = cdc_sync(&["sync", "--json"]);
         same("sync_cdc");
         eprintln!("modified pass: {}", out.trim());
-        let p = pgw_run(&["sync", "pgbench_accounts", "last_modified=updated_at"]);
+        let p = pgw_run(&["--last-modified", "updated_at", "sync", "pgbench_accounts"]);
         rows.push(("1 % modified", t, p));
         psql(
             &source,

@@ -548,3 +548,44 @@ async fn pgwarehouse_variables_sync_all_and_max_records_make_a_trial_run() {
     );
     assert_eq!(p.slot_count().await, 0, "no slot left behind");
 }
+
+#[tokio::test]
+async fn a_keyless_table_is_refused_with_the_fix_and_the_others_sync() {
+    let (p, c, db) = ch_pipeline(
+        "ch_sync_keyless",
+        "CREATE TABLE logs (at timestamptz, line text);
+         INSERT INTO logs VALUES ('2024-01-01', 'a'), ('2024-01-01', 'a');
+         CREATE TABLE keyed (id int PRIMARY KEY);
+         INSERT INTO keyed VALUES (1), (2);",
+        "[[tables]]\nsource = \"public.logs\"\n[[tables]]\nsource = \"public.keyed\"\n",
+    )
+    .await;
+    let summary = cdc::sync::pass(&p.config(), &Options::default())
+        .await
+        .unwrap();
+    let logs = summary
+        .tables
+        .iter()
+        .find(|t| t.source == "public.logs")
+        .unwrap();
+    let error = logs.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("has no primary key") && error.contains("ADD PRIMARY KEY"),
+        "{error}"
+    );
+    assert!(summary
+        .tables
+        .iter()
+        .any(|t| t.source == "public.keyed" && t.error.is_none() && t.inserted == 2));
+    // Nothing of the refused table was created, not even its staging table.
+    assert_eq!(
+        ch_rows(
+            &c,
+            &format!(
+                "SELECT count() FROM system.tables WHERE database = '{db}' AND name LIKE 'logs%'"
+            )
+        )
+        .await,
+        Some(vec![row(&["0"])])
+    );
+}
