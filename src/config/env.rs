@@ -69,45 +69,56 @@ fn truthy(v: &str) -> bool {
 pub(super) fn destination_url(env: &dyn Env) -> Option<(String, &'static str, Option<String>)> {
     if let Some(host) = env.var("CLICKHOUSE_HOST") {
         let secure = env.var("CLICKHOUSE_SECURE").is_some_and(|v| truthy(&v));
-        let (scheme, default_port) = if secure {
-            ("clickhouses", 8443)
-        } else {
-            ("clickhouse", 8123)
-        };
-        // A host may carry its port (`ch.example.com:9440`).
-        let host = if host.contains(':') && !host.starts_with('[') {
-            host
-        } else {
-            let port = env.var("CLICKHOUSE_PORT");
-            format!(
-                "{host}:{}",
-                port.as_deref().unwrap_or(&default_port.to_string())
-            )
-        };
-        let user = env
-            .var("CLICKHOUSE_USER")
-            .unwrap_or_else(|| "default".into());
-        let database = env
-            .var("CLICKHOUSE_DATABASE")
-            .unwrap_or_else(|| "default".into());
-        let url = format!(
-            "{scheme}://{}@{host}/{}",
-            percent(&user),
-            percent(&database)
+        let url = clickhouse_url(
+            &host,
+            env.var("CLICKHOUSE_PORT").as_deref(),
+            secure,
+            env.var("CLICKHOUSE_USER").as_deref(),
+            env.var("CLICKHOUSE_DATABASE").as_deref(),
         );
         return Some((url, "CLICKHOUSE_HOST", env.var("CLICKHOUSE_PWD")));
     }
     let path = env.var("DUCKDB_PATH")?;
-    let url = if path.starts_with('/') {
+    Some((duckdb_url(&path), "DUCKDB_PATH", None))
+}
+
+/// pgwarehouse's ClickHouse settings as a `clickhouse[s]://` URL: port 8123, or 8443 with
+/// TLS, unless the host carries one (`ch.example.com:9440`); user and database `default`.
+pub(super) fn clickhouse_url(
+    host: &str,
+    port: Option<&str>,
+    secure: bool,
+    user: Option<&str>,
+    database: Option<&str>,
+) -> String {
+    let (scheme, default_port) = if secure {
+        ("clickhouses", "8443")
+    } else {
+        ("clickhouse", "8123")
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        host.to_owned()
+    } else {
+        format!("{host}:{}", port.unwrap_or(default_port))
+    };
+    format!(
+        "{scheme}://{}@{host}/{}",
+        percent(user.unwrap_or("default")),
+        percent(database.unwrap_or("default"))
+    )
+}
+
+/// A DuckDB file's URL, absolute or relative.
+pub(super) fn duckdb_url(path: &str) -> String {
+    if path.starts_with('/') {
         format!("duckdb://{path}")
     } else {
         format!("duckdb:{path}")
-    };
-    Some((url, "DUCKDB_PATH", None))
+    }
 }
 
 /// A URL part with the characters that would end it escaped.
-fn percent(s: &str) -> String {
+pub(super) fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -15,6 +15,7 @@
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+use super::env::{clickhouse_url, duckdb_url, percent};
 use super::ReloadDay;
 
 /// The config written, and what could not be carried over.
@@ -39,18 +40,6 @@ fn quoted(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// A URL part with the characters that would end it escaped.
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A scalar as text (YAML reads `5432` as a number and `yes` as text).
@@ -167,15 +156,14 @@ fn destination(wh: &Yaml, out: &mut String, notes: &mut Vec<String>) {
     match backend.as_deref() {
         Some("clickhouse") => match field("clickhouse_host") {
             Some(host) => {
-                let secure = truthy(&wh["clickhouse_secure"]);
-                let (scheme, port) = if secure { ("clickhouses", 8443) } else { ("clickhouse", 8123) };
-                let host = if host.contains(':') { host } else { format!("{host}:{port}") };
-                let user = field("clickhouse_user").unwrap_or_else(|| "default".into());
-                let db = field("clickhouse_database").unwrap_or_else(|| "default".into());
-                out.push_str(&format!(
-                    "url = {}\n",
-                    quoted(&format!("{scheme}://{}@{host}/{}", percent(&user), percent(&db)))
-                ));
+                let url = clickhouse_url(
+                    &host,
+                    None,
+                    truthy(&wh["clickhouse_secure"]),
+                    field("clickhouse_user").as_deref(),
+                    field("clickhouse_database").as_deref(),
+                );
+                out.push_str(&format!("url = {}\n", quoted(&url)));
                 if field("clickhouse_password").is_some() {
                     notes.push(
                         "warehouse.clickhouse_password: not written into the file; set \
@@ -190,10 +178,7 @@ fn destination(wh: &Yaml, out: &mut String, notes: &mut Vec<String>) {
             ),
         },
         Some("duckdb") => match field("duckdb_path") {
-            Some(path) if path.starts_with('/') => {
-                out.push_str(&format!("url = {}\n", quoted(&format!("duckdb://{path}"))))
-            }
-            Some(path) => out.push_str(&format!("url = {}\n", quoted(&format!("duckdb:{path}")))),
+            Some(path) => out.push_str(&format!("url = {}\n", quoted(&duckdb_url(&path)))),
             None => out.push_str("# url left out: taken from DUCKDB_PATH\n"),
         },
         Some("snowflake") => {
