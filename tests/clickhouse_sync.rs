@@ -3,14 +3,14 @@
 //! table that `cdc run` streamed before (its rows at WAL-position versions) synced on, kill -9
 //! inside passes, `cdc verify` and `cdc tables --destination` on synced tables, and refusals.
 
-use std::time::Duration;
 
 use cdc::destination::clickhouse::http::Client;
 use cdc::sync::{Options, Summary};
 
 use crate::clickhouse_stream::{ch_pipeline, ch_rows, row, wait_ch, RunProcess};
 use crate::duckdb::cdc;
-use crate::harness::{wait_for, Pipeline};
+use crate::harness::Pipeline;
+use crate::sync::kill_when;
 
 /// The same table under each strategy's name.
 const TABLES: [&str; 7] = [
@@ -73,25 +73,7 @@ async fn every_strategy_keeps_its_promise_in_clickhouse() {
 [[tables]]\nsource = \"public.w_items\"\nwhere = \"updated_at >= '2024-01-01'\"
 [[tables]]\nsource = \"public.s_items\"\nstrategy = \"skip\"\n";
     let (p, c, db) = ch_pipeline("ch_sync", &items_ddl(), config).await;
-    // The xmin window starts at the oldest transaction running when a pass reads: wait until
-    // those of other tests on the shared server are younger than these rows.
-    wait_for(
-        "older transactions to end",
-        Duration::from_secs(300),
-        || async {
-            let r = p
-                .src_sql
-                .query_one(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                    > (SELECT max(xmin::text::bigint) FROM x_items)",
-                    &[],
-                )
-                .await
-                .unwrap();
-            r.get::<_, bool>(0)
-        },
-    )
-    .await;
+    crate::sync::wait_for_older_transactions(&p, "x_items").await;
     let first = pass(&p).await;
     for t in &TABLES[..6] {
         let s = by(&first, t);
@@ -290,24 +272,6 @@ async fn same_rows(p: &Pipeline, c: &Client, table: &str) {
     .await
     .unwrap();
     assert_eq!(pg, ch, "{table}");
-}
-
-/// Kill `cdc sync ARGS` with SIGKILL as soon as `moment` holds.
-async fn kill_when<F, Fut>(p: &Pipeline, args: &[&str], what: &str, moment: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let mut child = cdc(p, args)
-        .env("CDC_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(what, Duration::from_secs(60), moment).await;
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), None, "killed, not finished before it");
 }
 
 #[tokio::test]

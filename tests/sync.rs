@@ -336,6 +336,28 @@ async fn a_keyless_table_is_reloaded_by_default_and_skip_skips() {
     assert_eq!(exists, ["false"]);
 }
 
+/// The xmin strategy's window starts at the oldest transaction still running when a pass
+/// reads: a long one of another test on the shared server would put the rows of `table` inside
+/// the next window. Wait until every transaction older than them has ended.
+pub(crate) async fn wait_for_older_transactions(p: &Pipeline, table: &str) {
+    let sql = format!(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+            > (SELECT max(xmin::text::bigint) FROM {table})"
+    );
+    crate::harness::wait_for(
+        "older transactions to end",
+        Duration::from_secs(300),
+        || async {
+            p.src_sql
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn into_duckdb_every_strategy_keeps_its_promise() {
     let ddl = format!(
@@ -352,26 +374,7 @@ async fn into_duckdb_every_strategy_keeps_its_promise() {
 [[tables]]\nsource = \"public.r_items\"",
     )
     .await;
-    // The xmin strategy's window starts at the oldest transaction still running when a pass
-    // reads: a long one of another test on the shared server would put the rows made here
-    // inside the next window. Wait until every transaction older than them has ended.
-    crate::harness::wait_for(
-        "older transactions to end",
-        Duration::from_secs(300),
-        || async {
-            let r = p
-                .src_sql
-                .query_one(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                        > (SELECT max(xmin::text::bigint) FROM x_items)",
-                    &[],
-                )
-                .await
-                .unwrap();
-            r.get::<_, bool>(0)
-        },
-    )
-    .await;
+    wait_for_older_transactions(&p, "x_items").await;
     pass(&p, None).await;
     for t in ["items", "d_items", "x_items", "r_items"] {
         p.src_sql
@@ -909,7 +912,7 @@ async fn sync_reads_from_a_hot_standby() {
 }
 
 /// Kill `cdc sync` with SIGKILL as soon as `moment` holds.
-async fn kill_when<F, Fut>(p: &Pipeline, args: &[&str], what: &str, moment: F)
+pub(crate) async fn kill_when<F, Fut>(p: &Pipeline, args: &[&str], what: &str, moment: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
