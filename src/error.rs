@@ -156,6 +156,15 @@ pub(crate) enum Cause {
         code: Option<u32>,
         message: String,
     },
+    /// Snowflake answered a request with an error: its HTTP status and, when it said, its
+    /// error code (`390100`, `002003`, ...).
+    #[error("Snowflake refused {statement} (HTTP {status}{}): {message}", .code.as_ref().map(|c| format!(", code {c}")).unwrap_or_default())]
+    Snowflake {
+        statement: String,
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
     /// A table's destination copy can no longer be kept exact by applying changes (its source
     /// filled new columns of rows that cannot be matched by key): `cdc run` copies it again
     /// alone, as a table joining the pipeline, and streams on.
@@ -245,6 +254,37 @@ impl Error {
             Cause::ClickHouse { code, .. } => *code,
             _ => None,
         }
+    }
+
+    /// Snowflake's error code, when Snowflake reported this error with one.
+    pub fn snowflake_code(&self) -> Option<&str> {
+        match &self.0.cause {
+            Cause::Snowflake { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Snowflake refused a request; `transient` as its client decided from the answer.
+    pub fn snowflake(
+        statement: String,
+        status: u16,
+        code: Option<String>,
+        message: String,
+        transient: bool,
+    ) -> Error {
+        Error(Box::new(Inner {
+            kind: if transient {
+                Kind::Transient
+            } else {
+                Kind::Definite
+            },
+            cause: Cause::Snowflake {
+                statement,
+                status,
+                code,
+                message,
+            },
+        }))
     }
 
     /// The table to copy again and why, for the error that asks for it.

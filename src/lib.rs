@@ -41,6 +41,7 @@ pub mod error;
 pub mod http;
 pub mod local_clickhouse;
 pub mod local_pg;
+pub mod local_snowflake;
 pub mod lsn;
 pub mod metrics;
 pub mod model;

@@ -489,6 +489,12 @@ fn standalone_target(url: &str) -> anyhow::Result<cdc::endpoint::Target> {
             }
             Ok(Target::ClickHouse(parsed))
         }
+        DestinationUrl::Snowflake(mut parsed) => {
+            if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
+                parsed.password = Some(Secret::new(pw));
+            }
+            Ok(Target::Snowflake(parsed))
+        }
         DestinationUrl::DuckDb(path) => Ok(Target::DuckDb(path)),
         DestinationUrl::Postgres => Ok(Target::Postgres(standalone_conninfo(
             "--destination",

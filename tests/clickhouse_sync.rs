@@ -3,7 +3,6 @@
 //! table that `cdc run` streamed before (its rows at WAL-position versions) synced on, kill -9
 //! inside passes, `cdc verify` and `cdc tables --destination` on synced tables, and refusals.
 
-
 use cdc::destination::clickhouse::http::Client;
 use cdc::sync::{Options, Summary};
 

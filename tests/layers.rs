@@ -36,6 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cli",
             "local_pg",
             "local_clickhouse",
+            "local_snowflake",
         ],
     ),
 ];

@@ -15,6 +15,7 @@ mod replication;
 mod run;
 mod run_faults;
 mod snapshot;
+mod snowflake;
 mod sqlite;
 mod status;
 mod sync;

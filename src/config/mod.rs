@@ -111,6 +111,9 @@ pub struct DestinationConfig {
     /// Password set by environment (`CDC_DESTINATION_PASSWORD`).
     #[serde(skip)]
     pub password: Option<Secret>,
+    /// Snowflake only: the PEM file of the user's private key, for key-pair (JWT) login
+    /// (also `?private_key_file=` in the URL).
+    pub private_key_file: Option<PathBuf>,
     /// ClickHouse only: the cluster whose nodes get the tables (`ON CLUSTER`, replicated
     /// storage, a `Distributed` table in front).
     pub cluster: Option<String>,
@@ -494,6 +497,17 @@ impl Config {
                 }
                 Ok(Target::ClickHouse(parsed))
             }
+            DestinationUrl::Snowflake(mut parsed) => {
+                if let Some(pw) = &self.destination.password {
+                    parsed.password = Some(pw.clone());
+                } else if let Some(f) = &self.destination.password_file {
+                    parsed.password = Some(read_password_file("destination", f)?);
+                }
+                if let Some(key) = &self.destination.private_key_file {
+                    parsed.private_key_file = Some(key.clone());
+                }
+                Ok(Target::Snowflake(parsed))
+            }
             DestinationUrl::DuckDb(path) => Ok(Target::DuckDb(path)),
             DestinationUrl::Postgres => self.destination_conninfo().map(Target::Postgres),
         }
@@ -505,6 +519,7 @@ impl Config {
             Ok(DestinationUrl::Postgres) => None,
             Ok(DestinationUrl::DuckDb(_)) => Some("a DuckDB file"),
             Ok(DestinationUrl::ClickHouse(_)) => Some("a ClickHouse server"),
+            Ok(DestinationUrl::Snowflake(_)) => Some("a Snowflake account"),
             Err(e) => return Err(Problem::file("destination.url", e)),
         };
         if let Some(other) = other {

@@ -9,7 +9,7 @@
 //!
 //! A destination is chosen by the scheme of `destination.url`: `postgresql://` / `postgres://`
 //! or a libpq key=value string ([`postgres`]), `duckdb:` ([`duckdb`]), `clickhouse://` /
-//! `clickhouses://` ([`clickhouse`]). No SQL crosses these
+//! `clickhouses://` ([`clickhouse`]), `snowflake://` ([`snowflake`]). No SQL crosses these
 //! traits: each destination speaks its own dialect, maps Postgres types to its own, and
 //! converts the Postgres text form of values itself.
 //!
@@ -23,6 +23,7 @@ pub mod clickhouse;
 pub mod columns;
 pub mod duckdb;
 pub mod postgres;
+pub mod snowflake;
 pub mod whole;
 
 use std::sync::atomic::AtomicU64;
@@ -392,6 +393,9 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Destination>> {
             )
             .await?,
         ),
+        Target::Snowflake(url) => {
+            Arc::new(snowflake::SnowflakeDestination::open(url, schema, &config.source.slot).await?)
+        }
     })
 }
 

@@ -3,11 +3,13 @@
 //! schemes are here. Config validation, the commands and the destinations all read these.
 
 pub mod clickhouse;
+pub mod snowflake;
 
 use std::path::PathBuf;
 
 use crate::conninfo::ConnInfo;
 pub use clickhouse::ClickHouseUrl;
+pub use snowflake::SnowflakeUrl;
 
 /// Where `destination.url` points.
 #[derive(Debug, Clone)]
@@ -15,6 +17,7 @@ pub enum Target {
     Postgres(ConnInfo),
     DuckDb(PathBuf),
     ClickHouse(ClickHouseUrl),
+    Snowflake(SnowflakeUrl),
 }
 
 /// What `destination.url` (or `--destination`) names, by its scheme. A Postgres connection
@@ -25,6 +28,7 @@ pub enum DestinationUrl {
     Postgres,
     DuckDb(PathBuf),
     ClickHouse(ClickHouseUrl),
+    Snowflake(SnowflakeUrl),
 }
 
 /// What `source.url` names, by its scheme.
@@ -39,6 +43,9 @@ pub enum SourceUrl {
 pub fn destination_url(url: &str) -> Result<DestinationUrl, String> {
     if ClickHouseUrl::is_clickhouse(url) {
         return ClickHouseUrl::parse(url).map(DestinationUrl::ClickHouse);
+    }
+    if SnowflakeUrl::is_snowflake(url) {
+        return SnowflakeUrl::parse(url).map(DestinationUrl::Snowflake);
     }
     match duckdb_path(url) {
         Some(path) => path.map(DestinationUrl::DuckDb),

@@ -29,7 +29,7 @@ pub struct IndexDef {
 }
 
 /// A source table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableSchema {
     pub name: TableName,
     pub oid: u32,

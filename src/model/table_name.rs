@@ -6,7 +6,7 @@ use std::fmt;
 use super::sql::quote_ident;
 
 /// `schema.table`, each part an exact (already folded) identifier.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
     pub schema: String,
     pub name: String,

@@ -234,6 +234,9 @@ pub async fn verify_into(
         Target::Postgres(info) => Dest::Postgres(session(info).await?),
         Target::DuckDb(path) => Dest::Whole(Box::new(DuckDbReader::open(path)?)),
         Target::ClickHouse(url) => Dest::Whole(Box::new(ClickHouseReader::new(url.clone())?)),
+        Target::Snowflake(url) => Dest::Whole(Box::new(
+            crate::destination::snowflake::verify::SnowflakeReader::new(url.clone())?,
+        )),
     };
     let mut tables = Vec::with_capacity(pairs.len());
     for pair in pairs {

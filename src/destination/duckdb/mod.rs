@@ -19,7 +19,7 @@
 
 mod apply;
 mod copy_in;
-mod copy_text;
+pub(crate) mod copy_text;
 mod handle;
 mod keyless;
 mod load;
