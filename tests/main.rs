@@ -16,6 +16,7 @@ mod run;
 mod run_faults;
 mod snapshot;
 mod snowflake;
+mod snowflake_sync;
 mod sqlite;
 mod status;
 mod sync;

@@ -71,7 +71,7 @@ pub(crate) async fn sf_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipel
 }
 
 /// The emulator takes any password; a real account's comes from the environment.
-fn password_file() -> String {
+pub(crate) fn password_file() -> String {
     let path = std::env::temp_dir().join("cdc-snowflake-test-password");
     let pw = std::env::var("CDC_DESTINATION_PASSWORD").unwrap_or_else(|_| "emulator".into());
     std::fs::write(&path, pw).unwrap();
@@ -79,7 +79,7 @@ fn password_file() -> String {
 }
 
 /// Rows of `public.<table>` as Postgres would print them, ordered by `order`.
-async fn sf_rows(
+pub(crate) async fn sf_rows(
     c: &Client,
     table: &str,
     cols: &[(&str, &str)],

@@ -1,6 +1,6 @@
 //! Connection settings from the variables other tools read, for users who come with them:
 //! libpq's `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD` for the source, and
-//! pgwarehouse's `CLICKHOUSE_*` and `DUCKDB_PATH` for the destination. They apply only where
+//! pgwarehouse's `CLICKHOUSE_*`, `DUCKDB_PATH` and SnowSQL's `SNOWSQL_*` for the destination. They apply only where
 //! the config file and the `CDC_*` variables leave a URL out.
 
 use super::{Config, ConnString, Env};
@@ -78,8 +78,61 @@ pub(super) fn destination_url(env: &dyn Env) -> Option<(String, &'static str, Op
         );
         return Some((url, "CLICKHOUSE_HOST", env.var("CLICKHOUSE_PWD")));
     }
+    if let Some(account) = env.var("SNOWSQL_ACCOUNT") {
+        let var = |v: &str| env.var(v);
+        let mut url = snowflake_url(&Snowflake {
+            account: &account,
+            user: var("SNOWSQL_USER").as_deref(),
+            database: var("SNOWSQL_DATABASE").as_deref(),
+            schema: var("SNOWSQL_SCHEMA").as_deref(),
+            warehouse: var("SNOWSQL_WAREHOUSE").as_deref(),
+            role: var("SNOWSQL_ROLE").as_deref(),
+        });
+        for (key, v) in [
+            ("host", "SNOWSQL_HOST"),
+            ("port", "SNOWSQL_PORT"),
+            ("protocol", "SNOWSQL_PROTOCOL"),
+        ] {
+            if let Some(value) = env.var(v) {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                url.push_str(&format!("{sep}{key}={}", percent(&value)));
+            }
+        }
+        return Some((url, "SNOWSQL_ACCOUNT", env.var("SNOWSQL_PWD")));
+    }
     let path = env.var("DUCKDB_PATH")?;
     Some((duckdb_url(&path), "DUCKDB_PATH", None))
+}
+
+/// SnowSQL's (and pgwarehouse's) Snowflake settings.
+pub(super) struct Snowflake<'a> {
+    pub account: &'a str,
+    pub user: Option<&'a str>,
+    pub database: Option<&'a str>,
+    pub schema: Option<&'a str>,
+    pub warehouse: Option<&'a str>,
+    pub role: Option<&'a str>,
+}
+
+/// Snowflake settings as a `snowflake://USER@ACCOUNT/DATABASE/SCHEMA?warehouse=W&role=R` URL;
+/// the schema is `PUBLIC` when left out, as in SnowSQL. A missing user or database is left
+/// for the URL's parser to name.
+pub(super) fn snowflake_url(s: &Snowflake<'_>) -> String {
+    let mut url = format!(
+        "snowflake://{}@{}/{}/{}",
+        percent(s.user.unwrap_or("")),
+        percent(s.account),
+        percent(s.database.unwrap_or("")),
+        percent(s.schema.unwrap_or("PUBLIC"))
+    );
+    let mut sep = '?';
+    for (key, value) in [("warehouse", s.warehouse), ("role", s.role)] {
+        if let Some(v) = value {
+            url.push_str(&format!("{sep}{key}={}", percent(v)));
+            sep = '&';
+        }
+    }
+    url
 }
 
 /// pgwarehouse's ClickHouse settings as a `clickhouse[s]://` URL: port 8123, or 8443 with
@@ -174,6 +227,30 @@ mod tests {
         assert_eq!(url, "duckdb:///data/w.duckdb");
         let (url, ..) = destination_url(&[("DUCKDB_PATH", "w.duckdb")]).unwrap();
         assert_eq!(url, "duckdb:w.duckdb");
-        assert!(destination_url(&[("SNOWSQL_ACCOUNT", "x")]).is_none());
+        // An account without a user: the URL's parser says what is missing.
+        let (url, ..) = destination_url(&[("SNOWSQL_ACCOUNT", "x")]).unwrap();
+        assert!(crate::endpoint::destination_url(&url)
+            .unwrap_err()
+            .contains("name the user"));
+    }
+
+    #[test]
+    fn snowsql_variables_make_a_snowflake_url() {
+        let env = [
+            ("SNOWSQL_ACCOUNT", "myorg-acct"),
+            ("SNOWSQL_USER", "loader"),
+            ("SNOWSQL_DATABASE", "ANALYTICS"),
+            ("SNOWSQL_WAREHOUSE", "LOAD WH"),
+            ("SNOWSQL_PWD", "pw"),
+        ];
+        let env: &dyn crate::config::Env = &env;
+        let (url, var, password) = destination_url(env).unwrap();
+        assert_eq!(
+            url,
+            "snowflake://loader@myorg-acct/ANALYTICS/PUBLIC?warehouse=LOAD%20WH"
+        );
+        assert_eq!((var, password.as_deref()), ("SNOWSQL_ACCOUNT", Some("pw")));
+        let parsed = crate::endpoint::SnowflakeUrl::parse(&url).unwrap();
+        assert_eq!(parsed.warehouse.as_deref(), Some("LOAD WH"));
     }
 }

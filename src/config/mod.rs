@@ -371,6 +371,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CDC_DESTINATION_URL", "destination.url"),
     ("CDC_DESTINATION_PASSWORD", "destination.password"),
     ("CDC_DESTINATION_PASSWORD_FILE", "destination.password_file"),
+    (
+        "CDC_DESTINATION_PRIVATE_KEY_FILE",
+        "destination.private_key_file",
+    ),
 ];
 
 impl Config {
@@ -450,6 +454,9 @@ impl Config {
                 "destination.url" => self.destination.url = ConnString(value),
                 "destination.password" => self.destination.password = Some(Secret::new(value)),
                 "destination.password_file" => self.destination.password_file = Some(value.into()),
+                "destination.private_key_file" => {
+                    self.destination.private_key_file = Some(value.into())
+                }
                 _ => unreachable!("every ENV_OVERRIDES field is handled"),
             }
             applied.push((field, var));

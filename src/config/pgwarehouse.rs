@@ -181,14 +181,33 @@ fn destination(wh: &Yaml, out: &mut String, notes: &mut Vec<String>) {
             Some(path) => out.push_str(&format!("url = {}\n", quoted(&duckdb_url(&path)))),
             None => out.push_str("# url left out: taken from DUCKDB_PATH\n"),
         },
-        Some("snowflake") => {
-            out.push_str("# url: cdc has no Snowflake destination yet; set a Postgres, DuckDB or ClickHouse URL\n");
-            notes.push(
-                "warehouse: the Snowflake backend is not carried over (cdc has no Snowflake destination \
-                 yet): set destination.url to a Postgres, DuckDB or ClickHouse database"
-                    .into(),
-            );
-        }
+        Some("snowflake") => match field("snowsql_account") {
+            Some(account) => {
+                let (user, database) = (field("snowsql_user"), field("snowsql_database"));
+                let (schema, warehouse) = (field("snowsql_schema"), field("snowsql_warehouse"));
+                let role = field("snowsql_role");
+                let url = super::env::snowflake_url(&super::env::Snowflake {
+                    account: &account,
+                    user: user.as_deref(),
+                    database: database.as_deref(),
+                    schema: schema.as_deref(),
+                    warehouse: warehouse.as_deref(),
+                    role: role.as_deref(),
+                });
+                out.push_str(&format!("url = {}\n", quoted(&url)));
+                if field("snowsql_pwd").is_some() {
+                    notes.push(
+                        "warehouse.snowsql_pwd: not written into the file; set CDC_DESTINATION_PASSWORD \
+                         (or SNOWSQL_PWD) or destination.password_file"
+                            .into(),
+                    );
+                }
+            }
+            None => out.push_str(
+                "# url left out: taken from SNOWSQL_ACCOUNT, SNOWSQL_USER, SNOWSQL_DATABASE, \
+                 SNOWSQL_SCHEMA, SNOWSQL_WAREHOUSE, SNOWSQL_ROLE, SNOWSQL_PWD\n",
+            ),
+        },
         Some(other) => notes.push(format!("warehouse.backend: {other:?} is not one cdc knows")),
         None => out.push_str(
             "# url left out: taken from CLICKHOUSE_HOST (with CLICKHOUSE_*) or DUCKDB_PATH\n",

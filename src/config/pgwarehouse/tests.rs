@@ -89,27 +89,43 @@ fn every_table_form_becomes_a_strategy_and_the_config_loads() {
 }
 
 #[test]
-fn missing_credentials_are_left_to_the_environment_and_snowflake_is_named() {
-    let c = convert("warehouse:\n  backend: snowflake\n  snowsql_account: x\ntables:\n  - users\n")
-        .unwrap();
+fn missing_credentials_are_left_to_the_environment_and_snowflake_is_carried_over() {
+    let c = convert(
+        "warehouse:\n  backend: snowflake\n  snowsql_account: myorg-x\n  snowsql_user: loader\n  \
+         snowsql_database: ANALYTICS\n  snowsql_warehouse: WH\n  snowsql_pwd: secret\ntables:\n  - users\n",
+    )
+    .unwrap();
     assert!(
         c.toml.contains("# url left out: taken from PGHOST"),
         "{}",
         c.toml
     );
     assert!(
-        c.notes.iter().any(|n| n.contains("Snowflake")),
+        c.toml
+            .contains("url = \"snowflake://loader@myorg-x/ANALYTICS/PUBLIC?warehouse=WH\""),
+        "{}",
+        c.toml
+    );
+    assert!(!c.toml.contains("secret"), "{}", c.toml);
+    assert!(
+        c.notes.iter().any(|n| n.contains("snowsql_pwd")),
         "{:?}",
         c.notes
     );
-    let env = [
-        ("PGHOST", "h"),
-        ("PGDATABASE", "d"),
-        ("DUCKDB_PATH", "/tmp/w.duckdb"),
-    ];
+    let env = [("PGHOST", "h"), ("PGDATABASE", "d")];
     let config =
         crate::config::Config::from_toml(&c.toml, std::path::Path::new("o"), &env).unwrap();
     assert_eq!(config.tables[0].source, "public.users");
+    assert!(matches!(
+        config.destination_target(),
+        Ok(crate::endpoint::Target::Snowflake(_))
+    ));
+    let env_only = convert("warehouse:\n  backend: snowflake\ntables: [a]\n").unwrap();
+    assert!(
+        env_only.toml.contains("taken from SNOWSQL_ACCOUNT"),
+        "{}",
+        env_only.toml
+    );
     let duck = convert("warehouse:\n  duckdb_path: w.duckdb\ntables: [a]\n").unwrap();
     assert!(
         duck.toml.contains("url = \"duckdb:w.duckdb\""),

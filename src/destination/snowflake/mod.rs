@@ -40,7 +40,7 @@ use crate::model::schema::{TableName, TableSchema, UserType};
 use crate::source::RowSource;
 use client::Client;
 use state::State;
-use types::{literal, quote};
+use types::quote;
 
 /// A Snowflake database.
 pub struct SnowflakeDestination {
@@ -83,19 +83,22 @@ impl SnowflakeDestination {
 
     /// Whether `t` exists (a table the role can see).
     async fn exists(&self, t: &TableName) -> Result<bool> {
-        let rows = self
-            .client
-            .query(&format!(
-                "SELECT COUNT(*)::VARCHAR FROM {}.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-                quote(&self.url.database),
-                literal(&t.schema),
-                literal(&t.name)
-            ))
-            .await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r[0].as_deref())
-            .is_some_and(|n| n != "0"))
+        table_exists(&self.client, &self.name(t)).await
+    }
+}
+
+/// Whether the table `qualified` exists, by reading none of its rows: an unknown table is
+/// error 002003 (a name is resolved as the server resolves it in statements, which an
+/// INFORMATION_SCHEMA lookup by exact text would not match on the emulator, whose names
+/// fold case).
+pub async fn table_exists(client: &Client, qualified: &str) -> Result<bool> {
+    match client
+        .query(&format!("SELECT 1 FROM {qualified} LIMIT 0"))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.snowflake_code() == Some("002003") => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -57,19 +57,7 @@ impl State {
 
     /// Whether the state table `name` exists yet.
     async fn has(&self, name: &str) -> Result<bool> {
-        let rows = self
-            .client
-            .query(&format!(
-                "SELECT COUNT(*)::VARCHAR FROM {}.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-                quote(&self.database),
-                literal(&self.schema),
-                literal(name)
-            ))
-            .await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r[0].as_deref())
-            .is_some_and(|n| n != "0"))
+        super::table_exists(&self.client, &self.t(name)).await
     }
 
     pub async fn ensure(&self) -> Result<()> {

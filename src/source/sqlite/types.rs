@@ -94,8 +94,9 @@ impl Kind {
     }
 
     /// The kind of a destination column's type, in the destination's spelling: Postgres's and
-    /// DuckDB's names as [`Kind::of`] reads them, and ClickHouse's (which SQLite's affinity
-    /// rules would misread: `String` is not a number, `Int16` not 64-bit).
+    /// DuckDB's names as [`Kind::of`] reads them, and ClickHouse's and Snowflake's (which
+    /// SQLite's affinity rules would misread: `String` is not a number, `Int16` not 64-bit,
+    /// `BINARY` not a number).
     pub fn of_destination(type_name: &str) -> Kind {
         let mut t = type_name.trim();
         while let Some(inner) = ["Nullable(", "LowCardinality("]
@@ -121,6 +122,22 @@ impl Kind {
             "Date32" => Kind::Date,
             // DateTime64(6, 'UTC'): instants.
             "DateTime64" => Kind::TimestampTz,
+            // Snowflake's, as its columns report them (`types::from_rowtype`).
+            "VARCHAR" => Kind::AnyText,
+            "NUMBER" => match Kind::of(&t.replace("NUMBER", "numeric")) {
+                // Whole numbers compare (and sort) as integers.
+                Kind::Numeric {
+                    precision: Some(p),
+                    scale: Some(0),
+                } => Kind::Int {
+                    max: 10i64.checked_pow(p).map_or(i64::MAX, |m| m - 1),
+                },
+                other => other,
+            },
+            "BINARY" => Kind::Bytes,
+            "VARIANT" => Kind::Json,
+            "TIMESTAMP_NTZ" => Kind::Timestamp,
+            "TIMESTAMP_TZ" => Kind::TimestampTz,
             _ => Kind::of(t),
         }
     }
