@@ -454,3 +454,78 @@ impl Pipeline {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_key_pair_logs_in_and_a_wrong_account_is_named() {
+    if std::env::var("CDC_TEST_SNOWFLAKE_URL").is_ok() {
+        return; // The key set on a real user is the account's own business.
+    }
+    let (mut p, c) = sf_pipeline(
+        "sf_key",
+        "CREATE TABLE kp (id int PRIMARY KEY, v text); INSERT INTO kp VALUES (1, 'signed');",
+        "[[tables]]\nsource = \"public.kp\"\n",
+    )
+    .await;
+    let key = std::env::temp_dir().join(format!("{}.p8", p.slot));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("openssl makes the test key");
+    assert!(made.status.success());
+    // No password at all: the login is the JWT signed with the key.
+    p.config_text = p
+        .config_text
+        .lines()
+        .map(|l| {
+            if l.starts_with("password_file") {
+                format!("private_key_file = {:?}", key.display().to_string())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = cdc(&p, &["snapshot"])
+        .env_remove("CDC_DESTINATION_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = sf_rows(&c, "kp", &[("v", "VARCHAR")], "\"id\"")
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![vec!["signed".to_owned()]]);
+
+    // An account that does not resolve: named, with what to check.
+    let bad = p.config_text.replace("host=127.0.0.1&", "").replace(
+        "snowflake://cdc@emulator",
+        "snowflake://cdc@no-such-account-cdc-test",
+    );
+    let path = std::env::temp_dir().join(format!("{}-account.toml", p.slot));
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "tables",
+            "--destination",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("check the account"),
+        "{err}"
+    );
+}
