@@ -34,6 +34,8 @@ pub struct SnowSession {
     /// The state's pipeline table, qualified.
     pipeline: String,
     txn: bool,
+    /// Statements sent when the open transaction began (for the per-batch count).
+    began_at: u64,
     slot: String,
     /// Whether this session has taken over as the pipeline's writer.
     claimed: bool,
@@ -53,6 +55,7 @@ impl SnowSession {
             database,
             pipeline,
             txn: false,
+            began_at: 0,
             slot,
             claimed: false,
             metrics,
@@ -118,6 +121,7 @@ impl SnowSession {
             self.claim().await?;
         }
         if !self.txn {
+            self.began_at = self.client.statements();
             self.client.query("BEGIN").await?;
             self.txn = true;
         }
@@ -450,6 +454,12 @@ impl Session for SnowSession {
             .await?;
         self.client.query("COMMIT").await?;
         self.txn = false;
+        // What an account bills by: statements (each one warehouse round trip) per batch.
+        tracing::debug!(
+            statements = self.client.statements() - self.began_at,
+            lsn = %end_lsn,
+            "Snowflake batch committed"
+        );
         Ok(())
     }
 
