@@ -25,7 +25,11 @@ fn main() {
     let reps = env_or("BENCH_REPS", 3) as usize;
     let txns = env_or("BENCH_TXNS", 5_000);
     let (source, _unused) = common::start_servers(&["max_wal_size = '4GB'"], (true, false));
-    pgbench(&source, "postgres", &["-i", "-q", "-I", "dtgvp", "-s", &scale.to_string()]);
+    pgbench(
+        &source,
+        "postgres",
+        &["-i", "-q", "-I", "dtgvp", "-s", &scale.to_string()],
+    );
     let sf = LocalSnowflake::start().expect("the Snowflake emulator");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = std::env::temp_dir().join(format!("cdc-bench-snowflake-{}", std::process::id()));
@@ -39,7 +43,9 @@ fn main() {
         url.password = Some(cdc::conninfo::Secret::new("emulator"));
         let c = Client::new(url).unwrap();
         rt.block_on(async {
-            c.query(&format!("CREATE DATABASE IF NOT EXISTS \"{db}\"")).await.unwrap();
+            c.query(&format!("CREATE DATABASE IF NOT EXISTS \"{db}\""))
+                .await
+                .unwrap();
         });
         psql(&source, "postgres", "SELECT pg_drop_replication_slot('bench') FROM pg_replication_slots WHERE slot_name = 'bench'");
         std::fs::write(
@@ -85,7 +91,11 @@ fn main() {
     }
     let client = fresh("DRAIN");
     timed(cdc(&["snapshot", "--force"]));
-    pgbench(&source, "postgres", &["-n", "-c", "2", "-j", "2", "-t", &(txns / 2).to_string()]);
+    pgbench(
+        &source,
+        "postgres",
+        &["-n", "-c", "2", "-j", "2", "-t", &(txns / 2).to_string()],
+    );
     let target = query(&source, "SELECT pg_current_wal_lsn()");
     drain(&source, cdc(&["run"]), &target, txns * 3);
     let sum = rt.block_on(async {

@@ -5,6 +5,7 @@
 
 use super::{Config, ConnString, Env};
 use crate::conninfo::Secret;
+pub(super) use crate::endpoint::percent_encode as percent;
 
 impl Config {
     /// The variables libpq and pgwarehouse read, for URLs the file and `CDC_*` leave out;
@@ -168,18 +169,6 @@ pub(super) fn duckdb_url(path: &str) -> String {
     } else {
         format!("duckdb:{path}")
     }
-}
-
-/// A URL part with the characters that would end it escaped.
-pub(super) fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

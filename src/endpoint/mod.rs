@@ -38,6 +38,20 @@ pub enum SourceUrl {
     Sqlite(PathBuf),
 }
 
+/// Percent-encoding of a URL part or query value: everything but RFC 3986's unreserved
+/// characters. For the URLs cdc writes (from other tools' settings) and the requests it sends.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The one place a destination URL's scheme is told: the error says what is wrong with a URL
 /// of a known scheme.
 pub fn destination_url(url: &str) -> Result<DestinationUrl, String> {

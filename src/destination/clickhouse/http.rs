@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::endpoint::percent_encode as encode;
 use crate::endpoint::ClickHouseUrl;
 use crate::error::{Error, Result};
 
@@ -309,19 +310,6 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<Response, BadResponse> 
             body: Bytes::copy_from_slice(body),
         })
     }
-}
-
-/// Percent-encoding of a URL query value (everything but unreserved characters).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// ClickHouse error codes after which the same statement can succeed later: the server or a

@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 use super::arrow::arrow_rows;
 use super::jwt;
 use crate::destination::clickhouse::http::{parse_response, BadResponse};
+use crate::endpoint::percent_encode as encode;
 use crate::endpoint::SnowflakeUrl;
 use crate::error::{Cause, Error, Result};
 
@@ -526,19 +527,6 @@ fn request_id() -> String {
         &h[16..20],
         &h[20..]
     )
-}
-
-/// Percent-encoding of a URL query value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
