@@ -57,6 +57,39 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// A comparison from its three lookups (`changed`: the source's `columns` values followed
+    /// by the destination's, as one row), capped at `max` differences.
+    #[allow(clippy::too_many_arguments)]
+    pub fn of(
+        source_rows: i64,
+        destination_rows: i64,
+        missing: Vec<Texts>,
+        changed: Vec<Texts>,
+        extra: Vec<Texts>,
+        columns: usize,
+        queries: u64,
+        max: usize,
+    ) -> Comparison {
+        let changed = changed
+            .into_iter()
+            .map(|mut r| {
+                let d = r.split_off(columns);
+                (r, d)
+            })
+            .collect();
+        let mut out = Comparison {
+            source_rows,
+            destination_rows,
+            missing,
+            changed,
+            extra,
+            truncated: false,
+            queries,
+        };
+        out.cap(max);
+        out
+    }
+
     /// Keep at most `max` differences (missing first, then extra, then changed), marking the
     /// comparison truncated when some were left out.
     pub fn cap(&mut self, max: usize) {

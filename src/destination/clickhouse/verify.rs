@@ -216,23 +216,16 @@ impl WholeLook for ClickHouseReader {
                 .and_then(|r| r[0].as_deref())
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            let mut out = Comparison {
+            Ok::<_, crate::error::Error>(Comparison::of(
                 source_rows,
                 destination_rows,
                 missing,
-                changed: changed
-                    .into_iter()
-                    .map(|mut r| {
-                        let d = r.split_off(n);
-                        (r, d)
-                    })
-                    .collect(),
+                changed,
                 extra,
-                truncated: false,
-                queries: 5,
-            };
-            out.cap(spec.max_differences);
-            Ok::<_, crate::error::Error>(out)
+                n,
+                5,
+                spec.max_differences,
+            ))
         }
         .await;
         let dropped = self

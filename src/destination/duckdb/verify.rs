@@ -144,23 +144,16 @@ impl WholeLook for DuckDbReader {
                 rows.collect()
             };
             let destination_rows: i64 = conn.query_row(&count_sql, [], |r| r.get(0))?;
-            let mut out = Comparison {
+            Ok(Comparison::of(
                 source_rows,
                 destination_rows,
-                missing: fetch(&missing_sql, n)?,
-                changed: fetch(&changed_sql, 2 * n)?
-                    .into_iter()
-                    .map(|mut r| {
-                        let d = r.split_off(n);
-                        (r, d)
-                    })
-                    .collect(),
-                extra: fetch(&extra_sql, n)?,
-                truncated: false,
-                queries: 4,
-            };
-            out.cap(max);
-            Ok(out)
+                fetch(&missing_sql, n)?,
+                fetch(&changed_sql, 2 * n)?,
+                fetch(&extra_sql, n)?,
+                n,
+                4,
+                max,
+            ))
         })
         .await?
         .map_err(Error::duck(what))
