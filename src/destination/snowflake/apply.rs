@@ -141,6 +141,14 @@ fn value_literal(t: &TableMap, col: usize, d: &Datum) -> Result<String> {
     }
 }
 
+/// A row's key values, owned (to key a map that outlives the batch's borrows).
+fn owned_key(row: &[Datum], key: &[usize]) -> Vec<Option<Vec<u8>>> {
+    key_values(row, key)
+        .into_iter()
+        .map(|v| v.map(<[u8]>::to_vec))
+        .collect()
+}
+
 impl SnowSession {
     /// Fill the kept TOAST values of rows whose key moved in the batch from the destination
     /// rows under their old keys.
@@ -197,15 +205,9 @@ impl SnowSession {
                     .collect()
             })
             .collect();
-        let owned = |k: Vec<Option<&[u8]>>| -> Vec<Option<Vec<u8>>> {
-            k.into_iter().map(|v| v.map(<[u8]>::to_vec)).collect()
-        };
         for (new, old) in moves {
-            let old_key = owned(key_values(old, &t.key));
-            let Some(there) = found
-                .iter()
-                .find(|r| owned(key_values(r, &t.key)) == old_key)
-            else {
+            let old_key = owned_key(old, &t.key);
+            let Some(there) = found.iter().find(|r| owned_key(r, &t.key) == old_key) else {
                 continue;
             };
             let row: Vec<Datum> = new
@@ -219,7 +221,7 @@ impl SnowSession {
                     }
                 })
                 .collect();
-            filled.insert(owned(key_values(new, &t.key)), row);
+            filled.insert(owned_key(new, &t.key), row);
         }
         Ok(filled)
     }
@@ -239,11 +241,9 @@ impl SnowSession {
                     None => continue,
                 },
             };
-            let key: Vec<Option<Vec<u8>>> = key_values(row, &t.key)
-                .into_iter()
-                .map(|v| v.map(<[u8]>::to_vec))
-                .collect();
-            let row: &[Datum] = filled.get(&key).map_or(row, |r| r.as_slice());
+            let row: &[Datum] = filled
+                .get(&owned_key(row, &t.key))
+                .map_or(row, |r| r.as_slice());
             let mut tuple = Vec::with_capacity(row.len() + 2);
             let mut keep = String::with_capacity(row.len());
             for (i, d) in row.iter().enumerate() {

@@ -147,6 +147,51 @@ impl Inserts {
     }
 }
 
+/// Run `out_sql` (a COPY in text format) on `src` and write its rows with `inserts`, a
+/// statement at a time on `client`; the rows copied. `bytes` counts the data read. For the
+/// snapshot's loads and `cdc verify`'s scratch table alike.
+pub async fn copy_rows(
+    client: &Client,
+    src: &mut CopySource,
+    out_sql: &str,
+    mut inserts: Inserts,
+    bytes: &AtomicU64,
+) -> Result<u64> {
+    let what = inserts.table.clone();
+    let mut reader = RowReader::default();
+    let mut rows = 0u64;
+    src.copy_out(out_sql).await?;
+    while let Some(chunk) = src.next_chunk().await? {
+        bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let mut ready = Vec::new();
+        let mut failed = None;
+        reader
+            .feed(&chunk, |row| {
+                rows += 1;
+                match inserts.push(&row) {
+                    Ok(Some(sql)) => ready.push(sql),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::definite(format!("copying {what}: {e}")))?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for sql in ready {
+            client.query(&sql).await?;
+        }
+    }
+    reader
+        .finish()
+        .map_err(|e| Error::definite(format!("copying {what}: {e}")))?;
+    if let Some(sql) = inserts.take() {
+        client.query(&sql).await?;
+    }
+    Ok(rows)
+}
+
 #[async_trait]
 impl Loader for SnowLoader {
     async fn load(
@@ -156,39 +201,8 @@ impl Loader for SnowLoader {
         table: &SnapshotTable<'_>,
         bytes: &AtomicU64,
     ) -> Result<u64> {
-        let mut inserts = Inserts::new(&self.database, table);
-        let mut reader = RowReader::default();
-        let mut rows = 0u64;
-        src.copy_out(out_sql).await?;
-        while let Some(chunk) = src.next_chunk().await? {
-            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let mut ready = Vec::new();
-            let mut failed = None;
-            reader
-                .feed(&chunk, |row| {
-                    rows += 1;
-                    match inserts.push(&row) {
-                        Ok(Some(sql)) => ready.push(sql),
-                        Ok(None) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                    Ok(())
-                })
-                .map_err(|e| Error::definite(format!("copying {}: {e}", table.destination)))?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            for sql in ready {
-                self.client.query(&sql).await?;
-            }
-        }
-        reader
-            .finish()
-            .map_err(|e| Error::definite(format!("copying {}: {e}", table.destination)))?;
-        if let Some(sql) = inserts.take() {
-            self.client.query(&sql).await?;
-        }
-        Ok(rows)
+        let inserts = Inserts::new(&self.database, table);
+        copy_rows(&self.client, src, out_sql, inserts, bytes).await
     }
 
     async fn load_rows(

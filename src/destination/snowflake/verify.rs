@@ -4,15 +4,16 @@
 //! in Snowflake find the rows missing, changed (typed values compared with `EQUAL_NULL`) and
 //! extra.
 
+use std::sync::atomic::AtomicU64;
+
 use async_trait::async_trait;
 
 use super::apply::SnowSession;
 use super::client::Client;
-use super::load::Inserts;
+use super::load::{copy_rows, Inserts};
 use super::qualified;
 use super::types::{quote, read, to_postgres};
 use crate::conninfo::ConnInfo;
-use crate::destination::duckdb::copy_text::RowReader;
 use crate::destination::whole::{CompareSpec, Comparison, DestTable, Texts, WholeLook};
 use crate::endpoint::SnowflakeUrl;
 use crate::error::{Error, Result};
@@ -73,7 +74,7 @@ impl SnowflakeReader {
                 .collect(),
             ..TableSchema::default()
         };
-        let mut inserts = Inserts::typed(scratch, spec.source.to_string(), &schema);
+        let inserts = Inserts::typed(scratch, spec.source.to_string(), &schema);
         let filter = spec
             .source_filter
             .map_or(String::new(), |f| format!(" WHERE ({f})"));
@@ -86,36 +87,10 @@ impl SnowflakeReader {
         let mut src = CopySource::connect(source).await?;
         src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        src.copy_out(&copy).await?;
-        let mut reader = RowReader::default();
-        let mut rows = 0i64;
-        while let Some(chunk) = src.next_chunk().await? {
-            let mut ready = Vec::new();
-            let mut failed = None;
-            reader
-                .feed(&chunk, |row| {
-                    rows += 1;
-                    match inserts.push(&row) {
-                        Ok(Some(sql)) => ready.push(sql),
-                        Ok(None) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                    Ok(())
-                })
-                .map_err(Error::definite)?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            for sql in ready {
-                self.client.query(&sql).await?;
-            }
-        }
-        if let Some(sql) = inserts.take() {
-            self.client.query(&sql).await?;
-        }
+        let rows = copy_rows(&self.client, &mut src, &copy, inserts, &AtomicU64::new(0)).await?;
         src.execute("COMMIT").await?;
         src.close().await;
-        Ok(rows)
+        Ok(rows as i64)
     }
 
     async fn texts(&self, sql: &str, types: &[String]) -> Result<Vec<Texts>> {
