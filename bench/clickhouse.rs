@@ -2,7 +2,7 @@
 //! tool, same run, same servers.
 //!
 //! (a) Snapshot of pgbench_accounts (`BENCH_SCALE` × 100,000 rows, default 50 = 5M) into a
-//!     fresh ClickHouse database (ClickHouse 26.9 from `local_clickhouse`):
+//!     fresh ClickHouse database (ClickHouse 26.9 from `destination::clickhouse::local`):
 //!     - the pipe: `psql -c "COPY … TO STDOUT (FORMAT csv)" | curl --data-binary @-
 //!       "…INSERT INTO … FORMAT CSV"` into the same versioned table cdc creates;
 //!     - `cdc snapshot` (the whole tool: slot, tables, parallel ranges, state);
@@ -32,7 +32,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use cdc::local_clickhouse::LocalClickHouse;
+use cdc::destination::clickhouse::local::LocalClickHouse;
 use cdc::local_pg::SUPERUSER;
 use common::{cdc_binary, drain, env_or, median, pgbench, psql, psql_command, query, timed, which};
 

@@ -1,5 +1,5 @@
 //! `cargo bench --bench snowflake`: Postgres → Snowflake against the emulator (fakesnow's
-//! server from `local_snowflake`). Its speed is DuckDB's and Python's, not Snowflake's: this
+//! server from `destination::snowflake::local`). Its speed is DuckDB's and Python's, not Snowflake's: this
 //! measures correctness under load and what a real account would bill for — the statements per
 //! batch — and reports rows/s anyway.
 //!
@@ -16,8 +16,8 @@ mod common;
 use std::process::Command;
 
 use cdc::destination::snowflake::client::Client;
-use cdc::endpoint::SnowflakeUrl;
-use cdc::local_snowflake::LocalSnowflake;
+use cdc::destination::snowflake::local::LocalSnowflake;
+use cdc::destination::snowflake::SnowflakeUrl;
 use common::{cdc_binary, drain, env_or, median, pgbench, psql, query, timed};
 
 fn main() {

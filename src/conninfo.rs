@@ -118,6 +118,27 @@ pub enum ConnInfoError {
     Malformed(String),
 }
 
+/// Whether `s` is a libpq connection string — a `postgresql://` or `postgres://` URL,
+/// `key=value` pairs, or nothing (libpq's environment then says everything) — and not a URL of
+/// another scheme (`duckdb:…`, `clickhouse://…`).
+pub fn is_connection_string(s: &str) -> bool {
+    let t = s.trim();
+    if t.starts_with("postgresql://") || t.starts_with("postgres://") {
+        return true;
+    }
+    // RFC 3986: a scheme is a letter, then letters, digits, `+`, `-` or `.`, then `:`. A
+    // key=value string has an `=` (or a space) before any colon it holds.
+    match t.split_once(':') {
+        Some((scheme, _)) => {
+            !(scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+        }
+        None => true,
+    }
+}
+
 impl ConnInfo {
     /// Parse a libpq-style URL or key=value string.
     pub fn parse(s: &str) -> Result<Self, ConnInfoError> {
@@ -441,6 +462,29 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libpq_strings_are_told_from_other_schemes() {
+        for yes in [
+            "",
+            "  ",
+            "postgresql://h/db",
+            "postgres://u@h",
+            "host=h dbname=d",
+            "host=::1 port=5",
+        ] {
+            assert!(is_connection_string(yes), "{yes:?}");
+        }
+        for no in [
+            "duckdb:a.duckdb",
+            "clickhouse://h/d",
+            "snowflake://u@a/D/S",
+            "sqlite:x",
+            "mysql://h",
+        ] {
+            assert!(!is_connection_string(no), "{no:?}");
+        }
+    }
 
     #[test]
     fn channel_binding_takes_libpqs_values() {

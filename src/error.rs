@@ -156,15 +156,11 @@ pub(crate) enum Cause {
         code: Option<u32>,
         message: String,
     },
-    /// Snowflake answered a request with an error: its HTTP status and, when it said, its
-    /// error code (`390100`, `002003`, ...).
-    #[error("Snowflake refused {statement} (HTTP {status}{}): {message}", .code.as_ref().map(|c| format!(", code {c}")).unwrap_or_default())]
-    Snowflake {
-        statement: String,
-        status: u16,
-        code: Option<String>,
-        message: String,
-    },
+    /// A destination driver's own error (a type of its folder), its kind decided where it
+    /// was made ([`Error::driver`]); the driver finds its details again with
+    /// [`Error::driver_error`].
+    #[error("{0}")]
+    Driver(Box<dyn std::error::Error + Send + Sync>),
     /// A table's destination copy can no longer be kept exact by applying changes (its source
     /// filled new columns of rows that cannot be matched by key): `cdc run` copies it again
     /// alone, as a table joining the pipeline, and streams on.
@@ -256,35 +252,20 @@ impl Error {
         }
     }
 
-    /// Snowflake's error code, when Snowflake reported this error with one.
-    pub fn snowflake_code(&self) -> Option<&str> {
-        match &self.0.cause {
-            Cause::Snowflake { code, .. } => code.as_deref(),
-            _ => None,
-        }
+    /// A destination driver's own error, of the kind its driver decided.
+    pub fn driver(kind: Kind, error: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error(Box::new(Inner {
+            kind,
+            cause: Cause::Driver(Box::new(error)),
+        }))
     }
 
-    /// Snowflake refused a request; `transient` as its client decided from the answer.
-    pub fn snowflake(
-        statement: String,
-        status: u16,
-        code: Option<String>,
-        message: String,
-        transient: bool,
-    ) -> Error {
-        Error(Box::new(Inner {
-            kind: if transient {
-                Kind::Transient
-            } else {
-                Kind::Definite
-            },
-            cause: Cause::Snowflake {
-                statement,
-                status,
-                code,
-                message,
-            },
-        }))
+    /// The driver's error of type `T` this error carries, if it carries one.
+    pub fn driver_error<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match &self.0.cause {
+            Cause::Driver(e) => e.downcast_ref::<T>(),
+            _ => None,
+        }
     }
 
     /// The table to copy again and why, for the error that asks for it.

@@ -316,7 +316,12 @@ async fn verify(config_path: &Path, args: VerifyArgs) -> anyhow::Result<i32> {
             (report, pairs)
         }
         None => {
-            let config = Config::load(config_path, &ProcessEnv).context(
+            let config = Config::load_checked(
+                config_path,
+                &ProcessEnv,
+                cdc::destination::registry::problems,
+            )
+            .context(
                 "cannot use the configuration (or pass --source, --destination and --table)",
             )?;
             verify::configured(&config, &args.tables, &options, &observe_verify).await?
@@ -398,8 +403,12 @@ async fn verify_output(
         }
     }
     if args.repair && !report.equal {
-        let config =
-            Config::load(config_path, &ProcessEnv).context("cannot use the configuration")?;
+        let config = Config::load_checked(
+            config_path,
+            &ProcessEnv,
+            cdc::destination::registry::problems,
+        )
+        .context("cannot use the configuration")?;
         let repaired = cdc::sync::repair_report(&config, &pairs, &report).await?;
         for (table, r) in &repaired {
             println!(
@@ -478,32 +487,19 @@ fn cli_sync_failed(s: &cdc::sync::Summary) -> i32 {
     }
 }
 
-/// A connection string from the command line; the password may come from `password_var`.
-/// `--destination`: a ClickHouse URL, a DuckDB file URL, or a Postgres connection string.
-fn standalone_target(url: &str) -> anyhow::Result<cdc::endpoint::Target> {
-    use cdc::endpoint::{destination_url, DestinationUrl, Target};
-    match destination_url(url).map_err(|e| anyhow::anyhow!("--destination {e}"))? {
-        DestinationUrl::ClickHouse(mut parsed) => {
-            if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
-                parsed.password = Some(Secret::new(pw));
-            }
-            Ok(Target::ClickHouse(parsed))
-        }
-        DestinationUrl::Snowflake(mut parsed) => {
-            if let Some(pw) = ProcessEnv.var("CDC_DESTINATION_PASSWORD") {
-                parsed.password = Some(Secret::new(pw));
-            }
-            Ok(Target::Snowflake(parsed))
-        }
-        DestinationUrl::DuckDb(path) => Ok(Target::DuckDb(path)),
-        DestinationUrl::Postgres => Ok(Target::Postgres(standalone_conninfo(
-            "--destination",
-            url,
-            "CDC_DESTINATION_PASSWORD",
-        )?)),
-    }
+/// `--destination`: any URL a destination driver claims; its password may come from
+/// `CDC_DESTINATION_PASSWORD`.
+fn standalone_target(url: &str) -> anyhow::Result<cdc::destination::registry::Side> {
+    use cdc::destination::registry::{driver_of, Settings};
+    let driver = driver_of(url).map_err(|e| anyhow::anyhow!("--destination {e}"))?;
+    driver
+        .check(url)
+        .map_err(|e| anyhow::anyhow!("--destination {e}"))?;
+    let password = ProcessEnv.var("CDC_DESTINATION_PASSWORD").map(Secret::new);
+    Ok(driver.compare_side(&Settings::standalone(url, password))?)
 }
 
+/// A connection string from the command line; the password may come from `password_var`.
 fn standalone_conninfo(flag: &str, url: &str, password_var: &str) -> anyhow::Result<ConnInfo> {
     let mut info =
         ConnInfo::parse(url).with_context(|| format!("{flag} is not a valid connection string"))?;
@@ -549,7 +545,8 @@ fn print_snapshot_report(r: &cdc::snapshot::SnapshotReport) {
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let config = Config::load(path, &ProcessEnv).context("cannot use the configuration")?;
+    let config = Config::load_checked(path, &ProcessEnv, cdc::destination::registry::problems)
+        .context("cannot use the configuration")?;
     tracing::debug!(config = ?config, "configuration loaded");
     Ok(config)
 }

@@ -225,7 +225,7 @@ async fn stream_once(
     let mut last_report = Instant::now();
     // Postgres servers cdc holds sessions on, to look for a smart shutdown at every tick.
     let mut servers = vec![("source", src_info.clone())];
-    if let Ok(crate::endpoint::Target::Postgres(info)) = config.destination_target() {
+    if let Ok(info) = config.destination_conninfo() {
         servers.push(("destination", info));
     }
     loop {

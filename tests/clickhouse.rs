@@ -1,5 +1,5 @@
 //! ClickHouse pieces against a real ClickHouse 26.9 (the chdb-core wheel, started by
-//! `cdc::local_clickhouse`): the HTTP client, the versioned tables and their FINAL view —
+//! `cdc::destination::clickhouse::local`): the HTTP client, the versioned tables and their FINAL view —
 //! replays deduplicated, versions (not arrival order) deciding, deletes hidden, a deleted key
 //! inserted again — every mapped type accepted, and clear errors.
 
@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use cdc::destination::clickhouse::ddl::{create_table, Names};
 use cdc::destination::clickhouse::http::Client;
-use cdc::endpoint::clickhouse::ClickHouseUrl;
-use cdc::local_clickhouse::LocalClickHouse;
+use cdc::destination::clickhouse::local::LocalClickHouse;
+use cdc::destination::clickhouse::ClickHouseUrl;
 use cdc::model::schema::TableName;
 use cdc::model::schema::{ColumnDef, TableSchema};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cdc::destination::clickhouse::http::Client;
 use cdc::destination::clickhouse::tsv;
-use cdc::endpoint::clickhouse::ClickHouseUrl;
+use cdc::destination::clickhouse::ClickHouseUrl;
 
 use crate::clickhouse::server;
 use crate::duckdb::cdc;
@@ -626,7 +626,7 @@ async fn pgbench_during_snapshot_and_streaming_into_clickhouse_leaves_equal_view
 
 #[tokio::test]
 async fn a_password_from_the_environment_logs_in_and_never_prints() {
-    use cdc::local_clickhouse::{PASSWORD, PASSWORD_USER};
+    use cdc::destination::clickhouse::local::{PASSWORD, PASSWORD_USER};
     let (mut p, c, db) = ch_pipeline(
         "ch_pw",
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');",
@@ -756,7 +756,8 @@ async fn a_column_whose_backfill_was_cut_short_is_filled_again_on_restart() {
 async fn clickhouse_going_down_while_cdc_run_streams_loses_nothing() {
     // A server of this test's own, to kill and start again (same ports, same files).
     let mut own = tokio::task::spawn_blocking(|| {
-        cdc::local_clickhouse::LocalClickHouse::start().expect("start a local ClickHouse")
+        cdc::destination::clickhouse::local::LocalClickHouse::start()
+            .expect("start a local ClickHouse")
     })
     .await
     .unwrap();

@@ -360,7 +360,7 @@ async fn a_sqlite_file_syncs_into_clickhouse_and_verifies_by_meaning() {
     .await;
     let db = crate::harness::unique("sqlite_ch");
     let admin = Client::new(
-        cdc::endpoint::clickhouse::ClickHouseUrl::parse(
+        cdc::destination::clickhouse::ClickHouseUrl::parse(
             &crate::clickhouse::server().url("default"),
         )
         .unwrap(),
@@ -371,7 +371,7 @@ async fn a_sqlite_file_syncs_into_clickhouse_and_verifies_by_meaning() {
         .await
         .unwrap();
     let url = crate::clickhouse::server().url(&db);
-    let c = Client::new(cdc::endpoint::clickhouse::ClickHouseUrl::parse(&url).unwrap()).unwrap();
+    let c = Client::new(cdc::destination::clickhouse::ClickHouseUrl::parse(&url).unwrap()).unwrap();
     f.config_text = format!(
         "[source]\nurl = \"sqlite:{}\"\n[destination]\nurl = \"{url}\"
 [[tables]]\nsource = \"main.items\"
@@ -465,8 +465,9 @@ async fn pgwarehouse_variables_sync_all_and_max_records_make_a_trial_run() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let ch = cdc::endpoint::clickhouse::ClickHouseUrl::parse(&crate::clickhouse::server().url(&db))
-        .unwrap();
+    let ch =
+        cdc::destination::clickhouse::ClickHouseUrl::parse(&crate::clickhouse::server().url(&db))
+            .unwrap();
     let with_env = |args: &[&str]| {
         let mut cmd = cdc(&p, args);
         cmd.env("PGHOST", &p.src.host)

@@ -28,15 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "commands",
         &[
-            "run",
-            "status",
-            "tables",
-            "teardown",
-            "demo",
-            "cli",
-            "local_pg",
-            "local_clickhouse",
-            "local_snowflake",
+            "run", "status", "tables", "teardown", "demo", "cli", "local_pg",
         ],
     ),
 ];
@@ -372,4 +364,102 @@ fn the_checker_finds_upward_imports_circles_and_unplaced_modules() {
     assert_eq!(sizes.len(), 1, "{sizes:#?}");
     assert_eq!(sizes[0].0, "src/a.rs fn big");
     assert!(sizes[0].1.starts_with("src/a.rs:1: fn big has 102 lines"));
+}
+
+/// Code outside a destination's folder that may still name it, and why.
+const NAMED_OUTSIDE: &[(&str, &str, &str)] = &[(
+    "demo.rs",
+    "duckdb",
+    "`cdc demo` opens the DuckDB file it wrote to show the rows (and waits out a lock)",
+)];
+
+/// The destination folders under `src/destination/`, and the names the registry line lists.
+fn destinations(files: &[(String, String)]) -> (BTreeSet<String>, Vec<String>) {
+    let folders = files
+        .iter()
+        .filter_map(|(rel, _)| {
+            let mut parts = rel.strip_prefix("destination/")?.split('/');
+            let (folder, _file) = (parts.next()?, parts.next()?);
+            Some(folder.to_owned())
+        })
+        .collect();
+    let registry = files
+        .iter()
+        .find(|(rel, _)| rel == "destination/mod.rs")
+        .and_then(|(_, text)| {
+            let code = live_code(text);
+            let at = code.find("\nregistry!(")? + "\nregistry!(".len();
+            let end = at + code[at..].find(')')?;
+            Some(
+                code[at..end]
+                    .split(',')
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    (folders, registry)
+}
+
+/// Every place a destination's folder is named from outside it (but in [`NAMED_OUTSIDE`]),
+/// and every folder the registry line leaves out or names without a folder.
+fn folder_problems(files: &[(String, String)]) -> Vec<String> {
+    let (folders, registry) = destinations(files);
+    let mut problems = Vec::new();
+    let listed: BTreeSet<String> = registry.iter().cloned().collect();
+    if listed != folders {
+        problems.push(format!(
+            "the registry line in destination/mod.rs lists {registry:?}, the folders are {folders:?}"
+        ));
+    }
+    for (rel, text) in files {
+        let code = live_code(text);
+        for kind in &folders {
+            if rel.starts_with(&format!("destination/{kind}/"))
+                || NAMED_OUTSIDE.iter().any(|(f, k, _)| f == rel && k == kind)
+            {
+                continue;
+            }
+            let inside_destination = rel.starts_with("destination/");
+            let named = code.contains(&format!("destination::{kind}"))
+                || (inside_destination && code.contains(&format!("super::{kind}::")));
+            if named {
+                problems.push(format!(
+                    "{rel} names the {kind} destination: what it needs belongs in \
+                     destination/{kind}/ (behind a trait of the seam) or in a shared module"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn a_destination_is_its_folder_and_its_name_on_the_registry_line() {
+    let files = source_files();
+    let (folders, _) = destinations(&files);
+    assert!(
+        folders.contains("snowflake") && folders.len() >= 4,
+        "the reader found the destination folders: {folders:?}"
+    );
+    let problems = folder_problems(&files);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The checker finds a pipeline or another folder reaching into one, and a folder the
+    // registry leaves out.
+    let file = |rel: &str, text: &str| (rel.to_owned(), text.to_owned());
+    let registry = file("destination/mod.rs", "x\nregistry!(duckdb, snowflake);\n");
+    let found = folder_problems(&[
+        registry.clone(),
+        file("destination/duckdb/mod.rs", "use super::snowflake::client::Client;\n"),
+        file("destination/snowflake/mod.rs", "use super::duckdb;\n"),
+        file("sync/mod.rs", "use crate::destination::snowflake::SnowflakeUrl;\n"),
+        file("demo.rs", "use crate::destination::duckdb::is_lock_conflict;\n"),
+        file("destination/postgres/mod.rs", ""),
+    ]);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(found[0].contains("registry line"), "{found:#?}");
+    assert!(found[1].contains("destination/duckdb/mod.rs names the snowflake"));
+    assert!(found[2].contains("sync/mod.rs names the snowflake"));
 }

@@ -13,9 +13,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cdc::destination::snowflake::client::Client;
+use cdc::destination::snowflake::local::LocalSnowflake;
 use cdc::destination::snowflake::types::{quote, read, to_postgres};
-use cdc::endpoint::SnowflakeUrl;
-use cdc::local_snowflake::LocalSnowflake;
+use cdc::destination::snowflake::SnowflakeUrl;
 
 use crate::duckdb::cdc;
 use crate::harness::{unique, wait_for, Pipeline};

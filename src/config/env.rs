@@ -211,14 +211,17 @@ mod tests {
         assert_eq!((var, pw.as_deref()), ("CLICKHOUSE_HOST", Some("s3cret")));
         let (url, ..) = destination_url(&[("CLICKHOUSE_HOST", "localhost:18123")]).unwrap();
         assert_eq!(url, "clickhouse://default@localhost:18123/default");
-        assert!(crate::endpoint::destination_url(&url).is_ok(), "{url}");
+        assert!(
+            crate::destination::clickhouse::ClickHouseUrl::parse(&url).is_ok(),
+            "{url}"
+        );
         let (url, ..) = destination_url(&[("DUCKDB_PATH", "/data/w.duckdb")]).unwrap();
         assert_eq!(url, "duckdb:///data/w.duckdb");
         let (url, ..) = destination_url(&[("DUCKDB_PATH", "w.duckdb")]).unwrap();
         assert_eq!(url, "duckdb:w.duckdb");
         // An account without a user: the URL's parser says what is missing.
         let (url, ..) = destination_url(&[("SNOWSQL_ACCOUNT", "x")]).unwrap();
-        assert!(crate::endpoint::destination_url(&url)
+        assert!(crate::destination::snowflake::SnowflakeUrl::parse(&url)
             .unwrap_err()
             .contains("name the user"));
     }
@@ -239,7 +242,7 @@ mod tests {
             "snowflake://loader@myorg-acct/ANALYTICS/PUBLIC?warehouse=LOAD%20WH"
         );
         assert_eq!((var, password.as_deref()), ("SNOWSQL_ACCOUNT", Some("pw")));
-        let parsed = crate::endpoint::SnowflakeUrl::parse(&url).unwrap();
+        let parsed = crate::destination::snowflake::SnowflakeUrl::parse(&url).unwrap();
         assert_eq!(parsed.warehouse.as_deref(), Some("LOAD WH"));
     }
 }

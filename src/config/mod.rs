@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::conninfo::{ConnInfo, Secret};
-use crate::endpoint::{destination_url, source_url, DestinationUrl, SourceUrl, Target};
+use crate::endpoint::{source_url, SourceUrl};
 pub use crate::model::schema::TableName;
 pub use validate::{Origin, Problem};
 
@@ -377,10 +377,20 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Checks a higher layer adds to the configuration's own: `(field, message)` per problem.
+pub type Checks = fn(&Config) -> Vec<(String, String)>;
+
 impl Config {
     /// Load `path`, apply the environment, and validate. A missing file is fine when the
     /// environment provides both URLs (a container configured only by variables).
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::load_checked(path, env, |_| Vec::new())
+    }
+
+    /// [`Config::load`], with `more` adding the problems only a higher layer can see (the
+    /// destination's driver: its URL's rules, the settings its kind reads) as `(field,
+    /// message)`, reported with the others, at their lines.
+    pub fn load_checked(path: &Path, env: &dyn Env, more: Checks) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -401,11 +411,21 @@ impl Config {
                 })
             }
         };
-        Self::from_toml(&text, path, env)
+        Self::from_toml_checked(&text, path, env, more)
     }
 
     /// Parse, override and validate configuration text; `path` is used in messages.
     pub fn from_toml(text: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::from_toml_checked(text, path, env, |_| Vec::new())
+    }
+
+    /// [`Config::from_toml`] with more checks, as [`Config::load_checked`].
+    pub fn from_toml_checked(
+        text: &str,
+        path: &Path,
+        env: &dyn Env,
+        more: Checks,
+    ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
@@ -423,7 +443,7 @@ impl Config {
         for t in &mut config.tables {
             t.max_rows = t.max_rows.or(config.source.max_records);
         }
-        let mut problems = validate::validate(&config, &overridden);
+        let mut problems = validate::validate(&config, &overridden, more(&config));
         // Point every problem about a file value at its line.
         for p in &mut problems {
             if let Origin::File { line } = &mut p.origin {
@@ -491,48 +511,22 @@ impl Config {
         )
     }
 
-    /// Where the destination is: a DuckDB file, or a Postgres database (password resolved).
-    pub fn destination_target(&self) -> Result<Target, Problem> {
-        let url = destination_url(&self.destination.url.0)
-            .map_err(|e| Problem::file("destination.url", e))?;
-        match url {
-            DestinationUrl::ClickHouse(mut parsed) => {
-                if let Some(pw) = &self.destination.password {
-                    parsed.password = Some(pw.clone());
-                } else if let Some(f) = &self.destination.password_file {
-                    parsed.password = Some(read_password_file("destination", f)?);
-                }
-                Ok(Target::ClickHouse(parsed))
-            }
-            DestinationUrl::Snowflake(mut parsed) => {
-                if let Some(pw) = &self.destination.password {
-                    parsed.password = Some(pw.clone());
-                } else if let Some(f) = &self.destination.password_file {
-                    parsed.password = Some(read_password_file("destination", f)?);
-                }
-                if let Some(key) = &self.destination.private_key_file {
-                    parsed.private_key_file = Some(key.clone());
-                }
-                Ok(Target::Snowflake(parsed))
-            }
-            DestinationUrl::DuckDb(path) => Ok(Target::DuckDb(path)),
-            DestinationUrl::Postgres => self.destination_conninfo().map(Target::Postgres),
+    /// The destination's password: `CDC_DESTINATION_PASSWORD`, else `password_file`'s content.
+    pub fn destination_password(&self) -> Result<Option<Secret>, Problem> {
+        match (&self.destination.password, &self.destination.password_file) {
+            (Some(pw), _) => Ok(Some(pw.clone())),
+            (None, Some(f)) => read_password_file("destination", f).map(Some),
+            (None, None) => Ok(None),
         }
     }
 
     /// Connection settings of a Postgres destination, with the password resolved.
     pub fn destination_conninfo(&self) -> Result<ConnInfo, Problem> {
-        let other = match destination_url(&self.destination.url.0) {
-            Ok(DestinationUrl::Postgres) => None,
-            Ok(DestinationUrl::DuckDb(_)) => Some("a DuckDB file"),
-            Ok(DestinationUrl::ClickHouse(_)) => Some("a ClickHouse server"),
-            Ok(DestinationUrl::Snowflake(_)) => Some("a Snowflake account"),
-            Err(e) => return Err(Problem::file("destination.url", e)),
-        };
-        if let Some(other) = other {
+        if !crate::conninfo::is_connection_string(&self.destination.url.0) {
             return Err(Problem::file(
                 "destination.url",
-                format!("this command works with Postgres destinations only so far, and destination.url names {other}"),
+                "this command works with Postgres destinations only so far, and destination.url \
+                 is not a Postgres connection string",
             ));
         }
         resolve(

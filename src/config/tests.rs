@@ -253,9 +253,11 @@ fn urls_left_out_come_from_libpq_and_pgwarehouse_variables() {
         ("db.internal", "app", "reader")
     );
     assert_eq!(src.password.as_ref().map(|p| p.expose()), Some("pgsecret"));
-    let Target::ClickHouse(ch) = c.destination_target().unwrap() else {
-        panic!("a ClickHouse destination")
-    };
+    let ch = crate::destination::Settings::of(&c).unwrap();
+    assert!(
+        ch.url.starts_with("clickhouse://"),
+        "a ClickHouse destination"
+    );
     assert_eq!(ch.password.as_ref().map(|p| p.expose()), Some("chsecret"));
     assert!(!format!("{c:?}").contains("secret"), "{c:?}");
     // The file's URL wins over the variables.

@@ -46,7 +46,11 @@ impl fmt::Display for Problem {
 }
 
 /// Check everything; `overridden` lists `(field, env var)` pairs the environment set.
-pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) -> Vec<Problem> {
+pub(super) fn validate(
+    c: &Config,
+    overridden: &[(&'static str, &'static str)],
+    more: Vec<(String, String)>,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut add = |field: String, message: String| {
         let origin = overridden
@@ -61,6 +65,9 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
     };
 
     check_endpoints(c, &mut add);
+    for (field, message) in more {
+        add(field, message);
+    }
     check_source_settings(c, &mut add);
     check_tables(c, &mut add);
     check_limits(c, &mut add);
@@ -69,7 +76,7 @@ pub(super) fn validate(c: &Config, overridden: &[(&'static str, &'static str)]) 
 
 /// source.url and destination.url: each parses, and they are not the same database.
 fn check_endpoints(c: &Config, add: &mut impl FnMut(String, String)) {
-    use crate::endpoint::{destination_url, source_url, DestinationUrl, SourceUrl};
+    use crate::endpoint::{source_url, SourceUrl};
     let src = match source_url(&c.source.url.0) {
         Ok(SourceUrl::Sqlite(_)) => None,
         Err(e) => {
@@ -78,25 +85,11 @@ fn check_endpoints(c: &Config, add: &mut impl FnMut(String, String)) {
         }
         Ok(SourceUrl::Postgres) => check_url(add, "source.url", &c.source.url.0),
     };
-    let dest = destination_url(&c.destination.url.0);
-    if c.destination.cluster.is_some()
-        && matches!(
-            dest,
-            Ok(DestinationUrl::Postgres | DestinationUrl::DuckDb(_))
-        )
-    {
-        add(
-            "destination.cluster".into(),
-            "applies to ClickHouse destinations only (destination.url = \"clickhouse://…\"): remove it".into(),
-        );
-    }
-    let dst = match dest {
-        Ok(DestinationUrl::Postgres) => check_url(add, "destination.url", &c.destination.url.0),
-        Ok(_) => None,
-        Err(e) => {
-            add("destination.url".into(), e);
-            None
-        }
+    // Other schemes' URLs are their drivers' to check (`Checks`).
+    let dst = if crate::conninfo::is_connection_string(&c.destination.url.0) {
+        check_url(add, "destination.url", &c.destination.url.0)
+    } else {
+        None
     };
     if let (Some(s), Some(d)) = (&src, &dst) {
         if s.host == d.host && s.port == d.port && s.dbname == d.dbname {

@@ -7,9 +7,9 @@
 //!  run, status, verify ─► Destination::{load_state, ...}
 //! ```
 //!
-//! A destination is chosen by the scheme of `destination.url`: `postgresql://` / `postgres://`
-//! or a libpq key=value string ([`postgres`]), `duckdb:` ([`duckdb`]), `clickhouse://` /
-//! `clickhouses://` ([`clickhouse`]), `snowflake://` ([`snowflake`]). No SQL crosses these
+//! A destination is chosen by the scheme of `destination.url` ([`registry`]): `duckdb:`
+//! ([`duckdb`]), `clickhouse://` / `clickhouses://` ([`clickhouse`]), `snowflake://`
+//! ([`snowflake`]), else a libpq connection string ([`postgres`]). No SQL crosses these
 //! traits: each destination speaks its own dialect, maps Postgres types to its own, and
 //! converts the Postgres text form of values itself.
 //!
@@ -19,12 +19,25 @@
 //! (ClickHouse: versions from the WAL). The run loop relies only on "after `commit` returns, the
 //! data and the position are durable together, and `load_state` returns that position".
 
-pub mod clickhouse;
 pub mod columns;
-pub mod duckdb;
-pub mod postgres;
-pub mod snowflake;
+pub mod registry;
+pub mod response;
 pub mod whole;
+
+/// The registry: every kind of destination, by the name of its folder, which holds all of it
+/// (its `DRIVER`: [`registry::Driver`]). A URL goes to the first that claims it, so Postgres,
+/// which claims libpq's scheme-less strings, stays last. A new destination is its folder and
+/// its name here.
+macro_rules! registry {
+    ($($kind:ident),* $(,)?) => {
+        $(pub mod $kind;)*
+        /// Every destination driver, in the order they are asked to claim a URL.
+        pub static DRIVERS: &[&dyn registry::Driver] = &[$(&$kind::DRIVER),*];
+    };
+}
+registry!(duckdb, clickhouse, snowflake, postgres);
+
+pub use registry::{open, Settings};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -32,13 +45,12 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::config::Config;
 use crate::decode::PgTimestamp;
-use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::model::change::{Batch, TableMap, Version};
+use crate::model::kind::Kind;
 use crate::model::schema::TableName;
 use crate::model::schema::{
     DestColumn, DestForeignKey, SchemaChange, SourceType, TableSchema, UserType,
@@ -298,6 +310,16 @@ pub trait Destination: Send + Sync {
     /// Whether a destination table exists (without counting its rows).
     async fn table_exists(&self, table: &TableName) -> Result<bool>;
 
+    /// What a column of type `type_name` (this destination's spelling) holds, for sources
+    /// whose values are checked against the column they go to (SQLite).
+    fn value_kind(&self, type_name: &str) -> Kind {
+        Kind::of(type_name)
+    }
+    /// Whether this destination enforces foreign keys (then `cdc sync` creates a SQLite
+    /// source's on it, after the pass).
+    fn enforces_foreign_keys(&self) -> bool {
+        false
+    }
     /// Create a foreign key on `table` unless one on the same columns to the same table
     /// exists; `Ok(true)` when created. Destinations that do not enforce foreign keys return
     /// `Ok(false)`.
@@ -377,26 +399,6 @@ pub trait Session: Send {
     async fn rollback(&mut self) -> Result<()>;
     /// Move the applied position to `lsn` outside any transaction (nothing in flight).
     async fn advance_idle(&mut self, slot: &str, lsn: Lsn) -> Result<()>;
-}
-
-/// Open the configured destination.
-pub async fn open(config: &Config) -> Result<Arc<dyn Destination>> {
-    let schema = &config.destination.state_schema;
-    Ok(match config.destination_target()? {
-        Target::Postgres(info) => Arc::new(postgres::PgDestination::new(info, schema)),
-        Target::DuckDb(path) => Arc::new(duckdb::DuckDbDestination::open(&path, schema).await?),
-        Target::ClickHouse(url) => Arc::new(
-            clickhouse::ClickHouseDestination::open(
-                url,
-                schema,
-                config.destination.cluster.as_deref(),
-            )
-            .await?,
-        ),
-        Target::Snowflake(url) => {
-            Arc::new(snowflake::SnowflakeDestination::open(url, schema, &config.source.slot).await?)
-        }
-    })
 }
 
 /// A destination table that is missing where it should exist.

@@ -3,6 +3,7 @@
 //! prints it (`time`). Sources produce these, pipelines move them, destinations consume them.
 
 pub mod change;
+pub mod kind;
 mod reduce;
 pub mod schema;
 pub mod sql;

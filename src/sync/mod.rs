@@ -47,7 +47,6 @@ use source::TableSource;
 use crate::config::{Config, Strategy, TableConfig};
 
 use crate::destination::{Destination, SyncState};
-use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::model::schema::TableName;
 use crate::model::schema::TableSchema;
@@ -89,7 +88,8 @@ struct Chosen<'a> {
 struct Ctx<'a> {
     config: &'a Config,
     options: &'a Options,
-    target: Target,
+    /// The destination as `cdc verify` reaches it, for `diff`.
+    settings: crate::destination::Settings,
     dest: Arc<dyn Destination>,
     states: HashMap<String, SyncState>,
     /// Source tables `cdc run` streams into this destination (slot present on the source).
@@ -139,7 +139,7 @@ async fn drive<S: TableSource>(
     chosen: Vec<Chosen<'_>>,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let target = config.destination_target()?;
+    let settings = crate::destination::Settings::of(config)?;
     let dest = crate::destination::open(config).await?;
     let _held = dest.hold().await?;
     dest.ensure_state().await?;
@@ -158,7 +158,7 @@ async fn drive<S: TableSource>(
     let ctx = Ctx {
         config,
         options,
-        target,
+        settings,
         batch_rows: config
             .apply
             .batch_max_rows

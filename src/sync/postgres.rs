@@ -487,6 +487,7 @@ async fn diff(
     let mut total = Repaired::default();
     let mut deferred = Vec::new();
     let mut budget = t.config.max_rows.unwrap_or(u64::MAX);
+    let side = crate::destination::registry::compare_side(&ctx.settings)?;
     loop {
         // Each round is a whole descent: find many differences per round (memory holds their
         // keys and values), write them in batches.
@@ -503,7 +504,7 @@ async fn diff(
         };
         let report = crate::verify::verify_into(
             src_info,
-            &ctx.target,
+            &side,
             std::slice::from_ref(&pair),
             &options,
             &|_| {},

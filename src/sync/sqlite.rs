@@ -30,22 +30,23 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::types::Value;
 
+mod diff;
+
+use diff::diff;
+
 use super::rejects::Rejects;
-use super::source::{Key, Outcome, TableSource};
+use super::source::{Outcome, TableSource};
 use super::write::Writer;
 use super::{Chosen, Ctx, Options, TableSummary};
 use crate::config::{Config, Strategy};
 use crate::destination::SnapshotTable;
-use crate::endpoint::Target;
 use crate::error::{Error, Result};
-use crate::model::change::TableMap;
 use crate::model::schema::{DestForeignKey, TableName, TableSchema};
 use crate::source::sqlite::catalog::{self, SqliteTable};
-use crate::source::sqlite::read::{self, OnReject, Reading};
-use crate::source::sqlite::select::{self, order_column, select_sql, source_key};
+use crate::source::sqlite::read::{self, Reading};
+use crate::source::sqlite::select::{self, order_column, select_sql};
 use crate::source::sqlite::SqliteSource;
 use crate::source::RowSource;
-use crate::verify::merge::{Found, Merge};
 
 /// Prefix of a `diff` table's stored position: the fingerprint of the rows it was made equal to.
 const FINGERPRINT: &str = "sha256:";
@@ -234,7 +235,7 @@ impl TableSource for SqliteSide<'_> {
     }
 
     async fn create_foreign_keys(&self, ctx: &Ctx<'_>, t: &Chosen<'_>) -> Result<()> {
-        if !matches!(ctx.target, Target::Postgres(_)) {
+        if !ctx.dest.enforces_foreign_keys() {
             if self
                 .tables
                 .get(&t.source.to_string())
@@ -247,6 +248,20 @@ impl TableSource for SqliteSide<'_> {
         }
         foreign_keys(ctx, t, &self.tables, self.config).await
     }
+}
+
+/// `sql` over `table` into `writer`'s table, values checked against the destination's
+/// column kinds.
+fn into_writer(
+    ctx: &Ctx<'_>,
+    table: &SqliteTable,
+    writer: &Writer,
+    sql: String,
+    params: Vec<Value>,
+    order: &[String],
+) -> read::Query {
+    let kind_of = |t: &str| ctx.dest.value_kind(t);
+    select::into_map(table, writer.map(), &kind_of, sql, params, order)
 }
 
 /// Read `q` into `writer` (inserts or upserts); the read's end.
@@ -338,7 +353,7 @@ async fn full_copy(
     dest.finish_table(None, &with(&key_only), 0).await?;
     let mut writer =
         Writer::open(dest.as_ref(), &table.schema, &staging, ctx.batch_rows(t)).await?;
-    let q = select::into_map(table, writer.map(), sql, Vec::new(), &order);
+    let q = into_writer(ctx, table, &writer, sql, Vec::new(), &order);
     let done = copy(side, t, &read.conn, q, &mut writer, false, summary).await?;
     writer.finish().await?;
     dest.finish_table(None, &with(&indexes_only), done.rows)
@@ -405,7 +420,7 @@ async fn incremental(
         ctx.batch_rows(t),
     )
     .await?;
-    let q = select::into_map(table, writer.map(), sql, params, &order);
+    let q = into_writer(ctx, table, &writer, sql, params, &order);
     let done = copy(side, t, &read.conn, q, &mut writer, true, summary).await?;
     writer.finish().await?;
     summary.rows_read = done.rows;
@@ -419,132 +434,6 @@ async fn incremental(
         deletes: Vec::new(),
         rows: summary.rows_read,
     })
-}
-
-/// `diff`: nothing when the source's fingerprint is the stored one; else both sides merged in
-/// key order, the extra keys left to delete.
-async fn diff(
-    side: &SqliteSide<'_>,
-    ctx: &Ctx<'_>,
-    t: &Chosen<'_>,
-    read: &SqliteRead,
-    position: Option<&str>,
-    summary: &mut TableSummary,
-) -> Result<Outcome> {
-    let table = &read.table;
-    let mut writer = Writer::open(
-        ctx.dest.as_ref(),
-        &table.schema,
-        &t.destination,
-        ctx.batch_rows(t),
-    )
-    .await?;
-    let key = source_key(table);
-    let sql = select_sql(table, t.config.filter.as_deref(), None, &key, None);
-    let mut q = select::into_map(table, writer.map(), sql.clone(), Vec::new(), &key);
-    q.fingerprint_only = true;
-    let scanned = Reading::start(read.conn.clone(), q, Box::new(|_| Ok(())))
-        .finish()
-        .await?;
-    let fingerprint = format!("{FINGERPRINT}{}", scanned.fingerprint);
-    let unchanged = |rows| Outcome {
-        position: Some(fingerprint.clone()),
-        deletes: Vec::new(),
-        rows,
-    };
-    if position == Some(fingerprint.as_str()) {
-        tracing::info!(table = %t.source, rows = scanned.rows, "unchanged since the last pass");
-        return Ok(unchanged(0));
-    }
-    let rejected = AtomicU64::new(0);
-    let q = select::into_map(table, writer.map(), sql, Vec::new(), &key);
-    let mut merge = merge_of(
-        ctx,
-        t,
-        read,
-        writer.map(),
-        q,
-        side.rejects.handler(&t.source, &rejected),
-    )
-    .await?;
-    let mut deletes: Vec<Key> = Vec::new();
-    let budget = t.config.max_rows.unwrap_or(u64::MAX);
-    let mut written = 0u64;
-    let walked = async {
-        while written < budget {
-            match merge.next().await? {
-                None => break,
-                Some(Found::Missing(row)) => {
-                    summary.inserted += 1;
-                    written += 1;
-                    writer.upsert(row).await?;
-                }
-                Some(Found::Different(row, _)) => {
-                    summary.updated += 1;
-                    written += 1;
-                    writer.upsert(row).await?;
-                }
-                Some(Found::Extra(row)) => deletes.push(
-                    merge
-                        .key()
-                        .iter()
-                        .map(|&k| (writer.map().columns[k].name.clone(), row[k].clone()))
-                        .collect(),
-                ),
-            }
-        }
-        Ok::<_, Error>(())
-    }
-    .await;
-    let (reading, _) = merge.into_sides();
-    let done = reading.finish().await;
-    summary.rejected += rejected.load(Ordering::Relaxed);
-    walked?;
-    done?;
-    writer.finish().await?;
-    summary.rows_read = summary.inserted + summary.updated;
-    if summary.rejected > 0 || written >= budget {
-        if !deletes.is_empty() {
-            tracing::warn!(table = %t.source, extra = deletes.len(),
-                "rows were rejected or the pass was capped: extra destination rows are not deleted this pass");
-        }
-        return Ok(Outcome {
-            position: None,
-            deletes: Vec::new(),
-            rows: summary.rows_read,
-        });
-    }
-    Ok(Outcome {
-        deletes,
-        ..unchanged(summary.rows_read)
-    })
-}
-
-/// Both sides of `read`'s table in key order, walked together: the source by `q`, the
-/// destination table `writer` writes.
-async fn merge_of<'a>(
-    ctx: &Ctx<'_>,
-    t: &Chosen<'_>,
-    read: &SqliteRead,
-    map: &TableMap,
-    q: read::Query,
-    on_reject: OnReject<'a>,
-) -> Result<Merge<Reading<'a>, Box<dyn RowSource>>> {
-    let kinds = q.kinds.clone();
-    let key = q.key.clone();
-    let text_key: Vec<bool> = key
-        .iter()
-        .map(|&k| {
-            matches!(
-                kinds[k],
-                crate::source::sqlite::types::Kind::Text { .. }
-                    | crate::source::sqlite::types::Kind::AnyText
-            )
-        })
-        .collect();
-    let rows = ctx.dest.rows_by_key(map, &text_key).await?;
-    let reading = Reading::start(read.conn.clone(), q, on_reject);
-    Ok(Merge::new(kinds, key, t.source.to_string(), reading, rows))
 }
 
 /// Create the foreign keys of `t` whose referenced table is configured, where missing.

@@ -36,10 +36,8 @@ pub use report::{Report, TableReport};
 use crate::config::Config;
 
 use crate::conninfo::ConnInfo;
-use crate::destination::clickhouse::verify::ClickHouseReader;
-use crate::destination::duckdb::verify::DuckDbReader;
+use crate::destination::registry::Side;
 use crate::destination::whole::{CompareSpec, DestTable, Texts, WholeLook};
-use crate::endpoint::Target;
 use crate::error::{Error, Result};
 use crate::model::schema::TableName;
 use plan::TableInfo;
@@ -178,15 +176,15 @@ pub async fn verify(
     options: &Options,
     observe: &(dyn Fn(&Event<'_>) + Send + Sync),
 ) -> Result<Report> {
-    let destination = Target::Postgres(destination.clone());
+    let destination = Side::Postgres(destination.clone());
     verify_into(source, &destination, pairs, options, observe).await
 }
 
 /// The destination side of a comparison.
-enum Dest {
+enum Dest<'a> {
     Postgres(Client),
     /// A destination compared by one look at whole tables inside it (DuckDB, ClickHouse).
-    Whole(Box<dyn WholeLook>),
+    Whole(&'a dyn WholeLook),
 }
 
 /// `cdc verify` of configured tables (`only`: some of them, else all), by what the source
@@ -204,7 +202,8 @@ pub async fn configured(
         Some(path) => sqlite::verify(config, &path, &pairs, options.max_differences).await?,
         None => {
             let source = config.source_conninfo()?;
-            let destination = config.destination_target()?;
+            let settings = crate::destination::Settings::of(config)?;
+            let destination = crate::destination::registry::compare_side(&settings)?;
             verify_into(&source, &destination, &pairs, options, observe).await?
         }
     };
@@ -214,7 +213,7 @@ pub async fn configured(
 /// Compare every pair between a Postgres source and any destination.
 pub async fn verify_into(
     source: &ConnInfo,
-    destination: &Target,
+    destination: &Side,
     pairs: &[TablePair],
     options: &Options,
     observe: &(dyn Fn(&Event<'_>) + Send + Sync),
@@ -231,12 +230,8 @@ pub async fn verify_into(
     }
     let src = session(source).await?;
     let dst = match destination {
-        Target::Postgres(info) => Dest::Postgres(session(info).await?),
-        Target::DuckDb(path) => Dest::Whole(Box::new(DuckDbReader::open(path)?)),
-        Target::ClickHouse(url) => Dest::Whole(Box::new(ClickHouseReader::new(url.clone())?)),
-        Target::Snowflake(url) => Dest::Whole(Box::new(
-            crate::destination::snowflake::verify::SnowflakeReader::new(url.clone())?,
-        )),
+        Side::Postgres(info) => Dest::Postgres(session(info).await?),
+        Side::Whole(look) => Dest::Whole(look.as_ref()),
     };
     let mut tables = Vec::with_capacity(pairs.len());
     for pair in pairs {
@@ -257,7 +252,11 @@ async fn session(info: &ConnInfo) -> Result<Client> {
 }
 
 /// Both tables of `pair` as the comparison plans them; an error names a missing one.
-async fn read_tables(src: &Client, dst: &Dest, pair: &TablePair) -> Result<(TableInfo, TableInfo)> {
+async fn read_tables(
+    src: &Client,
+    dst: &Dest<'_>,
+    pair: &TablePair,
+) -> Result<(TableInfo, TableInfo)> {
     let (si, di) = match dst {
         Dest::Postgres(dst) => tokio::try_join!(
             plan::read_table(src, &pair.source),
@@ -282,7 +281,7 @@ async fn read_tables(src: &Client, dst: &Dest, pair: &TablePair) -> Result<(Tabl
 async fn verify_table(
     src: &Client,
     source: &ConnInfo,
-    dst: &Dest,
+    dst: &Dest<'_>,
     pair: &TablePair,
     options: &Options,
     observe: &(dyn Fn(&Event<'_>) + Send + Sync),
@@ -313,7 +312,7 @@ async fn verify_table(
                 label: pair.source.to_string(),
             })
         }
-        Dest::Whole(reader) => Look::Whole(reader.as_ref()),
+        Dest::Whole(reader) => Look::Whole(*reader),
     };
     let (counts, mut differences, truncated) = match &look {
         Look::Ranges(bisect_pair) => {

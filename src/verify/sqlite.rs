@@ -92,7 +92,7 @@ async fn compare_table(
     let map = crate::destination::columns::mapped(dest, &table.schema, &pair.destination).await?;
     let key = source_key(&table);
     let sql = select_sql(&table, pair.source_filter.as_deref(), None, &key, None);
-    let q = select::into_map(&table, &map, sql, Vec::new(), &key);
+    let q = select::into_map(&table, &map, &|t| dest.value_kind(t), sql, Vec::new(), &key);
     let text_key: Vec<bool> = q
         .key
         .iter()

@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use cdc::destination::clickhouse::http::Client;
-use cdc::endpoint::clickhouse::ClickHouseUrl;
+use cdc::destination::clickhouse::ClickHouseUrl;
 use cdc::local_pg::LocalPostgres;
 
 use crate::clickhouse::server as clickhouse;

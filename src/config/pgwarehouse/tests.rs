@@ -116,10 +116,11 @@ fn missing_credentials_are_left_to_the_environment_and_snowflake_is_carried_over
     let config =
         crate::config::Config::from_toml(&c.toml, std::path::Path::new("o"), &env).unwrap();
     assert_eq!(config.tables[0].source, "public.users");
-    assert!(matches!(
-        config.destination_target(),
-        Ok(crate::endpoint::Target::Snowflake(_))
-    ));
+    assert_eq!(
+        crate::destination::registry::driver_of(&config.destination.url.0).map(|d| d.name()),
+        Ok("snowflake")
+    );
+    assert!(crate::destination::registry::problems(&config).is_empty());
     let env_only = convert("warehouse:\n  backend: snowflake\ntables: [a]\n").unwrap();
     assert!(
         env_only.toml.contains("taken from SNOWSQL_ACCOUNT"),

@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::endpoint::percent_encode as encode;
-use crate::endpoint::ClickHouseUrl;
+use crate::destination::clickhouse::ClickHouseUrl;
+use crate::destination::response::{parse_response, BadResponse, Response};
 use crate::error::{Error, Result};
 
 /// What follows the request head.
@@ -102,7 +103,10 @@ impl Client {
             .map_err(|_| Error::timeout(format!("ClickHouse ran {shown}"), limit.as_secs()))??;
         if response.status != 200 {
             let message = String::from_utf8_lossy(&response.body).trim().to_owned();
-            let code = response.code.or_else(|| code_in_body(&message));
+            let code = response
+                .header("x-clickhouse-exception-code")
+                .and_then(|c| c.parse().ok())
+                .or_else(|| code_in_body(&message));
             let transient = is_transient(response.status, code);
             return Err(Error::clickhouse(
                 shown,
@@ -199,117 +203,12 @@ impl Client {
     }
 }
 
-/// Why a response cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BadResponse {
-    /// It stops short: the connection closed before the whole answer came.
-    Truncated(&'static str),
-    /// It is not HTTP as expected.
-    Malformed(String),
-}
-
-impl From<&str> for BadResponse {
-    fn from(s: &str) -> Self {
-        BadResponse::Malformed(s.to_owned())
-    }
-}
-
-impl From<String> for BadResponse {
-    fn from(s: String) -> Self {
-        BadResponse::Malformed(s)
-    }
-}
-
-/// A whole HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    /// `X-ClickHouse-Exception-Code`: the server's error code, when it reports one.
-    pub code: Option<u32>,
-    pub body: Bytes,
-}
-
 /// The error code of a ClickHouse error text (`Code: 252. DB::Exception: …`), for answers
 /// whose header did not carry it.
 fn code_in_body(text: &str) -> Option<u32> {
     let rest = &text[text.find("Code: ")? + 6..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
-}
-
-/// Status, error code and body of a whole HTTP/1.1 response (`Content-Length`, chunked, or
-/// to the end).
-pub fn parse_response(raw: &[u8]) -> std::result::Result<Response, BadResponse> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(BadResponse::Truncated("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
-    let mut chunked = false;
-    let mut length = None;
-    let mut code = None;
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if k == "content-length" {
-            length = v.parse::<usize>().ok();
-        } else if k == "x-clickhouse-exception-code" {
-            code = v.parse::<u32>().ok();
-        }
-    }
-    let body = &raw[end + 4..];
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = body;
-        loop {
-            let line_end = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or(BadResponse::Truncated("a chunk without its size line"))?;
-            let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-            rest = &rest[line_end + 2..];
-            if size == 0 {
-                break;
-            }
-            if rest.len() < size + 2 {
-                return Err(BadResponse::Truncated("a chunk shorter than its size"));
-            }
-            out.extend_from_slice(&rest[..size]);
-            rest = &rest[size + 2..];
-        }
-        Ok(Response {
-            status,
-            code,
-            body: Bytes::from(out),
-        })
-    } else {
-        let body = match length {
-            Some(n) if n <= body.len() => &body[..n],
-            Some(_) => {
-                return Err(BadResponse::Truncated(
-                    "a body shorter than its Content-Length",
-                ))
-            }
-            None => body,
-        };
-        Ok(Response {
-            status,
-            code,
-            body: Bytes::copy_from_slice(body),
-        })
-    }
 }
 
 /// ClickHouse error codes after which the same statement can succeed later: the server or a
@@ -372,42 +271,12 @@ mod tests {
     }
 
     #[test]
-    fn responses_with_length_chunks_or_neither() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA").unwrap();
-        assert_eq!((r.status, r.code, &r.body[..]), (200, None, &b"abc"[..]));
-        let r = parse_response(
-            b"HTTP/1.1 500 Internal\r\nX-ClickHouse-Exception-Code: 252\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nCode\r\n2;x\r\n: \r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(
-            (r.status, r.code, &r.body[..]),
-            (500, Some(252), &b"Code: "[..])
-        );
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
-        assert_eq!(&r.body[..], b"to the end");
+    fn an_error_code_is_read_from_the_body_when_no_header_says() {
         assert_eq!(
             code_in_body("Code: 241. DB::Exception: Memory limit (total) exceeded"),
             Some(241)
         );
         assert_eq!(code_in_body("<html>503 Service Unavailable</html>"), None);
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"),
-            Err(BadResponse::Truncated(
-                "a body shorter than its Content-Length"
-            ))
-        );
-        assert!(matches!(
-            parse_response(b""),
-            Err(BadResponse::Truncated(_))
-        ));
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"),
-            Err(BadResponse::Truncated(_))
-        ));
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 xx OK\r\n\r\n"),
-            Err(BadResponse::Malformed(_))
-        ));
     }
 
     #[test]

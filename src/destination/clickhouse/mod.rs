@@ -20,15 +20,22 @@
 //! from it leaves the same final state. `cdc sync` writes have no WAL position: each writer's
 //! versions start above the highest its table holds (`Session::sync_versions_from`), and a
 //! reload is built in a staging table and swapped in with `EXCHANGE TABLES`.
+mod driver;
 pub mod apply;
 pub mod ddl;
 pub mod http;
+pub mod local;
 pub mod load;
 pub mod rows;
 pub mod state;
 pub mod tsv;
 pub mod types;
+pub mod url;
 pub mod verify;
+
+pub use driver::DRIVER;
+
+pub use url::ClickHouseUrl;
 
 use std::sync::Arc;
 
@@ -40,7 +47,6 @@ use self::state::{literal, State};
 use crate::destination::{
     CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
-use crate::endpoint::ClickHouseUrl;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -423,6 +429,10 @@ impl Destination for ClickHouseDestination {
 
     async fn drop_table(&self, table: &TableName) -> Result<()> {
         self.drop_names(&self.names(table)).await
+    }
+
+    fn value_kind(&self, type_name: &str) -> crate::model::kind::Kind {
+        types::value_kind(type_name)
     }
 
     async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {

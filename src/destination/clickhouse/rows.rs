@@ -143,7 +143,7 @@ pub async fn versions_above(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::ClickHouseUrl;
+    use crate::destination::clickhouse::ClickHouseUrl;
     use crate::model::change::MappedColumn;
     use crate::model::schema::TableName;
 

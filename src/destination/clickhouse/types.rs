@@ -17,6 +17,7 @@
 //! cannot be Nullable).
 
 use crate::model::schema::ColumnDef;
+use crate::model::kind::Kind;
 
 /// The widest ClickHouse decimal.
 pub const MAX_DECIMAL_PRECISION: u32 = 76;
@@ -69,6 +70,33 @@ fn scalar(base: &str) -> String {
             _ => "String".into(),
         },
         _ => "String".into(),
+    }
+}
+
+/// What a column of a ClickHouse type holds, for sources checked value by value (SQLite):
+/// SQLite's affinity rules would misread ClickHouse's names (`String` is not a number,
+/// `Int16` not 64-bit). `String` holds any value as its Postgres text, as a Postgres source's
+/// bytea lands there.
+pub fn value_kind(type_name: &str) -> Kind {
+    let mut t = type_name.trim();
+    while let Some(inner) = ["Nullable(", "LowCardinality("]
+        .iter()
+        .find_map(|w| t.strip_prefix(w).and_then(|r| r.strip_suffix(')')))
+    {
+        t = inner.trim();
+    }
+    let int = |max: i64| Kind::Int { max };
+    match t.split('(').next().unwrap_or(t) {
+        "String" => Kind::AnyText,
+        "Int8" => int(i8::MAX as i64),
+        "Int16" => int(i16::MAX as i64),
+        "Int32" => int(i32::MAX as i64),
+        "Int64" => int(i64::MAX),
+        "Float32" | "Float64" => Kind::Float,
+        "Date32" => Kind::Date,
+        // DateTime64(6, 'UTC'): instants.
+        "DateTime64" => Kind::TimestampTz,
+        _ => Kind::of(t),
     }
 }
 
@@ -128,5 +156,40 @@ mod tests {
             clickhouse_type(&col("integer[]", false, 1), false),
             "Nullable(String)"
         );
+    }
+
+    #[test]
+    fn clickhouse_column_types_are_read_by_their_names() {
+        // ClickHouse's, as destination columns: "String" is not a number by SQLite's affinity.
+        assert_eq!(value_kind("String"), Kind::AnyText);
+        assert_eq!(
+            value_kind("LowCardinality(Nullable(String))"),
+            Kind::AnyText
+        );
+        assert_eq!(
+            value_kind("Nullable(Int16)"),
+            Kind::Int {
+                max: i16::MAX as i64
+            }
+        );
+        assert_eq!(
+            value_kind("Nullable(Decimal(10, 2))"),
+            Kind::Numeric {
+                precision: Some(10),
+                scale: Some(2)
+            }
+        );
+        assert_eq!(
+            value_kind("Nullable(DateTime64(6, 'UTC'))"),
+            Kind::TimestampTz
+        );
+        assert_eq!(value_kind("Date32"), Kind::Date);
+        assert_eq!(value_kind("UUID"), Kind::Uuid);
+        // Postgres's and DuckDB's names read as before.
+        assert_eq!(
+            value_kind("character varying(5)"),
+            Kind::Text { max: Some(5) }
+        );
+        assert_eq!(value_kind("BIGINT"), Kind::Int { max: i64::MAX });
     }
 }

@@ -19,7 +19,7 @@ use super::state::literal;
 use super::tsv::{self, field_of, Field};
 use crate::conninfo::ConnInfo;
 use crate::destination::whole::{CompareSpec, Comparison, DestTable, Texts, WholeLook};
-use crate::endpoint::ClickHouseUrl;
+use crate::destination::clickhouse::ClickHouseUrl;
 use crate::error::Result;
 use crate::model::schema::TableName;
 use crate::model::sql::quote_ident;

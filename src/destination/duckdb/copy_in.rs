@@ -15,7 +15,7 @@ use duckdb::Connection;
 use tokio::io::AsyncWriteExt;
 
 use super::apply::insert_rows;
-use super::copy_text::RowReader;
+use crate::source::postgres::copy_text::RowReader;
 use super::handle::{blocking, joined};
 use super::types::{cast_expr, reads_postgres_text, to_duckdb_text};
 use crate::destination::CopyFormat;

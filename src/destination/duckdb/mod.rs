@@ -13,19 +13,20 @@
 //! commit, and every other operation for its own duration (`handle.rs`). Between batches the
 //! file is closed and readers get in; while a reader holds it, cdc waits and retries (the
 //! changes wait in the slot, nothing is lost). The batch limits (`apply.batch_max_wait_ms`)
-//! set how often cdc takes the file, hence the trade-off between freshness and readability.
-//!
-//! **Exactly once**: the rows and the applied position commit in one DuckDB transaction.
+//! set how often cdc takes the file. **Exactly once**: rows and position commit together.
 
 mod apply;
 mod copy_in;
-pub(crate) mod copy_text;
+mod driver;
+
 mod handle;
 mod keyless;
 mod load;
-pub use handle::is_lock_conflict;
 pub mod types;
 pub mod verify;
+
+pub use driver::DRIVER;
+pub use handle::is_lock_conflict;
 
 use std::path::Path;
 use std::sync::Arc;

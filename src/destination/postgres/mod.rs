@@ -2,11 +2,14 @@
 //! snapshot, set-based statements over text arrays cast to the destination types for changes,
 //! and the pipeline state in `state_schema` of the same database.
 
+mod driver;
 mod apply;
 pub mod ddl;
 mod load;
 mod sql;
 pub mod state;
+
+pub use driver::DRIVER;
 
 use std::sync::Arc;
 
@@ -367,6 +370,10 @@ impl Destination for PgDestination {
             let _ = dst.batch_execute("ROLLBACK").await;
         }
         result.map_err(Error::pg(format!("swapping the reloaded {table} in")))
+    }
+
+    fn enforces_foreign_keys(&self) -> bool {
+        true
     }
 
     async fn ensure_foreign_key(&self, table: &TableName, fk: &DestForeignKey) -> Result<bool> {

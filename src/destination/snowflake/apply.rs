@@ -72,7 +72,7 @@ impl SnowSession {
         self.claimed = true;
         let me = match self.client.query("SELECT CURRENT_SESSION()::VARCHAR").await {
             Ok(rows) => rows.first().and_then(|r| r[0].clone()),
-            Err(e) if e.snowflake_code().is_some() => None,
+            Err(e) if super::client::code(&e).is_some() => None,
             Err(e) => return Err(e),
         };
         let Some(me) = me else { return Ok(()) };
@@ -323,7 +323,7 @@ impl SnowSession {
             .await
         {
             Ok(a) => a,
-            Err(e) if e.snowflake_code() == Some("002003") => return Err(missing_table(table)),
+            Err(e) if super::client::code(&e) == Some("002003") => return Err(missing_table(table)),
             Err(e) => return Err(e),
         };
         let keys = client

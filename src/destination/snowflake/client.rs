@@ -19,9 +19,9 @@ use tokio::sync::Mutex;
 
 use super::arrow::arrow_rows;
 use super::jwt;
-use crate::destination::clickhouse::http::{parse_response, BadResponse};
+use crate::destination::response::{parse_response, BadResponse, Response};
 use crate::endpoint::percent_encode as encode;
-use crate::endpoint::SnowflakeUrl;
+use crate::destination::snowflake::SnowflakeUrl;
 use crate::error::{Cause, Error, Result};
 
 /// A result's rows, each value as Snowflake prints it (`None` is NULL).
@@ -198,7 +198,7 @@ impl Client {
         loop {
             let token = self.token().await?;
             match self.statement(&token, sql, &shown).await {
-                Err(e) if !relogged && e.snowflake_code() == Some("390112") => {
+                Err(e) if !relogged && code(&e) == Some("390112") => {
                     // Session expired (idle for hours): log in again, once.
                     *self.token.lock().await = None;
                     relogged = true;
@@ -328,7 +328,7 @@ impl Client {
             .exchange(host, port, secure, "GET", path, &head, None)
             .await?;
         if response.status != 200 {
-            return Err(Error::snowflake(
+            return Err(refused(
                 "fetching a result chunk".into(),
                 response.status,
                 None,
@@ -364,7 +364,7 @@ impl Client {
                     .chars()
                     .take(300)
                     .collect();
-                return Err(Error::snowflake(
+                return Err(refused(
                     shown.to_owned(),
                     response.status,
                     None,
@@ -394,7 +394,7 @@ impl Client {
         }
         let transient = matches!(response.status, 429 | 500 | 502 | 503 | 504)
             || code.as_deref().is_some_and(|c| RETRYABLE.contains(&c));
-        Err(Error::snowflake(
+        Err(refused(
             shown.to_owned(),
             response.status,
             code,
@@ -413,7 +413,7 @@ impl Client {
         path: &str,
         head: &str,
         body: Option<String>,
-    ) -> Result<crate::destination::clickhouse::http::Response> {
+    ) -> Result<Response> {
         let work = async {
             let tcp = TcpStream::connect((host, port)).await.map_err(Error::io(format!(
                 "cannot connect to Snowflake at {host}:{port} (check the account in destination.url)"
@@ -450,7 +450,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     path: &str,
     head: &str,
     body: Option<String>,
-) -> Result<crate::destination::clickhouse::http::Response> {
+) -> Result<Response> {
     let body = body.unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cdc/{}\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -527,6 +527,44 @@ fn request_id() -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+/// Snowflake's answer to a request it refused: the HTTP status and, when it said, its error
+/// code (`390100`, `002003`, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("Snowflake refused {statement} (HTTP {status}{}): {message}", .code.as_ref().map(|c| format!(", code {c}")).unwrap_or_default())]
+pub struct Refused {
+    pub statement: String,
+    pub status: u16,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// The error for a refused request; `transient` as decided from the answer.
+fn refused(
+    statement: String,
+    status: u16,
+    code: Option<String>,
+    message: String,
+    transient: bool,
+) -> Error {
+    let kind = if transient {
+        crate::error::Kind::Transient
+    } else {
+        crate::error::Kind::Definite
+    };
+    let refused = Refused {
+        statement,
+        status,
+        code,
+        message,
+    };
+    Error::driver(kind, refused)
+}
+
+/// Snowflake's error code, when Snowflake refused with one.
+pub fn code(e: &Error) -> Option<&str> {
+    e.driver_error::<Refused>().and_then(|r| r.code.as_deref())
 }
 
 #[cfg(test)]

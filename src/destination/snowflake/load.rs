@@ -14,7 +14,7 @@ use super::client::Client;
 use super::qualified;
 use super::types::{convert, literal, quote, read, to_postgres, value};
 use crate::decode::Datum;
-use crate::destination::duckdb::copy_text::RowReader;
+use crate::source::postgres::copy_text::RowReader;
 use crate::destination::{Loader, SnapshotTable};
 use crate::error::{Error, Result};
 use crate::model::change::TableMap;

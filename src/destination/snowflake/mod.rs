@@ -14,15 +14,22 @@
 //! table here has a key and every write is by key (inserts are upserts): keyless tables are
 //! refused.
 
+mod driver;
 mod apply;
 pub mod arrow;
 pub mod client;
 pub mod jwt;
+pub mod local;
 mod load;
 mod merge;
 mod state;
 pub mod types;
+pub mod url;
 pub mod verify;
+
+pub use driver::DRIVER;
+
+pub use url::SnowflakeUrl;
 
 use std::sync::Arc;
 
@@ -31,7 +38,6 @@ use async_trait::async_trait;
 use super::{
     CopyFormat, Destination, Loader, PipelineState, Session, SnapshotTable, SyncState, TableSize,
 };
-use crate::endpoint::SnowflakeUrl;
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -97,7 +103,7 @@ pub async fn table_exists(client: &Client, qualified: &str) -> Result<bool> {
         .await
     {
         Ok(_) => Ok(true),
-        Err(e) if e.snowflake_code() == Some("002003") => Ok(false),
+        Err(e) if client::code(&e) == Some("002003") => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -291,7 +297,7 @@ impl Destination for SnowflakeDestination {
         {
             Ok(_) => {}
             // The emulator has no SWAP WITH (a syntax error there): a drop and a rename.
-            Err(e) if e.snowflake_code() == Some("001003") => {
+            Err(e) if client::code(&e) == Some("001003") => {
                 self.client.query(&format!("DROP TABLE {live}")).await?;
                 self.client
                     .query(&format!("ALTER TABLE {staged} RENAME TO {live}"))
@@ -311,6 +317,10 @@ impl Destination for SnowflakeDestination {
             .query(&format!("DROP TABLE IF EXISTS {}", self.name(table)))
             .await
             .map(|_| ())
+    }
+
+    fn value_kind(&self, type_name: &str) -> crate::model::kind::Kind {
+        types::value_kind(type_name)
     }
 
     async fn table_size(&self, table: &TableName) -> Result<Option<TableSize>> {

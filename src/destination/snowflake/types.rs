@@ -9,6 +9,7 @@
 //! column named, never rounded.
 
 use crate::model::schema::ColumnDef;
+use crate::model::kind::Kind;
 
 /// A Snowflake identifier, always quoted (Snowflake folds unquoted names to upper case, so a
 /// Postgres name is kept exactly only in quotes).
@@ -278,6 +279,30 @@ fn same_number(a: &str, b: &str) -> bool {
     ca == cb
 }
 
+/// What a column of a Snowflake type holds (as its columns report them, [`from_rowtype`]),
+/// for sources checked value by value (SQLite): `BINARY` is bytes, not a number by SQLite's
+/// affinity rules; whole `NUMBER`s compare (and sort) as integers.
+pub fn value_kind(type_name: &str) -> Kind {
+    let t = type_name.trim();
+    match t.split('(').next().unwrap_or(t) {
+        "VARCHAR" => Kind::AnyText,
+        "NUMBER" => match Kind::of(&t.replace("NUMBER", "numeric")) {
+            Kind::Numeric {
+                precision: Some(p),
+                scale: Some(0),
+            } => Kind::Int {
+                max: 10i64.checked_pow(p).map_or(i64::MAX, |m| m - 1),
+            },
+            other => other,
+        },
+        "BINARY" => Kind::Bytes,
+        "VARIANT" => Kind::Json,
+        "TIMESTAMP_NTZ" => Kind::Timestamp,
+        "TIMESTAMP_TZ" => Kind::TimestampTz,
+        _ => Kind::of(t),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +391,29 @@ mod tests {
             "2020-01-01 00:00:00+00"
         );
         assert_eq!(to_postgres("BOOLEAN", "false".into()), "f");
+    }
+
+    #[test]
+    fn snowflake_column_types_are_read_by_their_names() {
+        // BINARY is bytes, not a number; NUMBER(p,s) exact.
+        assert_eq!(value_kind("BINARY"), Kind::Bytes);
+        assert_eq!(value_kind("VARCHAR"), Kind::AnyText);
+        assert_eq!(
+            value_kind("NUMBER(10,2)"),
+            Kind::Numeric {
+                precision: Some(10),
+                scale: Some(2)
+            }
+        );
+        assert_eq!(value_kind("TIMESTAMP_TZ"), Kind::TimestampTz);
+        assert_eq!(
+            value_kind("NUMBER(19,0)"),
+            Kind::Int { max: i64::MAX }
+        );
+        assert_eq!(
+            value_kind("NUMBER(5,0)"),
+            Kind::Int { max: 99_999 }
+        );
+        assert_eq!(value_kind("VARIANT"), Kind::Json);
     }
 }

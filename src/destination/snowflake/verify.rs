@@ -15,7 +15,7 @@ use super::qualified;
 use super::types::{quote, read, to_postgres};
 use crate::conninfo::ConnInfo;
 use crate::destination::whole::{CompareSpec, Comparison, DestTable, Texts, WholeLook};
-use crate::endpoint::SnowflakeUrl;
+use crate::destination::snowflake::SnowflakeUrl;
 use crate::error::{Error, Result};
 use crate::model::schema::{TableName, TableSchema};
 use crate::model::sql::quote_ident;

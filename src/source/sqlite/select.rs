@@ -95,10 +95,11 @@ fn order_position(table: &SqliteTable, order: &[String]) -> Option<usize> {
 }
 
 /// `sql` over `table`, values converted to the column types of `map` (a destination table
-/// that exists).
+/// that exists), as `kind_of` (the destination's) reads them.
 pub fn into_map(
     table: &SqliteTable,
     map: &TableMap,
+    kind_of: &dyn Fn(&str) -> Kind,
     sql: String,
     params: Vec<Value>,
     order: &[String],
@@ -106,11 +107,7 @@ pub fn into_map(
     Query {
         sql,
         params,
-        kinds: map
-            .columns
-            .iter()
-            .map(|c| Kind::of_destination(&c.dest_type))
-            .collect(),
+        kinds: map.columns.iter().map(|c| kind_of(&c.dest_type)).collect(),
         columns: map.columns.iter().map(|c| c.name.clone()).collect(),
         key: map.key.clone(),
         order: order_position(table, order),

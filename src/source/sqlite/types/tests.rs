@@ -48,37 +48,6 @@ fn declared_types_map_by_name_then_by_affinity() {
     );
     assert_eq!(Kind::of("VARCHAR"), Kind::Text { max: None });
     assert_eq!(Kind::of("DOUBLE"), Kind::Float);
-    // ClickHouse's, as destination columns: "String" is not a number by SQLite's affinity.
-    assert_eq!(Kind::of_destination("String"), Kind::AnyText);
-    assert_eq!(
-        Kind::of_destination("LowCardinality(Nullable(String))"),
-        Kind::AnyText
-    );
-    assert_eq!(
-        Kind::of_destination("Nullable(Int16)"),
-        Kind::Int {
-            max: i16::MAX as i64
-        }
-    );
-    assert_eq!(
-        Kind::of_destination("Nullable(Decimal(10, 2))"),
-        Kind::Numeric {
-            precision: Some(10),
-            scale: Some(2)
-        }
-    );
-    assert_eq!(
-        Kind::of_destination("Nullable(DateTime64(6, 'UTC'))"),
-        Kind::TimestampTz
-    );
-    assert_eq!(Kind::of_destination("Date32"), Kind::Date);
-    assert_eq!(Kind::of_destination("UUID"), Kind::Uuid);
-    // Postgres's and DuckDB's names read as before.
-    assert_eq!(
-        Kind::of_destination("character varying(5)"),
-        Kind::Text { max: Some(5) }
-    );
-    assert_eq!(Kind::of_destination("BIGINT"), Kind::Int { max: i64::MAX });
     // Instants arrive in UTC, across a day, month and year boundary, fraction kept.
     let tz = |t: &str| convert(Kind::TimestampTz, Text(t.as_bytes()));
     assert_eq!(
@@ -234,28 +203,4 @@ fn integer_keys_order_by_value() {
     let int = Kind::Int { max: i64::MAX };
     assert!(key_order(int, "9", "10").is_lt());
     assert!(key_order(Kind::Text { max: None }, "9", "10").is_gt());
-}
-
-#[test]
-fn snowflake_column_types_are_read_by_their_names() {
-    // BINARY is bytes, not a number; NUMBER(p,s) exact.
-    assert_eq!(Kind::of_destination("BINARY"), Kind::Bytes);
-    assert_eq!(Kind::of_destination("VARCHAR"), Kind::AnyText);
-    assert_eq!(
-        Kind::of_destination("NUMBER(10,2)"),
-        Kind::Numeric {
-            precision: Some(10),
-            scale: Some(2)
-        }
-    );
-    assert_eq!(Kind::of_destination("TIMESTAMP_TZ"), Kind::TimestampTz);
-    assert_eq!(
-        Kind::of_destination("NUMBER(19,0)"),
-        Kind::Int { max: i64::MAX }
-    );
-    assert_eq!(
-        Kind::of_destination("NUMBER(5,0)"),
-        Kind::Int { max: 99_999 }
-    );
-    assert_eq!(Kind::of_destination("VARIANT"), Kind::Json);
 }

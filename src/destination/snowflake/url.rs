@@ -12,6 +12,9 @@ use std::path::PathBuf;
 
 use crate::conninfo::Secret;
 
+/// Seconds one statement may take unless `?timeout=` says otherwise.
+pub const DEFAULT_TIMEOUT_S: u64 = 600;
+
 /// A parsed Snowflake URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SnowflakeUrl {
@@ -98,7 +101,7 @@ impl SnowflakeUrl {
             secure: true,
             password,
             private_key_file: None,
-            timeout_s: super::clickhouse::DEFAULT_TIMEOUT_S,
+            timeout_s: DEFAULT_TIMEOUT_S,
         };
         let mut port = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub const FAKESNOW_VERSION: &str = "0.12.1";
 
 /// The server, with its fix for MERGE inside a transaction (see the script).
-const LAUNCHER: &str = include_str!("../scripts/fakesnow-server.py");
+const LAUNCHER: &str = include_str!("../../../scripts/fakesnow-server.py");
 
 /// A running emulator, stopped and deleted on drop.
 pub struct LocalSnowflake {
