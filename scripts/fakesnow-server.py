@@ -1,5 +1,5 @@
 """fakesnow's server, with two changes that make it behave as Snowflake does where cdc relies
-on it. Run by src/local_snowflake.rs with the virtual environment of scripts/fakesnow-install:
+on it. Run by src/destination/snowflake/local.rs with the virtual environment of scripts/fakesnow-install:
 
     python fakesnow-server.py HOST PORT
 

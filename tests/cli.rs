@@ -99,6 +99,42 @@ fn a_malformed_config_names_the_line_and_field() {
 }
 
 #[test]
+fn a_destination_drivers_problems_come_with_the_others_at_their_lines() {
+    // The destination's driver checks its URL and settings while the configuration loads:
+    // every problem is listed at once, each at its line, before anything connects.
+    let with = |dest: &str| {
+        VALID
+            .replace("url = \"postgresql://u@127.0.0.1:1/dst\"", dest)
+            .replace("public.orders", "orders")
+    };
+    let cases = [
+        (
+            "url = \"snowflake://acct/DB/S\"",
+            "line 5: destination.url",
+            "name the user",
+        ),
+        (
+            "url = \"duckdb:w.duckdb\"\ncluster = \"c\"",
+            "line 6: destination.cluster",
+            "applies to clickhouse",
+        ),
+        (
+            "url = \"mysql://h/db\"",
+            "line 5: destination.url",
+            "snowflake://USER@ACCOUNT",
+        ),
+    ];
+    for (dest, at, says) in cases {
+        let path = write_config("driver.toml", &with(dest));
+        let out = cdc(&["--config", path.to_str().unwrap(), "snapshot"], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(err.contains(at) && err.contains(says), "{dest}: {err}");
+        assert!(err.contains("tables[0].source"), "the others too: {err}");
+    }
+}
+
+#[test]
 fn a_missing_config_says_how_to_provide_one() {
     let out = cdc(&["--config", "/nonexistent/cdc.toml", "snapshot"], &[]);
     assert_eq!(out.status.code(), Some(78));
