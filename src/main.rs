@@ -441,8 +441,28 @@ async fn sync(
         tracing::info!("stop requested");
         let _ = stop.send(true);
     });
+    // Repeating passes run as a sidecar would: their counts on /metrics, as `cdc run`'s.
+    let metrics = std::sync::Arc::new(cdc::metrics::Metrics::default());
+    let server = match every {
+        Some(_) => Some(
+            cdc::http::serve(
+                &config.status.listen,
+                metrics.clone(),
+                config.status.max_lag_bytes,
+                config.status.max_lag_seconds,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut print = |summary: &cdc::sync::Summary| {
         use std::io::Write;
+        let rows = summary
+            .tables
+            .iter()
+            .map(|t| t.inserted + t.updated + t.upserted + t.deleted)
+            .sum();
+        metrics.sync_pass(summary.failed().is_empty(), rows);
         let text = if json {
             serde_json::to_string(summary).unwrap_or_default() + "\n"
         } else {
@@ -458,9 +478,11 @@ async fn sync(
             );
         }
     };
-    let last = cdc::sync::run(config, options, every, stopped, &mut print)
-        .await
-        .context("sync failed")?;
+    let last = cdc::sync::run(config, options, every, stopped, &mut print).await;
+    if let Some(server) = server {
+        server.abort();
+    }
+    let last = last.context("sync failed")?;
     Ok(match last {
         Some(s) if !s.failed().is_empty() => cli_sync_failed(&s),
         _ => exit::OK,

@@ -1,5 +1,6 @@
-//! Counters and gauges of `cdc run`, rendered in the Prometheus text format, plus the health
-//! verdict `/healthz` serves. Updated by the stream loop with atomics; no metrics crate needed
+//! Counters and gauges of `cdc run` (and of `cdc sync --every`'s passes), rendered in the
+//! Prometheus text format, plus the health verdict `/healthz` serves. `monitoring/` holds the
+//! dashboard and alerting rules that read them (tests/monitoring.rs keeps them in step). Updated by the stream loop with atomics; no metrics crate needed
 //! for a handful of series.
 
 use std::collections::BTreeMap;
@@ -85,7 +86,28 @@ pub struct Metrics {
     last_commit_unix_micros: AtomicU64,
     confirmed_lsn: AtomicU64,
     streaming: AtomicBool,
+    /// Errors the run loop met, by [`crate::error::Kind`] (transient ones it retried).
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// The slot as the source last showed it.
+    slot: Mutex<Option<SlotState>>,
+    /// `cdc sync` passes ended (`ok`: every table synced) and rows they wrote.
+    sync_passes: Mutex<BTreeMap<&'static str, u64>>,
+    sync_rows: AtomicU64,
 }
+
+/// The replication slot, as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    pub name: String,
+    /// A walsender streams it.
+    pub active: bool,
+    /// WAL the slot keeps the source from recycling (from its restart point to the server's
+    /// current position).
+    pub retained_bytes: u64,
+}
+
+/// Every error kind, as the `kind` label spells them.
+const KINDS: [&str; 4] = ["transient", "definite", "configuration", "internal"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -100,6 +122,10 @@ impl Default for Metrics {
             last_commit_unix_micros: AtomicU64::new(0),
             confirmed_lsn: AtomicU64::new(0),
             streaming: AtomicBool::new(false),
+            errors: Mutex::new(KINDS.iter().map(|k| (*k, 0)).collect()),
+            slot: Mutex::new(None),
+            sync_passes: Mutex::new(BTreeMap::new()),
+            sync_rows: AtomicU64::new(0),
         }
     }
 }
@@ -149,6 +175,44 @@ impl Metrics {
 
     pub fn set_streaming(&self, on: bool) {
         self.streaming.store(on, Ordering::Relaxed);
+        if !on {
+            // Our walsender is gone with the connection; the next look at the source says more.
+            if let Some(s) = self.slot.lock().expect("metrics lock").as_mut() {
+                s.active = false;
+            }
+        }
+    }
+
+    /// The run loop met an error of `kind`.
+    pub fn error(&self, kind: crate::error::Kind) {
+        let name = match kind {
+            crate::error::Kind::Transient => KINDS[0],
+            crate::error::Kind::Definite => KINDS[1],
+            crate::error::Kind::Configuration => KINDS[2],
+            crate::error::Kind::Internal => KINDS[3],
+        };
+        *self
+            .errors
+            .lock()
+            .expect("metrics lock")
+            .entry(name)
+            .or_default() += 1;
+    }
+
+    /// The slot as the source shows it now.
+    pub fn slot(&self, state: SlotState) {
+        *self.slot.lock().expect("metrics lock") = Some(state);
+    }
+
+    /// A `cdc sync` pass ended; `ok` when every table synced.
+    pub fn sync_pass(&self, ok: bool, rows: u64) {
+        *self
+            .sync_passes
+            .lock()
+            .expect("metrics lock")
+            .entry(if ok { "ok" } else { "failed" })
+            .or_default() += 1;
+        self.sync_rows.fetch_add(rows, Ordering::Relaxed);
     }
 
     /// Seconds since the last applied source commit, counted only while WAL is pending.
@@ -251,7 +315,30 @@ impl Metrics {
             "1 while connected and streaming.",
             u8::from(self.streaming.load(Ordering::Relaxed)).into(),
         );
+        self.render_more(&mut out);
         out
+    }
+
+    /// Errors by kind, the slot, sync passes.
+    fn render_more(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP cdc_errors_total Errors met, by kind (transient ones are retried).\n# TYPE cdc_errors_total counter");
+        for (kind, n) in self.errors.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "cdc_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+        if let Some(s) = self.slot.lock().expect("metrics lock").as_ref() {
+            let slot = &s.name;
+            let _ = writeln!(out, "# HELP cdc_slot_active 1 while a walsender streams the slot.\n# TYPE cdc_slot_active gauge\ncdc_slot_active{{slot=\"{slot}\"}} {}", u8::from(s.active));
+            let _ = writeln!(out, "# HELP cdc_slot_wal_retained_bytes WAL the slot keeps on the source.\n# TYPE cdc_slot_wal_retained_bytes gauge\ncdc_slot_wal_retained_bytes{{slot=\"{slot}\"}} {}", s.retained_bytes);
+        }
+        let passes = self.sync_passes.lock().expect("metrics lock");
+        if !passes.is_empty() {
+            let _ = writeln!(out, "# HELP cdc_sync_passes_total cdc sync passes ended, by result.\n# TYPE cdc_sync_passes_total counter");
+            for result in ["ok", "failed"] {
+                let n = passes.get(result).copied().unwrap_or(0);
+                let _ = writeln!(out, "cdc_sync_passes_total{{result=\"{result}\"}} {n}");
+            }
+            let _ = writeln!(out, "# HELP cdc_sync_rows_total Rows cdc sync passes wrote.\n# TYPE cdc_sync_rows_total counter\ncdc_sync_rows_total {}", self.sync_rows.load(Ordering::Relaxed));
+        }
     }
 }
 
@@ -286,5 +373,45 @@ mod tests {
             Err("50 bytes of WAL behind (limit 10)".into())
         );
         assert_eq!(m.health(100, 1000), Ok(()));
+    }
+
+    #[test]
+    fn errors_by_kind_the_slot_and_sync_passes_render_once_known() {
+        let m = Metrics::default();
+        let text = m.render();
+        // Every kind from the start (a rate needs the zero), no slot or sync series yet.
+        assert!(
+            text.contains("cdc_errors_total{kind=\"transient\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cdc_errors_total{kind=\"internal\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("cdc_slot_active") && !text.contains("cdc_sync_"),
+            "{text}"
+        );
+        m.error(crate::error::Kind::Transient);
+        m.error(crate::error::Kind::Transient);
+        m.slot(SlotState {
+            name: "cdc".into(),
+            active: true,
+            retained_bytes: 4096,
+        });
+        m.set_streaming(false);
+        m.sync_pass(true, 7);
+        m.sync_pass(false, 3);
+        let text = m.render();
+        for line in [
+            "cdc_errors_total{kind=\"transient\"} 2",
+            "cdc_slot_active{slot=\"cdc\"} 0",
+            "cdc_slot_wal_retained_bytes{slot=\"cdc\"} 4096",
+            "cdc_sync_passes_total{result=\"ok\"} 1",
+            "cdc_sync_passes_total{result=\"failed\"} 1",
+            "cdc_sync_rows_total 10",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 }

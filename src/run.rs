@@ -67,6 +67,9 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
         }
         .await;
         metrics.set_streaming(false);
+        if let Err(e) = &result {
+            metrics.error(e.kind());
+        }
         match result {
             Ok(()) => return Ok(()),
             // A value the destination cannot read may be an enum label added on the source
@@ -101,6 +104,9 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
                 }
                 attempt += 1;
                 metrics.reconnect();
+                if let Ok(info) = config.source_conninfo() {
+                    observe_slot(&info, &config.source.slot, &metrics).await;
+                }
                 let delay = backoff(attempt);
                 // Logged once per outage (and again every tenth attempt while it lasts), not
                 // once per attempt: a server restarting refuses several attempts in a row.
@@ -265,6 +271,7 @@ async fn stream_once(
             },
             _ = status_tick.tick() => {
                 confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
+                observe_slot(&src_info, slot, metrics).await;
                 if let Some(side) = shutting_down(&servers).await {
                     // A smart shutdown waits for every session to end, and ours never would
                     // by themselves: commit what we have, let go, and reconnect after it.
@@ -283,6 +290,35 @@ async fn stream_once(
                 }
             }
         }
+    }
+}
+
+/// The slot as the source shows it (is it streamed, how much WAL it holds), for `/metrics`.
+/// A source that cannot be asked now is asked again at the next tick.
+async fn observe_slot(info: &crate::conninfo::ConnInfo, slot: &str, metrics: &Metrics) {
+    let look = async {
+        let client = crate::pg::connect(info).await?;
+        // On a standby (a slot there since Postgres 16) the position is the replayed one.
+        let row = client
+            .query_opt(
+                "SELECT active, coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() \
+                   THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, restart_lsn), 0)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(Error::pg("reading the slot's state"))?;
+        Ok::<_, Error>(row.map(|r| (r.get::<_, bool>(0), r.get::<_, i64>(1))))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), look).await {
+        Ok(Ok(Some((active, retained)))) => metrics.slot(crate::metrics::SlotState {
+            name: slot.to_owned(),
+            active,
+            retained_bytes: retained.max(0) as u64,
+        }),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "could not read the slot's state"),
+        Err(_) => tracing::debug!("reading the slot's state timed out"),
     }
 }
 

@@ -452,10 +452,19 @@ fn a_destination_is_its_folder_and_its_name_on_the_registry_line() {
     let registry = file("destination/mod.rs", "x\nregistry!(duckdb, snowflake);\n");
     let found = folder_problems(&[
         registry.clone(),
-        file("destination/duckdb/mod.rs", "use super::snowflake::client::Client;\n"),
+        file(
+            "destination/duckdb/mod.rs",
+            "use super::snowflake::client::Client;\n",
+        ),
         file("destination/snowflake/mod.rs", "use super::duckdb;\n"),
-        file("sync/mod.rs", "use crate::destination::snowflake::SnowflakeUrl;\n"),
-        file("demo.rs", "use crate::destination::duckdb::is_lock_conflict;\n"),
+        file(
+            "sync/mod.rs",
+            "use crate::destination::snowflake::SnowflakeUrl;\n",
+        ),
+        file(
+            "demo.rs",
+            "use crate::destination::duckdb::is_lock_conflict;\n",
+        ),
         file("destination/postgres/mod.rs", ""),
     ]);
     assert_eq!(found.len(), 3, "{found:#?}");

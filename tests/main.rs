@@ -2,6 +2,7 @@
 
 mod harness;
 mod layers;
+mod monitoring;
 
 mod cli;
 mod clickhouse;

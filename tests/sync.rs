@@ -140,7 +140,17 @@ async fn modified_rereads_the_boundary_value_and_upserts() {
 
 #[tokio::test]
 async fn xmin_reads_only_rows_written_since_the_last_pass() {
-    let p = Pipeline::new(
+    // A source server of its own: the xmin horizon is the oldest transaction open anywhere on
+    // the server, so another test's transaction (on the shared server) would rightly make the
+    // third pass re-read the second pass's rows, and this test could not say "nothing new".
+    let source = tokio::task::spawn_blocking(|| {
+        cdc::local_pg::LocalPostgres::start(&cdc::local_pg::Options::default()).unwrap()
+    })
+    .await
+    .unwrap();
+    let p = Pipeline::on(
+        &source,
+        &crate::harness::servers().destination,
         "sync_xmin",
         ITEMS,
         "[[tables]]\nsource = \"public.items\"\nstrategy = \"xmin\"",
