@@ -116,6 +116,10 @@ pub(crate) enum Cause {
     Auth(String),
     #[error("server requires TLS policy mismatch: {0}")]
     TlsRefused(String),
+    /// Every server of a host list answered, none as `target_session_attrs` asks (a failover
+    /// in progress, most likely: a retry may find the new primary).
+    #[error("no server of the host list is {wanted} (target_session_attrs): {servers}")]
+    NoServerFits { wanted: String, servers: String },
     #[error("unexpected message from server while {context}: {detail}")]
     Protocol { context: String, detail: String },
     #[error("cannot decode replication message at {lsn}")]
@@ -178,7 +182,10 @@ pub(crate) enum Cause {
 impl From<Cause> for Error {
     fn from(cause: Cause) -> Self {
         let kind = match &cause {
-            Cause::Io { .. } | Cause::Timeout { .. } | Cause::DuckDbBusy { .. } => Kind::Transient,
+            Cause::Io { .. }
+            | Cause::Timeout { .. }
+            | Cause::DuckDbBusy { .. }
+            | Cause::NoServerFits { .. } => Kind::Transient,
             Cause::Db { source, .. } => sqlstate_kind(&source.code),
             Cause::Postgres { source, .. } => postgres_kind(source),
             // Another connection writing the SQLite file (a rollback-journal writer locks

@@ -402,6 +402,9 @@ impl LocalPostgres {
         ConnInfo {
             host: "127.0.0.1".into(),
             port: self.port,
+            other_hosts: Vec::new(),
+            target_session_attrs: Default::default(),
+            passfile: None,
             user: SUPERUSER.into(),
             password: Some(Secret::new(self.password.clone())),
             dbname: dbname.into(),

@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let report = cdc::snapshot::run(&config, force)
                 .await
                 .context("snapshot failed")?;
-            print_snapshot_report(&report);
+            print!("{report}");
             Ok(exit::OK)
         }
         Command::Run => stream(&load_config(&path)?).await,
@@ -538,31 +538,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-fn print_snapshot_report(r: &cdc::snapshot::SnapshotReport) {
-    if r.already_complete {
-        println!("Snapshot already complete (consistent point {}); nothing to do. Use --force to redo it.", r.consistent_lsn);
-    } else {
-        println!(
-            "Snapshot complete in {:.1}s; streaming will start at {}.",
-            r.elapsed.as_secs_f64(),
-            r.consistent_lsn
-        );
-    }
-    for t in &r.tables {
-        print!("  {} -> {}: {} rows", t.source, t.destination, t.rows);
-        if t.bytes > 0 {
-            print!(", {:.1} MiB", t.bytes as f64 / (1 << 20) as f64);
-        }
-        if !t.skipped_indexes.is_empty() {
-            print!(
-                " (indexes not portable, skipped: {})",
-                t.skipped_indexes.join(", ")
-            );
-        }
-        println!();
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod harness;
 mod layers;
+mod libpq;
 mod monitoring;
 
 mod cli;

@@ -1,7 +1,7 @@
-//! Connection settings from the variables other tools read, for users who come with them:
-//! libpq's `PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD` for the source, and
-//! pgwarehouse's `CLICKHOUSE_*`, `DUCKDB_PATH` and SnowSQL's `SNOWSQL_*` for the destination. They apply only where
-//! the config file and the `CDC_*` variables leave a URL out.
+//! Destination settings from the variables other tools read, for users who come with them:
+//! pgwarehouse's `CLICKHOUSE_*`, `DUCKDB_PATH` and SnowSQL's `SNOWSQL_*`. They apply only where
+//! the config file and the `CDC_*` variables leave the URL out. (libpq's `PG*` variables are
+//! read where Postgres URLs are parsed, `crate::conninfo`, as libpq reads them.)
 
 use super::{Config, ConnString, Env};
 use crate::conninfo::Secret;
@@ -12,13 +12,14 @@ impl Config {
     /// returns `(field, variable)` for each.
     pub(super) fn apply_libpq_env(&mut self, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
         let mut applied = Vec::new();
+        // A source URL left out is libpq's to fill (see `crate::conninfo`): only say which
+        // variable named the server, for messages about it.
         if self.source.url.0.trim().is_empty() {
-            if let Some((url, var)) = source_url(env) {
-                self.source.url = ConnString(url);
+            if let Some(var) = ["PGSERVICE", "PGHOST", "PGDATABASE"]
+                .into_iter()
+                .find(|v| env.var(v).is_some())
+            {
                 applied.push(("source.url", var));
-                if self.source.password.is_none() && self.source.password_file.is_none() {
-                    self.source.password = env.var("PGPASSWORD").map(Secret::new);
-                }
             }
         }
         if self.destination.url.0.trim().is_empty() {
@@ -32,29 +33,6 @@ impl Config {
         }
         applied
     }
-}
-
-/// A libpq key=value value, quoted.
-fn quoted(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// The source URL from `PG*` variables, and the variable that decided it.
-pub(super) fn source_url(env: &dyn Env) -> Option<(String, &'static str)> {
-    let decided = ["PGHOST", "PGDATABASE"]
-        .into_iter()
-        .find(|v| env.var(v).is_some())?;
-    let parts: Vec<String> = [
-        ("host", "PGHOST"),
-        ("port", "PGPORT"),
-        ("dbname", "PGDATABASE"),
-        ("user", "PGUSER"),
-        ("sslmode", "PGSSLMODE"),
-    ]
-    .iter()
-    .filter_map(|(key, var)| env.var(var).map(|v| format!("{key}={}", quoted(&v))))
-    .collect();
-    Some((parts.join(" "), decided))
 }
 
 /// Whether a `CLICKHOUSE_SECURE` value asks for TLS.
@@ -174,28 +152,6 @@ pub(super) fn duckdb_url(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn libpq_variables_make_a_quoted_connection_string() {
-        let env = [
-            ("PGHOST", "db.internal"),
-            ("PGDATABASE", "app's"),
-            ("PGUSER", "me"),
-            ("PGPORT", "6432"),
-        ];
-        let (url, var) = source_url(&env).unwrap();
-        assert_eq!(
-            url,
-            "host='db.internal' port='6432' dbname='app\\'s' user='me'"
-        );
-        assert_eq!(var, "PGHOST");
-        let info = crate::conninfo::ConnInfo::parse(&url).unwrap();
-        assert_eq!((info.dbname.as_str(), info.port), ("app's", 6432));
-        assert!(
-            source_url(&[("PGUSER", "me")]).is_none(),
-            "no host, no database: nothing"
-        );
-    }
 
     #[test]
     fn pgwarehouse_variables_name_a_clickhouse_or_duckdb_destination() {

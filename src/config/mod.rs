@@ -60,6 +60,10 @@ pub struct Config {
     pub apply: ApplyConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    /// The libpq variables (`PG*`, `HOME`) at load: Postgres URLs fill what they leave out
+    /// from them, and from the service and password files they name.
+    #[serde(skip)]
+    pub libpq: crate::conninfo::Captured,
 }
 
 /// `[source]`
@@ -339,27 +343,8 @@ pub enum ConfigError {
 }
 
 /// Where configuration values come from besides the file (the process environment in
-/// production, a map in tests).
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The real process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-impl<const N: usize> Env for [(&str, &str); N] {
-    fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
-}
+/// production, a list in tests): the same variables libpq's conventions read.
+pub use crate::conninfo::{Env, ProcessEnv};
 
 /// Environment variables that override file settings, and the field each sets.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -394,7 +379,7 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let source = ["CDC_SOURCE_URL", "PGHOST", "PGDATABASE"];
+                let source = ["CDC_SOURCE_URL", "PGHOST", "PGDATABASE", "PGSERVICE"];
                 let destination = ["CDC_DESTINATION_URL", "CLICKHOUSE_HOST", "DUCKDB_PATH"];
                 let set = |names: &[&str]| names.iter().any(|n| env.var(n).is_some());
                 if !set(&source) || !set(&destination) {
@@ -438,6 +423,7 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
+        config.libpq = crate::conninfo::Captured::from_env(env);
         let mut overridden = config.apply_env(env);
         overridden.extend(config.apply_libpq_env(env));
         for t in &mut config.tables {
@@ -504,6 +490,7 @@ impl Config {
             ));
         }
         resolve(
+            &self.libpq,
             "source",
             &self.source.url,
             self.source.password.as_ref(),
@@ -530,6 +517,7 @@ impl Config {
             ));
         }
         resolve(
+            &self.libpq,
             "destination",
             &self.destination.url,
             self.destination.password.as_ref(),
@@ -553,15 +541,17 @@ impl Config {
     }
 }
 
-/// Password precedence: the environment's, then the password file, then the URL's own.
+/// Password precedence: the environment's (`CDC_*_PASSWORD`), then the password file, then the
+/// URL's own, then `PGPASSWORD`, then (at connect time, per server) libpq's password file.
 fn resolve(
+    libpq: &crate::conninfo::Captured,
     side: &'static str,
     url: &ConnString,
     env_pw: Option<&Secret>,
     file: Option<&Path>,
 ) -> Result<ConnInfo, Problem> {
-    let mut info =
-        ConnInfo::parse(&url.0).map_err(|e| Problem::file(format!("{side}.url"), e.to_string()))?;
+    let mut info = ConnInfo::parse_in(&url.0, libpq)
+        .map_err(|e| Problem::file(format!("{side}.url"), e.to_string()))?;
     if let Some(pw) = env_pw {
         info.password = Some(pw.clone());
     } else if let Some(f) = file {

@@ -263,19 +263,29 @@ fn urls_left_out_come_from_libpq_and_pgwarehouse_variables() {
     // The file's URL wins over the variables.
     let c = Config::from_toml(MINIMAL, Path::new("t"), &env).unwrap();
     assert_eq!(c.source_conninfo().unwrap().host, "src");
-    // Nothing anywhere: the problem names every way to set it.
+    // Nothing anywhere: the source is libpq's default server (as `psql` with no arguments);
+    // the destination must be named, and the problem names every way to name it.
     let Err(ConfigError::Invalid { problems, .. }) = load(text) else {
         panic!()
     };
-    let all = problems
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "destination.url");
     assert!(
-        all.contains("PGHOST") && all.contains("CLICKHOUSE_HOST"),
-        "{all}"
+        problems[0].to_string().contains("CLICKHOUSE_HOST"),
+        "{problems:?}"
     );
+    let c = Config::from_toml(
+        "[source]\n[destination]\nurl = \"duckdb:x.duckdb\"\n[[tables]]\nsource = \"public.t\"\n",
+        Path::new("t"),
+        &[("USER", "me")],
+    )
+    .unwrap();
+    let src = c.source_conninfo().unwrap();
+    assert_eq!(
+        (src.user.as_str(), src.dbname.as_str(), src.port),
+        ("me", "me", 5432)
+    );
+    assert!(!format!("{c:?}").contains("pgsecret"));
 }
 
 #[test]

@@ -83,11 +83,11 @@ fn check_endpoints(c: &Config, add: &mut impl FnMut(String, String)) {
             add("source.url".into(), e);
             None
         }
-        Ok(SourceUrl::Postgres) => check_url(add, "source.url", &c.source.url.0),
+        Ok(SourceUrl::Postgres) => check_url(c, add, "source.url", &c.source.url.0),
     };
     // Other schemes' URLs are their drivers' to check (`Checks`).
     let dst = if crate::conninfo::is_connection_string(&c.destination.url.0) {
-        check_url(add, "destination.url", &c.destination.url.0)
+        check_url(c, add, "destination.url", &c.destination.url.0)
     } else {
         None
     };
@@ -265,23 +265,24 @@ fn check_limits(c: &Config, add: &mut impl FnMut(String, String)) {
     }
 }
 
-fn check_url(add: &mut impl FnMut(String, String), field: &str, url: &str) -> Option<ConnInfo> {
-    if url.trim().is_empty() {
+fn check_url(
+    c: &Config,
+    add: &mut impl FnMut(String, String),
+    field: &str,
+    url: &str,
+) -> Option<ConnInfo> {
+    // A source left out is the server libpq's variables and files name (as `psql` with no
+    // arguments); a destination must be named.
+    if url.trim().is_empty() && !field.starts_with("source") {
         add(
             field.into(),
-            if field.starts_with("source") {
-                "is not set: set a connection string like postgresql://user@host:5432/dbname (or \
-                 CDC_SOURCE_URL, or PGHOST/PGDATABASE)"
-                    .into()
-            } else {
-                "is not set: set a connection string like postgresql://user@host:5432/dbname (or \
-                 CDC_DESTINATION_URL, CLICKHOUSE_HOST, DUCKDB_PATH)"
-                    .into()
-            },
+            "is not set: set a connection string like postgresql://user@host:5432/dbname (or \
+             CDC_DESTINATION_URL, CLICKHOUSE_HOST, DUCKDB_PATH)"
+                .into(),
         );
         return None;
     }
-    ConnInfo::parse(url)
+    ConnInfo::parse_in(url, &c.libpq)
         .map_err(|e| add(field.into(), e.to_string()))
         .ok()
 }

@@ -21,6 +21,7 @@ pub mod copy;
 pub mod join;
 pub mod prereq;
 mod progress;
+mod report;
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -35,34 +36,13 @@ use crate::config::Config;
 use crate::conninfo::ConnInfo;
 use crate::destination::{CopyFormat, Destination, SnapshotTable};
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 use crate::model::schema::TableName;
 use crate::model::schema::TableSchema;
 use crate::model::sql::quote_ident;
 use crate::source::postgres::copy_out::CopySource;
 use crate::source::postgres::replication::ReplicationClient;
 
-/// What a snapshot run did.
-#[derive(Debug, Clone)]
-pub struct SnapshotReport {
-    /// The slot's consistent point: streaming starts here.
-    pub consistent_lsn: Lsn,
-    /// Nothing was done because a completed snapshot exists.
-    pub already_complete: bool,
-    pub tables: Vec<TableReport>,
-    pub elapsed: Duration,
-}
-
-/// One copied table.
-#[derive(Debug, Clone)]
-pub struct TableReport {
-    pub source: TableName,
-    pub destination: TableName,
-    pub rows: u64,
-    pub bytes: u64,
-    /// Indexes that could not be created on the destination (non-portable expressions).
-    pub skipped_indexes: Vec<String>,
-}
+pub use report::{SnapshotReport, TableReport};
 
 /// One table to copy, with everything the workers need.
 pub(crate) struct Job {

@@ -14,7 +14,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conninfo::{ChannelBinding as ChannelBindingMode, ConnInfo, SslMode};
+use crate::conninfo::{ChannelBinding as ChannelBindingMode, ConnInfo, ServerState, SslMode};
 use crate::error::{DbError, Error, Result};
 
 /// Anything we can speak the protocol over.
@@ -105,7 +105,30 @@ pub(crate) struct PgWire {
 impl PgWire {
     /// Open a socket, negotiate TLS per `sslmode`, start up with `startup_params`, authenticate,
     /// and wait for the server to be ready for a query.
+    /// With a host list, the first server that fits `target_session_attrs`, as libpq picks it.
     pub(crate) async fn connect(info: &ConnInfo, startup_params: &[(&str, &str)]) -> Result<Self> {
+        crate::pg::first_fitting(info, |one, check| async move {
+            let mut wire = Self::connect_one(&one, startup_params).await?;
+            let state = match (check, ServerState::reported(&wire.params)) {
+                (false, _) => None,
+                (true, Some(reported)) => Some(reported),
+                // Before Postgres 14 the server does not report it: ask.
+                (true, None) => {
+                    let rows = wire.simple_query(ServerState::SQL).await?;
+                    let cell = |i: usize| {
+                        rows.first()
+                            .and_then(|r| r.get(i).cloned().flatten())
+                            .unwrap_or_default()
+                    };
+                    Some(ServerState::of_row(&cell(0), &cell(1)))
+                }
+            };
+            Ok((wire, state))
+        })
+        .await
+    }
+
+    async fn connect_one(info: &ConnInfo, startup_params: &[(&str, &str)]) -> Result<Self> {
         let timeout = info.connect_timeout.unwrap_or(Duration::from_secs(30));
         let what = format!("connecting to {info}");
         match tokio::time::timeout(timeout, Self::connect_inner(info, startup_params)).await {
