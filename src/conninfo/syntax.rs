@@ -1,28 +1,15 @@
 //! The two spellings of a connection string, read into `(key, value)` pairs.
 
 use super::ConnInfoError;
+use crate::endpoint::PercentError;
 
 fn percent_decode(s: &str, what: &str) -> Result<String, ConnInfoError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    ConnInfoError::Malformed(format!("bad percent-encoding in {what}"))
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| ConnInfoError::Malformed(format!("{what} is not valid UTF-8")))
+    crate::endpoint::percent_decode(s).map_err(|e| {
+        ConnInfoError::Malformed(match e {
+            PercentError::BadEscape => format!("bad percent-encoding in {what}"),
+            PercentError::NotUtf8 => format!("{what} is not valid UTF-8"),
+        })
+    })
 }
 
 /// `[user[:password]@][host][:port][/dbname][?k=v&...]`, after the scheme.

@@ -25,6 +25,38 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// Why a URL part could not be percent-decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PercentError {
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+}
+
+/// Percent-decoding of a URL part (the inverse of [`percent_encode`]), for every URL cdc reads.
+pub fn percent_decode(s: &str) -> Result<String, PercentError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                // from_str_radix alone would take "+f" as a number
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(PercentError::BadEscape)?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| PercentError::NotUtf8)
+}
+
 /// The one place a source URL's scheme is told.
 pub fn source_url(url: &str) -> Result<SourceUrl, String> {
     match sqlite_path(url) {
@@ -68,6 +100,17 @@ pub fn file_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_inverts_encoding_and_refuses_bad_escapes() {
+        let raw = "p@ss w/rd:é%";
+        assert_eq!(percent_decode(&percent_encode(raw)).as_deref(), Ok(raw));
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Ok("a/b"));
+        assert_eq!(percent_decode("100%"), Err(PercentError::BadEscape));
+        assert_eq!(percent_decode("%+f"), Err(PercentError::BadEscape));
+        assert_eq!(percent_decode("%zz"), Err(PercentError::BadEscape));
+        assert_eq!(percent_decode("%ff"), Err(PercentError::NotUtf8));
+    }
 
     #[test]
     fn file_urls_name_relative_and_absolute_files() {

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::conninfo::Secret;
+use crate::endpoint::PercentError;
 
 /// Seconds a statement may take unless the URL says otherwise: long enough for a big INSERT
 /// or a merge-bound DELETE on a loaded server.
@@ -133,23 +134,10 @@ impl ClickHouseUrl {
 }
 
 fn decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} decodes to invalid UTF-8"))
+    crate::endpoint::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => format!("bad percent-escape in {s:?}"),
+        PercentError::NotUtf8 => format!("{s:?} decodes to invalid UTF-8"),
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use crate::conninfo::Secret;
+use crate::endpoint::PercentError;
 
 /// Seconds one statement may take unless `?timeout=` says otherwise.
 pub const DEFAULT_TIMEOUT_S: u64 = 600;
@@ -160,23 +161,10 @@ impl SnowflakeUrl {
 
 /// Percent-decoding of one URL part.
 fn decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+    crate::endpoint::percent_decode(s).map_err(|e| match e {
+        PercentError::BadEscape => format!("bad percent-encoding in {s:?}"),
+        PercentError::NotUtf8 => format!("{s:?} is not UTF-8 once decoded"),
+    })
 }
 
 #[cfg(test)]
