@@ -8,36 +8,10 @@ use std::process::{Command, Output};
 
 use cdc::local_pg::{LocalPostgres, Options};
 
-use crate::harness::{rows_text, unique, Pipeline};
+use crate::harness::{rows_text, Dir, Pipeline};
 
 const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v text);
     INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;";
-
-/// A directory of the test's own (the password and service files, a HOME), removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(prefix: &str) -> Dir {
-        let d = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-
-    /// Write `name` with permissions `mode`.
-    fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let f = self.0.join(name);
-        std::fs::write(&f, text).unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
-        f
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The pipeline's config with `source.url` replaced by `url` (`None`: left out).
 fn config_with_source(p: &Pipeline, dir: &Dir, url: Option<&str>) -> PathBuf {

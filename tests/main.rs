@@ -13,6 +13,7 @@ mod conformance;
 mod decoder_fixtures;
 mod docker;
 mod duckdb;
+mod image;
 mod replication;
 mod run;
 mod run_faults;

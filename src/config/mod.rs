@@ -47,9 +47,13 @@ impl fmt::Debug for ConnString {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The database to replicate from.
+    /// The database to replicate from. The section may be left out when `CDC_SOURCE_URL` or
+    /// libpq's variables say where the source is (a container configured by its environment).
+    #[serde(default)]
     pub source: SourceConfig,
-    /// The database to replicate into.
+    /// The database to replicate into; left out, `CDC_DESTINATION_URL` (or pgwarehouse's
+    /// variables) must name it.
+    #[serde(default)]
     pub destination: DestinationConfig,
     /// The tables to replicate.
     #[serde(default)]
@@ -96,6 +100,19 @@ pub struct SourceConfig {
     /// Password set by environment (`CDC_SOURCE_PASSWORD`); never read from the file.
     #[serde(skip)]
     pub password: Option<Secret>,
+}
+
+/// An empty section: every field at its serde default, so the defaults live in one place.
+impl Default for SourceConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [source] field has a default")
+    }
+}
+
+impl Default for DestinationConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [destination] field has a default")
+    }
 }
 
 /// `[destination]`

@@ -298,3 +298,28 @@ fn max_records_caps_every_table_unless_a_table_says_otherwise() {
     let caps: Vec<Option<u64>> = c.tables.iter().map(|t| t.max_rows).collect();
     assert_eq!(caps, [Some(100), Some(5), Some(7)]);
 }
+
+#[test]
+fn sections_may_be_left_out_when_the_environment_names_the_servers() {
+    // A container's mounted file lists tables only; its environment says where the servers are.
+    let text = "[[tables]]\nsource = \"public.orders\"\n";
+    let env = [
+        ("CDC_SOURCE_URL", "postgresql://a@h1/db"),
+        ("CDC_SOURCE_SLOT", "from_env"),
+        ("CDC_DESTINATION_URL", "postgresql://a@h2/db"),
+    ];
+    let c = Config::from_toml(text, Path::new("test.toml"), &env).unwrap();
+    assert_eq!(c.destination.url.0, "postgresql://a@h2/db");
+    assert_eq!(c.source.slot, "from_env");
+    assert_eq!(
+        c.source.publication, "cdc",
+        "defaults as for an empty section"
+    );
+    assert_eq!(c.destination.state_schema, "cdc");
+    // Without the variable, the destination is named as not set, not as a missing section.
+    let e = load(text).unwrap_err().to_string();
+    assert!(
+        e.contains("destination.url") && e.contains("CDC_DESTINATION_URL"),
+        "{e}"
+    );
+}

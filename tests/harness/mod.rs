@@ -271,6 +271,33 @@ impl Pipeline {
     }
 }
 
+/// A directory of the test's own (config, password and service files, a HOME), removed when
+/// dropped.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(prefix: &str) -> Dir {
+        let d = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    /// Write `name` with permissions `mode`.
+    pub fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let f = self.0.join(name);
+        std::fs::write(&f, text).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        f
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub const NO_ENV: [(&str, &str); 0] = [];
 
 /// Rows of `query` on a connection, each row as its `::text` form, in order.
