@@ -5,8 +5,8 @@
 //! `npm pack` from the npm registry package that ships DuckDB's own build of it (the crate's
 //! download options use hosts we cannot reach), and moved into place atomically so that an
 //! interrupted fetch never leaves half a library. An rpath to that directory lets `cargo run`
-//! and `cargo test` find it; a shipped binary carries the library beside it (`$ORIGIN`, see the
-//! Dockerfile).
+//! and `cargo test` find it; the image puts the library on the system path (see the Dockerfile)
+//! and the wheel beside the binary (`$ORIGIN/../lib/cdc`, see scripts/build-wheel).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +18,7 @@ const LIBRARY: &str = "libduckdb.so";
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DUCKDB_LIB_DIR");
+    println!("cargo:rerun-if-env-changed=CDC_PORTABLE_RPATH");
     let Some(dir) = std::env::var_os("DUCKDB_LIB_DIR").map(PathBuf::from) else {
         println!("cargo:warning=DUCKDB_LIB_DIR is not set (.cargo/config.toml sets it); linking libduckdb from the system paths");
         return;
@@ -32,7 +33,15 @@ fn main() {
             );
         }
     }
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    // A binary to ship (CDC_PORTABLE_RPATH=1, scripts/build-wheel) names no directory of the
+    // machine that built it.
+    if std::env::var_os("CDC_PORTABLE_RPATH").is_none_or(|v| v != "1") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    }
+    // Installed from the wheel (scripts/build-wheel), the binary is PREFIX/bin/cdc and the
+    // library PREFIX/lib/cdc/libduckdb.so (a venv, ~/.local, /usr/local alike). The loader
+    // expands $ORIGIN itself; no shell sees this argument.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/cdc");
 }
 
 fn fetch(dir: &Path) -> Result<(), String> {

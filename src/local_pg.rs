@@ -92,6 +92,23 @@ pub fn find_bindir() -> io::Result<PathBuf> {
     ))
 }
 
+/// util-linux's `runuser`, which lives in an sbin directory that a user's PATH (a virtual
+/// environment's, a scheduler's) often leaves out.
+fn runuser() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("runuser"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/sbin/runuser", "/sbin/runuser"].map(PathBuf::from))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("runuser"))
+}
+
 /// A client program (`psql`, `pgbench`, `pg_basebackup`): from the server's directory when
 /// it has it, else from any other installed PostgreSQL (server-only packages such as npm's
 /// `@embedded-postgres` ship no client tools; clients talk to servers of other majors).
@@ -345,7 +362,7 @@ impl LocalPostgres {
             path = client_binary(binary).unwrap_or(path);
         }
         if self.as_postgres {
-            let mut c = Command::new("runuser");
+            let mut c = Command::new(runuser());
             c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
@@ -356,7 +373,11 @@ impl LocalPostgres {
     fn spawn_watchdog(&mut self) -> io::Result<()> {
         let pg_ctl = self.bindir.join("pg_ctl");
         let stop = if self.as_postgres {
-            format!("runuser -u postgres -- '{}'", pg_ctl.display())
+            format!(
+                "'{}' -u postgres -- '{}'",
+                runuser().display(),
+                pg_ctl.display()
+            )
         } else {
             format!("'{}'", pg_ctl.display())
         };

@@ -479,6 +479,78 @@ async fn bad_duckdb_destinations_are_refused_clearly_and_leave_no_slot() {
 }
 
 #[tokio::test]
+async fn a_file_from_a_newer_duckdb_is_refused_with_how_to_write_one_cdc_reads() {
+    let (p, file) = duck_pipeline(
+        "duck_newer",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+        "[[tables]]\nsource = \"public.t\"\n",
+    )
+    .await;
+    // DuckDB 2.x (the Snowflake emulator's Python has it) writes storage version 69.
+    let python = cdc::destination::snowflake::local::python().expect("python with duckdb 2.x");
+    let duckdb2 = |script: &str| {
+        let out = Command::new(&python).args(["-c", script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    duckdb2(&format!(
+        "import duckdb; c = duckdb.connect({:?}); c.execute('CREATE TABLE kept AS SELECT 42 AS x'); c.close()",
+        file.display().to_string()
+    ));
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("written by a newer DuckDB") && err.contains("1.5.6 cdc links"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("writable directory"),
+        "not a path problem: {err}"
+    );
+    assert_eq!(p.slot_count().await, 0, "no slot left behind");
+
+    // The advice, followed with the DuckDB that wrote the file, gives a file cdc reads.
+    let sql = err
+        .split("with the DuckDB that wrote it: ")
+        .nth(1)
+        .and_then(|rest| rest.split("; then point").next())
+        .unwrap_or_else(|| panic!("no statements in: {err}"));
+    duckdb2(&format!(
+        "import duckdb; c = duckdb.connect(); [c.execute(s) for s in {:?}.split('; ')]",
+        sql
+    ));
+    let copy = file.with_file_name(format!(
+        "{}-v1.5.duckdb",
+        file.file_stem().unwrap().to_string_lossy()
+    ));
+    assert!(copy.exists(), "{} not written", copy.display());
+    let mut p = p;
+    p.config_text = p
+        .config_text
+        .replace(&file.display().to_string(), &copy.display().to_string());
+    let out = cdc(&p, &["snapshot"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = Connection::open(&copy).unwrap();
+    let kept: i32 = c.query_row("SELECT x FROM kept", [], |r| r.get(0)).unwrap();
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM public.t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (kept, rows),
+        (42, 2),
+        "the old data kept, the new table copied"
+    );
+}
+
+#[tokio::test]
 async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
     let (p, file) = duck_pipeline(
         "duck_verify",

@@ -260,6 +260,9 @@ impl Handle {
                         delay = (delay * 2).min(Duration::from_secs(1));
                         continue;
                     }
+                    if let Some(version) = newer_storage_version(&msg) {
+                        return Err(Error::definite(newer_file_advice(&self.path, version)));
+                    }
                     return Err(Error::definite(format!(
                         "cannot open DuckDB file {}: {msg}. destination.url must name a DuckDB database file \
                          (created if missing) in a writable directory",
@@ -269,6 +272,37 @@ impl Handle {
             }
         }
     }
+}
+
+/// The storage version of a file written by a newer DuckDB than the one cdc links, from the
+/// error opening it ("Trying to read a database file with version number 69, but we can only
+/// read version ..."): the C API has no code for it, only this text.
+fn newer_storage_version(msg: &str) -> Option<u64> {
+    let rest = msg.split("Trying to read a database file with version number ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// What to do with a file a newer DuckDB wrote: the library cdc links cannot read it, and
+/// DuckDB's own `STORAGE_VERSION` option writes a copy it can.
+fn newer_file_advice(path: &Path, version: u64) -> String {
+    let linked = duckdb::Connection::open_in_memory()
+        .and_then(|c| c.query_row("SELECT version()", [], |r| r.get::<_, String>(0)))
+        .unwrap_or_else(|_| "1.5".into());
+    let minor = linked
+        .trim_start_matches('v')
+        .splitn(3, '.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    let name = path.file_stem().map_or("db".into(), |s| s.to_string_lossy().into_owned());
+    format!(
+        "DuckDB file {path} was written by a newer DuckDB (storage version {version}) than the {linked} cdc links, \
+         which cannot read it. Write a copy in a format DuckDB {minor} reads, with the DuckDB that wrote it: \
+         ATTACH '{path}' AS src; ATTACH '{copy}' AS dst (STORAGE_VERSION 'v{minor}.0'); COPY FROM DATABASE src TO dst; \
+         then point destination.url at {copy} (or name a new file and let cdc create it)",
+        path = path.display(),
+        copy = path.with_file_name(format!("{name}-v{minor}.duckdb")).display(),
+    )
 }
 
 /// Whether opening failed because another process holds the file. The one place a DuckDB error

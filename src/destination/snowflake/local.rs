@@ -32,8 +32,9 @@ fn install_dir() -> PathBuf {
     }
 }
 
-/// Install the emulator if it is missing (the script is idempotent); its executable.
-fn ensure_installed() -> io::Result<PathBuf> {
+/// Install the emulator if it is missing (the script is idempotent); its Python, which also
+/// has DuckDB 2.x (tests write files with it that the DuckDB cdc links cannot read).
+pub fn python() -> io::Result<PathBuf> {
     let dir = install_dir();
     let exe = dir.join("venv/bin/python");
     if dir.join("installed").exists() {
@@ -54,7 +55,7 @@ fn ensure_installed() -> io::Result<PathBuf> {
 impl LocalSnowflake {
     /// Start an emulator on a free port and wait until it answers.
     pub fn start() -> io::Result<LocalSnowflake> {
-        let exe = ensure_installed()?;
+        let exe = python()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let base =
             std::env::temp_dir().join(format!("cdc-snowflake-{}-{port}", std::process::id()));
