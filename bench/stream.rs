@@ -8,8 +8,10 @@
 //!     marker row: time from the source commit until the marker is visible on the destination
 //!     (each replicator commits the transaction atomically).
 //!
-//! Prints changes per second, catch-up times, their ratios, and `cdc run`'s peak RSS and CPU
-//! time. `BENCH_LOG` sets cdc's log filter (default `warn`; its log goes to stderr);
+//! Prints changes per second, catch-up times, their ratios, `cdc run`'s peak RSS and CPU time,
+//! and the CPU of the destination's writing processes by kind (the native subscriber's leader
+//! and, on Postgres 16+, its parallel apply workers; cdc's sessions). `PG_BINDIR` picks the
+//! servers' major (the binaries scripts/pg-matrix unpacks). `BENCH_LOG` sets cdc's log filter (default `warn`; its log goes to stderr);
 //! `BENCH_TXNS=0` skips (a).
 
 #[path = "common.rs"]
@@ -39,21 +41,44 @@ fn pid_cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0 // USER_HZ
 }
 
-/// CPU seconds used so far by the destination server's processes writing into `db` (client
-/// backends and logical replication workers), so a phase can be split between the
-/// destination's single writing session and everything else.
-async fn dest_writers_cpu(admin: &tokio_postgres::Client, db: &str) -> f64 {
-    let rows = admin
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
-             AND backend_type IN ('client backend', 'logical replication worker')",
-            &[&db],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| pid_cpu_seconds(r.get::<_, i32>(0) as u32))
-        .sum()
+/// The destination server's processes writing into `db` (client backends, and every logical
+/// replication process: Postgres 18's subscriber applies a streamed transaction in a parallel
+/// worker while its leader idles), each with its kind and the CPU seconds it has used so far.
+/// Sampled at every poll and kept at the highest reading, so a worker that exits before the end
+/// still counts.
+#[derive(Default)]
+struct Writers(std::collections::HashMap<i32, (String, f64)>);
+
+impl Writers {
+    async fn sample(&mut self, admin: &tokio_postgres::Client, db: &str) {
+        let Ok(rows) = admin
+            .query(
+                "SELECT pid, backend_type FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+                 AND (backend_type = 'client backend' OR backend_type LIKE 'logical replication%')",
+                &[&db],
+            )
+            .await
+        else {
+            return;
+        };
+        for r in rows {
+            let pid: i32 = r.get(0);
+            let cpu = pid_cpu_seconds(pid as u32);
+            let e = self.0.entry(pid).or_insert_with(|| (r.get(1), 0.0));
+            e.1 = e.1.max(cpu);
+        }
+    }
+
+    /// CPU seconds used since `before`, by kind of process (processes new since then count
+    /// from zero).
+    fn since(&self, before: &Writers) -> Vec<(String, f64)> {
+        let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
+        for (pid, (kind, cpu)) in &self.0 {
+            let start = before.0.get(pid).map_or(0.0, |b| b.1);
+            *by_kind.entry(kind.clone()).or_default() += cpu - start;
+        }
+        by_kind.into_iter().filter(|(_, c)| *c >= 0.005).collect()
+    }
 }
 
 /// What one (b) run measured besides its catch-up time.
@@ -61,19 +86,27 @@ struct Phases {
     update_s: f64,
     during_update_busy: f64,
     after_commit_busy: f64,
-    writer_cpu_after_commit: f64,
+    /// The destination's writing processes: CPU from the UPDATE's start, and after its commit.
+    writers_whole: Vec<(String, f64)>,
+    writers_after_commit: Vec<(String, f64)>,
+}
+
+fn kinds(v: &[(String, f64)]) -> String {
+    let total: f64 = v.iter().map(|(_, c)| c).sum();
+    let parts: Vec<String> = v.iter().map(|(k, c)| format!("{k} {c:.1}")).collect();
+    format!("{total:.1} CPU-s ({})", parts.join(", "))
 }
 
 impl Phases {
     fn print(&self, who: &str, catch_up: f64) {
         println!(
-            "    {who}: source UPDATE {:.1}s with the machine {:.0}% busy; after its commit {:.0}% busy, \
-             the destination's writing session {:.1} CPU-s in {catch_up:.1}s ({:.0}% of one core)",
+            "    {who}: source UPDATE {:.1}s with the machine {:.0}% busy; after its commit {:.0}% busy. \
+             Destination writers: {} from the UPDATE's start, {} in the {catch_up:.1}s after the commit",
             self.update_s,
             self.during_update_busy * 100.0,
             self.after_commit_busy * 100.0,
-            self.writer_cpu_after_commit,
-            self.writer_cpu_after_commit / catch_up * 100.0
+            kinds(&self.writers_whole),
+            kinds(&self.writers_after_commit),
         );
     }
 }
@@ -83,7 +116,7 @@ const Q_MARKER: &str = "SELECT bbalance::int8 FROM public.pgbench_branches WHERE
 /// (b) once: the big transaction with `marker`, waited for on `dest` (database `db`); returns
 /// the catch-up time, where the time went, and cdc's peak RSS meanwhile.
 async fn run_big(
-    src: &tokio_postgres::Client,
+    src: &std::sync::Arc<tokio_postgres::Client>,
     admin: &tokio_postgres::Client,
     dest: &tokio_postgres::Client,
     db: &str,
@@ -94,20 +127,43 @@ async fn run_big(
         "BEGIN; UPDATE pgbench_accounts SET abalance = abalance + 1; \
          UPDATE pgbench_branches SET bbalance = {marker} WHERE bid = 1; COMMIT;"
     );
+    let mut writers = Writers::default();
+    writers.sample(admin, db).await;
+    let at_start = Writers(writers.0.clone());
     let before = machine_cpu();
     let start = Instant::now();
-    src.batch_execute(&big).await.unwrap();
+    // The UPDATE on a task of its own, so the destination's writers are sampled while it runs
+    // (a parallel apply worker works then).
+    let update = {
+        let src = src.clone();
+        tokio::spawn(async move { src.batch_execute(&big).await.unwrap() })
+    };
+    while !update.is_finished() {
+        writers.sample(admin, db).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    update.await.unwrap();
     let update_s = start.elapsed().as_secs_f64();
     let at_commit = machine_cpu();
-    let writer_before = dest_writers_cpu(admin, db).await;
+    writers.sample(admin, db).await;
+    let at_commit_writers = Writers(writers.0.clone());
     let mut peak = 0;
-    let catch_up = until(dest, Q_MARKER, marker, cdc, &mut peak).await;
-    let writer_after = dest_writers_cpu(admin, db).await;
+    let catch_up = until(
+        dest,
+        Q_MARKER,
+        marker,
+        cdc,
+        &mut peak,
+        Some((admin, db, &mut writers)),
+    )
+    .await;
+    writers.sample(admin, db).await;
     let phases = Phases {
         update_s,
         during_update_busy: busy_between(before, at_commit).1,
         after_commit_busy: busy_between(at_commit, machine_cpu()).1,
-        writer_cpu_after_commit: writer_after - writer_before,
+        writers_whole: writers.since(&at_start),
+        writers_after_commit: writers.since(&at_commit_writers),
     };
     (catch_up, phases, peak)
 }
@@ -119,9 +175,13 @@ async fn until(
     want: i64,
     mut cdc: Option<&Child>,
     peak: &mut u64,
+    mut writers: Option<(&tokio_postgres::Client, &str, &mut Writers)>,
 ) -> f64 {
     let start = Instant::now();
     loop {
+        if let Some((admin, db, w)) = writers.as_mut() {
+            w.sample(admin, db).await;
+        }
         if let Ok(r) = client.query_one(query, &[]).await {
             if r.get::<_, i64>(0) == want {
                 return start.elapsed().as_secs_f64();
@@ -146,9 +206,11 @@ async fn main() {
         &["shared_buffers = '512MB'", "max_wal_size = '8GB'"],
         (true, true),
     );
-    let src = cdc::pg::connect(&source.conninfo("postgres"))
-        .await
-        .unwrap();
+    let src = std::sync::Arc::new(
+        cdc::pg::connect(&source.conninfo("postgres"))
+            .await
+            .unwrap(),
+    );
     let admin = cdc::pg::connect(&dest.conninfo("postgres")).await.unwrap();
     admin.batch_execute("CREATE DATABASE native").await.unwrap();
     admin.batch_execute("CREATE DATABASE viacdc").await.unwrap();
@@ -233,13 +295,13 @@ async fn main() {
         .batch_execute("ALTER SUBSCRIPTION native ENABLE")
         .await
         .unwrap();
-    let native_a = until(&native, q_history, history, None, &mut peak).await;
+    let native_a = until(&native, q_history, history, None, &mut peak, None).await;
     native
         .batch_execute("ALTER SUBSCRIPTION native DISABLE")
         .await
         .unwrap();
     let mut child = cdc_cmd("run").spawn().unwrap();
-    let cdc_a = until(&viacdc, q_history, history, Some(&child), &mut peak).await;
+    let cdc_a = until(&viacdc, q_history, history, Some(&child), &mut peak, None).await;
     let cpu_a = cpu_seconds(&child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -256,7 +318,7 @@ async fn main() {
         .await
         .unwrap();
     let mut child = cdc_cmd("run").spawn().unwrap();
-    until(&viacdc, Q_MARKER, 111, Some(&child), &mut peak).await; // catch up on the first one
+    until(&viacdc, Q_MARKER, 111, Some(&child), &mut peak, None).await; // catch up on the first one
     let cpu_before_b = cpu_seconds(&child);
     let (cdc_b, cdc_phases, peak_b) =
         run_big(&src, &admin, &viacdc, "viacdc", 222, Some(&child)).await;
@@ -282,10 +344,20 @@ async fn main() {
         println!("    rate ratio cdc/native: {:.2}", native_a / cdc_a);
         println!("    cdc run CPU time: {cpu_a:.2}s");
     }
-    println!("(b) one transaction updating {rows} rows, commit to visible:");
-    println!("    native subscriber: {native_b:.2}s");
-    println!("    cdc run:           {cdc_b:.2}s");
-    println!("    time ratio cdc/native: {:.2}", cdc_b / native_b);
+    println!("(b) one transaction updating {rows} rows, commit to visible (and UPDATE start to visible):");
+    println!(
+        "    native subscriber: {native_b:.2}s ({:.2}s)",
+        native_b + native_phases.update_s
+    );
+    println!(
+        "    cdc run:           {cdc_b:.2}s ({:.2}s)",
+        cdc_b + cdc_phases.update_s
+    );
+    println!(
+        "    time ratio cdc/native: {:.2} ({:.2} from the UPDATE's start)",
+        cdc_b / native_b,
+        (cdc_b + cdc_phases.update_s) / (native_b + native_phases.update_s)
+    );
     println!("    cdc run CPU time from the UPDATE's start: {cpu_b:.2}s");
     native_phases.print("native subscriber", native_b);
     cdc_phases.print("cdc run", cdc_b);
