@@ -617,14 +617,7 @@ async fn pgbench_during_snapshot_and_streaming_into_duckdb_leaves_identical_tabl
     )
     .await;
     let pgbench = |args: &[&str]| p.pgbench(args);
-    assert!(pgbench(&["-i", "-q", "-s", "1"])
-        .status()
-        .unwrap()
-        .success());
-    p.src_sql
-        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
-        .await
-        .unwrap();
+    p.pgbench_init(1).await;
     // The load starts with the snapshot and goes on while changes stream.
     let mut load = pgbench(&["-T", "6", "-c", "2", "-j", "1"]).spawn().unwrap();
     let _run = spawn_run(&p);

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use cdc::local_pg::{client_binary, LocalPostgres, Options, SUPERUSER};
+use cdc::local_pg::{LocalPostgres, SUPERUSER};
 
-use crate::harness::{rows_text, wait_for, Dir, Pipeline};
+use crate::harness::{own_servers, rows_text, wait_for, Dir, Pipeline};
 use crate::run::wait_synced;
 
 const TABLES: [&str; 4] = [
@@ -83,42 +83,12 @@ async fn wait_all_synced(p: &Pipeline) {
     }
 }
 
-fn pgbench(source: &LocalPostgres, db: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(client_binary("pgbench").unwrap());
-    c.args(args)
-        .args(["-h", "127.0.0.1", "-U", SUPERUSER])
-        .args(["-p", &source.port().to_string(), db])
-        .env("PGPASSWORD", source.password())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
-}
-
 #[tokio::test]
 #[ignore = "builds and runs the container image with podman (root, minutes): .ci/run runs it"]
 async fn the_image_streams_stops_cleanly_resumes_and_reports_its_health() {
-    let (source, destination) = tokio::task::spawn_blocking(|| {
-        let s = std::thread::spawn(|| {
-            LocalPostgres::start(&Options {
-                logical: true,
-                ..Default::default()
-            })
-            .unwrap()
-        });
-        let d = LocalPostgres::start(&Options::default()).unwrap();
-        (s.join().unwrap(), d)
-    })
-    .await
-    .unwrap();
+    let (source, destination) = own_servers().await;
     let p = Pipeline::on(&source, &destination, "image", "SELECT 1", "").await;
-    assert!(pgbench(&source, &p.src.dbname, &["-i", "-q", "-s", "1"])
-        .status()
-        .unwrap()
-        .success());
-    p.src_sql
-        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
-        .await
-        .unwrap();
+    p.pgbench_init(1).await;
 
     let tag = format!("test-{}", std::process::id());
     let image = format!("localhost/cdc:{tag}");
@@ -184,7 +154,8 @@ async fn the_image_streams_stops_cleanly_resumes_and_reports_its_health() {
     run.push(&image);
 
     // The load starts before the container, so it runs through the snapshot and the stream.
-    let mut load = pgbench(&source, &p.src.dbname, &["-T", "8", "-c", "2", "-j", "1"])
+    let mut load = p
+        .pgbench(&["-T", "8", "-c", "2", "-j", "1"])
         .spawn()
         .unwrap();
     podman_ok(&run);
@@ -227,14 +198,11 @@ async fn the_image_streams_stops_cleanly_resumes_and_reports_its_health() {
 
     // Changes while it is down are streamed after a restart, exactly once (pgbench_history
     // has no key: a change applied twice would leave a duplicate row).
-    assert!(pgbench(
-        &source,
-        &p.src.dbname,
-        &["-n", "-t", "300", "-c", "2", "-j", "1"]
-    )
-    .status()
-    .unwrap()
-    .success());
+    assert!(p
+        .pgbench(&["-n", "-t", "300", "-c", "2", "-j", "1"])
+        .status()
+        .unwrap()
+        .success());
     podman_ok(&["start", &container]);
     wait_all_synced(&p).await;
     let after: i64 = rows_text(&p.dst_sql, "SELECT count(*)::text FROM pgbench_history").await[0]

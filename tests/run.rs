@@ -707,15 +707,7 @@ async fn a_table_added_to_the_configuration_joins_the_running_pipeline_under_loa
         "[[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_branches\"",
     )
     .await;
-    assert!(p
-        .pgbench(&["-i", "-q", "-s", "1"])
-        .status()
-        .unwrap()
-        .success());
-    p.src_sql
-        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
-        .await
-        .unwrap();
+    p.pgbench_init(1).await;
     let r = start(&p).await;
     // A write load on every table, the new ones included, across the restart and the copy.
     let mut load = p.pgbench(&["-n", "-c", "2", "-T", "6"]).spawn().unwrap();

@@ -4,9 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdc::local_pg::{LocalPostgres, Options};
-
-use crate::harness::{rows_text, wait_for, Pipeline};
+use crate::harness::{own_servers, rows_text, wait_for, Pipeline};
 use crate::run::{start, wait_synced, FAST};
 
 fn spawn_run(p: &Pipeline) -> Child {
@@ -134,19 +132,7 @@ async fn sigterm_commits_what_it_has_and_exits_zero() {
 
 #[tokio::test]
 async fn a_destination_outage_and_a_source_restart_are_survived() {
-    let (source, destination) = tokio::task::spawn_blocking(|| {
-        let s = std::thread::spawn(|| {
-            LocalPostgres::start(&Options {
-                logical: true,
-                ..Default::default()
-            })
-            .unwrap()
-        });
-        let d = LocalPostgres::start(&Options::default()).unwrap();
-        (s.join().unwrap(), d)
-    })
-    .await
-    .unwrap();
+    let (source, destination) = own_servers().await;
     let p = Pipeline::on(
         &source,
         &destination,
@@ -213,14 +199,7 @@ async fn pgbench_during_snapshot_and_streaming_replicates_every_row() {
     )
     .await;
     let pgbench = |args: &[&str]| p.pgbench(args);
-    assert!(pgbench(&["-i", "-q", "-s", "1"])
-        .status()
-        .unwrap()
-        .success());
-    p.src_sql
-        .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
-        .await
-        .unwrap();
+    p.pgbench_init(1).await;
     // The load starts before the snapshot and runs on while streaming.
     let mut load = pgbench(&["-T", "8", "-c", "2", "-j", "1"]).spawn().unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::{Case, Col, Dest};
 use crate::harness::proxy::{http_reply, Fault, Proxy};
-use crate::harness::servers;
+use crate::harness::{pgbench, servers};
 use cdc::conninfo::ConnInfo;
 use cdc::local_pg::{LocalPostgres, Options};
 
@@ -32,28 +32,6 @@ const LOAD_DDL: &str = "
 const TABLES: &str = "[[tables]]\nsource = \"public.acct\"\n[[tables]]\nsource = \"public.hist\"\n\
     [[tables]]\nsource = \"public.pgbench_accounts\"\n[[tables]]\nsource = \"public.pgbench_branches\"\n\
     [[tables]]\nsource = \"public.pgbench_tellers\"\n";
-
-/// `pgbench` against the case's source database (directly, never through a proxy).
-fn pgbench(db: &ConnInfo, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(cdc::local_pg::client_binary("pgbench").unwrap());
-    c.args(args)
-        .args([
-            "-h",
-            &db.host,
-            "-p",
-            &db.port.to_string(),
-            "-U",
-            &db.user,
-            &db.dbname,
-        ])
-        .env(
-            "PGPASSWORD",
-            db.password.as_ref().map_or("", |p| p.expose()),
-        )
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    c
-}
 
 /// pgbench's tables at scale 1 (100 000 accounts), before the snapshot.
 async fn init_pgbench(c: &Case) {

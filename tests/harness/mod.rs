@@ -88,6 +88,24 @@ pub fn servers() -> &'static Servers {
     SERVERS.get_or_init(start)
 }
 
+/// A source (`wal_level = logical`) and a destination of the test's own, for tests that stop,
+/// restart or reconfigure them; started at once (initdb dominates).
+pub async fn own_servers() -> (LocalPostgres, LocalPostgres) {
+    tokio::task::spawn_blocking(|| {
+        let s = std::thread::spawn(|| {
+            LocalPostgres::start(&Options {
+                logical: true,
+                ..Default::default()
+            })
+            .expect("start source postgres")
+        });
+        let d = LocalPostgres::start(&Options::default()).expect("start destination postgres");
+        (s.join().unwrap(), d)
+    })
+    .await
+    .unwrap()
+}
+
 /// A unique, valid identifier for this test run.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -249,17 +267,26 @@ impl Pipeline {
         .await;
     }
 
-    /// pgbench with `args` against this pipeline's source database (output discarded).
+    /// pgbench with `args` against this pipeline's source database (output discarded), on
+    /// whichever server that database is.
     pub fn pgbench(&self, args: &[&str]) -> std::process::Command {
-        let source = &servers().source;
-        let mut c = std::process::Command::new(cdc::local_pg::client_binary("pgbench").unwrap());
-        c.args(args)
-            .args(["-h", "127.0.0.1", "-U", cdc::local_pg::SUPERUSER])
-            .args(["-p", &source.port().to_string(), &self.src.dbname])
-            .env("PGPASSWORD", source.password())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        let mut c = pgbench(&self.src, args);
+        c.stdout(std::process::Stdio::null());
         c
+    }
+
+    /// `pgbench -i -s SCALE` on the source, with pgbench_history (no key) given a full
+    /// replica identity so that its deletes and updates can stream.
+    pub async fn pgbench_init(&self, scale: u32) {
+        assert!(self
+            .pgbench(&["-i", "-q", "-s", &scale.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        self.src_sql
+            .batch_execute("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
+            .await
+            .unwrap();
     }
 
     pub async fn publication_count(&self) -> i64 {
@@ -296,6 +323,28 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `pgbench` against database `db` (its stderr discarded; stdout for the caller to take).
+pub fn pgbench(db: &ConnInfo, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(cdc::local_pg::client_binary("pgbench").unwrap());
+    c.args(args)
+        .args([
+            "-h",
+            &db.host,
+            "-p",
+            &db.port.to_string(),
+            "-U",
+            &db.user,
+            &db.dbname,
+        ])
+        .env(
+            "PGPASSWORD",
+            db.password.as_ref().map_or("", |p| p.expose()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
 }
 
 pub const NO_ENV: [(&str, &str); 0] = [];
