@@ -2,7 +2,8 @@
 //! workloads, in one run, on the same servers.
 //!
 //! (a) Backlog: `BENCH_TXNS` pgbench TPC-B transactions (4 row changes each) written while no
-//!     replicator runs; then each replicator alone drains it. Done when the destination has
+//!     replicator runs; then each replicator alone drains it, and pg_recvlogical drains a third
+//!     pgoutput slot to /dev/null (the decode ceiling: the source's work alone). Done when the destination has
 //!     every pgbench_history row (insert-only, one per transaction, applied in commit order).
 //! (b) One transaction updating every pgbench_accounts row (`BENCH_SCALE` × 100,000), plus a
 //!     marker row: time from the source commit until the marker is visible on the destination
@@ -266,7 +267,17 @@ async fn main() {
         "cdc snapshot failed"
     );
 
-    // (a) the backlog, written while neither replicator runs.
+    // (a) the backlog, written while neither replicator runs. A third slot on the same
+    // publication measures the decode ceiling: pg_recvlogical draining it to /dev/null, so
+    // the walsender decodes and sends and nothing applies.
+    if txns > 0 {
+        src.batch_execute(
+            "SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput'); \
+             SELECT pg_create_logical_replication_slot('ceiling_sql', 'pgoutput')",
+        )
+        .await
+        .unwrap();
+    }
     if txns > 0 {
         eprintln!("writing a backlog of {txns} pgbench transactions...");
         pgbench(
@@ -300,6 +311,59 @@ async fn main() {
         .batch_execute("ALTER SUBSCRIPTION native DISABLE")
         .await
         .unwrap();
+    let ceiling_a = if txns > 0 {
+        let end: String = src
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let start = Instant::now();
+        let ok = Command::new(cdc::local_pg::client_binary("pg_recvlogical").unwrap())
+            .args([
+                "--start",
+                "--slot",
+                "ceiling",
+                "--no-loop",
+                "-f",
+                "/dev/null",
+            ])
+            .args([
+                "-E",
+                &end,
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=bench",
+            ])
+            .args([
+                "-d",
+                &format!(
+                    "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres",
+                    source.port()
+                ),
+            ])
+            .env("PGPASSWORD", source.password())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pg_recvlogical failed");
+        let took = start.elapsed().as_secs_f64();
+        src.batch_execute("SELECT pg_drop_replication_slot('ceiling')")
+            .await
+            .unwrap();
+        // The same decoding inside the server, without a connection to send it over.
+        let start = Instant::now();
+        src.batch_execute(
+            "SELECT count(*) FROM pg_logical_slot_get_binary_changes('ceiling_sql', NULL, NULL, \
+             'proto_version', '1', 'publication_names', 'bench'); \
+             SELECT pg_drop_replication_slot('ceiling_sql')",
+        )
+        .await
+        .unwrap();
+        (took, start.elapsed().as_secs_f64())
+    } else {
+        (0.0, 0.0)
+    };
+    let (ceiling_a, decode_sql_a) = ceiling_a;
     let mut child = cdc_cmd("run").spawn().unwrap();
     let cdc_a = until(&viacdc, q_history, history, Some(&child), &mut peak, None).await;
     let cpu_a = cpu_seconds(&child);
@@ -341,7 +405,20 @@ async fn main() {
             "    cdc run:           {cdc_a:.2}s, {:.0} changes/s",
             changes / cdc_a
         );
+        println!(
+            "    decode ceiling (pg_recvlogical to /dev/null): {ceiling_a:.2}s, {:.0} changes/s",
+            changes / ceiling_a
+        );
+        println!(
+            "    decoding alone (pg_logical_slot_get_binary_changes, no network): {decode_sql_a:.2}s, {:.0} changes/s",
+            changes / decode_sql_a
+        );
         println!("    rate ratio cdc/native: {:.2}", native_a / cdc_a);
+        println!(
+            "    rate ratio cdc/ceiling: {:.2} (cdc/decoding alone {:.2})",
+            ceiling_a / cdc_a,
+            decode_sql_a / cdc_a
+        );
         println!("    cdc run CPU time: {cpu_a:.2}s");
     }
     println!("(b) one transaction updating {rows} rows, commit to visible (and UPDATE start to visible):");
