@@ -44,7 +44,7 @@ impl Drop for TempConfig {
 }
 
 fn write_config(name: &str, text: &str) -> TempConfig {
-    let dir = std::env::temp_dir().join(format!("cdc-cli-{}-{name}", std::process::id()));
+    let dir = crate::harness::scratch().join(format!("cdc-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -230,7 +230,7 @@ fn the_demo_replicates_into_a_duckdb_file_read_by_another_process() {
 
 #[test]
 fn init_from_pgwarehouse_writes_a_config_and_names_what_it_left() {
-    let dir = std::env::temp_dir().join(format!("cdc-pgw-{}", std::process::id()));
+    let dir = crate::harness::scratch().join(format!("cdc-pgw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let yaml = dir.join("pgwarehouse_conf.yaml");
     std::fs::write(

@@ -425,7 +425,7 @@ async fn tls_front(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
 
 #[tokio::test]
 async fn clickhouses_urls_speak_tls_and_verify_the_server() {
-    let dir = std::env::temp_dir().join(unique("ch_tls"));
+    let dir = crate::harness::scratch().join(unique("ch_tls"));
     std::fs::create_dir_all(&dir).unwrap();
     let (port, ca) = tls_front(&dir).await;
     for url in [

@@ -17,7 +17,7 @@ use crate::run::FAST;
 /// A pipeline whose destination is a DuckDB file in a fresh temporary directory.
 pub(crate) async fn duck_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipeline, PathBuf) {
     let mut p = Pipeline::new(prefix, ddl, &format!("{tables}{FAST}")).await;
-    let dir = std::env::temp_dir().join(unique("cdc-duckdb"));
+    let dir = crate::harness::scratch().join(unique("cdc-duckdb"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("analytics.duckdb");
     let start = p.config_text.find("[destination]\nurl = ").unwrap();

@@ -72,7 +72,7 @@ pub(crate) async fn sf_pipeline(prefix: &str, ddl: &str, tables: &str) -> (Pipel
 
 /// The emulator takes any password; a real account's comes from the environment.
 pub(crate) fn password_file() -> String {
-    let path = std::env::temp_dir().join("cdc-snowflake-test-password");
+    let path = crate::harness::scratch().join("cdc-snowflake-test-password");
     let pw = std::env::var("CDC_DESTINATION_PASSWORD").unwrap_or_else(|_| "emulator".into());
     std::fs::write(&path, pw).unwrap();
     path.display().to_string()
@@ -409,7 +409,7 @@ async fn values_snowflake_cannot_hold_and_keyless_tables_are_refused() {
 
     // A URL Snowflake's form does not allow, and a missing password: clear errors.
     let mut bad = p.config_text.replace("protocol=http", "protocol=ftp");
-    let path = std::env::temp_dir().join(format!("{}-bad.toml", p.slot));
+    let path = crate::harness::scratch().join(format!("{}-bad.toml", p.slot));
     std::fs::write(&path, &bad).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc"))
         .args(["--config", path.to_str().unwrap(), "snapshot"])
@@ -466,7 +466,7 @@ async fn a_key_pair_logs_in_and_a_wrong_account_is_named() {
         "[[tables]]\nsource = \"public.kp\"\n",
     )
     .await;
-    let key = std::env::temp_dir().join(format!("{}.p8", p.slot));
+    let key = crate::harness::scratch().join(format!("{}.p8", p.slot));
     let made = std::process::Command::new("openssl")
         .args([
             "genpkey",
@@ -512,7 +512,7 @@ async fn a_key_pair_logs_in_and_a_wrong_account_is_named() {
         "snowflake://cdc@emulator",
         "snowflake://cdc@no-such-account-cdc-test",
     );
-    let path = std::env::temp_dir().join(format!("{}-account.toml", p.slot));
+    let path = crate::harness::scratch().join(format!("{}-account.toml", p.slot));
     std::fs::write(&path, bad).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc"))
         .args([

@@ -25,7 +25,7 @@ impl Fixture {
         dest_ddl: &str,
         tables: &str,
     ) -> Fixture {
-        let dir = std::env::temp_dir().join(unique(prefix));
+        let dir = crate::harness::scratch().join(unique(prefix));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("app.db");
         let conn = rusqlite::Connection::open(&file).unwrap();

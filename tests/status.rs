@@ -154,7 +154,7 @@ async fn teardown_drops_slot_and_publication_only_when_confirmed() {
 
 #[test]
 fn init_writes_a_template_that_parses_and_never_overwrites_silently() {
-    let dir = std::env::temp_dir().join(format!("cdc-init-{}", std::process::id()));
+    let dir = crate::harness::scratch().join(format!("cdc-init-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.toml");
     let _ = std::fs::remove_file(&path);

@@ -558,7 +558,7 @@ async fn bad_input_gets_clear_errors() {
             "source = \"public.items\"",
             &format!("source = \"public.items\"\n{extra}"),
         );
-        let path = std::env::temp_dir().join(format!("{}_bad.toml", p.slot));
+        let path = crate::harness::scratch().join(format!("{}_bad.toml", p.slot));
         std::fs::write(&path, text).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc"))
             .args(["--config", path.to_str().unwrap(), "sync", "public.items"])
@@ -743,7 +743,7 @@ async fn extract_then_load_moves_a_table_through_files() {
             (3, E'line\\nbreak, \"quoted\" and é', '2020-01-01 00:00:00+00', '{}', -0.000001);";
     let tables = "[[tables]]\nsource = \"public.notes\"\nstrategy = \"modified\"\nmodified_column = \"updated_at\"";
     let a = Pipeline::new("sync_extract", ddl, tables).await;
-    let dir = std::env::temp_dir().join(crate::harness::unique("cdc-extract"));
+    let dir = crate::harness::scratch().join(crate::harness::unique("cdc-extract"));
     let out = sync_cmd(
         &a,
         &["extract", "public.notes", "--to", dir.to_str().unwrap()],

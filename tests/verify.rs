@@ -383,7 +383,7 @@ async fn the_command_reports_in_each_format_with_diff_style_exit_codes() {
         )
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(unique("verify_out"));
+    let dir = crate::harness::scratch().join(unique("verify_out"));
     std::fs::create_dir_all(&dir).unwrap();
     let json_path = dir.join("report.json");
     let out = cdc(&[

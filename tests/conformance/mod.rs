@@ -98,7 +98,7 @@ impl Case {
         tables: &str,
     ) -> Case {
         let p = Pipeline::on(source, destination, prefix, ddl, &format!("{tables}{FAST}")).await;
-        let log = std::env::temp_dir().join(format!("{}.log", p.slot));
+        let log = crate::harness::scratch().join(format!("{}.log", p.slot));
         let mut case = Case {
             p,
             dest,
@@ -111,7 +111,7 @@ impl Case {
         match dest {
             Dest::Postgres => {}
             Dest::DuckDb => {
-                let dir = std::env::temp_dir().join(unique("cdc-conformance"));
+                let dir = crate::harness::scratch().join(unique("cdc-conformance"));
                 std::fs::create_dir_all(&dir).unwrap();
                 let file = dir.join("conformance.duckdb");
                 case.set_destination(&format!("duckdb://{}", file.display()));

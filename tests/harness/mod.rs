@@ -49,7 +49,7 @@ fn start() -> Servers {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
     let cert = params.signed_by(&server_key, &*ca).unwrap();
-    let dir = std::env::temp_dir().join(format!("cdc-test-ca-{}", std::process::id()));
+    let dir = scratch().join(format!("cdc-test-ca-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ca_file = dir.join("ca.pem");
     let other_ca_file = dir.join("other-ca.pem");
@@ -104,6 +104,30 @@ pub async fn own_servers() -> (LocalPostgres, LocalPostgres) {
     })
     .await
     .unwrap()
+}
+
+/// This test process's own directory for the files tests write (configs holding the throwaway
+/// servers' passwords, logs, DuckDB and SQLite files): removed by a watchdog once the process
+/// is gone, even after `kill -9`, so nothing is left in the system's temporary directory.
+pub fn scratch() -> &'static std::path::Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("cdc-tests-{pid}"));
+        std::fs::create_dir_all(&dir).expect("create the tests' scratch directory");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; rm -rf '{}'",
+                dir.display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the scratch directory's watchdog");
+        dir
+    })
 }
 
 /// A unique, valid identifier for this test run.
@@ -214,7 +238,7 @@ impl Pipeline {
 
     /// Write the config to a file, for tests that run the binary.
     pub fn config_file(&self) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("{}.toml", self.slot));
+        let path = scratch().join(format!("{}.toml", self.slot));
         std::fs::write(&path, &self.config_text).unwrap();
         path
     }
@@ -304,7 +328,7 @@ pub struct Dir(pub PathBuf);
 
 impl Dir {
     pub fn new(prefix: &str) -> Dir {
-        let d = std::env::temp_dir().join(unique(prefix));
+        let d = scratch().join(unique(prefix));
         std::fs::create_dir_all(&d).unwrap();
         Dir(d)
     }
