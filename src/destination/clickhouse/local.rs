@@ -13,6 +13,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The chdb-core release the tests run (ClickHouse 26.9).
@@ -95,12 +96,31 @@ impl LocalClickHouse {
     /// told a port, as the benchmarks' pgwarehouse, need 9000); it listens after
     /// [`LocalClickHouse::listen_tcp`].
     pub fn start_with_tcp_port(tcp_port: Option<u16>) -> io::Result<LocalClickHouse> {
+        // A free port is only free until someone binds it: two servers started at once can be
+        // handed the same one, and the second then fails. It is tried again on new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(tcp_port) {
+                Err(_) if attempt < 3 => {
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(tcp_port: Option<u16>) -> io::Result<LocalClickHouse> {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
         let site = ensure_installed()?;
+        // Named by a counter, not a port: every server of this process has a directory of its
+        // own (a port can be handed out twice, and ClickHouse locks its data directory).
         let base = std::env::temp_dir().join(format!(
             "cdc-clickhouse-{}-{}",
             std::process::id(),
-            free_port()?
+            STARTED.fetch_add(1, Ordering::Relaxed)
         ));
+        let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base)?;
         let http_port = free_port()?;
         let tcp_port = match tcp_port {
