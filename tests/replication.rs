@@ -250,6 +250,11 @@ async fn an_idle_stream_stays_alive_past_its_read_timeout() {
             .expect("stream must not time out while the server is alive")
         {
             Some(ReplicationEvent::Keepalive { .. }) => keepalives += 1,
+            // Before Postgres 15 pgoutput sends a BEGIN/COMMIT pair for every transaction of
+            // the database, even one that touched no published table (autovacuum's ANALYZE
+            // writing pg_statistic, seen on 14 in CI). Those are not the stream timing out.
+            Some(ReplicationEvent::XLogData { data, .. })
+                if matches!(data.first(), Some(b'B' | b'C')) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
