@@ -139,6 +139,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         from_pgwarehouse: Option<PathBuf>,
     },
+    /// Copy tables of a streaming pipeline again, in chunks, while it keeps streaming.
+    ///
+    /// Records the request on the destination: a running `cdc run` starts the copy within 10 s
+    /// (else the next `cdc run` does). The destination table is emptied by the first chunk and
+    /// refills in key order; `cdc status` shows the progress.
+    Resync {
+        /// Source (or destination) table names, as in [[tables]].
+        #[arg(required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Wait until every copy is done, printing progress.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Drop the replication slot and the publication on the source (so nothing pins WAL).
     Teardown {
         /// Confirm: without it, only say what would be dropped.

@@ -93,6 +93,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             force,
             from_pgwarehouse,
         } => init(&output, force, from_pgwarehouse.as_deref()),
+        Command::Resync { tables, wait } => {
+            let config = load_config(&path)?;
+            let requested = cdc::snapshot::chunked::request(&config, &tables)
+                .await
+                .context("resync failed")?;
+            for t in &requested {
+                println!("{t}: copy in chunks requested; `cdc run` starts it within 10 s");
+            }
+            if wait {
+                cdc::snapshot::chunked::wait(&config, &requested, |line| eprintln!("{line}"))
+                    .await
+                    .context("waiting for the resync")?;
+            }
+            Ok(exit::OK)
+        }
         Command::Teardown { yes } => {
             let config = load_config(&path)?;
             let dropped = cdc::teardown::run(&config, yes)

@@ -63,7 +63,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result
             let dest = crate::destination::open(config).await?;
             ensure_snapshot(config, &dest).await?;
             let joined = crate::snapshot::join::reconcile(config, &dest).await?;
-            stream_once(config, dest.as_ref(), joined, &mut shutdown, &metrics).await
+            stream_once(config, &dest, joined, &mut shutdown, &metrics).await
         }
         .await;
         metrics.set_streaming(false);
@@ -149,9 +149,9 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base as i64 + base as i64 * jitter / 1000).max(100) as u64)
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -178,8 +178,10 @@ async fn start(
     check_slot(&catalog, slot, applied).await?;
 
     let mut repl = ReplicationClient::connect(src_info).await?;
-    let options =
+    let mut options =
         PgOutputOptions::for_server(repl.server_version_num(), &config.source.publication);
+    // A chunked copy's watermarks (Postgres 14+ sends messages).
+    options.messages = repl.server_version_num() >= 140000;
     if options.streaming {
         limit_decoding_memory(&mut repl).await?;
     }
@@ -215,15 +217,18 @@ async fn start(
 
 async fn stream_once(
     config: &Config,
-    dest: &dyn Destination,
+    dest: &Arc<dyn Destination>,
     joined: std::collections::HashMap<crate::model::schema::TableName, Lsn>,
     shutdown: &mut watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
     let slot = config.source.slot.as_str();
     let src_info = config.source_conninfo()?;
-    let (mut streamer, mut stream, applied) = start(config, dest, &src_info, metrics).await?;
+    let (mut streamer, mut stream, applied) =
+        start(config, dest.as_ref(), &src_info, metrics).await?;
     streamer.set_joined(joined);
+    // Tables copied in chunks while the stream runs (snapshot/chunked.rs), if any are due.
+    let mut chunker = start_chunker(config, dest, &mut streamer).await?;
     // The server's latest WAL position, for the lag gauge.
     let mut wal_end = applied;
     let mut decoder = PgOutputDecoder::new();
@@ -269,7 +274,15 @@ async fn stream_once(
                     }
                 }
             },
+            done = wait_task(&mut chunker), if chunker.is_some() => {
+                chunker = None;
+                done?;
+            }
             _ = status_tick.tick() => {
+                if chunker.is_none() {
+                    // A `cdc resync` from another process is a new record.
+                    chunker = start_chunker(config, dest, &mut streamer).await?;
+                }
                 confirm(&mut stream, streamer.applied(), false, metrics, wal_end).await?;
                 observe_slot(&src_info, slot, metrics).await;
                 if let Some(side) = shutting_down(&servers).await {
@@ -291,6 +304,28 @@ async fn stream_once(
             }
         }
     }
+}
+
+type Task = tokio::task::JoinHandle<Result<()>>;
+
+/// Start a chunker for the unfinished chunked copies, its channels given to the streamer.
+async fn start_chunker(
+    config: &Config,
+    dest: &Arc<dyn Destination>,
+    streamer: &mut Streamer,
+) -> Result<Option<AbortOnDrop<Result<()>>>> {
+    Ok(crate::snapshot::chunked::start(config, dest)
+        .await?
+        .map(|(chunks, task)| {
+            streamer.set_chunks(chunks);
+            AbortOnDrop(task)
+        }))
+}
+
+/// The end of a task that is running (`task` is `Some`).
+async fn wait_task(task: &mut Option<AbortOnDrop<Result<()>>>) -> Result<()> {
+    let t: &mut Task = &mut task.as_mut().expect("polled only while running").0;
+    t.await.map_err(Error::stopped("the chunked copy"))?
 }
 
 /// The slot as the source shows it (is it streamed, how much WAL it holds), for `/metrics`.

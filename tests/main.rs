@@ -5,6 +5,7 @@ mod layers;
 mod libpq;
 mod monitoring;
 
+mod chunked;
 mod cli;
 mod clickhouse;
 mod clickhouse_stream;

@@ -249,6 +249,7 @@ fn check_limits(c: &Config, add: &mut impl FnMut(String, String)) {
         ("apply.max_memory_bytes", c.apply.max_memory_bytes as u64),
         ("status.max_lag_bytes", c.status.max_lag_bytes),
         ("status.max_lag_seconds", c.status.max_lag_seconds),
+        ("snapshot.chunk_rows", c.snapshot.chunk_rows as u64),
     ] {
         if value == 0 {
             add(field.into(), "must be greater than 0".into());

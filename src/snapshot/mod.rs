@@ -17,6 +17,7 @@
 //! transaction says so, so `cdc run` can never mistake a partial copy for a finished one.
 //! **A failed snapshot drops the slot it created** (an orphan slot pins WAL forever).
 
+pub mod chunked;
 pub mod copy;
 pub mod join;
 pub mod prereq;
@@ -226,19 +227,29 @@ impl Copy<'_> {
                 .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
             dest.set_consistent_point(slot, created.consistent_point)
                 .await?;
-            let jobs: Vec<Job> = checked
-                .tables
-                .into_iter()
-                .zip(pairs)
-                .zip(&config.tables)
-                .map(|((schema, (_, d)), t)| Job {
+            let mut jobs = Vec::new();
+            for ((schema, (source, d)), t) in checked.tables.into_iter().zip(pairs).zip(&config.tables) {
+                if chunked::is_chunked(config, &schema) {
+                    // Empty and keyed now; its rows come in chunks while `cdc run` streams.
+                    let target = SnapshotTable {
+                        schema: &schema,
+                        destination: d,
+                    };
+                    dest.finish_table(Some(slot), &target, 0).await?;
+                    chunked::begin(config, dest.as_ref(), source, d, schema.estimated_rows, false)
+                        .await?;
+                    tracing::info!(table = %source, estimated_rows = schema.estimated_rows,
+                        "copied in chunks by `cdc run` while it streams");
+                    continue;
+                }
+                jobs.push(Job {
                     format: dest.copy_format(&schema),
                     schema,
                     destination: d.clone(),
                     filter: t.filter.clone(),
                     bytes: AtomicU64::new(0),
-                })
-                .collect();
+                });
+            }
             let workers = match config.snapshot.jobs {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,

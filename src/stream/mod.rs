@@ -19,6 +19,7 @@
 //! before a restart and is skipped whole.
 
 mod backfill;
+pub mod chunks;
 pub mod enum_labels;
 mod relation;
 mod speculate;
@@ -100,6 +101,10 @@ pub struct Streamer {
     /// End LSN and time of the last source commit written into the open destination
     /// transaction but not yet committed there.
     included: Option<(Lsn, PgTimestamp)>,
+    /// Commit time of the last source transaction seen (for a chunk's position).
+    last_commit_time: PgTimestamp,
+    /// A running chunked copy's channels (`chunks.rs`).
+    chunks: Option<chunks::Chunks>,
     batch_started: Option<Instant>,
     batch_rows: usize,
     batch_bytes: usize,
@@ -161,6 +166,8 @@ impl Streamer {
             backfill_version: None,
             joined: HashMap::new(),
             included: None,
+            last_commit_time: PgTimestamp::default(),
+            chunks: None,
             batch_started: None,
             batch_rows: 0,
             batch_bytes: 0,
@@ -179,7 +186,7 @@ impl Streamer {
     /// Whether a joined table's copy still covers transactions ahead of the stream: their
     /// commit position must be known before applying, so nothing is applied ahead meanwhile.
     fn joining(&self) -> bool {
-        self.joined.values().any(|&at| at > self.applied)
+        self.joined.values().any(|&at| at > self.applied) || self.chunking()
     }
 
     /// Whether a change of `map` in the current transaction is already in its table's copy.
@@ -202,10 +209,14 @@ impl Streamer {
             && !self.applier.in_transaction()
             && self.streamed.is_empty()
             && self.speculation.is_none()
+            && !self.chunking()
     }
 
     /// When the open batch must be committed (the latency bound), if one is waiting.
     pub fn commit_deadline(&self) -> Option<Instant> {
+        if self.in_window() {
+            return None;
+        }
         match (self.txn, self.included, self.batch_started) {
             (SourceTxn::Outside, Some(_), Some(start)) => {
                 Some(start + Duration::from_millis(self.limits.batch_max_wait_ms))
@@ -296,13 +307,17 @@ impl Streamer {
                             }
                         }
                     }
+                    for m in &maps {
+                        self.truncated(&m.source);
+                    }
                     if !maps.is_empty() {
                         self.start_batch();
                         self.applier.truncate(&maps, t.restart_identity).await?;
                     }
                 }
             }
-            LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {}
+            LogicalMessage::Message(m) => self.on_message(m).await?,
+            LogicalMessage::Type(_) | LogicalMessage::Origin(_) => {}
             LogicalMessage::StreamStart(_) | LogicalMessage::StreamStop => {}
             LogicalMessage::StreamCommit(_) | LogicalMessage::StreamAbort(_) => {
                 return Err(Error::from(crate::error::Cause::Protocol {
@@ -390,10 +405,20 @@ impl Streamer {
         if self.in_joined_copy(&map) {
             return Ok(());
         }
+        let Some(op) = self.hold(&map, op, version) else {
+            self.start_batch();
+            return Ok(());
+        };
+        self.push_mapped(&map, op, version).await
+    }
+
+    /// Queue a change for the destination, writing into the open transaction when the batch
+    /// is full.
+    async fn push_mapped(&mut self, map: &Arc<TableMap>, op: RowOp, version: Version) -> Result<()> {
         self.metrics.row(&map.dest.to_string(), op.kind());
         self.start_batch();
         let before = self.applier.pending_bytes();
-        self.applier.push(&map, op, version);
+        self.applier.push(map, op, version);
         self.batch_rows += 1;
         self.batch_bytes += self.applier.pending_bytes() - before;
         self.stats.rows += 1;
@@ -414,6 +439,7 @@ impl Streamer {
             return Ok(None);
         }
         self.stats.transactions += 1;
+        self.last_commit_time = time;
         self.metrics.transaction();
         self.included = Some((end_lsn, time));
         self.start_batch();
@@ -429,7 +455,8 @@ impl Streamer {
 
     /// Commit the open batch if it holds whole source transactions; returns the new position.
     pub async fn commit(&mut self) -> Result<Option<Lsn>> {
-        if self.txn != SourceTxn::Outside {
+        // A watermark window commits whole with its chunk (see chunks.rs).
+        if self.txn != SourceTxn::Outside || self.in_window() {
             return Ok(None);
         }
         let Some((lsn, time)) = self.included.take() else {
@@ -448,6 +475,7 @@ impl Streamer {
         self.batch_rows = 0;
         self.batch_bytes = 0;
         self.stats.batches += 1;
+        self.chunks_committed();
         Ok(Some(lsn))
     }
 

@@ -159,9 +159,15 @@ impl Case {
 
     /// Start `cdc run` and wait until it streams (its slot is active: the snapshot is done).
     pub async fn start(&mut self) {
+        self.start_env(&[]).await
+    }
+
+    /// [`Case::start`] with more environment variables for `cdc run`.
+    pub async fn start_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(&self.log).unwrap();
         let child = self
             .cdc(&["run"])
+            .envs(env.iter().copied())
             .env("CDC_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
