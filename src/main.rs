@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     }
 }
 
+// Long: one arm per command, each only parsing into a library call and its exit code.
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let path = cli.config.clone();
     match cli.command {
@@ -95,17 +96,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => init(&output, force, from_pgwarehouse.as_deref()),
         Command::Resync { tables, wait } => {
             let config = load_config(&path)?;
-            let requested = cdc::snapshot::chunked::request(&config, &tables)
-                .await
+            (cdc::snapshot::chunked::resync(&config, &tables, wait).await)
                 .context("resync failed")?;
-            for t in &requested {
-                println!("{t}: copy in chunks requested; `cdc run` starts it within 10 s");
-            }
-            if wait {
-                cdc::snapshot::chunked::wait(&config, &requested, |line| eprintln!("{line}"))
-                    .await
-                    .context("waiting for the resync")?;
-            }
             Ok(exit::OK)
         }
         Command::Teardown { yes } => {

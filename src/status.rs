@@ -56,6 +56,54 @@ pub struct TableStatus {
     pub destination: String,
     /// Rows copied by the snapshot, once that table's copy completed.
     pub snapshot_rows: Option<i64>,
+    /// Its chunked copy (`snapshot.mode`, `cdc resync`), if it has one.
+    pub copy: Option<CopyProgress>,
+}
+
+/// A table's chunked copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyProgress {
+    pub done: bool,
+    pub chunks_done: u64,
+    pub chunks_estimated: u64,
+    pub rows: i64,
+    pub rows_per_second: f64,
+    pub eta_seconds: Option<f64>,
+}
+
+impl CopyProgress {
+    fn of(r: &crate::snapshot::chunked::Record) -> CopyProgress {
+        let (rate, eta) = r.rate_and_eta();
+        CopyProgress {
+            done: r.progress.done,
+            chunks_done: r.progress.chunks,
+            chunks_estimated: r.progress.estimated_chunks,
+            rows: r.rows,
+            rows_per_second: rate,
+            eta_seconds: eta,
+        }
+    }
+}
+
+impl fmt::Display for CopyProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.done {
+            return write!(
+                f,
+                "copied in {} chunks ({} rows)",
+                self.chunks_done, self.rows
+            );
+        }
+        write!(
+            f,
+            "copying in chunks: {} of ~{} done, {} rows, {:.0} rows/s, ETA {}",
+            self.chunks_done,
+            self.chunks_estimated,
+            self.rows,
+            self.rows_per_second,
+            self.eta_seconds.map_or("-".into(), |s| format!("{s:.0} s"))
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -136,7 +184,7 @@ pub async fn check(config: &Config, bounds: &Bounds) -> Result<StatusReport> {
         Err(e) => return Err(e),
     };
     if let Some(s) = &state {
-        read_pipeline(dest.as_ref(), s, &pairs, &mut r).await?;
+        read_pipeline(config, dest.as_ref(), s, &mut r).await?;
     }
     (r.verdict, r.reason) = verdict(&r, bounds);
     Ok(r)
@@ -224,14 +272,16 @@ async fn read_publication(
 
 /// What the destination's state says: snapshot, applied position, lag in seconds, tables.
 async fn read_pipeline(
+    config: &Config,
     dest: &dyn crate::destination::Destination,
     s: &crate::destination::PipelineState,
-    pairs: &[(TableName, TableName)],
     r: &mut StatusReport,
 ) -> Result<()> {
+    let pairs = config.table_pairs();
     r.snapshot_complete = s.snapshot_completed();
     r.applied_lsn = s.applied_lsn().map(|l| l.to_string());
     let copied = dest.snapshot_tables(&s.slot).await?;
+    let chunked = crate::snapshot::chunked::records(config, dest).await?;
     r.tables = pairs
         .iter()
         .map(|(s, d)| TableStatus {
@@ -241,6 +291,10 @@ async fn read_pipeline(
                 .iter()
                 .find(|(t, _)| *t == s.to_string())
                 .map(|(_, n)| *n),
+            copy: chunked
+                .iter()
+                .find(|c| c.source == *s)
+                .map(CopyProgress::of),
         })
         .collect();
     if let Some(time) = s.applied_commit_time() {
@@ -408,14 +462,12 @@ impl fmt::Display for StatusReport {
             }
         )?;
         for t in &self.tables {
-            writeln!(
-                f,
-                "  {} -> {}: {}",
-                t.source,
-                t.destination,
-                t.snapshot_rows
-                    .map_or("not copied yet".into(), |n| format!("{n} rows copied"))
-            )?;
+            let copied = match (&t.copy, t.snapshot_rows) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(n)) => format!("{n} rows copied"),
+                (None, None) => "not copied yet".into(),
+            };
+            writeln!(f, "  {} -> {}: {copied}", t.source, t.destination)?;
         }
         write!(
             f,

@@ -34,7 +34,9 @@ fn tables(mode: &str, chunk_rows: u32) -> String {
 async fn record(case: &Case, table: &str) -> Option<cdc::snapshot::chunked::Record> {
     let config = case.p.config();
     let dest = cdc::destination::open(&config).await.ok()?;
-    let records = cdc::snapshot::chunked::records(&config, dest.as_ref()).await.ok()?;
+    let records = cdc::snapshot::chunked::records(&config, dest.as_ref())
+        .await
+        .ok()?;
     records.into_iter().find(|r| r.source.to_string() == table)
 }
 
@@ -102,7 +104,8 @@ async fn copy_under_load(dest: Dest) {
     let txns = stop_load(load).await;
     assert!(txns > 10, "the load ran throughout ({txns} transactions)");
     case.wait_same("big", COLS, "id").await;
-    case.wait_same("small", &[Col::Text("id"), Col::Text("n")], "id").await;
+    case.wait_same("small", &[Col::Text("id"), Col::Text("n")], "id")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +145,11 @@ async fn paused_at(dir: &Path, point: &str, case: &mut Case) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !file.exists() {
         assert!(case.alive(), "cdc run exited:\n{}", case.log_text());
-        assert!(tokio::time::Instant::now() < deadline, "no pause at {point}:\n{}", case.log_text());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pause at {point}:\n{}",
+            case.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -171,7 +178,8 @@ async fn changes_between_the_watermarks(dest: Dest) {
     wait_copied(&mut case, "public.big").await;
     wait_copied(&mut case, "public.small").await;
     case.wait_same("big", COLS, "id").await;
-    case.wait_same("small", &[Col::Text("id"), Col::Text("n")], "id").await;
+    case.wait_same("small", &[Col::Text("id"), Col::Text("n")], "id")
+        .await;
     released.store(true, Ordering::Relaxed);
 }
 
@@ -196,14 +204,26 @@ async fn a_row_changed_between_the_watermarks_keeps_its_change_on_clickhouse() {
 async fn killed_and_resumed(dest: Dest) {
     let mut case = Case::new(dest, "chunk_kill", &ddl(20_000), &tables("chunked", 500)).await;
     let load = load(&case, false);
+    // Somewhere between 10 % and 60 % of the copy.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let kill_at = 4 + u64::from(nanos % 21);
     case.start().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let chunks = record(&case, "public.big").await.map_or(0, |r| r.progress.chunks);
-        if chunks >= 12 {
+        let chunks = record(&case, "public.big")
+            .await
+            .map_or(0, |r| r.progress.chunks);
+        if chunks >= kill_at {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no progress:\n{}", case.log_text());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress:\n{}",
+            case.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut run = case.run.take().unwrap();
@@ -211,13 +231,43 @@ async fn killed_and_resumed(dest: Dest) {
     run.0.wait().unwrap();
     let before = record(&case, "public.big").await.unwrap();
     assert!(!before.progress.done);
+    // `cdc status` shows how far the copy got.
+    let bounds = cdc::status::Bounds {
+        max_lag_bytes: u64::MAX,
+        max_lag_seconds: u64::MAX,
+        require_active: false,
+    };
+    let status = cdc::status::check(&case.p.config(), &bounds).await.unwrap();
+    let big = status
+        .tables
+        .iter()
+        .find(|t| t.source == "public.big")
+        .unwrap();
+    let copy = big.copy.as_ref().expect("a chunked copy in the status");
+    assert_eq!(
+        (copy.chunks_done, copy.done),
+        (before.progress.chunks, false)
+    );
+    assert_eq!(copy.chunks_estimated, 40, "{copy:?}");
+    let shown = status.to_string();
+    assert!(
+        shown.contains(&format!(
+            "copying in chunks: {} of ~40 done",
+            before.progress.chunks
+        )),
+        "{shown}"
+    );
     case.start().await;
     let after = wait_copied(&mut case, "public.big").await;
-    assert_eq!(after.rows, 20_000, "each row copied once across the runs: {after:?}");
+    assert_eq!(
+        after.rows, 20_000,
+        "each row copied once across the runs: {after:?}"
+    );
     assert_eq!(after.progress.chunks, 41, "{after:?}");
     stop_load(load).await;
     case.wait_same("big", COLS, "id").await;
-    case.wait_same("small", &[Col::Text("id"), Col::Text("n")], "id").await;
+    case.wait_same("small", &[Col::Text("id"), Col::Text("n")], "id")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +288,13 @@ async fn a_chunked_copy_killed_midway_resumes_after_its_last_chunk_on_clickhouse
 /// `cdc resync` from another process while `cdc run` streams: a destination table that lost
 /// and changed rows is copied again and ends identical, under load.
 async fn resync_while_streaming(dest: Dest) {
-    let mut case = Case::new(dest, "chunk_resync", &ddl(5_000), &tables("exported", 1_000)).await;
+    let mut case = Case::new(
+        dest,
+        "chunk_resync",
+        &ddl(5_000),
+        &tables("exported", 1_000),
+    )
+    .await;
     case.start().await;
     case.wait_same("big", COLS, "id").await;
     // An accident on the destination.
@@ -256,13 +312,20 @@ async fn resync_while_streaming(dest: Dest) {
         .cdc(&["resync", "public.big", "--wait"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("public.big"), "{said}");
     stop_load(load).await;
     case.wait_same("big", COLS, "id").await;
     let r = record(&case, "public.big").await.unwrap();
-    assert!(r.progress.done && r.progress.resync && r.progress.chunks >= 5, "{r:?}");
+    assert!(
+        r.progress.done && r.progress.resync && r.progress.chunks >= 5,
+        "{r:?}"
+    );
     assert!(case.alive(), "{}", case.log_text());
 }
 

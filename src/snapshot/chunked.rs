@@ -92,9 +92,13 @@ impl Record {
         } else {
             0.0
         };
-        let left = self.progress.estimated_chunks.saturating_sub(self.progress.chunks);
+        let left = self
+            .progress
+            .estimated_chunks
+            .saturating_sub(self.progress.chunks);
         let per_chunk = self.seconds / self.progress.chunks.max(1) as f64;
-        let eta = (self.progress.chunks > 0 && !self.progress.done).then(|| left as f64 * per_chunk);
+        let eta =
+            (self.progress.chunks > 0 && !self.progress.done).then(|| left as f64 * per_chunk);
         (rate, eta)
     }
 }
@@ -108,7 +112,8 @@ pub fn is_chunked(config: &Config, table: &TableSchema) -> bool {
         SnapshotMode::Chunked => keyed,
         SnapshotMode::Auto => keyed && bytes > config.snapshot.chunked_above_bytes,
     };
-    if !keyed && config.snapshot.mode != SnapshotMode::Exported
+    if !keyed
+        && config.snapshot.mode != SnapshotMode::Exported
         && bytes > config.snapshot.chunked_above_bytes
     {
         tracing::warn!(table = %table.name, bytes,
@@ -135,7 +140,9 @@ pub async fn begin(
             done: false,
             last_key: None,
             chunks: 0,
-            estimated_chunks: (estimated_rows.max(0) as u64).div_ceil(config.snapshot.chunk_rows as u64).max(1),
+            estimated_chunks: (estimated_rows.max(0) as u64)
+                .div_ceil(config.snapshot.chunk_rows as u64)
+                .max(1),
             resync,
         },
         rows: 0,
@@ -153,7 +160,11 @@ pub async fn records(config: &Config, dest: &dyn Destination) -> Result<Vec<Reco
         .iter()
         .filter_map(Record::from_state)
         .filter(|r| r.progress.slot == config.source.slot)
-        .filter(|r| pairs.iter().any(|(s, d)| *s == r.source && *d == r.destination))
+        .filter(|r| {
+            pairs
+                .iter()
+                .any(|(s, d)| *s == r.source && *d == r.destination)
+        })
         .collect())
 }
 
@@ -270,10 +281,7 @@ impl Chunker {
                 rows,
                 truncate_first: record.progress.resync && chunk_no == 0,
             };
-            self.rows
-                .send(chunk)
-                .await
-                .map_err(|_| stream_gone())?;
+            self.rows.send(chunk).await.map_err(|_| stream_gone())?;
             emit(src, &mark("high")).await?;
             match self.acks.recv().await.ok_or_else(stream_gone)? {
                 Ack::Written { .. } => {
@@ -375,7 +383,9 @@ async fn emit(src: &Client, mark: &Mark) -> Result<()> {
         &[&PREFIX, &mark.to_json()],
     )
     .await
-    .map_err(Error::pg("writing a chunk's watermark (pg_logical_emit_message)"))?;
+    .map_err(Error::pg(
+        "writing a chunk's watermark (pg_logical_emit_message)",
+    ))?;
     Ok(())
 }
 
@@ -426,7 +436,11 @@ fn select_sql(
     filter: Option<&str>,
     limit: usize,
 ) -> String {
-    let cols: Vec<String> = relation.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let cols: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     let key: Vec<String> = schema.primary_key.iter().map(|k| quote_ident(k)).collect();
     let mut conditions = Vec::new();
     if let Some(after) = after {
@@ -505,7 +519,15 @@ pub async fn request(config: &Config, tables: &[String]) -> Result<Vec<TableName
                  `cdc snapshot --force`"
             )));
         }
-        begin(config, dest.as_ref(), source, destination, schema.estimated_rows, true).await?;
+        begin(
+            config,
+            dest.as_ref(),
+            source,
+            destination,
+            schema.estimated_rows,
+            true,
+        )
+        .await?;
         requested.push(source.clone());
     }
     Ok(requested)
@@ -536,4 +558,19 @@ pub async fn wait(config: &Config, tables: &[TableName], progress: impl Fn(Strin
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// `cdc resync`: request the copies, say so, and with `wait` follow them to the end.
+pub async fn resync(config: &Config, tables: &[String], wait_done: bool) -> Result<()> {
+    let requested = request(config, tables).await?;
+    for t in &requested {
+        println!("{t}: copy in chunks requested; `cdc run` starts it within 10 s");
+    }
+    if wait_done {
+        wait(config, &requested, |line| eprintln!("{line}")).await?;
+        for t in &requested {
+            println!("{t}: copied again");
+        }
+    }
+    Ok(())
 }

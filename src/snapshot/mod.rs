@@ -227,29 +227,7 @@ impl Copy<'_> {
                 .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
             dest.set_consistent_point(slot, created.consistent_point)
                 .await?;
-            let mut jobs = Vec::new();
-            for ((schema, (source, d)), t) in checked.tables.into_iter().zip(pairs).zip(&config.tables) {
-                if chunked::is_chunked(config, &schema) {
-                    // Empty and keyed now; its rows come in chunks while `cdc run` streams.
-                    let target = SnapshotTable {
-                        schema: &schema,
-                        destination: d,
-                    };
-                    dest.finish_table(Some(slot), &target, 0).await?;
-                    chunked::begin(config, dest.as_ref(), source, d, schema.estimated_rows, false)
-                        .await?;
-                    tracing::info!(table = %source, estimated_rows = schema.estimated_rows,
-                        "copied in chunks by `cdc run` while it streams");
-                    continue;
-                }
-                jobs.push(Job {
-                    format: dest.copy_format(&schema),
-                    schema,
-                    destination: d.clone(),
-                    filter: t.filter.clone(),
-                    bytes: AtomicU64::new(0),
-                });
-            }
+            let jobs = jobs_or_chunks(config, dest.as_ref(), slot, checked, pairs).await?;
             let workers = match config.snapshot.jobs {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,
@@ -298,6 +276,33 @@ impl Copy<'_> {
             }
         }
     }
+}
+
+/// The snapshot's copy jobs; the tables copied in chunks instead (`chunked.rs`) are finished
+/// empty (keyed) and recorded for `cdc run`.
+async fn jobs_or_chunks(
+    config: &Config,
+    dest: &dyn Destination,
+    slot: &str,
+    checked: prereq::Checked,
+    pairs: &[(TableName, TableName)],
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for ((schema, (source, d)), t) in checked.tables.into_iter().zip(pairs).zip(&config.tables) {
+        if chunked::is_chunked(config, &schema) {
+            let target = SnapshotTable {
+                schema: &schema,
+                destination: d,
+            };
+            dest.finish_table(Some(slot), &target, 0).await?;
+            chunked::begin(config, dest, source, d, schema.estimated_rows, false).await?;
+            tracing::info!(table = %source, estimated_rows = schema.estimated_rows,
+                "copied in chunks by `cdc run` while it streams");
+            continue;
+        }
+        jobs.push(Job::new(dest, schema, d.clone(), t.filter.clone()));
+    }
+    Ok(jobs)
 }
 
 /// Whether the slot exists on the source; one the destination has no pipeline for (and that

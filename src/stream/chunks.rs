@@ -429,14 +429,23 @@ mod tests {
             &[0],
             vec![row("1", "old")],
             c,
-            vec![held(RowOp::Update { old: None, new: row("1", "new") }, 150)],
+            vec![held(
+                RowOp::Update {
+                    old: None,
+                    new: row("1", "new"),
+                },
+                150,
+            )],
             None,
         )
         .unwrap();
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0].0, RowOp::Insert(r) if r[1] == t("old")));
         assert!(matches!(&out[1].0, RowOp::Update { new, .. } if new[1] == t("new")));
-        assert!(out[0].1 < out[1].1, "the chunk row is older than the change");
+        assert!(
+            out[0].1 < out[1].1,
+            "the chunk row is older than the change"
+        );
     }
 
     #[test]
@@ -446,7 +455,13 @@ mod tests {
             vec![row("1", "v2")],
             Lsn(100),
             vec![
-                held(RowOp::Update { old: None, new: row("1", "v2") }, 90),
+                held(
+                    RowOp::Update {
+                        old: None,
+                        new: row("1", "v2"),
+                    },
+                    90,
+                ),
                 // Not among the chunk's keys: inserted and deleted before the snapshot, or
                 // outside the chunk's range; written as the stream would.
                 held(RowOp::Insert(row("7", "x")), 91),
@@ -487,12 +502,26 @@ mod tests {
             new: vec![t("9"), Datum::UnchangedToast],
         };
         // Key 1 was inserted again before the snapshot, so the chunk holds it.
-        assert!(reconcile(&[0], vec![row("1", "b")], Lsn(100), vec![held(moved, 90)], None).is_none());
+        assert!(reconcile(
+            &[0],
+            vec![row("1", "b")],
+            Lsn(100),
+            vec![held(moved, 90)],
+            None
+        )
+        .is_none());
         let whole = RowOp::Update {
             old: Some(row("1", "a")),
             new: row("9", "a"),
         };
-        let out = reconcile(&[0], vec![row("1", "b")], Lsn(100), vec![held(whole, 90)], None).unwrap();
+        let out = reconcile(
+            &[0],
+            vec![row("1", "b")],
+            Lsn(100),
+            vec![held(whole, 90)],
+            None,
+        )
+        .unwrap();
         assert!(matches!(&out[1].0, RowOp::Insert(r) if r[0] == t("9")));
     }
 

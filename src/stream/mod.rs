@@ -414,7 +414,12 @@ impl Streamer {
 
     /// Queue a change for the destination, writing into the open transaction when the batch
     /// is full.
-    async fn push_mapped(&mut self, map: &Arc<TableMap>, op: RowOp, version: Version) -> Result<()> {
+    async fn push_mapped(
+        &mut self,
+        map: &Arc<TableMap>,
+        op: RowOp,
+        version: Version,
+    ) -> Result<()> {
         self.metrics.row(&map.dest.to_string(), op.kind());
         self.start_batch();
         let before = self.applier.pending_bytes();
