@@ -81,16 +81,20 @@ pub fn psql_copy_out(server: &LocalPostgres, db: &str, query: &str) -> Command {
 
 /// Run pgbench with `args` against `db`; panics on failure.
 pub fn pgbench(server: &LocalPostgres, db: &str, args: &[&str]) {
-    let ok = Command::new(client_binary("pgbench").unwrap())
-        .args(args)
+    let ok = pgbench_command(server, db, args).status().unwrap();
+    assert!(ok.success(), "pgbench {args:?} failed");
+}
+
+/// A pgbench command (not started), its output discarded.
+pub fn pgbench_command(server: &LocalPostgres, db: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(client_binary("pgbench").unwrap());
+    cmd.args(args)
         .args(conn_args(server))
         .arg(db)
         .env("PGPASSWORD", server.password())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "pgbench {args:?} failed");
+        .stderr(Stdio::null());
+    cmd
 }
 
 /// Peak resident set size of a running child, in KiB (0 once it has exited).
@@ -199,22 +203,15 @@ pub fn sling_binary() -> Option<std::path::PathBuf> {
 /// One value (or rows, `|`-separated) of `sql` on the server's `postgres` database, as psql
 /// prints it unaligned.
 pub fn query(server: &LocalPostgres, sql: &str) -> String {
+    query_in(server, "postgres", sql)
+}
+
+/// [`query`] in database `db`.
+pub fn query_in(server: &LocalPostgres, db: &str, sql: &str) -> String {
     let out = Command::new(client_binary("psql").unwrap())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port().to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
+        .args(["-X", "-A", "-t"])
+        .args(conn_args(server))
+        .args(["-d", db, "-c", sql])
         .env("PGPASSWORD", server.password())
         .output()
         .unwrap();
