@@ -333,3 +333,43 @@ async fn resync_while_streaming(dest: Dest) {
 async fn cdc_resync_copies_a_table_again_while_the_pipeline_streams() {
     resync_while_streaming(Dest::Postgres).await;
 }
+
+/// A `cdc resync` of a table whose chunked copy is under way starts that copy over (the request
+/// is not overwritten by the copy's progress): every key is recorded once, from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_during_a_chunked_copy_starts_it_over() {
+    let mut case = Case::new(
+        Dest::Postgres,
+        "chunk_again",
+        &ddl(3_000),
+        &tables("chunked", 1_000),
+    )
+    .await;
+    let dir = crate::harness::scratch().join(unique("pause"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_text = dir.display().to_string();
+    case.start_env(&[("CDC_TEST_CHUNK_PAUSE", &dir_text)]).await;
+    paused_at(&dir, "before_high", &mut case).await;
+    std::fs::remove_file(dir.join("before_high")).unwrap();
+    std::fs::write(dir.join("before_high.go"), b"").unwrap();
+    paused_at(&dir, "after_chunk", &mut case).await;
+    assert_eq!(
+        record(&case, "public.big").await.unwrap().progress.chunks,
+        1
+    );
+    let out = case.cdc(&["resync", "public.big"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let released = release_pauses(&dir);
+    let r = wait_copied(&mut case, "public.big").await;
+    assert!(r.progress.resync, "the request was overwritten: {r:?}");
+    assert_eq!((r.rows, r.progress.chunks), (3_000, 4), "{r:?}");
+    assert!(case
+        .log_text()
+        .contains("a new resync of the table was requested"));
+    case.wait_same("big", COLS, "id").await;
+    released.store(true, Ordering::Relaxed);
+}

@@ -151,6 +151,13 @@ pub async fn begin(
     dest.save_sync_state(&record.to_state()).await
 }
 
+/// Mark a record done without copying (the table is copied otherwise).
+pub async fn finish(dest: &dyn Destination, record: &Record) -> Result<()> {
+    let mut done = record.clone();
+    done.progress.done = true;
+    dest.save_sync_state(&done.to_state()).await
+}
+
 /// The chunked copies of this pipeline's configured tables, finished or not.
 pub async fn records(config: &Config, dest: &dyn Destination) -> Result<Vec<Record>> {
     let pairs = config.table_pairs();
@@ -254,6 +261,7 @@ impl Chunker {
             .and_then(|(_, f)| f.clone());
         tracing::info!(table = %table, chunks_done = record.progress.chunks, rows = record.rows,
             "copying in chunks while the stream runs");
+        let mut saved = record.progress.clone();
         while !record.progress.done {
             let started = Instant::now();
             let schema = crate::source::postgres::catalog::read_table(src, &table)
@@ -285,6 +293,13 @@ impl Chunker {
             emit(src, &mark("high")).await?;
             match self.acks.recv().await.ok_or_else(stream_gone)? {
                 Ack::Written { .. } => {
+                    if let Some(newer) = self.requested_since(&record.destination, &saved).await? {
+                        // A `cdc resync` of this table while it was being copied: start over.
+                        tracing::info!(table = %table, "a new resync of the table was requested: copying it from its start");
+                        saved = newer.progress.clone();
+                        record = newer;
+                        continue;
+                    }
                     record.progress.chunks += 1;
                     record.rows += n as i64;
                     record.seconds += started.elapsed().as_secs_f64();
@@ -295,6 +310,7 @@ impl Chunker {
                     record.progress.estimated_chunks =
                         record.progress.estimated_chunks.max(record.progress.chunks);
                     self.dest.save_sync_state(&record.to_state()).await?;
+                    saved = record.progress.clone();
                     tracing::debug!(table = %table, chunk = chunk_no, rows = n, "chunk written");
                 }
                 Ack::Redo { why, .. } => {
@@ -306,6 +322,24 @@ impl Chunker {
         tracing::info!(table = %table, rows = record.rows, chunks = record.progress.chunks,
             seconds = record.seconds, "table copied in chunks");
         Ok(())
+    }
+
+    /// The table's record as stored, when it is no longer the one last saved (`cdc resync`
+    /// wrote a new one).
+    async fn requested_since(
+        &self,
+        destination: &TableName,
+        saved: &Progress,
+    ) -> Result<Option<Record>> {
+        Ok(self
+            .dest
+            .sync_states()
+            .await?
+            .iter()
+            .filter_map(Record::from_state)
+            .find(|r| r.destination == *destination && r.progress.slot == saved.slot)
+            .filter(|r| r.progress != *saved && r.progress.chunks == 0)
+            .filter(|r| r.progress.resync))
     }
 
     /// The chunk after the recorded key, read under a temporary slot's exported snapshot.

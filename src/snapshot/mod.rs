@@ -288,6 +288,8 @@ async fn jobs_or_chunks(
     pairs: &[(TableName, TableName)],
 ) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
+    // An earlier pipeline's unfinished chunked copies must not resume into this one's tables.
+    let earlier = chunked::records(config, dest).await?;
     for ((schema, (source, d)), t) in checked.tables.into_iter().zip(pairs).zip(&config.tables) {
         if chunked::is_chunked(config, &schema) {
             let target = SnapshotTable {
@@ -299,6 +301,12 @@ async fn jobs_or_chunks(
             tracing::info!(table = %source, estimated_rows = schema.estimated_rows,
                 "copied in chunks by `cdc run` while it streams");
             continue;
+        }
+        if let Some(r) = earlier
+            .iter()
+            .find(|r| r.destination == *d && !r.progress.done)
+        {
+            chunked::finish(dest, r).await?;
         }
         jobs.push(Job::new(dest, schema, d.clone(), t.filter.clone()));
     }
