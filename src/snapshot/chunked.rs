@@ -29,7 +29,7 @@ use crate::destination::{Destination, SyncState};
 use crate::error::{Error, Result};
 use crate::model::schema::{TableName, TableSchema};
 use crate::model::sql::{quote_ident, quote_literal};
-use crate::source::postgres::replication::{ReplicationClient, SlotOptions};
+use crate::source::postgres::replication::ReplicationClient;
 use crate::source::postgres::rows::text_rows;
 use crate::stream::chunks::{Ack, Chunk, Chunks, Mark, PREFIX};
 
@@ -352,19 +352,7 @@ impl Chunker {
         record: &Record,
         filter: Option<&str>,
     ) -> Result<(crate::lsn::Lsn, Vec<Vec<Datum>>)> {
-        let created = repl
-            .create_slot_with(
-                &self.temp_slot,
-                &SlotOptions {
-                    export_snapshot: true,
-                    temporary: true,
-                    failover: false,
-                },
-            )
-            .await?;
-        let snapshot = created
-            .snapshot_name
-            .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
+        let (consistent, snapshot) = repl.create_temporary_snapshot(&self.temp_slot).await?;
         let sql = select_sql(
             schema,
             relation,
@@ -384,7 +372,7 @@ impl Chunker {
         let rows = text_rows(src, &sql).await;
         src.batch_execute("COMMIT").await.map_err(Error::pg(ctx))?;
         self.test_pause("before_high").await;
-        Ok((created.consistent_point, rows?))
+        Ok((consistent, rows?))
     }
 
     /// Tests stop the chunker here until they let it go (`CDC_TEST_CHUNK_PAUSE=DIR`: it

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::model::schema::TableName;
 use crate::model::sql::quote_ident;
-use crate::source::postgres::replication::{ReplicationClient, SlotOptions};
+use crate::source::postgres::replication::ReplicationClient;
 
 /// Bring the pipeline's tables in line with the configuration; returns every joined table
 /// with the position its copy saw up to.
@@ -189,21 +189,8 @@ async fn join(
 
     let mut repl = ReplicationClient::connect(&src_info).await?;
     let temp = format!("{slot}_join_{}", std::process::id());
-    let created = repl
-        .create_slot_with(
-            &temp,
-            &SlotOptions {
-                export_snapshot: true,
-                temporary: true,
-                failover: false,
-            },
-        )
-        .await?;
-    let snapshot = created
-        .snapshot_name
-        .clone()
-        .ok_or_else(|| Error::definite("the server exported no snapshot".into()))?;
-    tracing::info!(at = %created.consistent_point, "copying the added tables under a snapshot of this position");
+    let (consistent, snapshot) = repl.create_temporary_snapshot(&temp).await?;
+    tracing::info!(at = %consistent, "copying the added tables under a snapshot of this position");
     let jobs: Vec<Job> = checked
         .tables
         .into_iter()
@@ -229,9 +216,9 @@ async fn join(
     let reports = copied?;
     for ((report, (source, live)), staged) in reports.iter().zip(&new_pairs).zip(&staging) {
         dest.replace_table(staged, live).await?;
-        dest.record_join(slot, source, live, report.rows, created.consistent_point)
+        dest.record_join(slot, source, live, report.rows, consistent)
             .await?;
-        tracing::info!(table = %source, rows = report.rows, at = %created.consistent_point, "table joined the pipeline");
+        tracing::info!(table = %source, rows = report.rows, at = %consistent, "table joined the pipeline");
     }
     Ok(())
 }

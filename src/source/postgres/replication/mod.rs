@@ -281,6 +281,22 @@ impl ReplicationClient {
         })
     }
 
+    /// A temporary slot whose exported snapshot sees exactly the transactions committed before
+    /// its consistent point (returned with the snapshot's name); both end with this session's
+    /// next command or the session itself.
+    pub async fn create_temporary_snapshot(&mut self, slot: &str) -> Result<(Lsn, String)> {
+        let options = SlotOptions {
+            export_snapshot: true,
+            temporary: true,
+            failover: false,
+        };
+        let created = self.create_slot_with(slot, &options).await?;
+        let snapshot = created.snapshot_name.ok_or_else(|| {
+            crate::error::Error::definite("the server exported no snapshot".into())
+        })?;
+        Ok((created.consistent_point, snapshot))
+    }
+
     /// DROP_REPLICATION_SLOT; with `wait`, wait for another session holding it to release it.
     pub async fn drop_slot(&mut self, slot: &str, wait: bool) -> Result<()> {
         let sql = format!(
