@@ -11,7 +11,8 @@
 //! first chunk after it, and the rows recorded at the end (each key once: equal to the table).
 //!
 //! `BENCH_SCALE` (50 = 5M rows), `BENCH_REPS` (3), `BENCH_CHUNK_ROWS` (the default 50000),
-//! `BENCH_TPS` (200), `BENCH_DEST` (`postgres` or `duckdb`).
+//! `BENCH_TPS` (200), `BENCH_DEST` (`postgres`, `duckdb` or `clickhouse`: a local server from
+//! chdb-core, as the tests start).
 
 #[path = "common.rs"]
 mod common;
@@ -19,6 +20,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cdc::destination::clickhouse::local::LocalClickHouse;
 use cdc::local_pg::LocalPostgres;
 use common::{cdc_binary, env_or, median, pgbench, pgbench_command, psql, query, query_in};
 
@@ -34,6 +36,7 @@ struct Bench {
     source: LocalPostgres,
     dest: LocalPostgres,
     duckdb: bool,
+    clickhouse: Option<LocalClickHouse>,
     chunk_rows: u64,
     rows: i64,
     dir: std::path::PathBuf,
@@ -65,6 +68,9 @@ fn main() {
         source,
         dest,
         duckdb: std::env::var("BENCH_DEST").is_ok_and(|d| d == "duckdb"),
+        clickhouse: std::env::var("BENCH_DEST")
+            .is_ok_and(|d| d == "clickhouse")
+            .then(|| LocalClickHouse::start().expect("local ClickHouse")),
         chunk_rows: env_or("BENCH_CHUNK_ROWS", 50_000),
         dir,
     };
@@ -169,6 +175,23 @@ impl Bench {
                 "duckdb://{}",
                 self.dir.join(format!("{name}.duckdb")).display()
             )
+        } else if let Some(ch) = &self.clickhouse {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--fail-with-body",
+                    "--data-binary",
+                    &format!("CREATE DATABASE {name}"),
+                ])
+                .arg(format!("http://127.0.0.1:{}/", ch.port()))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            ch.url(name)
         } else {
             psql(&self.dest, "postgres", &format!("CREATE DATABASE {name}"));
             self.dest.url(name)
@@ -231,7 +254,7 @@ impl Bench {
             .parse()
             .unwrap_or(0.0);
             retained = retained.max(kept / 1048576.0);
-            if !self.duckdb {
+            if !self.duckdb && self.clickhouse.is_none() {
                 let lag = query_in(
                     &self.dest,
                     name,
@@ -278,7 +301,7 @@ impl Bench {
             .args(["--config", config.to_str().unwrap(), "teardown", "--yes"])
             .env("CDC_LOG", "error")
             .output();
-        if !self.duckdb {
+        if !self.duckdb && self.clickhouse.is_none() {
             psql(
                 &self.dest,
                 "postgres",
