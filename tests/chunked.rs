@@ -125,11 +125,16 @@ async fn a_chunked_copy_under_load_ends_identical_on_clickhouse() {
 
 /// Let every pause of the chunker go from now on (`CDC_TEST_CHUNK_PAUSE`).
 fn release_pauses(dir: &Path) -> Arc<AtomicBool> {
+    release_pauses_at(dir, &["before_high", "after_chunk"])
+}
+
+/// Let the chunker's pauses at `points` go until the returned flag is set.
+fn release_pauses_at(dir: &Path, points: &'static [&'static str]) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let (dir, flag) = (dir.to_owned(), stop.clone());
     std::thread::spawn(move || {
         while !flag.load(Ordering::Relaxed) {
-            for point in ["before_high", "after_chunk"] {
+            for point in points {
                 if std::fs::remove_file(dir.join(point)).is_ok() {
                     std::fs::write(dir.join(format!("{point}.go")), b"").unwrap();
                 }
@@ -204,31 +209,35 @@ async fn a_row_changed_between_the_watermarks_keeps_its_change_on_clickhouse() {
 async fn killed_and_resumed(dest: Dest) {
     let mut case = Case::new(dest, "chunk_kill", &ddl(20_000), &tables("chunked", 500)).await;
     let load = load(&case, false);
-    // Somewhere between 10 % and 60 % of the copy.
+    // After the chunk `kill_at` (10 % to 60 % of the copy) is recorded, let the chunker go on
+    // and kill `cdc run` 0–300 ms later: anywhere in the next chunk's read, window or write.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
     let kill_at = 4 + u64::from(nanos % 21);
-    case.start().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let delay = Duration::from_millis(u64::from(nanos / 7 % 300));
+    let dir = crate::harness::scratch().join(unique("pause"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_text = dir.display().to_string();
+    case.start_env(&[("CDC_TEST_CHUNK_PAUSE", &dir_text)]).await;
+    let released = release_pauses_at(&dir, &["before_high"]);
     loop {
+        paused_at(&dir, "after_chunk", &mut case).await;
         let chunks = record(&case, "public.big")
             .await
             .map_or(0, |r| r.progress.chunks);
+        std::fs::remove_file(dir.join("after_chunk")).unwrap();
+        std::fs::write(dir.join("after_chunk.go"), b"").unwrap();
         if chunks >= kill_at {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress:\n{}",
-            case.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(delay).await;
     let mut run = case.run.take().unwrap();
     run.0.kill().unwrap(); // SIGKILL
     run.0.wait().unwrap();
+    released.store(true, Ordering::Relaxed);
     let before = record(&case, "public.big").await.unwrap();
     assert!(!before.progress.done);
     // `cdc status` shows how far the copy got.
