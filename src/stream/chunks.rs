@@ -152,12 +152,13 @@ fn key(row: &[Datum], positions: &[usize]) -> Key {
 
 /// The writes of a chunk at its high watermark, in order: the chunk's rows as inserts (at the
 /// version of `consistent`, below every change committed from there on), then the held changes
-/// that are not in them. `None` when the held changes cannot be split (read the chunk again).
+/// that are not in them. `None` when the held changes cannot be split (read the chunk again);
+/// `held` is left as it was, for the caller to write as the stream would without the chunk.
 pub fn reconcile(
     key_positions: &[usize],
     rows: Vec<Vec<Datum>>,
     consistent: Lsn,
-    held: Vec<Held>,
+    held: &[Held],
     truncated_at: Option<Lsn>,
 ) -> Option<Vec<(RowOp, Version)>> {
     // Truncated after the snapshot: the chunk's rows are gone on the source too.
@@ -173,28 +174,29 @@ pub fn reconcile(
         .map(|r| (RowOp::Insert(r), version(consistent, 0)))
         .collect();
     for h in held {
+        let kept = || (h.op.clone(), h.version);
         if h.commit >= consistent {
-            out.push((h.op, h.version));
+            out.push(kept());
             continue;
         }
-        match h.op {
-            RowOp::Insert(ref new) | RowOp::Update { old: None, ref new } => {
+        match &h.op {
+            RowOp::Insert(new) | RowOp::Update { old: None, new } => {
                 if !in_chunk(new) {
-                    out.push((h.op, h.version));
+                    out.push(kept());
                 }
             }
-            RowOp::Delete(ref old) => {
+            RowOp::Delete(old) => {
                 if !in_chunk(old) {
-                    out.push((h.op, h.version));
+                    out.push(kept());
                 }
             }
             RowOp::Update {
-                old: Some(ref old),
-                ref new,
+                old: Some(old),
+                new,
             } => {
                 let moved = key(old, key_positions) != key(new, key_positions);
                 match (moved && in_chunk(old), in_chunk(new)) {
-                    (false, false) => out.push((h.op, h.version)),
+                    (false, false) => out.push(kept()),
                     (false, true) if moved => {
                         // The new row is the chunk's; the old key's row must still go.
                         out.push((RowOp::Delete(old.clone()), h.version));
@@ -334,7 +336,7 @@ impl Streamer {
                 &m.key,
                 chunk.rows,
                 chunk.consistent,
-                window.held.clone(),
+                &window.held,
                 window.truncated_at,
             )
         });
@@ -429,7 +431,7 @@ mod tests {
             &[0],
             vec![row("1", "old")],
             c,
-            vec![held(
+            &vec![held(
                 RowOp::Update {
                     old: None,
                     new: row("1", "new"),
@@ -454,7 +456,7 @@ mod tests {
             &[0],
             vec![row("1", "v2")],
             Lsn(100),
-            vec![
+            &vec![
                 held(
                     RowOp::Update {
                         old: None,
@@ -481,7 +483,7 @@ mod tests {
             &[0],
             vec![row("2", "a")],
             Lsn(100),
-            vec![held(
+            &vec![held(
                 RowOp::Update {
                     old: Some(row("1", "a")),
                     new: row("2", "a"),
@@ -506,7 +508,7 @@ mod tests {
             &[0],
             vec![row("1", "b")],
             Lsn(100),
-            vec![held(moved, 90)],
+            &vec![held(moved, 90)],
             None
         )
         .is_none());
@@ -518,7 +520,7 @@ mod tests {
             &[0],
             vec![row("1", "b")],
             Lsn(100),
-            vec![held(whole, 90)],
+            &vec![held(whole, 90)],
             None,
         )
         .unwrap();
@@ -531,13 +533,13 @@ mod tests {
             &[0],
             vec![row("1", "a")],
             Lsn(100),
-            vec![held(RowOp::Insert(row("5", "b")), 130)],
+            &vec![held(RowOp::Insert(row("5", "b")), 130)],
             Some(Lsn(120)),
         )
         .unwrap();
         assert_eq!(values(&out).len(), 1);
         assert!(matches!(&out[0].0, RowOp::Insert(r) if r[0] == t("5")));
-        let kept = reconcile(&[0], vec![row("1", "a")], Lsn(100), vec![], Some(Lsn(80))).unwrap();
+        let kept = reconcile(&[0], vec![row("1", "a")], Lsn(100), &[], Some(Lsn(80))).unwrap();
         assert_eq!(kept.len(), 1);
     }
 

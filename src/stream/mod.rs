@@ -183,8 +183,9 @@ impl Streamer {
         self.joined = joined;
     }
 
-    /// Whether a joined table's copy still covers transactions ahead of the stream: their
-    /// commit position must be known before applying, so nothing is applied ahead meanwhile.
+    /// Whether a joined table's copy still covers transactions ahead of the stream, or a
+    /// chunked copy runs: their commit position must be known before applying (to skip them,
+    /// or to hold them in a watermark window), so nothing is applied ahead meanwhile.
     fn joining(&self) -> bool {
         self.joined.values().any(|&at| at > self.applied) || self.chunking()
     }
