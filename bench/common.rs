@@ -181,6 +181,103 @@ pub fn busy_between(before: (f64, f64), after: (f64, f64)) -> (f64, f64) {
     (busy, if all > 0.0 { busy / all } else { 0.0 })
 }
 
+/// CPU-seconds a local server has used so far: its postmaster, the children it has reaped
+/// (exited backends, parallel workers) and the children still running. The difference of two
+/// readings is the server's share of a run; what the machine used beyond both servers is the
+/// client's (cdc or psql).
+pub fn server_cpu(server: &LocalPostgres) -> f64 {
+    let ticks = |pid: &str, fields: std::ops::Range<usize>| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+        fields
+            .filter_map(|n| f.get(n - 3).and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let pidfile = server.socket_dir().join("data").join("postmaster.pid");
+    let Some(postmaster) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+    else {
+        return 0.0;
+    };
+    let children = || -> f64 {
+        let mut sum = 0.0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string));
+            if ppid.as_deref() == Some(postmaster.as_str()) {
+                sum += ticks(&pid, 14..16);
+            }
+        }
+        sum
+    };
+    // A child reaped between reading the postmaster and scanning its children would be
+    // counted nowhere: read again until the postmaster's own figures did not move meanwhile.
+    let mut total = 0.0;
+    for _ in 0..10 {
+        let before = ticks(&postmaster, 14..18);
+        let live = children();
+        total = before + live;
+        if ticks(&postmaster, 14..18) == before {
+            break;
+        }
+    }
+    total / 100.0 // USER_HZ
+}
+
+/// CPU-seconds used between two points, split into each server's share and the rest.
+#[derive(Clone, Copy, Default)]
+pub struct CpuSplit {
+    pub machine: f64,
+    pub source: f64,
+    pub destination: f64,
+}
+
+impl CpuSplit {
+    pub fn now(source: &LocalPostgres, destination: &LocalPostgres) -> Self {
+        CpuSplit {
+            machine: machine_cpu().0,
+            source: server_cpu(source),
+            destination: server_cpu(destination),
+        }
+    }
+
+    pub fn since(self, earlier: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            machine: self.machine - earlier.machine,
+            source: self.source - earlier.source,
+            destination: self.destination - earlier.destination,
+        }
+    }
+
+    /// What neither server used: the client, the bench, the kernel's other work.
+    pub fn rest(&self) -> f64 {
+        self.machine - self.source - self.destination
+    }
+}
+
+impl std::fmt::Display for CpuSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} CPU-s: source {:.1}, destination {:.1}, rest {:.1}",
+            self.machine,
+            self.source,
+            self.destination,
+            self.rest()
+        )
+    }
+}
+
 /// The path of `name` on PATH, if it is installed.
 pub fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {

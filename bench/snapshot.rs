@@ -15,7 +15,9 @@
 //! `BENCH_CDC_BASELINE=PATH` runs another cdc binary (an earlier commit's) the same way in each
 //! repetition, to compare two versions in one run.
 //!
-//! Prints each repetition, the medians, their ratios, and the peak RSS of `cdc`.
+//! Prints each repetition, the medians, their ratios, and the peak RSS of `cdc`. Each variant's
+//! CPU is split into the source server's, the destination server's and the rest (the client:
+//! cdc or the two psql), so a difference in CPU says whose work it is.
 //! `BENCH_SCALE` (default 50 = 5 million rows), `BENCH_REPS` (default 3), `BENCH_JOBS`
 //! (`snapshot.jobs`, default 0 = cores) and `BENCH_LOG` (cdc's log filter) tune it.
 
@@ -26,8 +28,7 @@ use std::process::Command;
 
 use cdc::local_pg::{find_bindir, SUPERUSER};
 use common::{
-    busy_between, cdc_binary, env_or, machine_cpu, median, pgbench, psql, start_servers, timed,
-    which,
+    cdc_binary, env_or, median, pgbench, psql, start_servers, timed, which, CpuSplit,
 };
 
 fn main() {
@@ -111,9 +112,9 @@ fn main() {
             };
             let mut cmd = Command::new("bash");
             cmd.args(["-o", "pipefail", "-c", &script]);
-            let before = machine_cpu();
+            let before = CpuSplit::now(&source, &dest);
             let (secs, _) = timed(cmd);
-            (secs, busy_between(before, machine_cpu()).0)
+            (secs, CpuSplit::now(&source, &dest).since(before))
         };
         let (pipe_s, pipe_c) = run_pipe(false);
         let (keyed_s, keyed_c) = run_pipe(true);
@@ -189,19 +190,19 @@ fn main() {
                 "CDC_LOG",
                 std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
             );
-            let before = machine_cpu();
+            let before = CpuSplit::now(&source, &dest);
             let (secs, peak_kib) = timed(cmd);
-            (secs, peak_kib, busy_between(before, machine_cpu()).0)
+            (secs, peak_kib, CpuSplit::now(&source, &dest).since(before))
         };
         if let Some(bin) = &baseline_bin {
             let (secs, _, cpu) = snapshot(bin);
-            eprintln!("rep {rep}: baseline cdc {secs:.2}s ({cpu:.1} CPU-s)");
+            eprintln!("rep {rep}: baseline cdc {secs:.2}s ({cpu})");
             baseline_times.push(secs);
         }
         let (cdc_s, peak_kib, cdc_c) = snapshot(&cdc_bin);
         eprintln!(
-            "rep {rep}: psql pipe {pipe_s:.2}s ({pipe_c:.1} CPU-s), pipe + key {keyed_s:.2}s ({keyed_c:.1} CPU-s), \
-             cdc snapshot {cdc_s:.2}s ({cdc_c:.1} CPU-s, peak RSS {:.1} MiB), pg_dump | psql {dump_s:.2}s, \
+            "rep {rep}: psql pipe {pipe_s:.2}s ({pipe_c}), pipe + key {keyed_s:.2}s ({keyed_c}), \
+             cdc snapshot {cdc_s:.2}s ({cdc_c}, peak RSS {:.1} MiB), pg_dump | psql {dump_s:.2}s, \
              pgcopydb clone {}",
             peak_kib as f64 / 1024.0,
             copydb_s.map_or("not installed".into(), |s| format!("{s:.2}s"))
@@ -216,11 +217,17 @@ fn main() {
     }
     let (p, k, c) = (median(pipe_times), median(keyed_times), median(cdc_times));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let (pc, kc, cc) = (median(pipe_cpu), median(keyed_cpu), median(cdc_cpu));
+    let split = |runs: &[CpuSplit]| CpuSplit {
+        machine: median(runs.iter().map(|c| c.machine).collect()),
+        source: median(runs.iter().map(|c| c.source).collect()),
+        destination: median(runs.iter().map(|c| c.destination).collect()),
+    };
+    let (pcs, kcs, ccs) = (split(&pipe_cpu), split(&keyed_cpu), split(&cdc_cpu));
+    let cc = ccs.machine;
     println!("rows: {}", scale * 100_000);
-    println!("psql binary COPY pipe (no indexes): median {p:.2}s, {pc:.1} CPU-s on the machine");
-    println!("psql pipe, then the primary key: median {k:.2}s, {kc:.1} CPU-s");
-    println!("cdc snapshot (primary key included): median {c:.2}s, {cc:.1} CPU-s");
+    println!("psql binary COPY pipe (no indexes): median {p:.2}s, {pcs} (medians)");
+    println!("psql pipe, then the primary key: median {k:.2}s, {kcs}");
+    println!("cdc snapshot (primary key included): median {c:.2}s, {ccs}");
     println!("ratio cdc/pipe: {:.2}", c / p);
     println!("ratio cdc/(pipe + key): {:.2}", c / k);
     println!(

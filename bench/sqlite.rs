@@ -6,7 +6,8 @@
 //! text, REAL, DATETIME and NULLs. Each repetition (`BENCH_REPS`, default 3) loads it into a
 //! fresh database with `cdc sync` (first pass, then a second pass with nothing changed) and
 //! with `pgloader sqlite:///… postgresql:///…` (when installed). Prints each step, medians,
-//! ratios, and peak RSS, and checks the doubles arrived exactly.
+//! ratios, and peak RSS, and checks the doubles arrived exactly. `BENCH_LOG` sets cdc's log
+//! filter (warn by default).
 
 #[path = "common.rs"]
 mod common;
@@ -78,8 +79,10 @@ fn main() {
         .unwrap();
         let cdc = || {
             let mut c = Command::new(cdc_binary());
-            c.args(["--config", config.to_str().unwrap(), "sync"])
-                .env("CDC_LOG", "warn");
+            c.args(["--config", config.to_str().unwrap(), "sync"]).env(
+                "CDC_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            );
             c
         };
         let (t, rss) = timed(cdc());
