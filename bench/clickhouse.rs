@@ -60,9 +60,16 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("cdc.toml");
     let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    let jobs = std::env::var("BENCH_JOBS")
-        .map(|n| format!("[snapshot]\njobs = {n}\n"))
-        .unwrap_or_default();
+    // Every copy here is the exported snapshot's. (c) rewrites every row (distinct
+    // `updated_at`), which leaves the heap over `snapshot.chunked_above_bytes`: in `auto` mode
+    // the drain's table would then be copied in chunks by `cdc run`, and (b) would time the
+    // backlog while that copy was still going on.
+    let jobs = format!(
+        "[snapshot]\nmode = \"exported\"\n{}",
+        std::env::var("BENCH_JOBS")
+            .map(|n| format!("jobs = {n}\n"))
+            .unwrap_or_default()
+    );
     let http = |sql: &str| -> String {
         let out = Command::new("curl")
             .args(["-sS", "--fail-with-body", "--data-binary", sql])
