@@ -59,12 +59,12 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("cdc-bench-clickhouse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("cdc.toml");
-    let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let log = common::bench_log();
     // Every copy here is the exported snapshot's. (c) rewrites every row (distinct
     // `updated_at`), which leaves the heap over `snapshot.chunked_above_bytes`: in `auto` mode
     // the drain's table would then be copied in chunks by `cdc run`, and (b) would time the
     // backlog while that copy was still going on.
-    let jobs = format!(
+    let snapshot_section = format!(
         "[snapshot]\nmode = \"exported\"\n{}",
         std::env::var("BENCH_JOBS")
             .map(|n| format!("jobs = {n}\n"))
@@ -89,7 +89,7 @@ fn main() {
             &config,
             format!(
                 "[source]\nurl = {:?}\nslot = \"bench\"\npublication = \"bench\"\n[destination]\nurl = {:?}\n\
-                 [status]\nlisten = \"127.0.0.1:0\"\n{jobs}{tables}",
+                 [status]\nlisten = \"127.0.0.1:0\"\n{snapshot_section}{tables}",
                 source.url("postgres"),
                 ch.url(db),
             ),
@@ -303,7 +303,7 @@ fn main() {
         std::fs::write(
             &config,
             format!(
-                "[source]\nurl = {:?}\n[destination]\nurl = {:?}\n{jobs}[[tables]]\nsource = \"public.pgbench_accounts\"\n\
+                "[source]\nurl = {:?}\n[destination]\nurl = {:?}\n{snapshot_section}[[tables]]\nsource = \"public.pgbench_accounts\"\n\
                  strategy = \"modified\"\nmodified_column = \"updated_at\"\n",
                 source.url("postgres"),
                 ch.url("sync_cdc"),

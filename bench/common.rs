@@ -16,6 +16,11 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// cdc's log filter for a bench's runs: `BENCH_LOG`, warnings only by default.
+pub fn bench_log() -> String {
+    std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -181,21 +186,39 @@ pub fn busy_between(before: (f64, f64), after: (f64, f64)) -> (f64, f64) {
     (busy, if all > 0.0 { busy / all } else { 0.0 })
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which is in parentheses and may
+/// hold spaces), so that field `n` of proc(5) is at index `n - 3`. Empty once the process is
+/// gone.
+fn proc_stat(pid: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| {
+        rest.split_whitespace().map(str::to_owned).collect()
+    })
+}
+
+/// The sum of proc(5) fields `numbers` (clock ticks) of a `proc_stat` reading.
+fn stat_ticks(fields: &[String], numbers: &[usize]) -> f64 {
+    numbers
+        .iter()
+        .filter_map(|&n| fields.get(n - 3)?.parse::<f64>().ok())
+        .sum()
+}
+
+/// proc(5)'s fields: parent pid; user and system time; the same of reaped children.
+const PPID: usize = 4;
+const OWN_TIME: [usize; 2] = [14, 15];
+const OWN_AND_CHILDREN_TIME: [usize; 4] = [14, 15, 16, 17];
+
+/// User plus system CPU seconds process `pid` has used (0 if it is gone).
+pub fn pid_cpu_seconds(pid: u32) -> f64 {
+    stat_ticks(&proc_stat(&pid.to_string()), &OWN_TIME) / 100.0 // USER_HZ
+}
+
 /// CPU-seconds a local server has used so far: its postmaster, the children it has reaped
 /// (exited backends, parallel workers) and the children still running. The difference of two
 /// readings is the server's share of a run; what the machine used beyond both servers is the
 /// client's (cdc or psql).
 pub fn server_cpu(server: &LocalPostgres) -> f64 {
-    let ticks = |pid: &str, fields: std::ops::Range<usize>| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
-        fields
-            .filter_map(|n| f.get(n - 3).and_then(|v| v.parse::<f64>().ok()))
-            .sum()
-    };
     let pidfile = server.socket_dir().join("data").join("postmaster.pid");
     let Some(postmaster) = std::fs::read_to_string(pidfile)
         .ok()
@@ -203,6 +226,7 @@ pub fn server_cpu(server: &LocalPostgres) -> f64 {
     else {
         return 0.0;
     };
+    let own = || stat_ticks(&proc_stat(&postmaster), &OWN_AND_CHILDREN_TIME);
     let children = || -> f64 {
         let mut sum = 0.0;
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -210,12 +234,9 @@ pub fn server_cpu(server: &LocalPostgres) -> f64 {
             if !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string));
-            if ppid.as_deref() == Some(postmaster.as_str()) {
-                sum += ticks(&pid, 14..16);
+            let fields = proc_stat(&pid);
+            if fields.get(PPID - 3) == Some(&postmaster) {
+                sum += stat_ticks(&fields, &OWN_TIME);
             }
         }
         sum
@@ -224,10 +245,9 @@ pub fn server_cpu(server: &LocalPostgres) -> f64 {
     // counted nowhere: read again until the postmaster's own figures did not move meanwhile.
     let mut total = 0.0;
     for _ in 0..10 {
-        let before = ticks(&postmaster, 14..18);
-        let live = children();
-        total = before + live;
-        if ticks(&postmaster, 14..18) == before {
+        let before = own();
+        total = before + children();
+        if own() == before {
             break;
         }
     }

@@ -49,7 +49,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bench.duckdb");
     let config = dir.join("cdc.toml");
-    let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let log = common::bench_log();
     let batch_rows = std::env::var("BENCH_BATCH_ROWS")
         .map(|n| format!("[apply]\nbatch_max_rows = {n}\n"))
         .unwrap_or_default();

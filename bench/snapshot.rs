@@ -27,9 +27,7 @@ mod common;
 use std::process::Command;
 
 use cdc::local_pg::{find_bindir, SUPERUSER};
-use common::{
-    cdc_binary, env_or, median, pgbench, psql, start_servers, timed, which, CpuSplit,
-};
+use common::{cdc_binary, env_or, median, pgbench, psql, start_servers, timed, which, CpuSplit};
 
 fn main() {
     let scale = env_or("BENCH_SCALE", 50);
@@ -186,10 +184,7 @@ fn main() {
                 "snapshot",
                 "--force",
             ])
-            .env(
-                "CDC_LOG",
-                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            .env("CDC_LOG", common::bench_log());
             let before = CpuSplit::now(&source, &dest);
             let (secs, peak_kib) = timed(cmd);
             (secs, peak_kib, CpuSplit::now(&source, &dest).since(before))

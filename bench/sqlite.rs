@@ -79,10 +79,8 @@ fn main() {
         .unwrap();
         let cdc = || {
             let mut c = Command::new(cdc_binary());
-            c.args(["--config", config.to_str().unwrap(), "sync"]).env(
-                "CDC_LOG",
-                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            c.args(["--config", config.to_str().unwrap(), "sync"])
+                .env("CDC_LOG", common::bench_log());
             c
         };
         let (t, rss) = timed(cdc());

@@ -22,24 +22,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cdc::local_pg::SUPERUSER;
-use common::{busy_between, env_or, machine_cpu, pgbench, rss_kib, start_servers};
+use common::{
+    bench_log, busy_between, env_or, machine_cpu, pgbench, pid_cpu_seconds, rss_kib, start_servers,
+};
 
 /// User plus system CPU seconds a running child has used.
 fn cpu_seconds(child: &Child) -> f64 {
     pid_cpu_seconds(child.id())
-}
-
-/// User plus system CPU seconds process `pid` has used (0 if it is gone).
-fn pid_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0 // USER_HZ
 }
 
 /// The destination server's processes writing into `db` (client backends, and every logical
@@ -255,10 +244,7 @@ async fn main() {
             "json",
             cmd,
         ])
-        .env(
-            "CDC_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("CDC_LOG", bench_log())
         .stdout(Stdio::null());
         c
     };

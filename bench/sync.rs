@@ -169,7 +169,7 @@ fn main() {
         dir: dir.clone(),
         source,
         dest,
-        log: std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        log: common::bench_log(),
     };
     // BENCH_SEEDS=0 leaves the seed tools out (cdc's own numbers only).
     let seeds = env_or("BENCH_SEEDS", 1) == 1;
