@@ -11,7 +11,8 @@
 //!
 //! Prints changes per second, catch-up times, their ratios, `cdc run`'s peak RSS and CPU time,
 //! and the CPU of the destination's writing processes by kind (the native subscriber's leader
-//! and, on Postgres 16+, its parallel apply workers; cdc's sessions). `PG_BINDIR` picks the
+//! and, on Postgres 16+, its parallel apply workers; cdc's sessions); for (a) also the CPU of
+//! the source's walsender that decodes and sends the backlog, and how busy the machine was. `PG_BINDIR` picks the
 //! servers' major (the binaries scripts/pg-matrix unpacks). `BENCH_LOG` sets cdc's log filter (default `warn`; its log goes to stderr);
 //! `BENCH_TXNS=0` skips (a).
 
@@ -40,15 +41,21 @@ fn cpu_seconds(child: &Child) -> f64 {
 struct Writers(std::collections::HashMap<i32, (String, f64)>);
 
 impl Writers {
-    async fn sample(&mut self, admin: &tokio_postgres::Client, db: &str) {
-        let Ok(rows) = admin
-            .query(
+    /// `db`: the destination database whose writers to follow; `None`: the source's
+    /// walsenders (the decoding side of a drain).
+    async fn sample(&mut self, admin: &tokio_postgres::Client, db: Option<&str>) {
+        let rows = match db {
+            Some(db) => admin.query(
                 "SELECT pid, backend_type FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
                  AND (backend_type = 'client backend' OR backend_type LIKE 'logical replication%')",
                 &[&db],
-            )
-            .await
-        else {
+            ).await,
+            None => admin.query(
+                "SELECT pid, backend_type FROM pg_stat_activity WHERE backend_type = 'walsender'",
+                &[],
+            ).await,
+        };
+        let Ok(rows) = rows else {
             return;
         };
         for r in rows {
@@ -118,7 +125,7 @@ async fn run_big(
          UPDATE pgbench_branches SET bbalance = {marker} WHERE bid = 1; COMMIT;"
     );
     let mut writers = Writers::default();
-    writers.sample(admin, db).await;
+    writers.sample(admin, Some(db)).await;
     let at_start = Writers(writers.0.clone());
     let before = machine_cpu();
     let start = Instant::now();
@@ -129,13 +136,13 @@ async fn run_big(
         tokio::spawn(async move { src.batch_execute(&big).await.unwrap() })
     };
     while !update.is_finished() {
-        writers.sample(admin, db).await;
+        writers.sample(admin, Some(db)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     update.await.unwrap();
     let update_s = start.elapsed().as_secs_f64();
     let at_commit = machine_cpu();
-    writers.sample(admin, db).await;
+    writers.sample(admin, Some(db)).await;
     let at_commit_writers = Writers(writers.0.clone());
     let mut peak = 0;
     let catch_up = until(
@@ -144,10 +151,10 @@ async fn run_big(
         marker,
         cdc,
         &mut peak,
-        Some((admin, db, &mut writers)),
+        &mut [(admin, Some(db), &mut writers)],
     )
     .await;
-    writers.sample(admin, db).await;
+    writers.sample(admin, Some(db)).await;
     let phases = Phases {
         update_s,
         during_update_busy: busy_between(before, at_commit).1,
@@ -165,12 +172,12 @@ async fn until(
     want: i64,
     mut cdc: Option<&Child>,
     peak: &mut u64,
-    mut writers: Option<(&tokio_postgres::Client, &str, &mut Writers)>,
+    watched: &mut [(&tokio_postgres::Client, Option<&str>, &mut Writers)],
 ) -> f64 {
     let start = Instant::now();
     loop {
-        if let Some((admin, db, w)) = writers.as_mut() {
-            w.sample(admin, db).await;
+        for (client, db, w) in watched.iter_mut() {
+            w.sample(client, *db).await;
         }
         if let Ok(r) = client.query_one(query, &[]).await {
             if r.get::<_, i64>(0) == want {
@@ -292,7 +299,20 @@ async fn main() {
         .batch_execute("ALTER SUBSCRIPTION native ENABLE")
         .await
         .unwrap();
-    let native_a = until(&native, q_history, history, None, &mut peak, None).await;
+    // Who works during each drain: the source's walsender (decoding and sending) and the
+    // destination's writers, read until the last row lands; and the whole machine.
+    let (mut native_dec, mut native_wr) = (Writers::default(), Writers::default());
+    let before = machine_cpu();
+    let native_a = until(
+        &native,
+        q_history,
+        history,
+        None,
+        &mut peak,
+        &mut [(src.as_ref(), None, &mut native_dec), (&admin, Some("native"), &mut native_wr)],
+    )
+    .await;
+    let native_busy = busy_between(before, machine_cpu()).1;
     native
         .batch_execute("ALTER SUBSCRIPTION native DISABLE")
         .await
@@ -351,7 +371,18 @@ async fn main() {
     };
     let (ceiling_a, decode_sql_a) = ceiling_a;
     let mut child = cdc_cmd("run").spawn().unwrap();
-    let cdc_a = until(&viacdc, q_history, history, Some(&child), &mut peak, None).await;
+    let (mut cdc_dec, mut cdc_wr) = (Writers::default(), Writers::default());
+    let before = machine_cpu();
+    let cdc_a = until(
+        &viacdc,
+        q_history,
+        history,
+        Some(&child),
+        &mut peak,
+        &mut [(src.as_ref(), None, &mut cdc_dec), (&admin, Some("viacdc"), &mut cdc_wr)],
+    )
+    .await;
+    let cdc_busy = busy_between(before, machine_cpu()).1;
     let cpu_a = cpu_seconds(&child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -368,7 +399,7 @@ async fn main() {
         .await
         .unwrap();
     let mut child = cdc_cmd("run").spawn().unwrap();
-    until(&viacdc, Q_MARKER, 111, Some(&child), &mut peak, None).await; // catch up on the first one
+    until(&viacdc, Q_MARKER, 111, Some(&child), &mut peak, &mut []).await; // catch up on the first one
     let cpu_before_b = cpu_seconds(&child);
     let (cdc_b, cdc_phases, peak_b) =
         run_big(&src, &admin, &viacdc, "viacdc", 222, Some(&child)).await;
@@ -406,6 +437,18 @@ async fn main() {
             decode_sql_a / cdc_a
         );
         println!("    cdc run CPU time: {cpu_a:.2}s");
+        for (who, busy, dec, wr) in [
+            ("native subscriber", native_busy, &native_dec, &native_wr),
+            ("cdc run", cdc_busy, &cdc_dec, &cdc_wr),
+        ] {
+            let none = Writers::default();
+            println!(
+                "    {who}: machine {:.0}% busy; source walsender {}; destination writers {}",
+                busy * 100.0,
+                kinds(&dec.since(&none)),
+                kinds(&wr.since(&none)),
+            );
+        }
     }
     println!("(b) one transaction updating {rows} rows, commit to visible (and UPDATE start to visible):");
     println!(
