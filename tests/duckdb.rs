@@ -604,6 +604,41 @@ async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
         (1, 1, 1),
         "{t}"
     );
+
+    // More differences than `--max-differences`: missing rows are reported first, then extra,
+    // then changed ones, each kind in key order, and the report says it stopped.
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(
+        "DELETE FROM public.t WHERE id IN (3, 11);
+         UPDATE public.t SET name = 'x' WHERE id IN (20, 10, 30);
+         INSERT INTO public.t VALUES (4000, 'extra', 0, NULL, NULL);",
+    )
+    .unwrap();
+    drop(conn);
+    let capped = |max: &str| {
+        let out = cdc(&p, &["verify", "--format", "json", "--max-differences", max])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        report["tables"][0].clone()
+    };
+    let ids = |t: &serde_json::Value, kind: &str| -> Vec<String> {
+        t[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["key"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let t = capped("7");
+    assert_eq!(ids(&t, "missing"), ["3", "7", "11"], "{t}");
+    assert_eq!(ids(&t, "extra"), ["4000", "5000"], "{t}");
+    assert_eq!(ids(&t, "different"), ["10", "20"], "{t}");
+    assert_eq!(t["truncated"], true, "{t}");
+    let t = capped("100");
+    assert_eq!(ids(&t, "different"), ["10", "20", "30", "1500"], "{t}");
+    assert_eq!(t["truncated"], false, "{t}");
     cdc(&p, &["teardown", "--yes"]).output().unwrap();
 }
 

@@ -3,9 +3,9 @@
 //! DuckDB cannot compute Postgres' `hashtextextended`, so the range-hash descent that verify
 //! runs on two Postgres servers does not apply. Instead the source's rows are read once and
 //! loaded exactly as the snapshot loads them (`copy_in::CopyIn`) into a temporary table of the
-//! destination's column types, and three queries find the rows missing from the destination, the rows that
-//! differ (`IS DISTINCT FROM` on typed values: an equal value is equal whatever its text), and
-//! the extra ones. Both sides' values are reported as DuckDB prints them.
+//! destination's column types, and one full join finds the rows missing from the destination, the
+//! rows that differ (`IS DISTINCT FROM` on typed values: an equal value is equal whatever its
+//! text), and the extra ones. Both sides' values are reported as DuckDB prints them.
 //!
 //! The file is opened read-only, and held for the whole comparison of a table (its temporary
 //! table lives in that connection): a `cdc run` writing to the file waits meanwhile. Memory
@@ -113,45 +113,53 @@ impl WholeLook for DuckDbReader {
             .map(|c| format!("s.{c} IS DISTINCT FROM d.{c}"))
             .collect();
         let limit = spec.max_differences + 1;
-        let order_s: Vec<String> = order.iter().map(|k| format!("s.{k}")).collect();
-        let order_d: Vec<String> = order.iter().map(|k| format!("d.{k}")).collect();
-        let missing_sql = format!(
-            "SELECT {} FROM {s} AS s ANTI JOIN {dest} AS d ON {on} ORDER BY {} LIMIT {limit}",
-            texts("s").join(", "),
-            order_s.join(", ")
-        );
-        let extra_sql = format!(
-            "SELECT {} FROM {dest} AS d ANTI JOIN {s} AS s ON {on} ORDER BY {} LIMIT {limit}",
-            texts("d").join(", "),
-            order_d.join(", ")
-        );
-        let changed_sql = format!(
-            "SELECT {}, {} FROM {s} AS s JOIN {dest} AS d ON {on} WHERE {} ORDER BY {} LIMIT {limit}",
+        // One join finds all three kinds (one hash table over the 5M-row sides instead of
+        // three). Key columns are never NULL on either side (checked before), so a NULL key
+        // says which side lacks the row; each kind keeps its first `limit` rows in key order.
+        let k0 = &order[0];
+        let kind = format!("CASE WHEN d.{k0} IS NULL THEN 0 WHEN s.{k0} IS NULL THEN 2 ELSE 1 END");
+        let by_key: Vec<String> = order
+            .iter()
+            .map(|k| format!("coalesce(s.{k}, d.{k})"))
+            .collect();
+        let differences_sql = format!(
+            "SELECT {kind} AS cdc_kind, {}, {} FROM {s} AS s FULL JOIN {dest} AS d ON {on} \
+              WHERE s.{k0} IS NULL OR d.{k0} IS NULL OR {} \
+              QUALIFY row_number() OVER (PARTITION BY cdc_kind ORDER BY {}) <= {limit} \
+              ORDER BY cdc_kind, {}",
             texts("s").join(", "),
             texts("d").join(", "),
             differs.join(" OR "),
-            order_s.join(", ")
+            by_key.join(", "),
+            by_key.join(", ")
         );
         let count_sql = format!("SELECT count(*) FROM {dest}");
         let max = spec.max_differences;
         let what = format!("comparing {} with {}", spec.source, spec.destination);
         blocking(move || {
-            let fetch = |sql: &str, width: usize| -> duckdb::Result<Vec<Texts>> {
-                let mut stmt = conn.prepare(sql)?;
-                let rows = stmt.query_map([], |r| {
-                    (0..width).map(|i| r.get::<_, Option<String>>(i)).collect()
-                })?;
-                rows.collect()
-            };
             let destination_rows: i64 = conn.query_row(&count_sql, [], |r| r.get(0))?;
+            let (mut missing, mut changed, mut extra) = (Vec::new(), Vec::new(), Vec::new());
+            let mut stmt = conn.prepare(&differences_sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let kind: i32 = r.get(0)?;
+                let texts = |from: usize, width: usize| -> duckdb::Result<Texts> {
+                    (from..from + width).map(|i| r.get::<_, Option<String>>(i)).collect()
+                };
+                match kind {
+                    0 => missing.push(texts(1, n)?),
+                    2 => extra.push(texts(1 + n, n)?),
+                    _ => changed.push(texts(1, 2 * n)?),
+                }
+            }
             Ok(Comparison::of(
                 source_rows,
                 destination_rows,
-                fetch(&missing_sql, n)?,
-                fetch(&changed_sql, 2 * n)?,
-                fetch(&extra_sql, n)?,
+                missing,
+                changed,
+                extra,
                 n,
-                4,
+                2,
                 max,
             ))
         })
