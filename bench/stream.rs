@@ -309,7 +309,10 @@ async fn main() {
         history,
         None,
         &mut peak,
-        &mut [(src.as_ref(), None, &mut native_dec), (&admin, Some("native"), &mut native_wr)],
+        &mut [
+            (src.as_ref(), None, &mut native_dec),
+            (&admin, Some("native"), &mut native_wr),
+        ],
     )
     .await;
     let native_busy = busy_between(before, machine_cpu()).1;
@@ -379,7 +382,10 @@ async fn main() {
         history,
         Some(&child),
         &mut peak,
-        &mut [(src.as_ref(), None, &mut cdc_dec), (&admin, Some("viacdc"), &mut cdc_wr)],
+        &mut [
+            (src.as_ref(), None, &mut cdc_dec),
+            (&admin, Some("viacdc"), &mut cdc_wr),
+        ],
     )
     .await;
     let cdc_busy = busy_between(before, machine_cpu()).1;

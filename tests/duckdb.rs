@@ -616,9 +616,12 @@ async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
     .unwrap();
     drop(conn);
     let capped = |max: &str| {
-        let out = cdc(&p, &["verify", "--format", "json", "--max-differences", max])
-            .output()
-            .unwrap();
+        let out = cdc(
+            &p,
+            &["verify", "--format", "json", "--max-differences", max],
+        )
+        .output()
+        .unwrap();
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         report["tables"][0].clone()

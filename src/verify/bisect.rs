@@ -513,12 +513,23 @@ async fn summary(client: &Client, q: Query, label: &str, side: &str) -> Result<S
 async fn run(client: &Client, q: Query, label: &str, side: &str) -> Result<Vec<Row>> {
     let params: Vec<&(dyn ToSql + Sync)> =
         q.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    client
+    let started = std::time::Instant::now();
+    let rows = client
         .query(&q.sql, &params)
         .await
         .map_err(Error::pg(format!(
             "comparing {label}: query on the {side} failed"
-        )))
+        )))?;
+    // Where a comparison's time goes, query by query (`CDC_LOG=cdc::verify=trace`).
+    tracing::trace!(
+        table = %label,
+        side,
+        rows = rows.len(),
+        ms = started.elapsed().as_millis() as u64,
+        sql = %q.sql.chars().take(160).collect::<String>(),
+        "comparison query"
+    );
+    Ok(rows)
 }
 
 #[cfg(test)]
