@@ -642,6 +642,47 @@ async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
     let t = capped("100");
     assert_eq!(ids(&t, "different"), ["10", "20", "30", "1500"], "{t}");
     assert_eq!(t["truncated"], false, "{t}");
+
+    // A `--key` whose first column is NULL on the destination: that row matches nothing, so it
+    // is extra, and the source's row is missing (not a missing row of NULLs).
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch("UPDATE public.t SET name = NULL WHERE id = 42")
+        .unwrap();
+    drop(conn);
+    let out = cdc(
+        &p,
+        &[
+            "verify",
+            "--format",
+            "json",
+            "--key",
+            "name,id",
+            "--max-differences",
+            "100",
+        ],
+    )
+    .output()
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let t = &report["tables"][0];
+    let with_id_42 = |kind: &str, side: &str| -> Vec<serde_json::Value> {
+        t[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["key"]["id"] == "42")
+            .map(|d| d[side]["name"].clone())
+            .collect()
+    };
+    assert_eq!(
+        with_id_42("extra", "destination"),
+        [serde_json::Value::Null],
+        "{t}"
+    );
+    assert_eq!(with_id_42("missing", "source"), ["n42"], "{t}");
+    let missing = t["missing"].as_array().unwrap();
+    assert!(missing.iter().all(|d| !d["source"]["id"].is_null()), "{t}");
     cdc(&p, &["teardown", "--yes"]).output().unwrap();
 }
 

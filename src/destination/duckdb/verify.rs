@@ -27,6 +27,10 @@ use crate::model::schema::TableName;
 use crate::model::sql::quote_ident;
 use crate::source::postgres::copy_out::CopySource;
 
+/// The column each side of the comparison's join adds to mark its rows (a name no table
+/// column is likely to have, quoted).
+const HERE: &str = "\"cdc: row here\"";
+
 /// A DuckDB file opened for comparisons.
 pub struct DuckDbReader {
     handle: Arc<Handle>,
@@ -89,8 +93,10 @@ impl WholeLook for DuckDbReader {
         let dest = self.handle.qualified(spec.destination);
         let n = spec.columns.len();
         let source_view: Vec<String> = (0..n).map(|i| format!("c{i} AS {}", cols[i])).collect();
+        // Each side marks its rows, so a row the join found on one side only is told apart
+        // from a row whose key is NULL (a `--key` the destination lets be NULL).
         let s = format!(
-            "(SELECT {} FROM temp.main.cdc_verify_source)",
+            "(SELECT {}, true AS {HERE} FROM temp.main.cdc_verify_source)",
             source_view.join(", ")
         );
         let on: Vec<String> = spec
@@ -114,17 +120,16 @@ impl WholeLook for DuckDbReader {
             .collect();
         let limit = spec.max_differences + 1;
         // One join finds all three kinds (one hash table over the 5M-row sides instead of
-        // three). Key columns are never NULL on either side (checked before), so a NULL key
-        // says which side lacks the row; each kind keeps its first `limit` rows in key order.
-        let k0 = &order[0];
-        let kind = format!("CASE WHEN d.{k0} IS NULL THEN 0 WHEN s.{k0} IS NULL THEN 2 ELSE 1 END");
+        // three); each kind keeps its first `limit` rows in key order.
+        let kind = format!("CASE WHEN d.{HERE} IS NULL THEN 0 WHEN s.{HERE} IS NULL THEN 2 ELSE 1 END");
         let by_key: Vec<String> = order
             .iter()
             .map(|k| format!("coalesce(s.{k}, d.{k})"))
             .collect();
         let differences_sql = format!(
-            "SELECT {kind} AS cdc_kind, {}, {} FROM {s} AS s FULL JOIN {dest} AS d ON {on} \
-              WHERE s.{k0} IS NULL OR d.{k0} IS NULL OR {} \
+            "SELECT {kind} AS cdc_kind, {}, {} FROM {s} AS s \
+              FULL JOIN (SELECT *, true AS {HERE} FROM {dest}) AS d ON {on} \
+              WHERE s.{HERE} IS NULL OR d.{HERE} IS NULL OR {} \
               QUALIFY row_number() OVER (PARTITION BY cdc_kind ORDER BY {}) <= {limit} \
               ORDER BY cdc_kind, {}",
             texts("s").join(", "),
