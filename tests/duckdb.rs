@@ -554,7 +554,8 @@ async fn a_file_from_a_newer_duckdb_is_refused_with_how_to_write_one_cdc_reads()
 async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
     let (p, file) = duck_pipeline(
         "duck_verify",
-        "CREATE TABLE t (id int PRIMARY KEY, name text, amount numeric(10,2), at timestamptz, tags text[]);
+        "CREATE TABLE t (id int PRIMARY KEY, name text, amount numeric(10,2), at timestamptz, tags text[],
+                         cdc_kind int DEFAULT 1);
          INSERT INTO t SELECT g, 'n' || g, g / 3.0, '2024-01-01 00:00+00'::timestamptz + g * interval '1 minute',
                               ARRAY['a', NULL] FROM generate_series(1, 2000) g;",
         "[[tables]]\nsource = \"public.t\"\n",
@@ -576,12 +577,13 @@ async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["tables"][0]["source_rows"], 2000);
 
-    // Plant one difference of each kind in the file (nothing else has it open).
+    // Plant one difference of each kind in the file (nothing else has it open). The table has
+    // a column named like the comparison's own words (`cdc_kind`), which must not matter.
     let conn = Connection::open(&file).unwrap();
     conn.execute_batch(
         "DELETE FROM public.t WHERE id = 7;
          UPDATE public.t SET amount = 1.01 WHERE id = 1500;
-         INSERT INTO public.t VALUES (5000, 'extra', 0, NULL, NULL);",
+         INSERT INTO public.t VALUES (5000, 'extra', 0, NULL, NULL, 1);",
     )
     .unwrap();
     drop(conn);
@@ -611,7 +613,7 @@ async fn verify_finds_missing_changed_and_extra_rows_in_a_duckdb_file() {
     conn.execute_batch(
         "DELETE FROM public.t WHERE id IN (3, 11);
          UPDATE public.t SET name = 'x' WHERE id IN (20, 10, 30);
-         INSERT INTO public.t VALUES (4000, 'extra', 0, NULL, NULL);",
+         INSERT INTO public.t VALUES (4000, 'extra', 0, NULL, NULL, 1);",
     )
     .unwrap();
     drop(conn);

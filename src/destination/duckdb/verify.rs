@@ -120,18 +120,19 @@ impl WholeLook for DuckDbReader {
             .collect();
         let limit = spec.max_differences + 1;
         // One join finds all three kinds (one hash table over the 5M-row sides instead of
-        // three); each kind keeps its first `limit` rows in key order.
+        // three); each kind keeps its first `limit` rows in key order. The kind is spelled out
+        // where it is used, not named: a table column could have any name.
         let kind = format!("CASE WHEN d.{HERE} IS NULL THEN 0 WHEN s.{HERE} IS NULL THEN 2 ELSE 1 END");
         let by_key: Vec<String> = order
             .iter()
             .map(|k| format!("coalesce(s.{k}, d.{k})"))
             .collect();
         let differences_sql = format!(
-            "SELECT {kind} AS cdc_kind, {}, {} FROM {s} AS s \
+            "SELECT {kind}, {}, {} FROM {s} AS s \
               FULL JOIN (SELECT *, true AS {HERE} FROM {dest}) AS d ON {on} \
               WHERE s.{HERE} IS NULL OR d.{HERE} IS NULL OR {} \
-              QUALIFY row_number() OVER (PARTITION BY cdc_kind ORDER BY {}) <= {limit} \
-              ORDER BY cdc_kind, {}",
+              QUALIFY row_number() OVER (PARTITION BY {kind} ORDER BY {}) <= {limit} \
+              ORDER BY {kind}, {}",
             texts("s").join(", "),
             texts("d").join(", "),
             differs.join(" OR "),
