@@ -165,6 +165,45 @@ async fn run_big(
     (catch_up, phases, peak)
 }
 
+/// What one backlog drain measured: seconds until the last history row landed, how busy the
+/// machine was meanwhile, and the CPU of who worked: the source's walsender (decoding and
+/// sending) and the destination's writers in `db`.
+struct Drain {
+    seconds: f64,
+    busy: f64,
+    walsender: Writers,
+    writers: Writers,
+}
+
+/// Wait until `dest` (database `db`) has all `history` rows, watching the drain's processes.
+async fn drain(
+    src: &tokio_postgres::Client,
+    admin: &tokio_postgres::Client,
+    dest: &tokio_postgres::Client,
+    db: &str,
+    history: i64,
+    cdc: Option<&Child>,
+    peak: &mut u64,
+) -> Drain {
+    let (mut walsender, mut writers) = (Writers::default(), Writers::default());
+    let before = machine_cpu();
+    let seconds = until(
+        dest,
+        "SELECT count(*) FROM public.pgbench_history",
+        history,
+        cdc,
+        peak,
+        &mut [(src, None, &mut walsender), (admin, Some(db), &mut writers)],
+    )
+    .await;
+    Drain {
+        seconds,
+        busy: busy_between(before, machine_cpu()).1,
+        walsender,
+        writers,
+    }
+}
+
 /// Poll `query` (one bigint) on `client` until it returns `want`; seconds waited.
 async fn until(
     client: &tokio_postgres::Client,
@@ -293,29 +332,13 @@ async fn main() {
         .unwrap()
         .get(0);
     let changes = history as f64 * 4.0;
-    let q_history = "SELECT count(*) FROM public.pgbench_history";
     let mut peak = 0;
     native
         .batch_execute("ALTER SUBSCRIPTION native ENABLE")
         .await
         .unwrap();
-    // Who works during each drain: the source's walsender (decoding and sending) and the
-    // destination's writers, read until the last row lands; and the whole machine.
-    let (mut native_dec, mut native_wr) = (Writers::default(), Writers::default());
-    let before = machine_cpu();
-    let native_a = until(
-        &native,
-        q_history,
-        history,
-        None,
-        &mut peak,
-        &mut [
-            (src.as_ref(), None, &mut native_dec),
-            (&admin, Some("native"), &mut native_wr),
-        ],
-    )
-    .await;
-    let native_busy = busy_between(before, machine_cpu()).1;
+    let native_drain = drain(&src, &admin, &native, "native", history, None, &mut peak).await;
+    let native_a = native_drain.seconds;
     native
         .batch_execute("ALTER SUBSCRIPTION native DISABLE")
         .await
@@ -374,21 +397,17 @@ async fn main() {
     };
     let (ceiling_a, decode_sql_a) = ceiling_a;
     let mut child = cdc_cmd("run").spawn().unwrap();
-    let (mut cdc_dec, mut cdc_wr) = (Writers::default(), Writers::default());
-    let before = machine_cpu();
-    let cdc_a = until(
+    let cdc_drain = drain(
+        &src,
+        &admin,
         &viacdc,
-        q_history,
+        "viacdc",
         history,
         Some(&child),
         &mut peak,
-        &mut [
-            (src.as_ref(), None, &mut cdc_dec),
-            (&admin, Some("viacdc"), &mut cdc_wr),
-        ],
     )
     .await;
-    let cdc_busy = busy_between(before, machine_cpu()).1;
+    let cdc_a = cdc_drain.seconds;
     let cpu_a = cpu_seconds(&child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -443,16 +462,16 @@ async fn main() {
             decode_sql_a / cdc_a
         );
         println!("    cdc run CPU time: {cpu_a:.2}s");
-        for (who, busy, dec, wr) in [
-            ("native subscriber", native_busy, &native_dec, &native_wr),
-            ("cdc run", cdc_busy, &cdc_dec, &cdc_wr),
+        for (who, d) in [
+            ("native subscriber", &native_drain),
+            ("cdc run", &cdc_drain),
         ] {
             let none = Writers::default();
             println!(
                 "    {who}: machine {:.0}% busy; source walsender {}; destination writers {}",
-                busy * 100.0,
-                kinds(&dec.since(&none)),
-                kinds(&wr.since(&none)),
+                d.busy * 100.0,
+                kinds(&d.walsender.since(&none)),
+                kinds(&d.writers.since(&none)),
             );
         }
     }
